@@ -1,0 +1,216 @@
+//! `ModelEndpoint`: one Bedrock model in one region, who may invoke it, and its limits.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Money;
+
+/// Default `maxTokens`, as the original operator had it.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// Largest `maxTokens` accepted.
+pub const MAX_MAX_TOKENS: u32 = 131_072;
+/// Default `rateLimit.requestsPerMinute`.
+pub const DEFAULT_REQUESTS_PER_MINUTE: u32 = 60;
+
+/// IAM role ARNs in any AWS partition.
+pub const ROLE_ARN_PATTERN: &str =
+    r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]{1,512}$";
+/// AWS region names such as `us-east-1`, `eu-central-2`, `us-gov-west-1`.
+pub const REGION_PATTERN: &str = r"^[a-z]{2}(-gov|-iso|-isob)?-[a-z]+-[0-9]{1,2}$";
+/// Bedrock model ids, inference profile ids (`us.`, `eu.`, `global.` …) and model or profile ARNs.
+pub const MODEL_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$";
+
+/// Access to one AWS Bedrock model in one region: the IAM role that may invoke it, token limits,
+/// rate limits shared by every pod that uses it, a cost budget, and an optional guardrail.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "ai.kernelpanic09.io",
+    version = "v1alpha1",
+    kind = "ModelEndpoint",
+    doc = "Access to one AWS Bedrock model in one region, with the IAM role that may invoke it, limits shared by every pod that uses it, a cost budget and an optional guardrail.",
+    namespaced,
+    status = "ModelEndpointStatus",
+    shortname = "me",
+    category = "ai",
+    derive = "PartialEq",
+    printcolumn(name = "Model", type_ = "string", json_path = ".spec.modelId"),
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "Available", type_ = "boolean", json_path = ".status.available"),
+    printcolumn(name = "Cost/Month", type_ = "string", json_path = ".status.costThisMonth"),
+    printcolumn(name = "Invocations", type_ = "integer", json_path = ".status.invocationsThisMonth"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelEndpointSpec {
+    /// The Bedrock model id (e.g. `anthropic.claude-haiku-4-5-20251001-v1:0`), a cross-region
+    /// inference profile id (`us.`, `eu.`, `apac.`, `global.` prefixes) or a model or profile ARN.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = MODEL_ID_PATTERN))]
+    pub model_id: String,
+
+    /// The AWS region whose Bedrock runtime serves this endpoint, e.g. `us-east-1`.
+    #[schemars(length(max = 32), regex(pattern = REGION_PATTERN))]
+    pub region: String,
+
+    /// The IAM role pods assume (IRSA, STS AssumeRoleWithWebIdentity with the pod's projected
+    /// service-account token) to invoke the model. It needs `bedrock:InvokeModel` and
+    /// `bedrock:InvokeModelWithResponseStream` on the model. When omitted, the sidecar uses the
+    /// default AWS credential chain of its environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = ROLE_ARN_PATTERN))]
+    pub irsa_role_arn: Option<String>,
+
+    /// The most output tokens one call may ask for; requests asking for more are capped to it.
+    /// Between 1 and 131072.
+    #[serde(default = "default_max_tokens")]
+    #[schemars(range(min = 1, max = 131_072))]
+    pub max_tokens: u32,
+
+    /// Spending limits in US dollars, enforced across all pods using this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_budget: Option<CostBudget>,
+
+    /// Rate limits for this endpoint as a whole, shared among all pods that use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+
+    /// The name of a cluster-scoped GuardrailPolicy applied to every call through this endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    pub guardrail_policy_ref: Option<String>,
+
+    /// Prices to charge instead of the built-in on-demand price table, e.g. for models with
+    /// negotiated or provisioned pricing, or models the table does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+fn default_max_tokens() -> u32 {
+    DEFAULT_MAX_TOKENS
+}
+
+fn default_requests_per_minute() -> u32 {
+    DEFAULT_REQUESTS_PER_MINUTE
+}
+
+/// Daily and monthly spending limits in US dollars, as decimal strings such as `"10.00"`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.daily) || !has(self.monthly) || quantity(self.daily).compareTo(quantity(self.monthly)) <= 0").message("costBudget.daily must not exceed costBudget.monthly").field_path(".daily"))]
+pub struct CostBudget {
+    /// Most US dollars to spend per day, e.g. `"10.00"`: a non-negative decimal with at most 6
+    /// decimals. Calls are refused with `budget_exceeded` once it is spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily: Option<Money>,
+
+    /// Most US dollars to spend per calendar month, e.g. `"200.00"`; must be at least `daily`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly: Option<Money>,
+
+    /// The IANA time zone in which days and months begin, e.g. `Europe/Berlin`. Default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z][A-Za-z0-9_+/-]*$"))]
+    pub time_zone: Option<String>,
+}
+
+/// Limits for the endpoint as a whole; the operator divides them among the pods that use it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Most requests per minute across all pods. Default 60.
+    #[serde(default = "default_requests_per_minute")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_minute: u32,
+
+    /// Most tokens (input plus output) per minute across all pods. Unlimited when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub tokens_per_minute: Option<u64>,
+
+    /// Most calls in flight at once across all pods. Unlimited when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub max_concurrency: Option<u32>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self { requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE, tokens_per_minute: None, max_concurrency: None }
+    }
+}
+
+/// Prices in US dollars per million tokens, as decimal strings such as `"3.00"`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Pricing {
+    /// US dollars per million input tokens.
+    pub input_per_million_tokens: Money,
+    /// US dollars per million output tokens.
+    pub output_per_million_tokens: Money,
+    /// US dollars per million input tokens read from the prompt cache. Default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_per_million_tokens: Option<Money>,
+    /// US dollars per million input tokens written to the prompt cache. Default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_per_million_tokens: Option<Money>,
+}
+
+/// What the operator observed about the endpoint, and what it has cost.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelEndpointStatus {
+    /// Whether pods can invoke the model through this endpoint now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<bool>,
+
+    /// Current state: `Ready`, `Available`, `CredentialsValid`, `GuardrailResolved`, `PriceKnown`,
+    /// `BudgetExceeded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// US dollars spent today (in the budget's time zone), all pods together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_today: Option<Money>,
+
+    /// US dollars spent this calendar month (in the budget's time zone), all pods together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_this_month: Option<Money>,
+
+    /// Spend that may have happened but was never reported (pods that vanished holding a budget
+    /// grant); already included in the cost figures, so they can be high by this much, never low.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreconciled_cost: Option<Money>,
+
+    /// Successful calls today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocations_today: Option<u64>,
+
+    /// Successful calls this calendar month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invocations_this_month: Option<u64>,
+
+    /// Requests refused this month (rate limit, budget, guardrail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_this_month: Option<u64>,
+
+    /// Input tokens billed since the endpoint was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_input_tokens: Option<u64>,
+
+    /// Output tokens billed since the endpoint was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_output_tokens: Option<u64>,
+
+    /// Kept for compatibility with the original operator, which published a proxy Service name here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}

@@ -1,0 +1,119 @@
+//! The end-to-end harness: one fixture that starts (or reuses) the real test control plane of
+//! `e2e/cluster.sh`, runs the pinned `kubectl` against it, installs the CRDs, and gives each test a
+//! namespace of its own so tests run in parallel.
+#![allow(clippy::missing_panics_doc)] // a fixture that cannot start is a failed test, by design
+#![allow(clippy::expect_used)]
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+};
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ has a parent").to_path_buf()
+}
+
+/// A running test control plane.
+#[derive(Debug)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub kubectl: PathBuf,
+}
+
+/// The result of a command: its exit status and its output as text.
+#[derive(Debug)]
+pub struct Run {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(out: Output) -> Self {
+        Run {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Cluster {
+    /// The shared control plane, started on first use (`e2e/cluster.sh up` is idempotent, so a
+    /// cluster started by `make cluster-up` is reused), with the CRDs of `manifests/crds` installed.
+    pub fn get() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            let root = repo_root();
+            let status = Command::new(root.join("e2e/cluster.sh"))
+                .arg("up")
+                .status()
+                .expect("running e2e/cluster.sh up");
+            assert!(status.success(), "e2e/cluster.sh up failed; see e2e/.run/apiserver.log");
+            let cluster =
+                Cluster { kubeconfig: root.join("e2e/.run/kubeconfig"), kubectl: root.join("e2e/.bin/kubectl") };
+            cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", &path_arg(&root.join("manifests/crds"))]);
+            cluster.kubectl_ok(&["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=k8s-ai-operator", "--timeout=60s"]);
+            cluster
+        })
+    }
+
+    /// Runs kubectl against the cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Run {
+        self.kubectl_with_stdin(args, None)
+    }
+
+    /// Runs kubectl with `input` on its standard input (for `apply -f -`).
+    pub fn kubectl_with_stdin(&self, args: &[&str], input: Option<&str>) -> Run {
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting kubectl");
+        if let Some(input) = input {
+            child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("writing to kubectl");
+        }
+        child.wait_with_output().expect("waiting for kubectl").into()
+    }
+
+    /// Runs kubectl and fails the test, with kubectl's own words, unless it succeeds.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let run = self.kubectl(args);
+        assert!(run.success, "kubectl {} failed:\n{}", args.join(" "), run.stderr);
+        run.stdout
+    }
+
+    /// `kubectl apply -f -` of a YAML document.
+    pub fn apply(&self, yaml: &str) -> Run {
+        self.kubectl_with_stdin(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// A new namespace with a unique name starting with `prefix`.
+    pub fn namespace(&self, prefix: &str) -> String {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        self.kubectl_ok(&["create", "namespace", &name]);
+        name
+    }
+
+    /// Creates `name` if it does not exist yet (for the seed's fixed `ai-workloads`).
+    pub fn ensure_namespace(&self, name: &str) {
+        let yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n");
+        let run = self.apply(&yaml);
+        assert!(run.success, "creating namespace {name}: {}", run.stderr);
+    }
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what `make test` needs on a fresh machine; quick when everything is there already.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[deps] %s\n' "$*" >&2; }
+
+# Debian packages the build uses (TLS roots and a C toolchain for ring).
+need_apt=()
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl"; do
+  command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg#*:}")
+done
+[[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)
+if ((${#need_apt[@]})); then
+  log "apt-get install ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# Rust components (cargo fmt and clippy).
+if command -v rustup >/dev/null; then
+  for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+  done
+fi
+command -v cargo >/dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
+command -v go >/dev/null || { log "Go is required to build the test control plane"; exit 1; }
+
+# Go modules of the control plane, and the control plane itself (cached per go.sum).
+(cd e2e/controlplane && go mod download)
+e2e/cluster.sh build
