@@ -7,9 +7,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Bedrock's default message when input is blocked.
-pub const DEFAULT_BLOCKED_INPUT_MESSAGE: &str = "Sorry, this request was blocked by the content policy.";
+pub const DEFAULT_BLOCKED_INPUT_MESSAGE: &str =
+    "Sorry, this request was blocked by the content policy.";
 /// Bedrock's default message when output is blocked.
-pub const DEFAULT_BLOCKED_OUTPUT_MESSAGE: &str = "Sorry, the answer was blocked by the content policy.";
+pub const DEFAULT_BLOCKED_OUTPUT_MESSAGE: &str =
+    "Sorry, the answer was blocked by the content policy.";
 
 /// Content moderation rules (sensitive information, content filters, denied topics, words and
 /// patterns) that the operator keeps in sync with an AWS Bedrock guardrail. ModelEndpoints refer
@@ -25,10 +27,22 @@ pub const DEFAULT_BLOCKED_OUTPUT_MESSAGE: &str = "Sorry, the answer was blocked 
     shortname = "gp",
     category = "ai",
     derive = "PartialEq",
-    printcolumn(name = "Guardrail", type_ = "string", json_path = ".status.guardrailId"),
+    printcolumn(
+        name = "Guardrail",
+        type_ = "string",
+        json_path = ".status.guardrailId"
+    ),
     printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
-    printcolumn(name = "Synced", type_ = "string", json_path = ".status.conditions[?(@.type==\"Synced\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Synced",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Synced\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GuardrailPolicySpec {
@@ -198,7 +212,9 @@ pub enum ContentFilterType {
 
 /// Filter strength.
 #[allow(missing_docs)]
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FilterStrength {
     None,

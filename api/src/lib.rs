@@ -1,6 +1,9 @@
 //! The custom resources of k8s-ai-operator (`ai.kernelpanic09.io/v1alpha1`) and the constants
 //! shared by the operator and the sidecar. Depends on no controller or server code.
 
+// kube's `printcolumn(name = .., type_ = ..)` repeats the same keys once per column by design.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod guardrail_policy;
 pub mod model_endpoint;
 pub mod model_usage;
@@ -31,10 +34,19 @@ pub const ENDPOINTS_ANNOTATION: &str = "ai.kernelpanic09.io/endpoints";
 /// Every CRD of the API, in a stable order (the order `crdgen` prints them), with integer formats
 /// the API server knows. Install these rather than `Kind::crd()`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    let mut crds = vec![GuardrailPolicy::crd(), ModelEndpoint::crd(), PromptTemplate::crd(), ModelUsage::crd()];
+    let mut crds = vec![
+        GuardrailPolicy::crd(),
+        ModelEndpoint::crd(),
+        PromptTemplate::crd(),
+        ModelUsage::crd(),
+    ];
     for crd in &mut crds {
         for version in &mut crd.spec.versions {
-            if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
                 kubernetes_integer_formats(schema);
             }
         }
@@ -46,7 +58,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 /// not know (it warns on every apply). Say `int64` with a minimum of 0 instead.
 fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
     if schema.type_.as_deref() == Some("integer")
-        && schema.format.as_deref().is_some_and(|f| f.starts_with("uint"))
+        && schema
+            .format
+            .as_deref()
+            .is_some_and(|f| f.starts_with("uint"))
     {
         schema.format = Some("int64".to_owned());
         if schema.minimum.is_none() {
@@ -61,10 +76,15 @@ fn kubernetes_integer_formats(schema: &mut JSONSchemaProps) {
             JSONSchemaPropsOrArray::Schema(s) => Some(s.as_mut()),
             JSONSchemaPropsOrArray::Schemas(_) => None,
         }))
-        .chain(schema.additional_properties.iter_mut().filter_map(|a| match a {
-            JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
-            JSONSchemaPropsOrBool::Bool(_) => None,
-        }));
+        .chain(
+            schema
+                .additional_properties
+                .iter_mut()
+                .filter_map(|a| match a {
+                    JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+                    JSONSchemaPropsOrBool::Bool(_) => None,
+                }),
+        );
     for child in children {
         kubernetes_integer_formats(child);
     }

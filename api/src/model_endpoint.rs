@@ -38,9 +38,21 @@ pub const MODEL_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$";
     printcolumn(name = "Model", type_ = "string", json_path = ".spec.modelId"),
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Available", type_ = "boolean", json_path = ".status.available"),
-    printcolumn(name = "Cost/Month", type_ = "string", json_path = ".status.costThisMonth"),
-    printcolumn(name = "Invocations", type_ = "integer", json_path = ".status.invocationsThisMonth"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Cost/Month",
+        type_ = "string",
+        json_path = ".status.costThisMonth"
+    ),
+    printcolumn(
+        name = "Invocations",
+        type_ = "integer",
+        json_path = ".status.invocationsThisMonth"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelEndpointSpec {
@@ -87,7 +99,8 @@ pub struct ModelEndpointSpec {
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain).
-pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 fn default_max_tokens() -> u32 {
     DEFAULT_MAX_TOKENS
@@ -113,7 +126,10 @@ pub struct CostBudget {
 
     /// The IANA time zone in which days and months begin, e.g. `Europe/Berlin`. Default `UTC`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z][A-Za-z0-9_+/-]*$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+/-]*$")
+    )]
     pub time_zone: Option<String>,
 }
 
@@ -139,7 +155,11 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        Self { requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE, tokens_per_minute: None, max_concurrency: None }
+        Self {
+            requests_per_minute: DEFAULT_REQUESTS_PER_MINUTE,
+            tokens_per_minute: None,
+            max_concurrency: None,
+        }
     }
 }
 

@@ -23,9 +23,21 @@ use crate::model_endpoint::DNS_SUBDOMAIN_PATTERN;
     derive = "PartialEq",
     printcolumn(name = "Pod", type_ = "string", json_path = ".spec.podName"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
-    printcolumn(name = "Cost/Month", type_ = "string", json_path = ".status.month.cost"),
-    printcolumn(name = "Invocations", type_ = "integer", json_path = ".status.month.invocations"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Cost/Month",
+        type_ = "string",
+        json_path = ".status.month.cost"
+    ),
+    printcolumn(
+        name = "Invocations",
+        type_ = "integer",
+        json_path = ".status.month.invocations"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ModelUsageSpec {

@@ -111,17 +111,36 @@ mod tests {
 
     #[test]
     fn parses_valid_amounts_exactly() {
-        for (s, expect) in [("10.00", "10.00"), ("0", "0"), ("200", "200"), ("0.000001", "0.000001")] {
+        for (s, expect) in [
+            ("10.00", "10.00"),
+            ("0", "0"),
+            ("200", "200"),
+            ("0.000001", "0.000001"),
+        ] {
             let m: Money = s.parse().unwrap();
             assert_eq!(m.to_string(), expect);
         }
-        let sum = "0.1".parse::<Money>().unwrap().amount() + "0.2".parse::<Money>().unwrap().amount();
+        let sum =
+            "0.1".parse::<Money>().unwrap().amount() + "0.2".parse::<Money>().unwrap().amount();
         assert_eq!(sum, Decimal::from_str_exact("0.3").unwrap());
     }
 
     #[test]
     fn rejects_what_the_schema_rejects() {
-        for s in ["-1", "1.0000001", "1e3", "abc", "", ".5", "5.", "01", "+1", " 1", "1,5", "NaN"] {
+        for s in [
+            "-1",
+            "1.0000001",
+            "1e3",
+            "abc",
+            "",
+            ".5",
+            "5.",
+            "01",
+            "+1",
+            " 1",
+            "1,5",
+            "NaN",
+        ] {
             assert!(s.parse::<Money>().is_err(), "{s:?} should be rejected");
         }
     }
@@ -130,6 +149,9 @@ mod tests {
     fn round_trips_as_a_json_string() {
         let m: Money = serde_json::from_str(r#""12.345""#).unwrap();
         assert_eq!(serde_json::to_string(&m).unwrap(), r#""12.345""#);
-        assert!(serde_json::from_str::<Money>("12.3").is_err(), "a JSON number is not money");
+        assert!(
+            serde_json::from_str::<Money>("12.3").is_err(),
+            "a JSON number is not money"
+        );
     }
 }

@@ -27,9 +27,21 @@ pub const MAX_TEMPLATE_BYTES: usize = 65_536;
     shortname = "pt",
     category = "ai",
     derive = "PartialEq",
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.modelEndpointRef.name"),
-    printcolumn(name = "Valid", type_ = "string", json_path = ".status.conditions[?(@.type==\"Valid\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.modelEndpointRef.name"
+    ),
+    printcolumn(
+        name = "Valid",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Valid\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PromptTemplateSpec {

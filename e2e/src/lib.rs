@@ -16,7 +16,10 @@ use std::{
 
 /// The repository's root directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("e2e/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
 }
 
 /// A running test control plane.
@@ -55,11 +58,29 @@ impl Cluster {
                 .arg("up")
                 .status()
                 .expect("running e2e/cluster.sh up");
-            assert!(status.success(), "e2e/cluster.sh up failed; see e2e/.run/apiserver.log");
-            let cluster =
-                Cluster { kubeconfig: root.join("e2e/.run/kubeconfig"), kubectl: root.join("e2e/.bin/kubectl") };
-            cluster.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-k", &path_arg(&root.join("manifests/crds"))]);
-            cluster.kubectl_ok(&["wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/part-of=k8s-ai-operator", "--timeout=60s"]);
+            assert!(
+                status.success(),
+                "e2e/cluster.sh up failed; see e2e/.run/apiserver.log"
+            );
+            let cluster = Cluster {
+                kubeconfig: root.join("e2e/.run/kubeconfig"),
+                kubectl: root.join("e2e/.bin/kubectl"),
+            };
+            cluster.kubectl_ok(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-k",
+                &path_arg(&root.join("manifests/crds")),
+            ]);
+            cluster.kubectl_ok(&[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "-l",
+                "app.kubernetes.io/part-of=k8s-ai-operator",
+                "--timeout=60s",
+            ]);
             cluster
         })
     }
@@ -75,21 +96,38 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
             .args(args)
-            .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting kubectl");
         if let Some(input) = input {
-            child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("writing to kubectl");
+            child
+                .stdin
+                .take()
+                .expect("piped stdin")
+                .write_all(input.as_bytes())
+                .expect("writing to kubectl");
         }
-        child.wait_with_output().expect("waiting for kubectl").into()
+        child
+            .wait_with_output()
+            .expect("waiting for kubectl")
+            .into()
     }
 
     /// Runs kubectl and fails the test, with kubectl's own words, unless it succeeds.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let run = self.kubectl(args);
-        assert!(run.success, "kubectl {} failed:\n{}", args.join(" "), run.stderr);
+        assert!(
+            run.success,
+            "kubectl {} failed:\n{}",
+            args.join(" "),
+            run.stderr
+        );
         run.stdout
     }
 
@@ -101,7 +139,11 @@ impl Cluster {
     /// A new namespace with a unique name starting with `prefix`.
     pub fn namespace(&self, prefix: &str) -> String {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         self.kubectl_ok(&["create", "namespace", &name]);
         name
     }

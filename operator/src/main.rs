@@ -39,13 +39,13 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("k8s-ai-operator: {err}");
+            eprint!("k8s-ai-operator: {err}");
             let mut source = std::error::Error::source(&err);
             while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
+                eprint!(": {cause}");
                 source = cause.source();
             }
-            eprintln!("{message}");
+            eprintln!();
             std::process::ExitCode::FAILURE
         }
     }
