@@ -8,6 +8,7 @@ pub mod guardrail_policy;
 pub mod model_endpoint;
 pub mod model_usage;
 mod money;
+pub mod pricing;
 pub mod prompt_template;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{

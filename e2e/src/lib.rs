@@ -159,3 +159,5 @@ impl Cluster {
 fn path_arg(path: &Path) -> String {
     path.to_string_lossy().into_owned()
 }
+
+pub mod emulator;

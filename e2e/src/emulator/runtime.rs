@@ -1,0 +1,561 @@
+//! Bedrock Runtime: `Converse`, `ConverseStream` (AWS event-stream framing), `InvokeModel` with
+//! the Anthropic Messages body, and `ApplyGuardrail`.
+
+use std::{
+    hash::{DefaultHasher, Hash, Hasher},
+    time::{Duration, Instant},
+};
+
+use aws_smithy_types::event_stream::{Header, HeaderValue as EsValue, Message};
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::{Value, json};
+
+use super::{
+    Caller, Emulator, Record,
+    config::{Faults, glob_match},
+    error::AwsError,
+    guardrails::{Assessment, Policy, Source},
+    random_token,
+    text::{self, count_tokens},
+};
+
+/// Inference profile prefixes that route a base model across regions.
+const PROFILE_PREFIXES: [&str; 8] = ["us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca."];
+
+/// The base model id behind a model id, inference profile id or ARN.
+pub fn base_model_id(model_id: &str) -> &str {
+    let id = model_id.rsplit('/').next().unwrap_or(model_id);
+    PROFILE_PREFIXES.iter().find_map(|p| id.strip_prefix(p)).unwrap_or(id)
+}
+
+/// What a request asked the model, normalised from Converse or Anthropic Messages bodies.
+struct Prompt {
+    /// Text blocks in order: system first, then every message's text.
+    texts: Vec<String>,
+    last_user_text: String,
+    max_tokens: u32,
+    stop_sequences: Vec<String>,
+    /// Text before a `cachePoint` block, if the request has one.
+    cache_prefix: Option<String>,
+}
+
+/// The guardrail a request names.
+struct GuardrailUse {
+    id: String,
+    policy: Policy,
+    trace: bool,
+}
+
+/// The outcome of one model call.
+struct Outcome {
+    text: String,
+    stop: &'static str,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read: u64,
+    cache_write: u64,
+    trace: Option<Value>,
+}
+
+impl Outcome {
+    fn usage(&self) -> Value {
+        let mut usage = json!({
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "totalTokens": self.input_tokens + self.output_tokens + self.cache_read + self.cache_write,
+        });
+        if self.cache_read + self.cache_write > 0 {
+            usage["cacheReadInputTokens"] = json!(self.cache_read);
+            usage["cacheWriteInputTokens"] = json!(self.cache_write);
+        }
+        usage
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, AwsError> {
+    serde_json::from_slice(body).map_err(|e| AwsError::validation(format!("Malformed input request: {e}, please reformat your input and try again.")))
+}
+
+fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
+    let messages = body["messages"].as_array().filter(|m| !m.is_empty()).ok_or_else(|| {
+        AwsError::validation("1 validation error detected: Value at 'messages' failed to satisfy constraint: Member must not be null")
+    })?;
+    let mut texts = Vec::new();
+    let mut cache_prefix = None;
+    let mut seen = String::new();
+    let mut take_blocks = |blocks: &Value, texts: &mut Vec<String>| -> Result<String, AwsError> {
+        let mut own = String::new();
+        for block in blocks.as_array().into_iter().flatten() {
+            if let Some(t) = block["text"].as_str() {
+                texts.push(t.to_owned());
+                seen.push_str(t);
+                own.push_str(t);
+            } else if block.get("cachePoint").is_some() {
+                cache_prefix = Some(seen.clone());
+            }
+        }
+        Ok(own)
+    };
+    take_blocks(&body["system"], &mut texts)?;
+    let mut last_user_text = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m["role"].as_str().unwrap_or_default();
+        if role != "user" && role != "assistant" {
+            return Err(AwsError::validation(format!("1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]", i + 1)));
+        }
+        if i == 0 && role != "user" {
+            return Err(AwsError::validation("A conversation must start with a user message. Try again with a conversation that starts with a user message."));
+        }
+        if !m["content"].is_array() {
+            return Err(AwsError::validation(format!("1 validation error detected: Value at 'messages.{}.member.content' failed to satisfy constraint: Member must not be null", i + 1)));
+        }
+        let own = take_blocks(&m["content"], &mut texts)?;
+        if role == "user" {
+            last_user_text = own;
+        }
+    }
+    let config = &body["inferenceConfig"];
+    let max_tokens = match config["maxTokens"].as_i64() {
+        Some(n) if n < 1 => return Err(AwsError::validation("The maximum tokens you requested must be at least 1.")),
+        Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        None => 4096,
+    };
+    let stop_sequences = config["stopSequences"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+    Ok(Prompt { texts, last_user_text, max_tokens, stop_sequences, cache_prefix })
+}
+
+/// Anthropic Messages (`anthropic_version`, `max_tokens`, `messages` with string or block content).
+fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
+    if body["anthropic_version"].as_str().is_none() {
+        return Err(AwsError::validation("Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again."));
+    }
+    let max_tokens = body["max_tokens"].as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+        AwsError::validation("Malformed input request: #: required key [max_tokens] not found, please reformat your input and try again.")
+    })?;
+    let text_of = |v: &Value| -> String {
+        match v {
+            Value::String(s) => s.clone(),
+            Value::Array(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect(),
+            _ => String::new(),
+        }
+    };
+    let mut texts = vec![text_of(&body["system"])];
+    let mut last_user_text = String::new();
+    let messages = body["messages"].as_array().filter(|m| !m.is_empty()).ok_or_else(|| {
+        AwsError::validation("Malformed input request: #: required key [messages] not found, please reformat your input and try again.")
+    })?;
+    for m in messages {
+        let t = text_of(&m["content"]);
+        if m["role"] == "user" {
+            last_user_text.clone_from(&t);
+        }
+        texts.push(t);
+    }
+    let stop_sequences = body["stop_sequences"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+    Ok(Prompt { texts, last_user_text, max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX), stop_sequences, cache_prefix: None })
+}
+
+/// Deterministic fraction in [0, 1) for call `n`.
+fn golden(n: u64) -> f64 {
+    #[allow(clippy::cast_precision_loss)] // only the fractional part matters
+    let x = n as f64 * 0.618_033_988_749_895;
+    x.fract()
+}
+
+fn injected_fault(faults: &Faults, n: u64) -> Option<AwsError> {
+    let throttled = faults.throttle_every_n.is_some_and(|every| every > 0 && n % every == 0)
+        || faults.throttle_fraction.is_some_and(|f| golden(n) < f);
+    if throttled {
+        return Some(AwsError::throttling());
+    }
+    if faults.error_every_n.is_some_and(|every| every > 0 && n % every == 0) {
+        return Some(match faults.error_status {
+            Some(503) => AwsError::unavailable(),
+            Some(408) => AwsError::model_timeout(),
+            _ => AwsError::internal(),
+        });
+    }
+    None
+}
+
+impl Emulator {
+    /// Everything before the model runs: signature, model, permission, faults, guardrail lookup.
+    fn admit(&self, caller: &Caller, model_id: &str, guardrail_config: &Value) -> Result<Option<GuardrailUse>, AwsError> {
+        let base = base_model_id(model_id);
+        let config = self.config();
+        let served = config.catalogue.get(&caller.region).is_some_and(|models| models.iter().any(|m| m.model_id == base));
+        if !served {
+            return Err(AwsError::validation("The provided model identifier is invalid."));
+        }
+        if !caller.principal.allowed_models().iter().any(|p| glob_match(p, base)) {
+            return Err(AwsError::access_denied(format!(
+                "User: {} is not authorized to perform: bedrock:InvokeModel on resource: arn:aws:bedrock:{}::foundation-model/{base} because no identity-based policy allows the bedrock:InvokeModel action",
+                caller.principal.arn(),
+                caller.region
+            )));
+        }
+        if let Some(fault) = injected_fault(&config.faults, self.next_runtime_call()) {
+            return Err(fault);
+        }
+        let Some(identifier) = guardrail_config["guardrailIdentifier"].as_str() else { return Ok(None) };
+        let version = guardrail_config["guardrailVersion"].as_str().unwrap_or("DRAFT");
+        let store = self.0.guardrails.lock().map_err(|_| AwsError::internal())?;
+        let (id, policy) = store
+            .find(identifier)
+            .and_then(|g| Some((g.id.clone(), g.at(version)?.clone())))
+            .ok_or_else(|| AwsError::validation("The guardrail identifier or version provided in the request does not exist."))?;
+        Ok(Some(GuardrailUse { id, policy, trace: guardrail_config["trace"] == "enabled" }))
+    }
+
+    /// Runs the model on `prompt`, with the guardrail on its input and output.
+    fn run_model(&self, prompt: &Prompt, guardrail: Option<&GuardrailUse>) -> Outcome {
+        let mut input_assessment: Option<Assessment> = None;
+        let mut last_user_text = prompt.last_user_text.clone();
+        if let Some(g) = guardrail {
+            let assessed = g.policy.assess(&prompt.texts.concat(), Source::Input);
+            if assessed.intervened() {
+                last_user_text = g.policy.assess(&last_user_text, Source::Input).text;
+            }
+            if assessed.blocked {
+                let trace = g.trace.then(|| json!({ "guardrail": { "inputAssessment": { g.id.clone(): assessed.to_json() } } }));
+                return Outcome { text: g.policy.blocked_message(Source::Input), stop: "guardrail_intervened", input_tokens: 0, output_tokens: 0, cache_read: 0, cache_write: 0, trace };
+            }
+            input_assessment = Some(assessed);
+        }
+        let all_input: u64 = prompt.texts.iter().map(|t| count_tokens(t)).sum();
+        let (mut cache_read, mut cache_write) = (0, 0);
+        if let Some(prefix) = &prompt.cache_prefix {
+            let mut h = DefaultHasher::new();
+            prefix.hash(&mut h);
+            let first_time = self.0.prompt_cache.lock().map(|mut c| c.insert(h.finish())).unwrap_or(true);
+            let cached = count_tokens(prefix).min(all_input);
+            if first_time { cache_write = cached } else { cache_read = cached }
+        }
+        let (mut answer, stop) = text::answer(&self.config().output, &last_user_text, prompt.max_tokens, &prompt.stop_sequences);
+        let output_tokens = count_tokens(&answer);
+        let mut stop = stop.as_str();
+        let mut output_assessment = None;
+        if let Some(g) = guardrail {
+            let assessed = g.policy.assess(&answer, Source::Output);
+            if assessed.blocked {
+                answer = g.policy.blocked_message(Source::Output);
+                stop = "guardrail_intervened";
+            } else if assessed.intervened() {
+                answer.clone_from(&assessed.text);
+                stop = "guardrail_intervened";
+            }
+            output_assessment = Some(assessed);
+        }
+        let trace = guardrail.filter(|g| g.trace).map(|g| {
+            json!({ "guardrail": {
+                "inputAssessment": { g.id.clone(): input_assessment.as_ref().map_or(json!({}), Assessment::to_json) },
+                "outputAssessments": { g.id.clone(): [output_assessment.as_ref().map_or(json!({}), Assessment::to_json)] },
+            } })
+        });
+        Outcome { text: answer, stop, input_tokens: all_input - cache_read - cache_write, output_tokens, cache_read, cache_write, trace }
+    }
+
+    fn model_latency(&self, output_tokens: u64) -> Duration {
+        let config = self.config();
+        let latency = &config.latency;
+        Duration::from_millis(latency.fixed_ms + latency.per_output_token_ms * output_tokens)
+    }
+
+    fn record_call(&self, operation: &str, model_id: &str, caller: Option<&Caller>, result: Result<&Outcome, &AwsError>, guardrail: Option<&str>) {
+        let (input_tokens, output_tokens) = result.map_or((0, 0), |o| (o.input_tokens + o.cache_read + o.cache_write, o.output_tokens));
+        self.record(Record {
+            service: "bedrock-runtime",
+            operation: operation.to_owned(),
+            model_id: Some(model_id.to_owned()),
+            region: caller.map(|c| c.region.clone()),
+            principal: caller.map(|c| c.principal.arn()),
+            error: result.err().map(|e| e.code),
+            input_tokens,
+            output_tokens,
+            guardrail: guardrail.map(str::to_owned),
+            ..Record::default()
+        });
+    }
+}
+
+pub async fn converse(State(emulator): State<Emulator>, Path(model_id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
+        Ok(c) => c,
+        Err(e) => {
+            emulator.record_call("Converse", &model_id, None, Err(&e), None);
+            return e.into_response();
+        }
+    };
+    let prepared = parse_json(&body).and_then(|request| {
+        let prompt = converse_prompt(&request)?;
+        let guardrail = emulator.admit(&caller, &model_id, &request["guardrailConfig"])?;
+        Ok((prompt, guardrail))
+    });
+    let (prompt, guardrail) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            emulator.record_call("Converse", &model_id, Some(&caller), Err(&e), None);
+            return e.into_response();
+        }
+    };
+    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
+    tokio::time::sleep(emulator.model_latency(outcome.output_tokens)).await;
+    emulator.record_call("Converse", &model_id, Some(&caller), Ok(&outcome), guardrail.as_ref().map(|g| g.id.as_str()));
+    let mut answer = json!({
+        "output": { "message": { "role": "assistant", "content": [ { "text": outcome.text } ] } },
+        "stopReason": outcome.stop,
+        "usage": outcome.usage(),
+        "metrics": { "latencyMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX) },
+    });
+    if let Some(trace) = &outcome.trace {
+        answer["trace"] = trace.clone();
+    }
+    Json(answer).into_response()
+}
+
+/// One event-stream frame.
+fn frame(message_type: &'static str, type_header: (&'static str, &'static str), payload: &Value) -> Bytes {
+    let message = Message::new(Bytes::from(payload.to_string()))
+        .add_header(Header::new(type_header.0, EsValue::String(type_header.1.into())))
+        .add_header(Header::new(":content-type", EsValue::String("application/json".into())))
+        .add_header(Header::new(":message-type", EsValue::String(message_type.into())));
+    let mut buf = Vec::with_capacity(128);
+    // Writing to a Vec only fails on frames over 16 MiB, which these never are.
+    let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut buf);
+    Bytes::from(buf)
+}
+
+fn event(event_type: &'static str, payload: &Value) -> Bytes {
+    frame("event", (":event-type", event_type), payload)
+}
+
+/// What the stream writer does at each step.
+enum Step {
+    Send(Bytes),
+    Wait(Duration),
+    Stall,
+    Drop,
+}
+
+pub async fn converse_stream(State(emulator): State<Emulator>, Path(model_id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
+        Ok(c) => c,
+        Err(e) => {
+            emulator.record_call("ConverseStream", &model_id, None, Err(&e), None);
+            return e.into_response();
+        }
+    };
+    let prepared = parse_json(&body).and_then(|request| {
+        let prompt = converse_prompt(&request)?;
+        let guardrail = emulator.admit(&caller, &model_id, &request["guardrailConfig"])?;
+        Ok((prompt, guardrail))
+    });
+    let (prompt, guardrail) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            emulator.record_call("ConverseStream", &model_id, Some(&caller), Err(&e), None);
+            return e.into_response();
+        }
+    };
+    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
+    emulator.record_call("ConverseStream", &model_id, Some(&caller), Ok(&outcome), guardrail.as_ref().map(|g| g.id.as_str()));
+
+    let config = emulator.config();
+    let faults = &config.faults;
+    let per_token = Duration::from_millis(config.latency.per_output_token_ms);
+    let mut steps = vec![Step::Wait(Duration::from_millis(config.latency.fixed_ms)), Step::Send(event("messageStart", &json!({ "role": "assistant" })))];
+    for (i, chunk) in text::chunks(&outcome.text).into_iter().enumerate() {
+        let sent = u32::try_from(i).unwrap_or(u32::MAX);
+        if faults.stream_stall_after_tokens == Some(sent) {
+            steps.push(Step::Stall);
+            break;
+        }
+        if faults.stream_drop_after_tokens == Some(sent) {
+            steps.push(Step::Drop);
+            break;
+        }
+        if faults.stream_error_after_tokens == Some(sent) {
+            let payload = json!({ "message": "The model stream was interrupted.", "originalStatusCode": 500, "originalMessage": "stream error" });
+            steps.push(Step::Send(frame("exception", (":exception-type", "modelStreamErrorException"), &payload)));
+            steps.push(Step::Drop);
+            break;
+        }
+        if !per_token.is_zero() {
+            steps.push(Step::Wait(per_token));
+        }
+        steps.push(Step::Send(event("contentBlockDelta", &json!({ "contentBlockIndex": 0, "delta": { "text": chunk } }))));
+    }
+    if !matches!(steps.last(), Some(Step::Stall | Step::Drop)) {
+        steps.push(Step::Send(event("contentBlockStop", &json!({ "contentBlockIndex": 0 }))));
+        steps.push(Step::Send(event("messageStop", &json!({ "stopReason": outcome.stop }))));
+        let latency_ms = emulator.model_latency(outcome.output_tokens).as_millis();
+        let mut metadata = json!({ "usage": outcome.usage(), "metrics": { "latencyMs": u64::try_from(latency_ms).unwrap_or(u64::MAX) } });
+        if let Some(trace) = &outcome.trace {
+            metadata["trace"] = trace.clone();
+        }
+        steps.push(Step::Send(event("metadata", &metadata)));
+    }
+    let stream = futures_util::stream::unfold(steps.into_iter(), |mut steps| async move {
+        loop {
+            match steps.next()? {
+                Step::Wait(d) => {
+                    if !d.is_zero() {
+                        tokio::time::sleep(d).await;
+                    }
+                }
+                Step::Send(bytes) => return Some((Ok::<Bytes, std::io::Error>(bytes), steps)),
+                Step::Stall => {
+                    futures_util::future::pending::<()>().await;
+                }
+                Step::Drop => {
+                    return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected stream drop")), steps));
+                }
+            }
+        }
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.amazon.eventstream"));
+    response
+}
+
+pub async fn invoke_model(State(emulator): State<Emulator>, Path(model_id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
+        Ok(c) => c,
+        Err(e) => {
+            emulator.record_call("InvokeModel", &model_id, None, Err(&e), None);
+            return e.into_response();
+        }
+    };
+    let prepared = parse_json(&body).and_then(|request| {
+        if !base_model_id(&model_id).starts_with("anthropic.") {
+            return Err(AwsError::validation("This emulator's InvokeModel accepts Anthropic Messages bodies only; use Converse for other models."));
+        }
+        let prompt = anthropic_prompt(&request)?;
+        let guardrail_config = match (headers.get("x-amzn-bedrock-guardrailidentifier"), headers.get("x-amzn-bedrock-guardrailversion")) {
+            (Some(id), version) => json!({
+                "guardrailIdentifier": id.to_str().unwrap_or_default(),
+                "guardrailVersion": version.and_then(|v| v.to_str().ok()).unwrap_or("DRAFT"),
+            }),
+            _ => Value::Null,
+        };
+        let guardrail = emulator.admit(&caller, &model_id, &guardrail_config)?;
+        Ok((prompt, guardrail))
+    });
+    let (prompt, guardrail) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            emulator.record_call("InvokeModel", &model_id, Some(&caller), Err(&e), None);
+            return e.into_response();
+        }
+    };
+    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
+    tokio::time::sleep(emulator.model_latency(outcome.output_tokens)).await;
+    emulator.record_call("InvokeModel", &model_id, Some(&caller), Ok(&outcome), guardrail.as_ref().map(|g| g.id.as_str()));
+    let stop_reason = match outcome.stop {
+        "end_turn" => "end_turn",
+        "max_tokens" => "max_tokens",
+        "stop_sequence" => "stop_sequence",
+        _ => "guardrail_intervened",
+    };
+    let answer = json!({
+        "id": format!("msg_bdrk_{}", random_token(24)),
+        "type": "message",
+        "role": "assistant",
+        "model": base_model_id(&model_id),
+        "content": [ { "type": "text", "text": outcome.text } ],
+        "stop_reason": stop_reason,
+        "stop_sequence": Value::Null,
+        "usage": { "input_tokens": outcome.input_tokens, "output_tokens": outcome.output_tokens },
+    });
+    let mut response = Json(answer).into_response();
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-amzn-bedrock-input-token-count", outcome.input_tokens),
+        ("x-amzn-bedrock-output-token-count", outcome.output_tokens),
+        ("x-amzn-bedrock-invocation-latency", u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+    ] {
+        h.insert(name, HeaderValue::from(value));
+    }
+    response
+}
+
+pub async fn apply_guardrail(
+    State(emulator): State<Emulator>,
+    Path((id, version)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = emulator.authenticate_bedrock(&headers, &body, "POST", &uri);
+    let result = caller.as_ref().map_err(Clone::clone).and_then(|_| {
+        let request = parse_json(&body)?;
+        let source = match request["source"].as_str() {
+            Some("INPUT") => Source::Input,
+            Some("OUTPUT") => Source::Output,
+            _ => return Err(AwsError::validation("1 validation error detected: Value at 'source' failed to satisfy constraint: Member must satisfy enum value set: [INPUT, OUTPUT]")),
+        };
+        let policy = {
+            let store = emulator.0.guardrails.lock().map_err(|_| AwsError::internal())?;
+            store.find(&id).and_then(|g| g.at(&version).cloned()).ok_or_else(|| {
+                AwsError::not_found("The guardrail identifier or version provided in the request does not exist.")
+            })?
+        };
+        let text: String = request["content"].as_array().into_iter().flatten().filter_map(|b| b["text"]["text"].as_str()).collect::<Vec<_>>().join("\n");
+        let assessed = policy.assess(&text, source);
+        let units = u64::try_from(text.len().div_ceil(1000)).unwrap_or(u64::MAX);
+        let output = if assessed.blocked { policy.blocked_message(source) } else { assessed.text.clone() };
+        Ok(json!({
+            "usage": { "topicPolicyUnits": units, "contentPolicyUnits": units, "wordPolicyUnits": units,
+                       "sensitiveInformationPolicyUnits": units, "sensitiveInformationPolicyFreeUnits": 0, "contextualGroundingPolicyUnits": 0 },
+            "action": if assessed.intervened() { "GUARDRAIL_INTERVENED" } else { "NONE" },
+            "outputs": if assessed.intervened() { json!([ { "text": output } ]) } else { json!([]) },
+            "assessments": [ assessed.to_json() ],
+        }))
+    });
+    emulator.record(Record {
+        service: "bedrock-runtime",
+        operation: "ApplyGuardrail".to_owned(),
+        region: caller.as_ref().ok().map(|c| c.region.clone()),
+        principal: caller.as_ref().ok().map(|c| c.principal.arn()),
+        error: result.as_ref().err().map(|e| e.code),
+        guardrail: Some(id),
+        ..Record::default()
+    });
+    match result {
+        Ok(v) => (StatusCode::OK, Json(v)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_ids_and_arns_resolve_to_the_base_model() {
+        assert_eq!(base_model_id("us.anthropic.claude-haiku-4-5-20251001-v1:0"), "anthropic.claude-haiku-4-5-20251001-v1:0");
+        assert_eq!(base_model_id("global.anthropic.claude-sonnet-4-5-20250929-v1:0"), "anthropic.claude-sonnet-4-5-20250929-v1:0");
+        assert_eq!(base_model_id("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0"), "amazon.nova-pro-v1:0");
+        assert_eq!(base_model_id("amazon.nova-pro-v1:0"), "amazon.nova-pro-v1:0");
+    }
+
+    #[test]
+    fn faults_are_deterministic() {
+        let every = Faults { throttle_every_n: Some(3), ..Faults::default() };
+        let hits: Vec<u64> = (1..=9).filter(|n| injected_fault(&every, *n).is_some()).collect();
+        assert_eq!(hits, [3, 6, 9]);
+        let half = Faults { throttle_fraction: Some(0.5), ..Faults::default() };
+        let n = (1..=1000).filter(|n| injected_fault(&half, *n).is_some()).count();
+        assert!((450..=550).contains(&n), "{n}");
+        let errors = Faults { error_every_n: Some(1), error_status: Some(503), ..Faults::default() };
+        assert_eq!(injected_fault(&errors, 1).unwrap().code, "ServiceUnavailableException");
+    }
+}
