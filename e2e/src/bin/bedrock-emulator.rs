@@ -4,7 +4,10 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
-use e2e::emulator::{Emulator, config::{Config, TEST_ACCESS_KEY_ID, TEST_ROLE_ARN, TEST_SECRET_ACCESS_KEY}};
+use e2e::emulator::{
+    Emulator,
+    config::{Config, TEST_ACCESS_KEY_ID, TEST_ROLE_ARN, TEST_SECRET_ACCESS_KEY},
+};
 
 /// Emulates AWS Bedrock Runtime (Converse, ConverseStream, InvokeModel, ApplyGuardrail), the
 /// Bedrock control plane (guardrails, foundation models) and STS (AssumeRoleWithWebIdentity,
@@ -18,7 +21,11 @@ use e2e::emulator::{Emulator, config::{Config, TEST_ACCESS_KEY_ID, TEST_ROLE_ARN
     after_help = format!("Static test credentials: AWS_ACCESS_KEY_ID={TEST_ACCESS_KEY_ID} AWS_SECRET_ACCESS_KEY={TEST_SECRET_ACCESS_KEY}\nTest role: {TEST_ROLE_ARN}\nAdmin API: GET /_emulator/requests, GET|PUT /_emulator/config, POST /_emulator/reset"))]
 struct Cli {
     /// Address to listen on (loopback by default: the emulator has no real security).
-    #[arg(long, env = "BEDROCK_EMULATOR_LISTEN", default_value = "127.0.0.1:4566")]
+    #[arg(
+        long,
+        env = "BEDROCK_EMULATOR_LISTEN",
+        default_value = "127.0.0.1:4566"
+    )]
     listen: SocketAddr,
     /// YAML configuration: catalogue, users, roles and trust, OIDC issuer, output, latency, faults.
     #[arg(long, env = "BEDROCK_EMULATOR_CONFIG")]
@@ -30,11 +37,18 @@ struct Cli {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let cli = Cli::parse();
     let config = match &cli.config {
         None => Config::default(),
-        Some(path) => match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| serde_yaml::from_str::<Config>(&t).map_err(|e| e.to_string())) {
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_yaml::from_str::<Config>(&t).map_err(|e| e.to_string()))
+        {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("bedrock-emulator: cannot use {}: {e}", path.display());
@@ -61,7 +75,9 @@ async fn main() -> ExitCode {
     };
     let emulator = Emulator::new(config);
     emulator.prefetch_jwks().await;
-    let addr = listener.local_addr().map_or_else(|_| cli.listen.to_string(), |a| a.to_string());
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| cli.listen.to_string(), |a| a.to_string());
     println!("bedrock-emulator listening on http://{addr}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -71,10 +87,13 @@ async fn main() -> ExitCode {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         tokio::select! {
             () = shutdown => {}
-            _ = async { match term.as_mut() { Ok(t) => { t.recv().await; } Err(_) => futures_util::future::pending::<()>().await } } => {}
+            () = async { match term.as_mut() { Ok(t) => { t.recv().await; } Err(_) => futures_util::future::pending::<()>().await } } => {}
         }
     };
-    match axum::serve(listener, emulator.router()).with_graceful_shutdown(shutdown).await {
+    match axum::serve(listener, emulator.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bedrock-emulator: {e}");

@@ -132,21 +132,16 @@ pub struct OidcProvider {
 }
 
 /// What the model says.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", tag = "mode", deny_unknown_fields)]
 pub enum OutputMode {
     /// The last user message, repeated back.
+    #[default]
     Echo,
     /// Always the same text.
     Fixed { text: String },
     /// `tokens` tokens of filler (`tok ` repeated: one token each by the counting rule).
     Filler { tokens: u32 },
-}
-
-impl Default for OutputMode {
-    fn default() -> Self {
-        OutputMode::Echo
-    }
 }
 
 /// Simulated model latency: `fixedMs` before the first token, `perOutputTokenMs` for each one.
@@ -219,7 +214,14 @@ fn default_request_log() -> usize {
 }
 
 /// Regions served by default.
-pub const DEFAULT_REGIONS: [&str; 6] = ["us-east-1", "us-west-2", "eu-central-1", "eu-west-1", "ap-northeast-1", "ap-southeast-2"];
+pub const DEFAULT_REGIONS: [&str; 6] = [
+    "us-east-1",
+    "us-west-2",
+    "eu-central-1",
+    "eu-west-1",
+    "ap-northeast-1",
+    "ap-southeast-2",
+];
 
 fn default_catalogue() -> BTreeMap<String, Vec<CatalogueModel>> {
     let models: Vec<CatalogueModel> = k8s_ai_api::pricing::builtin_models()
@@ -229,7 +231,10 @@ fn default_catalogue() -> BTreeMap<String, Vec<CatalogueModel>> {
             model_name: model_id.to_owned(),
         })
         .collect();
-    DEFAULT_REGIONS.iter().map(|r| ((*r).to_owned(), models.clone())).collect()
+    DEFAULT_REGIONS
+        .iter()
+        .map(|r| ((*r).to_owned(), models.clone()))
+        .collect()
 }
 
 fn default_users() -> Vec<User> {
@@ -257,7 +262,8 @@ pub fn glob_match(pattern: &str, value: &str) -> bool {
         return pattern == value;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !value.starts_with(first) || value.len() < first.len() + last.len() || !value.ends_with(last) {
+    if !value.starts_with(first) || value.len() < first.len() + last.len() || !value.ends_with(last)
+    {
         return false;
     }
     let mut rest = &value[first.len()..value.len() - last.len()];
@@ -277,7 +283,10 @@ mod tests {
     #[test]
     fn globs() {
         assert!(glob_match("*", "anything"));
-        assert!(glob_match("system:serviceaccount:*:*", "system:serviceaccount:ns:sa"));
+        assert!(glob_match(
+            "system:serviceaccount:*:*",
+            "system:serviceaccount:ns:sa"
+        ));
         assert!(glob_match("anthropic.*", "anthropic.claude-3"));
         assert!(!glob_match("anthropic.*", "amazon.nova"));
         assert!(glob_match("a*b*c", "axxbyyc"));
@@ -300,6 +309,9 @@ credentialLifetimeSeconds: 5
         assert_eq!(config.output, OutputMode::Filler { tokens: 200 });
         assert_eq!(config.faults.throttle_every_n, Some(2));
         assert_eq!(config.roles[0].allowed_models, ["anthropic.*"]);
-        assert!(!config.catalogue.is_empty(), "the default catalogue applies");
+        assert!(
+            !config.catalogue.is_empty(),
+            "the default catalogue applies"
+        );
     }
 }

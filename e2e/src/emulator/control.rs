@@ -20,7 +20,12 @@ use super::{
     iso8601, random_token,
 };
 
-fn done(emulator: &Emulator, operation: &str, caller: Option<&Caller>, result: Result<(StatusCode, Value), AwsError>) -> Response {
+fn done(
+    emulator: &Emulator,
+    operation: &str,
+    caller: Option<&Caller>,
+    result: Result<(StatusCode, Value), AwsError>,
+) -> Response {
     emulator.record(Record {
         service: "bedrock",
         operation: operation.to_owned(),
@@ -36,22 +41,36 @@ fn done(emulator: &Emulator, operation: &str, caller: Option<&Caller>, result: R
 }
 
 fn parse_body(body: &[u8]) -> Result<Value, AwsError> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| AwsError::validation("The request body is not valid JSON."))?;
-    if value.is_object() { Ok(value) } else { Err(AwsError::validation("The request body must be a JSON object.")) }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|_| AwsError::validation("The request body is not valid JSON."))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(AwsError::validation(
+            "The request body must be a JSON object.",
+        ))
+    }
 }
 
 fn not_found(id: &str) -> AwsError {
     AwsError::not_found(format!("The guardrail {id} was not found."))
 }
 
-pub async fn create_guardrail(State(emulator): State<Emulator>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn create_guardrail(
+    State(emulator): State<Emulator>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "POST", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
         let request = parse_body(&body)?;
         let policy = Policy::from_request(request.clone()).map_err(AwsError::validation)?;
         let mut store = emulator.0.guardrails.lock().map_err(|_| AwsError::internal())?;
-        if let Some(token) = request["clientRequestToken"].as_str() {
-            if let Some(g) = store.create_tokens.get(token).and_then(|id| store.by_id.get(id)) {
+        if let Some(token) = request["clientRequestToken"].as_str()
+            && let Some(g) = store.create_tokens.get(token).and_then(|id| store.by_id.get(id))
+        {
+            {
                 return Ok((StatusCode::ACCEPTED, json!({ "guardrailId": g.id, "guardrailArn": g.arn, "version": "DRAFT", "createdAt": iso8601(g.created_at) })));
             }
         }
@@ -89,7 +108,11 @@ pub async fn get_guardrail(
 ) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|_| {
-        let mut store = emulator.0.guardrails.lock().map_err(|_| AwsError::internal())?;
+        let mut store = emulator
+            .0
+            .guardrails
+            .lock()
+            .map_err(|_| AwsError::internal())?;
         let g = store.find_mut(&id).ok_or_else(|| not_found(&id))?;
         let version = q.get("guardrailVersion").map_or("DRAFT", String::as_str);
         let status = match &mut g.pending {
@@ -99,12 +122,19 @@ pub async fn get_guardrail(
             }
             _ => "READY",
         };
-        let policy = g.at(version).ok_or_else(|| AwsError::not_found(format!("Version {version} of guardrail {id} was not found.")))?;
+        let policy = g.at(version).ok_or_else(|| {
+            AwsError::not_found(format!(
+                "Version {version} of guardrail {id} was not found."
+            ))
+        })?;
         let mut out = policy.describe();
         out.insert("name".into(), json!(policy.name()));
         out.insert("guardrailId".into(), json!(g.id));
         out.insert("guardrailArn".into(), json!(g.arn));
-        out.insert("version".into(), json!(if version.is_empty() { "DRAFT" } else { version }));
+        out.insert(
+            "version".into(),
+            json!(if version.is_empty() { "DRAFT" } else { version }),
+        );
         out.insert("status".into(), json!(status));
         out.insert("createdAt".into(), json!(iso8601(g.created_at)));
         out.insert("updatedAt".into(), json!(iso8601(g.updated_at)));
@@ -113,7 +143,13 @@ pub async fn get_guardrail(
     done(&emulator, "GetGuardrail", caller.as_ref().ok(), result)
 }
 
-pub async fn update_guardrail(State(emulator): State<Emulator>, Path(id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn update_guardrail(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "PUT", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|_| {
         let policy = Policy::from_request(parse_body(&body)?).map_err(AwsError::validation)?;
@@ -131,15 +167,34 @@ pub async fn update_guardrail(State(emulator): State<Emulator>, Path(id): Path<S
     done(&emulator, "UpdateGuardrail", caller.as_ref().ok(), result)
 }
 
-pub async fn create_guardrail_version(State(emulator): State<Emulator>, Path(id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn create_guardrail_version(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "POST", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|_| {
-        let request = if body.is_empty() { json!({}) } else { parse_body(&body)? };
+        let request = if body.is_empty() {
+            json!({})
+        } else {
+            parse_body(&body)?
+        };
         let transition = emulator.config().guardrail_transition_gets;
-        let mut store = emulator.0.guardrails.lock().map_err(|_| AwsError::internal())?;
-        let token = request["clientRequestToken"].as_str().map(|t| (id.clone(), t.to_owned()));
+        let mut store = emulator
+            .0
+            .guardrails
+            .lock()
+            .map_err(|_| AwsError::internal())?;
+        let token = request["clientRequestToken"]
+            .as_str()
+            .map(|t| (id.clone(), t.to_owned()));
         if let Some(version) = token.as_ref().and_then(|t| store.version_tokens.get(t)) {
-            return Ok((StatusCode::ACCEPTED, json!({ "guardrailId": id, "version": version.to_string() })));
+            return Ok((
+                StatusCode::ACCEPTED,
+                json!({ "guardrailId": id, "version": version.to_string() }),
+            ));
         }
         let g = store.find_mut(&id).ok_or_else(|| not_found(&id))?;
         let version = g.versions.keys().next_back().map_or(1, |v| v + 1);
@@ -150,9 +205,17 @@ pub async fn create_guardrail_version(State(emulator): State<Emulator>, Path(id)
         if let Some(t) = token {
             store.version_tokens.insert(t, version);
         }
-        Ok((StatusCode::ACCEPTED, json!({ "guardrailId": gid, "version": version.to_string() })))
+        Ok((
+            StatusCode::ACCEPTED,
+            json!({ "guardrailId": gid, "version": version.to_string() }),
+        ))
     });
-    done(&emulator, "CreateGuardrailVersion", caller.as_ref().ok(), result)
+    done(
+        &emulator,
+        "CreateGuardrailVersion",
+        caller.as_ref().ok(),
+        result,
+    )
 }
 
 pub async fn delete_guardrail(
@@ -165,8 +228,15 @@ pub async fn delete_guardrail(
 ) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "DELETE", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|_| {
-        let mut store = emulator.0.guardrails.lock().map_err(|_| AwsError::internal())?;
-        let key = store.find(&id).map(|g| g.id.clone()).ok_or_else(|| not_found(&id))?;
+        let mut store = emulator
+            .0
+            .guardrails
+            .lock()
+            .map_err(|_| AwsError::internal())?;
+        let key = store
+            .find(&id)
+            .map(|g| g.id.clone())
+            .ok_or_else(|| not_found(&id))?;
         match q.get("guardrailVersion").map(String::as_str) {
             None | Some("" | "DRAFT") => {
                 store.by_id.remove(&key);
@@ -175,8 +245,12 @@ pub async fn delete_guardrail(
             }
             Some(v) => {
                 let g = store.find_mut(&key).ok_or_else(|| not_found(&id))?;
-                let n: u32 = v.parse().map_err(|_| AwsError::validation(format!("Invalid guardrail version {v}.")))?;
-                g.versions.remove(&n).ok_or_else(|| AwsError::not_found(format!("Version {v} of guardrail {id} was not found.")))?;
+                let n: u32 = v
+                    .parse()
+                    .map_err(|_| AwsError::validation(format!("Invalid guardrail version {v}.")))?;
+                g.versions.remove(&n).ok_or_else(|| {
+                    AwsError::not_found(format!("Version {v} of guardrail {id} was not found."))
+                })?;
             }
         }
         Ok((StatusCode::ACCEPTED, json!({})))
@@ -184,7 +258,13 @@ pub async fn delete_guardrail(
     done(&emulator, "DeleteGuardrail", caller.as_ref().ok(), result)
 }
 
-pub async fn list_guardrails(State(emulator): State<Emulator>, Query(q): Query<HashMap<String, String>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn list_guardrails(
+    State(emulator): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|_| {
         let store = emulator.0.guardrails.lock().map_err(|_| AwsError::internal())?;
@@ -226,7 +306,13 @@ fn model_details(region: &str, m: &super::config::CatalogueModel) -> Value {
     })
 }
 
-pub async fn get_foundation_model(State(emulator): State<Emulator>, Path(id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn get_foundation_model(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
         let config = emulator.config();
@@ -235,15 +321,34 @@ pub async fn get_foundation_model(State(emulator): State<Emulator>, Path(id): Pa
             .catalogue
             .get(&caller.region)
             .and_then(|models| models.iter().find(|m| m.model_id == model_id))
-            .ok_or_else(|| AwsError::not_found(format!("The model {model_id} is not available in {}.", caller.region)))?;
-        Ok((StatusCode::OK, json!({ "modelDetails": model_details(&caller.region, model) })))
+            .ok_or_else(|| {
+                AwsError::not_found(format!(
+                    "The model {model_id} is not available in {}.",
+                    caller.region
+                ))
+            })?;
+        Ok((
+            StatusCode::OK,
+            json!({ "modelDetails": model_details(&caller.region, model) }),
+        ))
     });
-    done(&emulator, "GetFoundationModel", caller.as_ref().ok(), result)
+    done(
+        &emulator,
+        "GetFoundationModel",
+        caller.as_ref().ok(),
+        result,
+    )
 }
 
-pub async fn list_foundation_models(State(emulator): State<Emulator>, Query(q): Query<HashMap<String, String>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn list_foundation_models(
+    State(emulator): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
-    let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
+    let result = caller.as_ref().map_err(Clone::clone).map(|caller| {
         let config = emulator.config();
         let provider = q.get("byProvider").map(|p| p.to_lowercase());
         let summaries: Vec<Value> = config
@@ -251,10 +356,19 @@ pub async fn list_foundation_models(State(emulator): State<Emulator>, Query(q): 
             .get(&caller.region)
             .into_iter()
             .flatten()
-            .filter(|m| provider.as_ref().is_none_or(|p| m.provider_name.to_lowercase() == *p))
+            .filter(|m| {
+                provider
+                    .as_ref()
+                    .is_none_or(|p| m.provider_name.to_lowercase() == *p)
+            })
             .map(|m| model_details(&caller.region, m))
             .collect();
-        Ok((StatusCode::OK, json!({ "modelSummaries": summaries })))
+        (StatusCode::OK, json!({ "modelSummaries": summaries }))
     });
-    done(&emulator, "ListFoundationModels", caller.as_ref().ok(), result)
+    done(
+        &emulator,
+        "ListFoundationModels",
+        caller.as_ref().ok(),
+        result,
+    )
 }

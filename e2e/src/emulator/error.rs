@@ -24,7 +24,12 @@ pub struct AwsError {
 
 impl AwsError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        AwsError { status, code, message: message.into(), protocol: Protocol::RestJson }
+        AwsError {
+            status,
+            code,
+            message: message.into(),
+            protocol: Protocol::RestJson,
+        }
     }
 
     /// The same error, rendered for STS.
@@ -47,16 +52,32 @@ impl AwsError {
         Self::new(StatusCode::CONFLICT, "ConflictException", message)
     }
     pub fn throttling() -> Self {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "ThrottlingException", "Too many requests, please wait before trying again.")
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ThrottlingException",
+            "Too many requests, please wait before trying again.",
+        )
     }
     pub fn model_timeout() -> Self {
-        Self::new(StatusCode::REQUEST_TIMEOUT, "ModelTimeoutException", "Model has timed out in processing the request. Try your request again.")
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "ModelTimeoutException",
+            "Model has timed out in processing the request. Try your request again.",
+        )
     }
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerException", "The server encountered an internal error while processing the request.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerException",
+            "The server encountered an internal error while processing the request.",
+        )
     }
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailableException", "The service is temporarily unavailable. Please try again later.")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailableException",
+            "The service is temporarily unavailable. Please try again later.",
+        )
     }
 }
 
@@ -83,18 +104,26 @@ impl IntoResponse for AwsError {
             Protocol::RestJson => {
                 let body = serde_json::json!({ "message": self.message }).to_string();
                 let mut r = (self.status, body).into_response();
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 r
             }
             Protocol::AwsQuery => {
-                let kind = if self.status.is_server_error() { "Receiver" } else { "Sender" };
+                let kind = if self.status.is_server_error() {
+                    "Receiver"
+                } else {
+                    "Sender"
+                };
                 let body = format!(
                     "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\n  <Error>\n    <Type>{kind}</Type>\n    <Code>{}</Code>\n    <Message>{}</Message>\n  </Error>\n  <RequestId>{request_id}</RequestId>\n</ErrorResponse>\n",
                     self.code,
                     xml_escape(&self.message)
                 );
                 let mut r = (self.status, body).into_response();
-                r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml"));
                 r
             }
         };

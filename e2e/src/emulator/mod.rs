@@ -4,6 +4,9 @@
 //!
 //! Start it in-process with [`Emulator::start`], or as the `bedrock-emulator` binary.
 
+// Protocol handlers read best top to bottom, one operation each, even when long.
+#![allow(clippy::too_many_lines)]
+
 pub mod config;
 mod control;
 pub mod error;
@@ -44,8 +47,15 @@ use self::{
 /// Who signed a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Principal {
-    User { name: String, allowed_models: Vec<String> },
-    AssumedRole { role_arn: String, session: String, allowed_models: Vec<String> },
+    User {
+        name: String,
+        allowed_models: Vec<String>,
+    },
+    AssumedRole {
+        role_arn: String,
+        session: String,
+        allowed_models: Vec<String>,
+    },
 }
 
 impl Principal {
@@ -53,7 +63,9 @@ impl Principal {
     pub fn arn(&self) -> String {
         match self {
             Principal::User { name, .. } => format!("arn:aws:iam::{ACCOUNT_ID}:user/{name}"),
-            Principal::AssumedRole { role_arn, session, .. } => {
+            Principal::AssumedRole {
+                role_arn, session, ..
+            } => {
                 let role_name = role_arn.rsplit('/').next().unwrap_or(role_arn);
                 format!("arn:aws:sts::{ACCOUNT_ID}:assumed-role/{role_name}/{session}")
             }
@@ -63,20 +75,29 @@ impl Principal {
     fn user_id(&self) -> String {
         match self {
             Principal::User { name, .. } => format!("AIDA{}", short_hash(name)),
-            Principal::AssumedRole { role_arn, session, .. } => format!("AROA{}:{session}", short_hash(role_arn)),
+            Principal::AssumedRole {
+                role_arn, session, ..
+            } => format!("AROA{}:{session}", short_hash(role_arn)),
         }
     }
 
     fn allowed_models(&self) -> &[String] {
         match self {
-            Principal::User { allowed_models, .. } | Principal::AssumedRole { allowed_models, .. } => allowed_models,
+            Principal::User { allowed_models, .. }
+            | Principal::AssumedRole { allowed_models, .. } => allowed_models,
         }
     }
 }
 
 fn short_hash(s: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
-    digest.as_ref()[..8].iter().map(|b| format!("{b:02X}")).collect()
+    digest.as_ref()[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut out, b| {
+            use std::fmt::Write;
+            let _ = write!(out, "{b:02X}");
+            out
+        })
 }
 
 /// A verified caller: who signed, and for which region.
@@ -152,7 +173,12 @@ pub struct Record {
 
 impl Record {
     fn sts(action: &str, error: Option<&'static str>) -> Self {
-        Record { service: "sts", operation: action.to_owned(), error, ..Record::default() }
+        Record {
+            service: "sts",
+            operation: action.to_owned(),
+            error,
+            ..Record::default()
+        }
     }
 }
 
@@ -226,7 +252,11 @@ impl Emulator {
                 })
                 .await;
         });
-        Ok(Running { addr, emulator, shutdown: Some(tx) })
+        Ok(Running {
+            addr,
+            emulator,
+            shutdown: Some(tx),
+        })
     }
 
     /// The HTTP routes of every emulated service and of the admin API.
@@ -234,10 +264,19 @@ impl Emulator {
         Router::new()
             .route("/", post(sts_route))
             .route("/model/{model_id}/converse", post(runtime::converse))
-            .route("/model/{model_id}/converse-stream", post(runtime::converse_stream))
+            .route(
+                "/model/{model_id}/converse-stream",
+                post(runtime::converse_stream),
+            )
             .route("/model/{model_id}/invoke", post(runtime::invoke_model))
-            .route("/guardrail/{id}/version/{version}/apply", post(runtime::apply_guardrail))
-            .route("/guardrails", post(control::create_guardrail).get(control::list_guardrails))
+            .route(
+                "/guardrail/{id}/version/{version}/apply",
+                post(runtime::apply_guardrail),
+            )
+            .route(
+                "/guardrails",
+                post(control::create_guardrail).get(control::list_guardrails),
+            )
             .route(
                 "/guardrails/{id}",
                 get(control::get_guardrail)
@@ -246,17 +285,27 @@ impl Emulator {
                     .delete(control::delete_guardrail),
             )
             .route("/foundation-models", get(control::list_foundation_models))
-            .route("/foundation-models/{id}", get(control::get_foundation_model))
+            .route(
+                "/foundation-models/{id}",
+                get(control::get_foundation_model),
+            )
             .route("/_emulator/requests", get(admin_requests))
             .route("/_emulator/reset", post(admin_reset))
-            .route("/_emulator/config", get(admin_get_config).put(admin_put_config))
+            .route(
+                "/_emulator/config",
+                get(admin_get_config).put(admin_put_config),
+            )
             .fallback(unknown_operation)
             .with_state(self.clone())
     }
 
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
-        self.0.config.read().map(|c| Arc::clone(&c)).unwrap_or_default()
+        self.0
+            .config
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_default()
     }
 
     /// Replaces the configuration (catalogue, roles, output, latency, faults) at run time.
@@ -274,7 +323,10 @@ impl Emulator {
                         secret: user.secret_access_key,
                         session_token: None,
                         expires: None,
-                        principal: Principal::User { name: user.name, allowed_models: user.allowed_models },
+                        principal: Principal::User {
+                            name: user.name,
+                            allowed_models: user.allowed_models,
+                        },
                     },
                 );
             }
@@ -301,12 +353,19 @@ impl Emulator {
 
     /// Requests received, oldest first (at most `requestLogSize`).
     pub fn requests(&self) -> Vec<Record> {
-        self.0.log.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+        self.0
+            .log
+            .lock()
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn record(&self, mut record: Record) {
         record.seq = self.0.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        record.at_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or_default();
+        record.at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
         let limit = self.config().request_log_size;
         if let Ok(mut log) = self.0.log.lock() {
             if log.len() >= limit.max(1) {
@@ -322,31 +381,71 @@ impl Emulator {
     }
 
     /// Verifies the SigV4 signature and returns who signed.
-    fn authenticate(&self, headers: &HeaderMap, body: &[u8], method: &str, path_and_query: &str, service: &str) -> Result<Caller, AwsError> {
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        method: &str,
+        path_and_query: &str,
+        service: &str,
+    ) -> Result<Caller, AwsError> {
         let mut principal = None;
         let skew = Duration::from_secs(self.config().max_clock_skew_seconds);
-        let signed = sigv4::verify(method, path_and_query, headers, body, service, skew, |akid| {
-            let keys = self.0.keys.read().ok()?;
-            let entry = keys.get(akid)?;
-            principal = Some(entry.principal.clone());
-            Some(KnownKey { secret_access_key: entry.secret.clone(), session_token: entry.session_token.clone(), expires: entry.expires })
-        })?;
-        Ok(Caller { principal: principal.ok_or_else(AwsError::internal)?, region: signed.region })
+        let signed = sigv4::verify(
+            method,
+            path_and_query,
+            headers,
+            body,
+            service,
+            skew,
+            |akid| {
+                let keys = self.0.keys.read().ok()?;
+                let entry = keys.get(akid)?;
+                principal = Some(entry.principal.clone());
+                Some(KnownKey {
+                    secret_access_key: entry.secret.clone(),
+                    session_token: entry.session_token.clone(),
+                    expires: entry.expires,
+                })
+            },
+        )?;
+        Ok(Caller {
+            principal: principal.ok_or_else(AwsError::internal)?,
+            region: signed.region,
+        })
     }
 
     /// [`Self::authenticate`] for Bedrock (runtime and control plane both sign as `bedrock`).
-    fn authenticate_bedrock(&self, headers: &HeaderMap, body: &[u8], method: &str, uri: &Uri) -> Result<Caller, AwsError> {
-        let path_and_query = uri.path_and_query().map_or("/", axum::http::uri::PathAndQuery::as_str);
+    fn authenticate_bedrock(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        method: &str,
+        uri: &Uri,
+    ) -> Result<Caller, AwsError> {
+        let path_and_query = uri
+            .path_and_query()
+            .map_or("/", axum::http::uri::PathAndQuery::as_str);
         self.authenticate(headers, body, method, path_and_query, "bedrock")
     }
 
-    fn issue_role_credentials(&self, role: &Role, session: &str, lifetime: Duration) -> IssuedCredentials {
+    fn issue_role_credentials(
+        &self,
+        role: &Role,
+        session: &str,
+        lifetime: Duration,
+    ) -> IssuedCredentials {
         let access_key_id = format!("ASIA{}", random_token(8).to_uppercase());
         let issued = IssuedCredentials {
             secret_access_key: random_token(20),
             session_token: format!("IQoJb3JpZ2luX2Vj{}", random_token(48)),
             expiration: SystemTime::now() + lifetime,
-            assumed_role_arn: Principal::AssumedRole { role_arn: role.arn.clone(), session: session.to_owned(), allowed_models: Vec::new() }.arn(),
+            assumed_role_arn: Principal::AssumedRole {
+                role_arn: role.arn.clone(),
+                session: session.to_owned(),
+                allowed_models: Vec::new(),
+            }
+            .arn(),
             assumed_role_id: format!("AROA{}:{session}", short_hash(&role.arn)),
             access_key_id,
         };
@@ -373,15 +472,18 @@ impl Emulator {
     /// Fetches the OIDC provider's keys now, if one is configured. Best effort: they are fetched
     /// again on the first token signed with an unknown key id.
     pub async fn prefetch_jwks(&self) {
-        if let Some(oidc) = self.config().oidc.clone() {
-            if let Err(e) = self.refresh_jwks(&oidc).await {
-                tracing::warn!(error = %e, "could not fetch the OIDC provider's keys yet");
-            }
+        if let Some(oidc) = self.config().oidc.clone()
+            && let Err(e) = self.refresh_jwks(&oidc).await
+        {
+            tracing::warn!(error = %e, "could not fetch the OIDC provider's keys yet");
         }
     }
 
     fn jwks(&self) -> Arc<JwkSet> {
-        self.0.jwks.read().map(|j| Arc::clone(&j)).unwrap_or_else(|_| Arc::new(JwkSet { keys: Vec::new() }))
+        self.0.jwks.read().map_or_else(
+            |_| Arc::new(JwkSet { keys: Vec::new() }),
+            |j| Arc::clone(&j),
+        )
     }
 
     async fn refresh_jwks(&self, oidc: &config::OidcProvider) -> Result<Arc<JwkSet>, String> {
@@ -400,16 +502,32 @@ fn random_token(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     // SystemRandom only fails when the OS has no entropy source; then fall back to the clock.
     if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = (nanos >> (i % 16)) as u8);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = nanos.to_le_bytes()[i % 16]);
     }
-    bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
+    bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// A request id in AWS's format.
 pub fn request_id() -> String {
     let t = random_token(32);
-    format!("{}-{}-{}-{}-{}", &t[..8], &t[8..12], &t[12..16], &t[16..20], &t[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &t[..8],
+        &t[8..12],
+        &t[12..16],
+        &t[16..20],
+        &t[20..32]
+    )
 }
 
 async fn sts_route(State(emulator): State<Emulator>, headers: HeaderMap, body: Bytes) -> Response {
@@ -417,10 +535,18 @@ async fn sts_route(State(emulator): State<Emulator>, headers: HeaderMap, body: B
 }
 
 async fn unknown_operation(method: Method, uri: Uri) -> Response {
-    AwsError::new(StatusCode::NOT_FOUND, "UnknownOperationException", format!("No operation at {method} {}", uri.path())).into_response()
+    AwsError::new(
+        StatusCode::NOT_FOUND,
+        "UnknownOperationException",
+        format!("No operation at {method} {}", uri.path()),
+    )
+    .into_response()
 }
 
-async fn admin_requests(State(emulator): State<Emulator>, Query(q): Query<HashMap<String, String>>) -> Json<Vec<Record>> {
+async fn admin_requests(
+    State(emulator): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Json<Vec<Record>> {
     let mut records = emulator.requests();
     if let Some(op) = q.get("operation") {
         records.retain(|r| &r.operation == op);
@@ -443,7 +569,10 @@ async fn admin_put_config(State(emulator): State<Emulator>, body: Bytes) -> Resp
             emulator.set_config(config);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "message": e.to_string() }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "message": e.to_string() })),
+        )
+            .into_response(),
     }
 }
-

@@ -26,12 +26,17 @@ use super::{
 };
 
 /// Inference profile prefixes that route a base model across regions.
-const PROFILE_PREFIXES: [&str; 8] = ["us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca."];
+const PROFILE_PREFIXES: [&str; 8] = [
+    "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+];
 
 /// The base model id behind a model id, inference profile id or ARN.
 pub fn base_model_id(model_id: &str) -> &str {
     let id = model_id.rsplit('/').next().unwrap_or(model_id);
-    PROFILE_PREFIXES.iter().find_map(|p| id.strip_prefix(p)).unwrap_or(id)
+    PROFILE_PREFIXES
+        .iter()
+        .find_map(|p| id.strip_prefix(p))
+        .unwrap_or(id)
 }
 
 /// What a request asked the model, normalised from Converse or Anthropic Messages bodies.
@@ -79,7 +84,11 @@ impl Outcome {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, AwsError> {
-    serde_json::from_slice(body).map_err(|e| AwsError::validation(format!("Malformed input request: {e}, please reformat your input and try again.")))
+    serde_json::from_slice(body).map_err(|e| {
+        AwsError::validation(format!(
+            "Malformed input request: {e}, please reformat your input and try again."
+        ))
+    })
 }
 
 fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
@@ -107,13 +116,21 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
     for (i, m) in messages.iter().enumerate() {
         let role = m["role"].as_str().unwrap_or_default();
         if role != "user" && role != "assistant" {
-            return Err(AwsError::validation(format!("1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]", i + 1)));
+            return Err(AwsError::validation(format!(
+                "1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]",
+                i + 1
+            )));
         }
         if i == 0 && role != "user" {
-            return Err(AwsError::validation("A conversation must start with a user message. Try again with a conversation that starts with a user message."));
+            return Err(AwsError::validation(
+                "A conversation must start with a user message. Try again with a conversation that starts with a user message.",
+            ));
         }
         if !m["content"].is_array() {
-            return Err(AwsError::validation(format!("1 validation error detected: Value at 'messages.{}.member.content' failed to satisfy constraint: Member must not be null", i + 1)));
+            return Err(AwsError::validation(format!(
+                "1 validation error detected: Value at 'messages.{}.member.content' failed to satisfy constraint: Member must not be null",
+                i + 1
+            )));
         }
         let own = take_blocks(&m["content"], &mut texts)?;
         if role == "user" {
@@ -122,18 +139,35 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
     }
     let config = &body["inferenceConfig"];
     let max_tokens = match config["maxTokens"].as_i64() {
-        Some(n) if n < 1 => return Err(AwsError::validation("The maximum tokens you requested must be at least 1.")),
+        Some(n) if n < 1 => {
+            return Err(AwsError::validation(
+                "The maximum tokens you requested must be at least 1.",
+            ));
+        }
         Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
         None => 4096,
     };
-    let stop_sequences = config["stopSequences"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect();
-    Ok(Prompt { texts, last_user_text, max_tokens, stop_sequences, cache_prefix })
+    let stop_sequences = config["stopSequences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    Ok(Prompt {
+        texts,
+        last_user_text,
+        max_tokens,
+        stop_sequences,
+        cache_prefix,
+    })
 }
 
 /// Anthropic Messages (`anthropic_version`, `max_tokens`, `messages` with string or block content).
 fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
     if body["anthropic_version"].as_str().is_none() {
-        return Err(AwsError::validation("Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again."));
+        return Err(AwsError::validation(
+            "Malformed input request: #: required key [anthropic_version] not found, please reformat your input and try again.",
+        ));
     }
     let max_tokens = body["max_tokens"].as_u64().filter(|n| *n >= 1).ok_or_else(|| {
         AwsError::validation("Malformed input request: #: required key [max_tokens] not found, please reformat your input and try again.")
@@ -157,8 +191,19 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         }
         texts.push(t);
     }
-    let stop_sequences = body["stop_sequences"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect();
-    Ok(Prompt { texts, last_user_text, max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX), stop_sequences, cache_prefix: None })
+    let stop_sequences = body["stop_sequences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
+    Ok(Prompt {
+        texts,
+        last_user_text,
+        max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
+        stop_sequences,
+        cache_prefix: None,
+    })
 }
 
 /// Deterministic fraction in [0, 1) for call `n`.
@@ -169,12 +214,17 @@ fn golden(n: u64) -> f64 {
 }
 
 fn injected_fault(faults: &Faults, n: u64) -> Option<AwsError> {
-    let throttled = faults.throttle_every_n.is_some_and(|every| every > 0 && n % every == 0)
+    let throttled = faults
+        .throttle_every_n
+        .is_some_and(|every| every > 0 && n.is_multiple_of(every))
         || faults.throttle_fraction.is_some_and(|f| golden(n) < f);
     if throttled {
         return Some(AwsError::throttling());
     }
-    if faults.error_every_n.is_some_and(|every| every > 0 && n % every == 0) {
+    if faults
+        .error_every_n
+        .is_some_and(|every| every > 0 && n.is_multiple_of(every))
+    {
         return Some(match faults.error_status {
             Some(503) => AwsError::unavailable(),
             Some(408) => AwsError::model_timeout(),
@@ -186,14 +236,29 @@ fn injected_fault(faults: &Faults, n: u64) -> Option<AwsError> {
 
 impl Emulator {
     /// Everything before the model runs: signature, model, permission, faults, guardrail lookup.
-    fn admit(&self, caller: &Caller, model_id: &str, guardrail_config: &Value) -> Result<Option<GuardrailUse>, AwsError> {
+    fn admit(
+        &self,
+        caller: &Caller,
+        model_id: &str,
+        guardrail_config: &Value,
+    ) -> Result<Option<GuardrailUse>, AwsError> {
         let base = base_model_id(model_id);
         let config = self.config();
-        let served = config.catalogue.get(&caller.region).is_some_and(|models| models.iter().any(|m| m.model_id == base));
+        let served = config
+            .catalogue
+            .get(&caller.region)
+            .is_some_and(|models| models.iter().any(|m| m.model_id == base));
         if !served {
-            return Err(AwsError::validation("The provided model identifier is invalid."));
+            return Err(AwsError::validation(
+                "The provided model identifier is invalid.",
+            ));
         }
-        if !caller.principal.allowed_models().iter().any(|p| glob_match(p, base)) {
+        if !caller
+            .principal
+            .allowed_models()
+            .iter()
+            .any(|p| glob_match(p, base))
+        {
             return Err(AwsError::access_denied(format!(
                 "User: {} is not authorized to perform: bedrock:InvokeModel on resource: arn:aws:bedrock:{}::foundation-model/{base} because no identity-based policy allows the bedrock:InvokeModel action",
                 caller.principal.arn(),
@@ -203,14 +268,26 @@ impl Emulator {
         if let Some(fault) = injected_fault(&config.faults, self.next_runtime_call()) {
             return Err(fault);
         }
-        let Some(identifier) = guardrail_config["guardrailIdentifier"].as_str() else { return Ok(None) };
-        let version = guardrail_config["guardrailVersion"].as_str().unwrap_or("DRAFT");
+        let Some(identifier) = guardrail_config["guardrailIdentifier"].as_str() else {
+            return Ok(None);
+        };
+        let version = guardrail_config["guardrailVersion"]
+            .as_str()
+            .unwrap_or("DRAFT");
         let store = self.0.guardrails.lock().map_err(|_| AwsError::internal())?;
         let (id, policy) = store
             .find(identifier)
             .and_then(|g| Some((g.id.clone(), g.at(version)?.clone())))
-            .ok_or_else(|| AwsError::validation("The guardrail identifier or version provided in the request does not exist."))?;
-        Ok(Some(GuardrailUse { id, policy, trace: guardrail_config["trace"] == "enabled" }))
+            .ok_or_else(|| {
+                AwsError::validation(
+                    "The guardrail identifier or version provided in the request does not exist.",
+                )
+            })?;
+        Ok(Some(GuardrailUse {
+            id,
+            policy,
+            trace: guardrail_config["trace"] == "enabled",
+        }))
     }
 
     /// Runs the model on `prompt`, with the guardrail on its input and output.
@@ -224,7 +301,15 @@ impl Emulator {
             }
             if assessed.blocked {
                 let trace = g.trace.then(|| json!({ "guardrail": { "inputAssessment": { g.id.clone(): assessed.to_json() } } }));
-                return Outcome { text: g.policy.blocked_message(Source::Input), stop: "guardrail_intervened", input_tokens: 0, output_tokens: 0, cache_read: 0, cache_write: 0, trace };
+                return Outcome {
+                    text: g.policy.blocked_message(Source::Input),
+                    stop: "guardrail_intervened",
+                    input_tokens: 0,
+                    output_tokens: 0,
+                    cache_read: 0,
+                    cache_write: 0,
+                    trace,
+                };
             }
             input_assessment = Some(assessed);
         }
@@ -233,11 +318,24 @@ impl Emulator {
         if let Some(prefix) = &prompt.cache_prefix {
             let mut h = DefaultHasher::new();
             prefix.hash(&mut h);
-            let first_time = self.0.prompt_cache.lock().map(|mut c| c.insert(h.finish())).unwrap_or(true);
+            let first_time = self
+                .0
+                .prompt_cache
+                .lock()
+                .map_or(true, |mut c| c.insert(h.finish()));
             let cached = count_tokens(prefix).min(all_input);
-            if first_time { cache_write = cached } else { cache_read = cached }
+            if first_time {
+                cache_write = cached;
+            } else {
+                cache_read = cached;
+            }
         }
-        let (mut answer, stop) = text::answer(&self.config().output, &last_user_text, prompt.max_tokens, &prompt.stop_sequences);
+        let (mut answer, stop) = text::answer(
+            &self.config().output,
+            &last_user_text,
+            prompt.max_tokens,
+            &prompt.stop_sequences,
+        );
         let output_tokens = count_tokens(&answer);
         let mut stop = stop.as_str();
         let mut output_assessment = None;
@@ -258,7 +356,15 @@ impl Emulator {
                 "outputAssessments": { g.id.clone(): [output_assessment.as_ref().map_or(json!({}), Assessment::to_json)] },
             } })
         });
-        Outcome { text: answer, stop, input_tokens: all_input - cache_read - cache_write, output_tokens, cache_read, cache_write, trace }
+        Outcome {
+            text: answer,
+            stop,
+            input_tokens: all_input - cache_read - cache_write,
+            output_tokens,
+            cache_read,
+            cache_write,
+            trace,
+        }
     }
 
     fn model_latency(&self, output_tokens: u64) -> Duration {
@@ -267,8 +373,20 @@ impl Emulator {
         Duration::from_millis(latency.fixed_ms + latency.per_output_token_ms * output_tokens)
     }
 
-    fn record_call(&self, operation: &str, model_id: &str, caller: Option<&Caller>, result: Result<&Outcome, &AwsError>, guardrail: Option<&str>) {
-        let (input_tokens, output_tokens) = result.map_or((0, 0), |o| (o.input_tokens + o.cache_read + o.cache_write, o.output_tokens));
+    fn record_call(
+        &self,
+        operation: &str,
+        model_id: &str,
+        caller: Option<&Caller>,
+        result: Result<&Outcome, &AwsError>,
+        guardrail: Option<&str>,
+    ) {
+        let (input_tokens, output_tokens) = result.map_or((0, 0), |o| {
+            (
+                o.input_tokens + o.cache_read + o.cache_write,
+                o.output_tokens,
+            )
+        });
         self.record(Record {
             service: "bedrock-runtime",
             operation: operation.to_owned(),
@@ -284,7 +402,13 @@ impl Emulator {
     }
 }
 
-pub async fn converse(State(emulator): State<Emulator>, Path(model_id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn converse(
+    State(emulator): State<Emulator>,
+    Path(model_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
         Ok(c) => c,
@@ -307,7 +431,13 @@ pub async fn converse(State(emulator): State<Emulator>, Path(model_id): Path<Str
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
     tokio::time::sleep(emulator.model_latency(outcome.output_tokens)).await;
-    emulator.record_call("Converse", &model_id, Some(&caller), Ok(&outcome), guardrail.as_ref().map(|g| g.id.as_str()));
+    emulator.record_call(
+        "Converse",
+        &model_id,
+        Some(&caller),
+        Ok(&outcome),
+        guardrail.as_ref().map(|g| g.id.as_str()),
+    );
     let mut answer = json!({
         "output": { "message": { "role": "assistant", "content": [ { "text": outcome.text } ] } },
         "stopReason": outcome.stop,
@@ -321,11 +451,24 @@ pub async fn converse(State(emulator): State<Emulator>, Path(model_id): Path<Str
 }
 
 /// One event-stream frame.
-fn frame(message_type: &'static str, type_header: (&'static str, &'static str), payload: &Value) -> Bytes {
+fn frame(
+    message_type: &'static str,
+    type_header: (&'static str, &'static str),
+    payload: &Value,
+) -> Bytes {
     let message = Message::new(Bytes::from(payload.to_string()))
-        .add_header(Header::new(type_header.0, EsValue::String(type_header.1.into())))
-        .add_header(Header::new(":content-type", EsValue::String("application/json".into())))
-        .add_header(Header::new(":message-type", EsValue::String(message_type.into())));
+        .add_header(Header::new(
+            type_header.0,
+            EsValue::String(type_header.1.into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            EsValue::String("application/json".into()),
+        ))
+        .add_header(Header::new(
+            ":message-type",
+            EsValue::String(message_type.into()),
+        ));
     let mut buf = Vec::with_capacity(128);
     // Writing to a Vec only fails on frames over 16 MiB, which these never are.
     let _ = aws_smithy_eventstream::frame::write_message_to(&message, &mut buf);
@@ -344,7 +487,13 @@ enum Step {
     Drop,
 }
 
-pub async fn converse_stream(State(emulator): State<Emulator>, Path(model_id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn converse_stream(
+    State(emulator): State<Emulator>,
+    Path(model_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
         Ok(c) => c,
         Err(e) => {
@@ -365,12 +514,21 @@ pub async fn converse_stream(State(emulator): State<Emulator>, Path(model_id): P
         }
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    emulator.record_call("ConverseStream", &model_id, Some(&caller), Ok(&outcome), guardrail.as_ref().map(|g| g.id.as_str()));
+    emulator.record_call(
+        "ConverseStream",
+        &model_id,
+        Some(&caller),
+        Ok(&outcome),
+        guardrail.as_ref().map(|g| g.id.as_str()),
+    );
 
     let config = emulator.config();
     let faults = &config.faults;
     let per_token = Duration::from_millis(config.latency.per_output_token_ms);
-    let mut steps = vec![Step::Wait(Duration::from_millis(config.latency.fixed_ms)), Step::Send(event("messageStart", &json!({ "role": "assistant" })))];
+    let mut steps = vec![
+        Step::Wait(Duration::from_millis(config.latency.fixed_ms)),
+        Step::Send(event("messageStart", &json!({ "role": "assistant" }))),
+    ];
     for (i, chunk) in text::chunks(&outcome.text).into_iter().enumerate() {
         let sent = u32::try_from(i).unwrap_or(u32::MAX);
         if faults.stream_stall_after_tokens == Some(sent) {
@@ -383,18 +541,31 @@ pub async fn converse_stream(State(emulator): State<Emulator>, Path(model_id): P
         }
         if faults.stream_error_after_tokens == Some(sent) {
             let payload = json!({ "message": "The model stream was interrupted.", "originalStatusCode": 500, "originalMessage": "stream error" });
-            steps.push(Step::Send(frame("exception", (":exception-type", "modelStreamErrorException"), &payload)));
+            steps.push(Step::Send(frame(
+                "exception",
+                (":exception-type", "modelStreamErrorException"),
+                &payload,
+            )));
             steps.push(Step::Drop);
             break;
         }
         if !per_token.is_zero() {
             steps.push(Step::Wait(per_token));
         }
-        steps.push(Step::Send(event("contentBlockDelta", &json!({ "contentBlockIndex": 0, "delta": { "text": chunk } }))));
+        steps.push(Step::Send(event(
+            "contentBlockDelta",
+            &json!({ "contentBlockIndex": 0, "delta": { "text": chunk } }),
+        )));
     }
     if !matches!(steps.last(), Some(Step::Stall | Step::Drop)) {
-        steps.push(Step::Send(event("contentBlockStop", &json!({ "contentBlockIndex": 0 }))));
-        steps.push(Step::Send(event("messageStop", &json!({ "stopReason": outcome.stop }))));
+        steps.push(Step::Send(event(
+            "contentBlockStop",
+            &json!({ "contentBlockIndex": 0 }),
+        )));
+        steps.push(Step::Send(event(
+            "messageStop",
+            &json!({ "stopReason": outcome.stop }),
+        )));
         let latency_ms = emulator.model_latency(outcome.output_tokens).as_millis();
         let mut metadata = json!({ "usage": outcome.usage(), "metrics": { "latencyMs": u64::try_from(latency_ms).unwrap_or(u64::MAX) } });
         if let Some(trace) = &outcome.trace {
@@ -415,17 +586,32 @@ pub async fn converse_stream(State(emulator): State<Emulator>, Path(model_id): P
                     futures_util::future::pending::<()>().await;
                 }
                 Step::Drop => {
-                    return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected stream drop")), steps));
+                    return Some((
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "injected stream drop",
+                        )),
+                        steps,
+                    ));
                 }
             }
         }
     });
     let mut response = Body::from_stream(stream).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/vnd.amazon.eventstream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
     response
 }
 
-pub async fn invoke_model(State(emulator): State<Emulator>, Path(model_id): Path<String>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn invoke_model(
+    State(emulator): State<Emulator>,
+    Path(model_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
     let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
         Ok(c) => c,
@@ -458,7 +644,13 @@ pub async fn invoke_model(State(emulator): State<Emulator>, Path(model_id): Path
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
     tokio::time::sleep(emulator.model_latency(outcome.output_tokens)).await;
-    emulator.record_call("InvokeModel", &model_id, Some(&caller), Ok(&outcome), guardrail.as_ref().map(|g| g.id.as_str()));
+    emulator.record_call(
+        "InvokeModel",
+        &model_id,
+        Some(&caller),
+        Ok(&outcome),
+        guardrail.as_ref().map(|g| g.id.as_str()),
+    );
     let stop_reason = match outcome.stop {
         "end_turn" => "end_turn",
         "max_tokens" => "max_tokens",
@@ -480,7 +672,10 @@ pub async fn invoke_model(State(emulator): State<Emulator>, Path(model_id): Path
     for (name, value) in [
         ("x-amzn-bedrock-input-token-count", outcome.input_tokens),
         ("x-amzn-bedrock-output-token-count", outcome.output_tokens),
-        ("x-amzn-bedrock-invocation-latency", u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+        (
+            "x-amzn-bedrock-invocation-latency",
+            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        ),
     ] {
         h.insert(name, HeaderValue::from(value));
     }
@@ -541,21 +736,50 @@ mod tests {
 
     #[test]
     fn profile_ids_and_arns_resolve_to_the_base_model() {
-        assert_eq!(base_model_id("us.anthropic.claude-haiku-4-5-20251001-v1:0"), "anthropic.claude-haiku-4-5-20251001-v1:0");
-        assert_eq!(base_model_id("global.anthropic.claude-sonnet-4-5-20250929-v1:0"), "anthropic.claude-sonnet-4-5-20250929-v1:0");
-        assert_eq!(base_model_id("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0"), "amazon.nova-pro-v1:0");
-        assert_eq!(base_model_id("amazon.nova-pro-v1:0"), "amazon.nova-pro-v1:0");
+        assert_eq!(
+            base_model_id("us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            "anthropic.claude-haiku-4-5-20251001-v1:0"
+        );
+        assert_eq!(
+            base_model_id("global.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            "anthropic.claude-sonnet-4-5-20250929-v1:0"
+        );
+        assert_eq!(
+            base_model_id("arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-pro-v1:0"),
+            "amazon.nova-pro-v1:0"
+        );
+        assert_eq!(
+            base_model_id("amazon.nova-pro-v1:0"),
+            "amazon.nova-pro-v1:0"
+        );
     }
 
     #[test]
     fn faults_are_deterministic() {
-        let every = Faults { throttle_every_n: Some(3), ..Faults::default() };
-        let hits: Vec<u64> = (1..=9).filter(|n| injected_fault(&every, *n).is_some()).collect();
+        let every = Faults {
+            throttle_every_n: Some(3),
+            ..Faults::default()
+        };
+        let hits: Vec<u64> = (1..=9)
+            .filter(|n| injected_fault(&every, *n).is_some())
+            .collect();
         assert_eq!(hits, [3, 6, 9]);
-        let half = Faults { throttle_fraction: Some(0.5), ..Faults::default() };
-        let n = (1..=1000).filter(|n| injected_fault(&half, *n).is_some()).count();
+        let half = Faults {
+            throttle_fraction: Some(0.5),
+            ..Faults::default()
+        };
+        let n = (1..=1000)
+            .filter(|n| injected_fault(&half, *n).is_some())
+            .count();
         assert!((450..=550).contains(&n), "{n}");
-        let errors = Faults { error_every_n: Some(1), error_status: Some(503), ..Faults::default() };
-        assert_eq!(injected_fault(&errors, 1).unwrap().code, "ServiceUnavailableException");
+        let errors = Faults {
+            error_every_n: Some(1),
+            error_status: Some(503),
+            ..Faults::default()
+        };
+        assert_eq!(
+            injected_fault(&errors, 1).unwrap().code,
+            "ServiceUnavailableException"
+        );
     }
 }

@@ -31,7 +31,12 @@ impl Stop {
 
 /// The answer to `last_user_text` under `mode`, cut at the first stop sequence or at
 /// `max_tokens` tokens.
-pub fn answer(mode: &OutputMode, last_user_text: &str, max_tokens: u32, stop_sequences: &[String]) -> (String, Stop) {
+pub fn answer(
+    mode: &OutputMode,
+    last_user_text: &str,
+    max_tokens: u32,
+    stop_sequences: &[String],
+) -> (String, Stop) {
     let full = match mode {
         OutputMode::Echo => last_user_text.to_owned(),
         OutputMode::Fixed { text } => text.clone(),
@@ -39,11 +44,18 @@ pub fn answer(mode: &OutputMode, last_user_text: &str, max_tokens: u32, stop_seq
     };
     let mut text = full.as_str();
     let mut stop = Stop::EndTurn;
-    if let Some(cut) = stop_sequences.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+    if let Some(cut) = stop_sequences
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+    {
         text = &text[..cut];
         stop = Stop::StopSequence;
     }
-    let limit = usize::try_from(max_tokens).unwrap_or(usize::MAX).saturating_mul(4);
+    let limit = usize::try_from(max_tokens)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(4);
     if text.len() > limit {
         let mut end = limit;
         while !text.is_char_boundary(end) {
