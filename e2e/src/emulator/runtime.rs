@@ -485,6 +485,7 @@ enum Step {
     Wait(Duration),
     Stall,
     Drop,
+    End,
 }
 
 pub async fn converse_stream(
@@ -536,6 +537,8 @@ pub async fn converse_stream(
             break;
         }
         if faults.stream_drop_after_tokens == Some(sent) {
+            // Let what was sent reach the client first, as when a real connection dies mid-answer.
+            steps.push(Step::Wait(Duration::from_millis(20)));
             steps.push(Step::Drop);
             break;
         }
@@ -546,7 +549,8 @@ pub async fn converse_stream(
                 (":exception-type", "modelStreamErrorException"),
                 &payload,
             )));
-            steps.push(Step::Drop);
+            // As Bedrock does: the exception is the stream's last message; the response ends cleanly.
+            steps.push(Step::End);
             break;
         }
         if !per_token.is_zero() {
@@ -557,7 +561,7 @@ pub async fn converse_stream(
             &json!({ "contentBlockIndex": 0, "delta": { "text": chunk } }),
         )));
     }
-    if !matches!(steps.last(), Some(Step::Stall | Step::Drop)) {
+    if !matches!(steps.last(), Some(Step::Stall | Step::Drop | Step::End)) {
         steps.push(Step::Send(event(
             "contentBlockStop",
             &json!({ "contentBlockIndex": 0 }),
@@ -585,6 +589,7 @@ pub async fn converse_stream(
                 Step::Stall => {
                     futures_util::future::pending::<()>().await;
                 }
+                Step::End => return None,
                 Step::Drop => {
                     return Some((
                         Err(std::io::Error::new(

@@ -221,6 +221,8 @@ pub async fn fetch_jwks(oidc: &OidcProvider) -> Result<JwkSet, String> {
     )
     .parse()
     .map_err(|e| format!("bad JWKS URL {url}: {e}"))?;
+    // The AWS SDKs bring aws-lc-rs and kube brings ring: say which one rustls uses here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut config = kube::Config::new(base);
     if let Some(ca_file) = &oidc.ca_file {
         use rustls_pki_types::{CertificateDer, pem::PemObject};
