@@ -57,4 +57,4 @@ test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the r
 	$(MAKE) fmt-check
 	$(MAKE) clippy
 	e2e/cluster.sh up
-	scripts/cargo-test-summary.sh --workspace --locked --no-fail-fast; status=$$?; e2e/cluster.sh down; exit $$status
+	scripts/run-tests.sh; status=$$?; e2e/cluster.sh down; exit $$status

@@ -25,6 +25,14 @@ fi
 command -v cargo >/dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
 command -v go >/dev/null || { log "Go is required to build the test control plane"; exit 1; }
 
+# Python clients for the end-to-end tests, in their own virtualenv (cached).
+venv="${K8S_AI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-ai-operator}/venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+  log "creating $venv"
+  python3 -m venv "$venv" || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && python3 -m venv "$venv"; }
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check -r e2e/python/requirements.txt
+
 # Go modules of the control plane, and the control plane itself (cached per go.sum).
 (cd e2e/controlplane && go mod download)
 e2e/cluster.sh build

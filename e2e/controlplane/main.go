@@ -137,7 +137,6 @@ func run(runDir string, port int) error {
 		"--service-account-issuer=" + server,
 		"--service-account-signing-key-file=" + filepath.Join(pki, "sa.key"),
 		"--service-account-key-file=" + filepath.Join(pki, "sa.pub"),
-		"--api-audiences=" + server + ",sts.amazonaws.com",
 		"--authorization-mode=RBAC",
 		"--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
 		"--allow-privileged=true",

@@ -337,7 +337,9 @@ impl Emulator {
             &prompt.stop_sequences,
         );
         let output_tokens = count_tokens(&answer);
-        let mut stop = stop.as_str();
+        // A masked input is an intervention too (ApplyGuardrail reports GUARDRAIL_INTERVENED for it).
+        let input_masked = input_assessment.as_ref().is_some_and(Assessment::intervened);
+        let mut stop = if input_masked { "guardrail_intervened" } else { stop.as_str() };
         let mut output_assessment = None;
         if let Some(g) = guardrail {
             let assessed = g.policy.assess(&answer, Source::Output);

@@ -1,0 +1,86 @@
+"""Fixtures: a bedrock-emulator process on a free loopback port, and the test control plane."""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+EMULATOR = pathlib.Path(os.environ.get("BEDROCK_EMULATOR_BIN", TARGET / "debug" / "bedrock-emulator"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Emulator:
+    def __init__(self, url: str, proc: subprocess.Popen):
+        self.url = url
+        self.proc = proc
+
+    def admin(self, path: str, method: str = "GET", body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req) as resp:
+            raw = resp.read()
+            return json.loads(raw) if raw else None
+
+
+def start_emulator(tmp_path, config_yaml: str | None = None) -> Emulator:
+    assert EMULATOR.exists(), f"{EMULATOR} not built: run `cargo build -p e2e --bins` first"
+    port = free_port()
+    args = [str(EMULATOR), "--listen", f"127.0.0.1:{port}"]
+    if config_yaml is not None:
+        cfg = tmp_path / "emulator.yaml"
+        cfg.write_text(config_yaml)
+        args += ["--config", str(cfg)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    assert "listening on" in line, f"emulator did not start: {line}{proc.stdout.read() if proc.poll() is not None else ''}"
+    return Emulator(f"http://127.0.0.1:{port}", proc)
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    emu = start_emulator(tmp_path)
+    yield emu
+    emu.proc.terminate()
+    emu.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start(tmp_path):
+    started = []
+
+    def _start(config_yaml: str) -> Emulator:
+        emu = start_emulator(tmp_path, config_yaml)
+        started.append(emu)
+        return emu
+
+    yield _start
+    for emu in started:
+        emu.proc.terminate()
+        emu.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """The test control plane (started by `e2e/cluster.sh up`, idempotent)."""
+    subprocess.run([str(ROOT / "e2e" / "cluster.sh"), "up"], check=True)
+    state = json.loads((ROOT / "e2e" / ".run" / "cluster.json").read_text())
+
+    def kubectl(*args: str) -> str:
+        out = subprocess.run([str(ROOT / "e2e" / ".bin" / "kubectl"), "--kubeconfig", state["kubeconfig"], *args],
+                             check=True, capture_output=True, text=True)
+        return out.stdout
+
+    state["kubectl"] = kubectl
+    return state
