@@ -52,6 +52,14 @@ samples: cluster-up ## Install the CRDs and apply the seed README's objects to t
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) apply -f manifests/samples/
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) get modelendpoints -n ai-workloads
 
+.PHONY: emulator
+emulator: ## Run the Bedrock/STS emulator on 127.0.0.1:4566 (see e2e/README.md)
+	cargo run --locked -q -p e2e --bin bedrock-emulator -- --listen 127.0.0.1:4566
+
+.PHONY: bench-emulator
+bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one core
+	e2e/bench/emulator.sh
+
 .PHONY: test
 test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the real control plane
 	$(MAKE) fmt-check

@@ -975,3 +975,66 @@ async fn assume_role_with_web_identity_verifies_real_cluster_tokens() {
     let err = assume(expired).await.unwrap_err().into_service_error();
     assert!(err.is_expired_token_exception(), "{err:?}");
 }
+
+#[tokio::test]
+async fn streams_are_paced_per_token_and_can_stall() {
+    let config = Config {
+        output: OutputMode::Filler { tokens: 5 },
+        latency: e2e::emulator::config::Latency {
+            fixed_ms: 0,
+            per_output_token_ms: 40,
+        },
+        ..Config::default()
+    };
+    let emulator = start(config).await;
+    let client = runtime(&emulator).await;
+    let mut stream = client
+        .converse_stream()
+        .model_id(HAIKU)
+        .messages(user("x"))
+        .send()
+        .await
+        .unwrap()
+        .stream;
+    let mut arrivals = Vec::new();
+    while let Some(event) = stream.recv().await.unwrap() {
+        if matches!(event, ConverseStreamOutput::ContentBlockDelta(_)) {
+            arrivals.push(std::time::Instant::now());
+        }
+    }
+    assert_eq!(arrivals.len(), 5);
+    // Paced by the emulator's sleeps, so at least 4 × 40 ms pass between the first and last delta.
+    assert!(
+        arrivals[4] - arrivals[0] >= Duration::from_millis(160),
+        "{:?}",
+        arrivals[4] - arrivals[0]
+    );
+
+    let mut config = Config::clone(&emulator.emulator.config());
+    config.latency = e2e::emulator::config::Latency::default();
+    config.faults = Faults {
+        stream_stall_after_tokens: Some(3),
+        ..Faults::default()
+    };
+    emulator.emulator.set_config(config);
+    let client = runtime(&emulator).await;
+    let mut stream = client
+        .converse_stream()
+        .model_id(HAIKU)
+        .messages(user("x"))
+        .send()
+        .await
+        .unwrap()
+        .stream;
+    let mut deltas = 0;
+    let stalled = loop {
+        match tokio::time::timeout(Duration::from_millis(500), stream.recv()).await {
+            Err(_) => break true,
+            Ok(Ok(Some(ConverseStreamOutput::ContentBlockDelta(_)))) => deltas += 1,
+            Ok(Ok(Some(_))) => {}
+            Ok(_) => break false,
+        }
+    };
+    assert!(stalled, "the stream ended instead of stalling");
+    assert_eq!(deltas, 3);
+}

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use e2e::emulator::{
     Emulator,
@@ -90,6 +91,10 @@ async fn main() -> ExitCode {
             () = async { match term.as_mut() { Ok(t) => { t.recv().await; } Err(_) => futures_util::future::pending::<()>().await } } => {}
         }
     };
+    // Small request/response exchanges: never wait for Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     match axum::serve(listener, emulator.router())
         .with_graceful_shutdown(shutdown)
         .await

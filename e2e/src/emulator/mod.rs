@@ -33,6 +33,7 @@ use axum::{
     http::{HeaderMap, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
+    serve::ListenerExt,
 };
 use jsonwebtoken::jwk::JwkSet;
 use serde::Serialize;
@@ -246,11 +247,16 @@ impl Emulator {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = emulator.router();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await;
+            let _ = axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
         });
         Ok(Running {
             addr,

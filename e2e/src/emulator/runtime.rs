@@ -338,8 +338,14 @@ impl Emulator {
         );
         let output_tokens = count_tokens(&answer);
         // A masked input is an intervention too (ApplyGuardrail reports GUARDRAIL_INTERVENED for it).
-        let input_masked = input_assessment.as_ref().is_some_and(Assessment::intervened);
-        let mut stop = if input_masked { "guardrail_intervened" } else { stop.as_str() };
+        let input_masked = input_assessment
+            .as_ref()
+            .is_some_and(Assessment::intervened);
+        let mut stop = if input_masked {
+            "guardrail_intervened"
+        } else {
+            stop.as_str()
+        };
         let mut output_assessment = None;
         if let Some(g) = guardrail {
             let assessed = g.policy.assess(&answer, Source::Output);
@@ -366,6 +372,15 @@ impl Emulator {
             cache_read,
             cache_write,
             trace,
+        }
+    }
+
+    /// Sleeps for the configured model latency; no timer at all when it is zero (a zero-length
+    /// tokio sleep still waits for the next millisecond tick).
+    async fn simulate_latency(&self, output_tokens: u64) {
+        let latency = self.model_latency(output_tokens);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
         }
     }
 
@@ -432,7 +447,7 @@ pub async fn converse(
         }
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    tokio::time::sleep(emulator.model_latency(outcome.output_tokens)).await;
+    emulator.simulate_latency(outcome.output_tokens).await;
     emulator.record_call(
         "Converse",
         &model_id,
@@ -650,7 +665,7 @@ pub async fn invoke_model(
         }
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    tokio::time::sleep(emulator.model_latency(outcome.output_tokens)).await;
+    emulator.simulate_latency(outcome.output_tokens).await;
     emulator.record_call(
         "InvokeModel",
         &model_id,
