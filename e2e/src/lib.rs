@@ -81,6 +81,23 @@ impl Cluster {
                 "app.kubernetes.io/part-of=k8s-ai-operator",
                 "--timeout=60s",
             ]);
+            // Established comes before the group is in the published OpenAPI (what `kubectl
+            // explain` reads); wait for that too.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !cluster
+                .kubectl(&[
+                    "get",
+                    "--raw",
+                    "/openapi/v3/apis/ai.kernelpanic09.io/v1alpha1",
+                ])
+                .success
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the CRDs' OpenAPI was not published within 60s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
             cluster
         })
     }
