@@ -27,6 +27,8 @@ pub fn repo_root() -> PathBuf {
 pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
+    /// kubectl's discovery cache, kept apart from the user's `~/.kube/cache`.
+    pub cache_dir: PathBuf,
 }
 
 /// The result of a command: its exit status and its output as text.
@@ -65,6 +67,7 @@ impl Cluster {
             let cluster = Cluster {
                 kubeconfig: root.join("e2e/.run/kubeconfig"),
                 kubectl: root.join("e2e/.bin/kubectl"),
+                cache_dir: root.join("e2e/.run/kubectl-cache"),
             };
             cluster.kubectl_ok(&[
                 "apply",
@@ -82,22 +85,18 @@ impl Cluster {
                 "--timeout=60s",
             ]);
             // Established comes before the group is in the published OpenAPI (what `kubectl
-            // explain` reads); wait for that too.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while !cluster
-                .kubectl(&[
-                    "get",
-                    "--raw",
-                    "/openapi/v3/apis/ai.kernelpanic09.io/v1alpha1",
-                ])
-                .success
-            {
+            // explain` reads); wait for that, then drop kubectl's discovery cache, which was
+            // filled before the CRDs existed and would hide them from `explain`.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
+            let openapi = "/openapi/v3/apis/ai.kernelpanic09.io/v1alpha1";
+            while !cluster.kubectl(&["get", "--raw", openapi]).success {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the CRDs' OpenAPI was not published within 60s"
                 );
                 std::thread::sleep(std::time::Duration::from_millis(200));
             }
+            let _ = std::fs::remove_dir_all(&cluster.cache_dir);
             cluster
         })
     }
@@ -112,6 +111,8 @@ impl Cluster {
         let mut child = Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache_dir)
             .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
