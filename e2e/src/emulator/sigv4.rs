@@ -257,6 +257,72 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_signature_outside_the_skew_window_is_refused() {
+        let identity = Credentials::new("AKID", "secret", None, None, "test").into();
+        let then = SystemTime::now() - Duration::from_mins(10);
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("bedrock")
+            .time(then)
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let headers = [("host", "127.0.0.1:1234")];
+        let signable = SignableRequest::new(
+            "GET",
+            "/foundation-models",
+            headers.iter().copied(),
+            SignableBody::Bytes(b""),
+        )
+        .unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        let mut request = http::Request::builder()
+            .uri("/foundation-models")
+            .body(())
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("host", "127.0.0.1:1234".parse().unwrap());
+        instructions.apply_to_request_http1x(&mut request);
+        let lookup = |_: &str| {
+            Some(KnownKey {
+                secret_access_key: "secret".into(),
+                session_token: None,
+                expires: None,
+            })
+        };
+        let err = verify(
+            "GET",
+            "/foundation-models",
+            request.headers(),
+            b"",
+            "bedrock",
+            Duration::from_mins(5),
+            lookup,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "InvalidSignatureException");
+        assert!(
+            err.message.starts_with("Signature expired"),
+            "{}",
+            err.message
+        );
+        // The same request is fine with a wider window: only the skew was wrong.
+        verify(
+            "GET",
+            "/foundation-models",
+            request.headers(),
+            b"",
+            "bedrock",
+            Duration::from_mins(15),
+            lookup,
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn parses_amz_dates() {
         let t = parse_amz_date("19700102T000001Z").unwrap();
         assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 86_401);
