@@ -10,6 +10,7 @@ pub mod model_usage;
 mod money;
 pub mod pricing;
 pub mod prompt_template;
+pub mod template;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
