@@ -1,15 +1,107 @@
-//! `ai-sidecar`: Bedrock through localhost for one pod. Not built yet: this placeholder refuses
-//! to start rather than pretend to serve.
+//! `ai-sidecar`: see `ai-sidecar --help` and docs/sidecar.md.
 
+use std::process::ExitCode;
+
+use ai_sidecar::{Listeners, build_state, serve, settings::Settings};
 use clap::Parser;
 
-/// The k8s-ai-operator sidecar (not implemented yet: it exits with an error).
-#[derive(Parser, Debug)]
-#[command(name = "ai-sidecar", version, about)]
-struct Cli {}
+#[tokio::main]
+async fn main() -> ExitCode {
+    let settings = Settings::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},aws_smithy_runtime=warn,aws_config=warn,hyper=warn,kube=warn",
+        settings.log
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if settings.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let grace = settings.shutdown_grace;
+    let started = std::time::Instant::now();
+    let listeners = match Listeners::bind(&settings).await {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
+    let state = match build_state(settings).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    tracing::info!(
+        data = %listeners.data.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        admin = %listeners.admin.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+        startup_ms = started.elapsed().as_millis(),
+        "ai-sidecar listening"
+    );
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: finishing in-flight requests"
+        );
+        let _ = stopping_tx.send(());
+    };
+    let serving = serve(state, listeners, shutdown);
+    tokio::pin!(serving);
+    // Drain within the grace period: after it, exit anyway (the kubelet would kill us next).
+    let grace_over = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = &mut serving => match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "server failed");
+                ExitCode::FAILURE
+            }
+        },
+        () = grace_over => {
+            tracing::warn!("grace period over with requests still in flight; exiting");
+            ExitCode::SUCCESS
+        }
+    }
+}
 
-fn main() -> std::process::ExitCode {
-    let _ = Cli::parse();
-    eprintln!("ai-sidecar: not implemented yet");
-    std::process::ExitCode::from(2)
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    let mut message = format!("ai-sidecar: {e}");
+    let mut source = e.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    eprintln!("{message}");
+    ExitCode::from(2)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = ctrl_c => {}
+            () = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
 }

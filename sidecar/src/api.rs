@@ -1,0 +1,557 @@
+//! The HTTP APIs: the data port (`/invoke`, `/render`, OpenAI-compatible `/v1/...`) and the
+//! admin port (`/healthz`, `/readyz`, `/metrics`).
+
+use std::{convert::Infallible, sync::Arc, time::SystemTime};
+
+use aws_sdk_bedrockruntime::types::ConversationRole;
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, State},
+    http::{StatusCode, header},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use futures_util::{Stream, StreamExt, stream};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::{
+    bedrock::ModelRequest,
+    calls::{AppState, CallResult, StreamEvent, format_cost},
+    errors::ApiError,
+};
+
+type Shared = State<Arc<AppState>>;
+
+/// The data API, for the app's containers.
+pub fn data_router(state: Arc<AppState>) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new()
+        .route("/invoke/{namespace}/{endpoint}", post(invoke))
+        .route("/render/{namespace}/{template}", post(render))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route: see docs/sidecar.md",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The admin API, for the kubelet and Prometheus.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): Shared) -> Response {
+    if state.catalog.is_loaded() {
+        "ok".into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "configuration not loaded yet",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The request body, or our JSON error when it cannot be read (413 over the size limit).
+pub struct Body(Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        <Bytes as axum::extract::FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the request body is over the size limit (AI_SIDECAR_MAX_BODY_BYTES)",
+                    )
+                } else {
+                    ApiError::invalid(format!("cannot read the request body: {e}"))
+                }
+            })
+    }
+}
+
+/// Parses a JSON body into `T`, or a 400 (413 when too large) naming what is wrong.
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiError> {
+    if body.len() > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is over {limit} bytes"),
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("invalid request body: {e}")))
+}
+
+/// A chat message of the seed's `/invoke` body.
+#[derive(Debug, Deserialize)]
+struct InvokeMessage {
+    role: String,
+    content: String,
+}
+
+/// The seed's `/invoke` body, plus our additions.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InvokeBody {
+    messages: Vec<InvokeMessage>,
+    #[serde(default)]
+    system: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stop_sequences: Vec<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn role(name: &str, index: usize) -> Result<ConversationRole, ApiError> {
+    match name {
+        "user" => Ok(ConversationRole::User),
+        "assistant" => Ok(ConversationRole::Assistant),
+        other => Err(ApiError::invalid(format!(
+            "messages[{index}].role must be \"user\" or \"assistant\", not {other:?}"
+        ))),
+    }
+}
+
+fn check_sampling(
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_tokens: Option<u32>,
+) -> Result<(), ApiError> {
+    if temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+        return Err(ApiError::invalid("temperature must be between 0 and 1"));
+    }
+    if top_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+        return Err(ApiError::invalid("topP must be between 0 and 1"));
+    }
+    if max_tokens == Some(0) {
+        return Err(ApiError::invalid("maxTokens must be at least 1"));
+    }
+    Ok(())
+}
+
+impl InvokeBody {
+    fn into_request(self) -> Result<(ModelRequest, Option<u32>, bool), ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages must hold at least one message"));
+        }
+        check_sampling(self.temperature, self.top_p, self.max_tokens)?;
+        let messages = self
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| Ok((role(&m.role, i)?, m.content)))
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        if messages
+            .first()
+            .is_some_and(|(r, _)| *r != ConversationRole::User)
+        {
+            return Err(ApiError::invalid("the first message must be from the user"));
+        }
+        let request = ModelRequest {
+            system: self.system.filter(|s| !s.is_empty()),
+            messages,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            stop_sequences: self.stop_sequences,
+            ..ModelRequest::default()
+        };
+        Ok((request, self.max_tokens, self.stream))
+    }
+}
+
+/// The seed's answer shape.
+fn seed_answer(result: &CallResult) -> Value {
+    json!({
+        "content": result.answer.text,
+        "inputTokens": result.answer.usage.input_tokens + result.answer.usage.cache_read_input_tokens + result.answer.usage.cache_write_input_tokens,
+        "outputTokens": result.answer.usage.output_tokens,
+        "stopReason": result.answer.stop_reason,
+        "costUSD": format_cost(result.cost),
+    })
+}
+
+async fn invoke(
+    State(state): Shared,
+    Path((namespace, name)): Path<(String, String)>,
+    Body(body): Body,
+) -> Response {
+    let outcome = async {
+        let endpoint = state.endpoint(&namespace, &name)?;
+        let (request, max_tokens, streaming) =
+            parse::<InvokeBody>(&body, state.settings.max_body_bytes)?.into_request()?;
+        let prepared = state.prepare(endpoint, request, max_tokens).await?;
+        if streaming {
+            let events = state.call_streaming(prepared).await?;
+            return Ok(sse(events, |event| match event {
+                StreamEvent::Delta(text) => Event::default()
+                    .event("delta")
+                    .json_data(json!({ "text": text })),
+                StreamEvent::Done(result) => Event::default()
+                    .event("done")
+                    .json_data(seed_answer(&result)),
+                StreamEvent::Error(e) => Event::default()
+                    .event("error")
+                    .json_data(json!({ "error": { "code": e.code, "message": e.message } })),
+            }));
+        }
+        let result = state.call(prepared).await?;
+        Ok(Json(seed_answer(&result)).into_response())
+    };
+    outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+fn sse(
+    events: mpsc::Receiver<StreamEvent>,
+    to_event: impl Fn(StreamEvent) -> Result<Event, axum::Error> + Send + 'static,
+) -> Response {
+    let stream = stream::unfold(
+        events,
+        |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+    )
+    .map(move |e| {
+        Ok::<Event, Infallible>(
+            to_event(e).unwrap_or_else(|_| Event::default().event("error").data("{}")),
+        )
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// `/render` body: the template's variables, and the invoke options.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RenderBody {
+    #[serde(default)]
+    variables: serde_json::Map<String, Value>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stream: bool,
+}
+
+async fn render(
+    State(state): Shared,
+    Path((namespace, name)): Path<(String, String)>,
+    Body(body): Body,
+) -> Response {
+    let outcome = async {
+        let body: RenderBody = parse(&body, state.settings.max_body_bytes)?;
+        check_sampling(body.temperature, body.top_p, body.max_tokens)?;
+        if namespace != state.catalog.namespace() {
+            return Err(ApiError::not_allowed(&format!("namespace {namespace}")));
+        }
+        let template = state
+            .catalog
+            .snapshot()
+            .templates
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "template_not_found",
+                    format!(
+                        "PromptTemplate {namespace}/{name} does not exist (or is not loaded yet)"
+                    ),
+                )
+            })?;
+        let compiled = template.compiled.as_ref().map_err(|e| {
+            ApiError::unavailable("template_invalid", format!("PromptTemplate {name}: {e}"))
+        })?;
+        let rendered = compiled
+            .render(&body.variables)
+            .map_err(|e| ApiError::invalid(format!("PromptTemplate {name}: {e}")))?;
+        let about = json!({ "template": template.name, "revision": template.revision });
+        if body.dry_run {
+            let mut answer =
+                json!({ "systemPrompt": rendered.system_prompt, "prompt": rendered.prompt });
+            merge(&mut answer, &about);
+            return Ok(Json(answer).into_response());
+        }
+        let endpoint = state.endpoint(&namespace, &template.endpoint)?;
+        let request = ModelRequest {
+            system: rendered.system_prompt,
+            messages: vec![(ConversationRole::User, rendered.prompt)],
+            temperature: body.temperature,
+            top_p: body.top_p,
+            ..ModelRequest::default()
+        };
+        let prepared = state.prepare(endpoint, request, body.max_tokens).await?;
+        if body.stream {
+            let events = state.call_streaming(prepared).await?;
+            return Ok(sse(events, move |event| match event {
+                StreamEvent::Delta(text) => Event::default()
+                    .event("delta")
+                    .json_data(json!({ "text": text })),
+                StreamEvent::Done(result) => {
+                    let mut answer = seed_answer(&result);
+                    merge(&mut answer, &about);
+                    Event::default().event("done").json_data(answer)
+                }
+                StreamEvent::Error(e) => Event::default()
+                    .event("error")
+                    .json_data(json!({ "error": { "code": e.code, "message": e.message } })),
+            }));
+        }
+        let result = state.call(prepared).await?;
+        let mut answer = seed_answer(&result);
+        merge(&mut answer, &about);
+        Ok(Json(answer).into_response())
+    };
+    outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        a.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+}
+
+/// An OpenAI chat message: content is a string or a list of text parts.
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// The OpenAI `/v1/chat/completions` body (the fields that matter here; others are ignored).
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+fn text_of(content: &Value, index: usize) -> Result<String, ApiError> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(|p| match (p["type"].as_str(), p["text"].as_str()) {
+                (Some("text"), Some(t)) => Ok(t.to_owned()),
+                _ => Err(ApiError::invalid(format!(
+                    "messages[{index}].content: only text parts are supported"
+                ))),
+            })
+            .collect(),
+        _ => Err(ApiError::invalid(format!(
+            "messages[{index}].content must be a string or a list of text parts"
+        ))),
+    }
+}
+
+impl ChatBody {
+    fn into_request(self) -> Result<(String, ModelRequest, Option<u32>, bool, bool), ApiError> {
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        check_sampling(self.temperature.map(|t| t / 2.0), self.top_p, max_tokens)?; // OpenAI's temperature runs 0..2
+        let mut system = Vec::new();
+        let mut messages = Vec::new();
+        for (i, m) in self.messages.iter().enumerate() {
+            let text = text_of(&m.content, i)?;
+            match m.role.as_str() {
+                "system" | "developer" => system.push(text),
+                other => messages.push((role(other, i)?, text)),
+            }
+        }
+        if messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages must hold at least one user message",
+            ));
+        }
+        let stop_sequences = match self.stop {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(a)) => a
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "stop must be a string or a list of strings",
+                ));
+            }
+        };
+        let request = ModelRequest {
+            system: (!system.is_empty()).then(|| system.join("\n")),
+            messages,
+            // Bedrock's temperature runs 0..1 where OpenAI's runs 0..2.
+            temperature: self.temperature.map(|t| t / 2.0),
+            top_p: self.top_p,
+            stop_sequences,
+            ..ModelRequest::default()
+        };
+        let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
+        Ok((self.model, request, max_tokens, self.stream, include_usage))
+    }
+}
+
+fn finish_reason(stop: &str) -> &'static str {
+    match stop {
+        "max_tokens" => "length",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        "tool_use" => "tool_calls",
+        _ => "stop",
+    }
+}
+
+fn openai_usage(result: &CallResult) -> Value {
+    let u = &result.answer.usage;
+    let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_write_input_tokens;
+    json!({ "prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+async fn chat_completions(State(state): Shared, Body(body): Body) -> Response {
+    let outcome = async {
+        let (model, request, max_tokens, streaming, include_usage) =
+            parse::<ChatBody>(&body, state.settings.max_body_bytes)?.into_request()?;
+        let namespace = state.catalog.namespace().to_owned();
+        let endpoint = state.endpoint(&namespace, &model)?;
+        let prepared = state.prepare(endpoint, request, max_tokens).await?;
+        let id = format!("chatcmpl-{:x}{:x}", unix_now(), std::process::id());
+        let created = unix_now();
+        if streaming {
+            let events = state.call_streaming(prepared).await?;
+            return Ok(openai_stream(events, id, created, model, include_usage));
+        }
+        let result = state.call(prepared).await?;
+        Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [ { "index": 0, "message": { "role": "assistant", "content": result.answer.text }, "finish_reason": finish_reason(&result.answer.stop_reason) } ],
+            "usage": openai_usage(&result),
+        }))
+        .into_response())
+    };
+    outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+fn openai_stream(
+    events: mpsc::Receiver<StreamEvent>,
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+) -> Response {
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [ { "index": 0, "delta": delta, "finish_reason": finish } ] })
+    };
+    let first = chunk(json!({ "role": "assistant", "content": "" }), None);
+    let body = stream::once(async move { Some(first) })
+        .chain(stream::unfold(events, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).flat_map(move |event| {
+            let items: Vec<Value> = match event {
+                StreamEvent::Delta(text) => vec![chunk(json!({ "content": text }), None)],
+                StreamEvent::Done(result) => {
+                    let mut last = vec![chunk(json!({}), Some(finish_reason(&result.answer.stop_reason)))];
+                    if include_usage {
+                        let mut usage_chunk = chunk(json!({}), None);
+                        usage_chunk["choices"] = json!([]);
+                        usage_chunk["usage"] = openai_usage(&result);
+                        last.push(usage_chunk);
+                    }
+                    last
+                }
+                StreamEvent::Error(e) => vec![json!({ "error": { "code": e.code, "message": e.message, "type": e.code } })],
+            };
+            stream::iter(items.into_iter().map(Some))
+        }))
+        .chain(stream::once(async { None }))
+        .map(|item| {
+            let data = item.map_or_else(|| "[DONE]".to_owned(), |v| v.to_string());
+            Ok::<Event, Infallible>(Event::default().data(data))
+        });
+    sse_response(body)
+}
+
+fn sse_response(body: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(body)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn models(State(state): Shared) -> Json<Value> {
+    let snapshot = state.catalog.snapshot();
+    let mut names: Vec<&String> = snapshot.endpoints.keys().collect();
+    names.sort();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|n| json!({ "id": n, "object": "model", "created": 0, "owned_by": format!("{}/{}", state.catalog.namespace(), n) }))
+        .collect();
+    Json(json!({ "object": "list", "data": data }))
+}

@@ -1,0 +1,299 @@
+//! Calls to Bedrock Runtime: one SDK client per (region, role), Converse and ConverseStream,
+//! and the mapping of Bedrock's errors to the sidecar's.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use aws_sdk_bedrockruntime::{
+    Client,
+    config::timeout::TimeoutConfig,
+    error::{ProvideErrorMetadata, SdkError},
+    types::{
+        ContentBlock, ConversationRole, GuardrailConfiguration, InferenceConfiguration, Message,
+        SystemContentBlock,
+    },
+};
+use axum::http::StatusCode;
+
+use crate::{credentials::RoleCredentialsRegistry, errors::ApiError};
+
+/// What the app asked the model, normalised from any of the sidecar's APIs.
+#[derive(Debug, Clone, Default)]
+pub struct ModelRequest {
+    pub system: Option<String>,
+    /// (role, text) pairs; roles are `user` or `assistant`.
+    pub messages: Vec<(ConversationRole, String)>,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub stop_sequences: Vec<String>,
+    /// The synced Bedrock guardrail (id, version), if any.
+    pub guardrail: Option<(String, String)>,
+}
+
+impl ModelRequest {
+    /// Text the model reads, for token estimates and PII checks.
+    pub fn input_text_len(&self) -> usize {
+        self.system.as_ref().map_or(0, String::len)
+            + self.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
+    }
+
+    fn messages(&self) -> Result<Vec<Message>, ApiError> {
+        self.messages
+            .iter()
+            .map(|(role, text)| {
+                Message::builder()
+                    .role(role.clone())
+                    .content(ContentBlock::Text(text.clone()))
+                    .build()
+                    .map_err(|e| ApiError::invalid(format!("message: {e}")))
+            })
+            .collect()
+    }
+
+    fn inference(&self) -> InferenceConfiguration {
+        let mut b = InferenceConfiguration::builder()
+            .max_tokens(i32::try_from(self.max_tokens).unwrap_or(i32::MAX));
+        if let Some(t) = self.temperature {
+            b = b.temperature(t);
+        }
+        if let Some(p) = self.top_p {
+            b = b.top_p(p);
+        }
+        b.set_stop_sequences((!self.stop_sequences.is_empty()).then(|| self.stop_sequences.clone()))
+            .build()
+    }
+
+    fn guardrail(&self) -> Option<GuardrailConfiguration> {
+        self.guardrail.as_ref().map(|(id, version)| {
+            GuardrailConfiguration::builder()
+                .guardrail_identifier(id)
+                .guardrail_version(version)
+                .build()
+        })
+    }
+}
+
+/// The model's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelAnswer {
+    pub text: String,
+    pub stop_reason: String,
+    pub usage: k8s_ai_api::pricing::TokenUsage,
+}
+
+/// Bedrock Runtime clients, one per (region, role), sharing the process's HTTP connection pool.
+pub struct Upstream {
+    base: aws_config::SdkConfig,
+    roles: Arc<RoleCredentialsRegistry>,
+    timeout: Duration,
+    clients: Mutex<HashMap<(String, Option<String>), Client>>,
+}
+
+impl Upstream {
+    pub fn new(
+        base: aws_config::SdkConfig,
+        roles: Arc<RoleCredentialsRegistry>,
+        timeout: Duration,
+    ) -> Self {
+        Upstream {
+            base,
+            roles,
+            timeout,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn roles(&self) -> &RoleCredentialsRegistry {
+        &self.roles
+    }
+
+    /// The client for an endpoint. With a role, its credentials come from the role's cache, so
+    /// they are resolved (or the failure reported) before the call: see [`Self::check_credentials`].
+    pub fn client(&self, region: &str, role: Option<&str>) -> Client {
+        let key = (region.to_owned(), role.map(str::to_owned));
+        let mut clients = match self.clients.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        clients
+            .entry(key)
+            .or_insert_with(|| {
+                let mut config = aws_sdk_bedrockruntime::config::Builder::from(&self.base)
+                    .region(aws_sdk_bedrockruntime::config::Region::new(
+                        region.to_owned(),
+                    ))
+                    .timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_timeout(self.timeout)
+                            .build(),
+                    );
+                if let Some(role) = role {
+                    config = config
+                        .credentials_provider(SharedRole(self.roles.for_role(role)))
+                        // The role cache refreshes early and single-flight; a second cache would only delay that.
+                        .identity_cache(aws_sdk_bedrockruntime::config::IdentityCache::no_cache());
+                }
+                Client::from_conf(config.build())
+            })
+            .clone()
+    }
+
+    /// Resolves the role's credentials now, so a failure is a clear 503, never a hang or a 502.
+    pub async fn check_credentials(&self, role: Option<&str>) -> Result<(), ApiError> {
+        let Some(role) = role else { return Ok(()) };
+        self.roles
+            .for_role(role)
+            .get()
+            .await
+            .map(|_| ())
+            .map_err(|e| ApiError::unavailable("credentials_unavailable", e.to_string()))
+    }
+
+    pub async fn converse(
+        &self,
+        client: &Client,
+        model_id: &str,
+        request: &ModelRequest,
+    ) -> Result<ModelAnswer, ApiError> {
+        let mut call = client
+            .converse()
+            .model_id(model_id)
+            .set_messages(Some(request.messages()?))
+            .inference_config(request.inference());
+        if let Some(system) = &request.system {
+            call = call.system(SystemContentBlock::Text(system.clone()));
+        }
+        if let Some(g) = request.guardrail() {
+            call = call.guardrail_config(g);
+        }
+        let out = call.send().await.map_err(|e| upstream_error(&e))?;
+        let text = out
+            .output()
+            .and_then(|o| o.as_message().ok())
+            .map(|m| {
+                m.content()
+                    .iter()
+                    .filter_map(|c| c.as_text().ok())
+                    .map(String::as_str)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        Ok(ModelAnswer {
+            text,
+            stop_reason: out.stop_reason().as_str().to_owned(),
+            usage: token_usage(out.usage()),
+        })
+    }
+
+    pub async fn converse_stream(
+        &self,
+        client: &Client,
+        model_id: &str,
+        request: &ModelRequest,
+    ) -> Result<
+        aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver<
+            aws_sdk_bedrockruntime::types::ConverseStreamOutput,
+            aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError,
+        >,
+        ApiError,
+    > {
+        let mut call = client
+            .converse_stream()
+            .model_id(model_id)
+            .set_messages(Some(request.messages()?))
+            .inference_config(request.inference());
+        if let Some(system) = &request.system {
+            call = call.system(SystemContentBlock::Text(system.clone()));
+        }
+        if let Some((id, version)) = &request.guardrail {
+            call = call.guardrail_config(
+                aws_sdk_bedrockruntime::types::GuardrailStreamConfiguration::builder()
+                    .guardrail_identifier(id)
+                    .guardrail_version(version)
+                    .build(),
+            );
+        }
+        Ok(call.send().await.map_err(|e| upstream_error(&e))?.stream)
+    }
+}
+
+/// Token counts as Bedrock reports them (input excludes cached tokens).
+pub fn token_usage(
+    usage: Option<&aws_sdk_bedrockruntime::types::TokenUsage>,
+) -> k8s_ai_api::pricing::TokenUsage {
+    let n = |v: i32| u64::try_from(v).unwrap_or(0);
+    usage.map_or_else(Default::default, |u| k8s_ai_api::pricing::TokenUsage {
+        input_tokens: n(u.input_tokens()),
+        output_tokens: n(u.output_tokens()),
+        cache_read_input_tokens: u.cache_read_input_tokens().map_or(0, n),
+        cache_write_input_tokens: u.cache_write_input_tokens().map_or(0, n),
+    })
+}
+
+#[derive(Debug)]
+struct SharedRole(Arc<crate::credentials::RoleCredentials>);
+
+impl aws_credential_types::provider::ProvideCredentials for SharedRole {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        self.0.provide_credentials()
+    }
+}
+
+/// Bedrock's error, as the app sees it: 429 for throttling, 504 for timeouts, 503 for missing
+/// credentials, 502 for the rest, with Bedrock's own code and message kept in ours.
+pub fn upstream_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> ApiError {
+    match e {
+        SdkError::ServiceError(s) => {
+            let err = s.err();
+            let code = err.code().unwrap_or("UnknownError");
+            let message = format!("Bedrock {code}: {}", err.message().unwrap_or_default());
+            match code {
+                "ThrottlingException" | "ServiceQuotaExceededException" => {
+                    ApiError::rate_limited("upstream_throttled", message, Duration::from_secs(1))
+                }
+                "ModelTimeoutException" => {
+                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+                }
+                "ValidationException" => {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "upstream_rejected", message)
+                }
+                "AccessDeniedException"
+                | "UnrecognizedClientException"
+                | "ExpiredTokenException" => {
+                    ApiError::new(StatusCode::BAD_GATEWAY, "upstream_access_denied", message)
+                }
+                _ => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message),
+            }
+        }
+        SdkError::TimeoutError(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "Bedrock did not answer before the deadline",
+        ),
+        SdkError::DispatchFailure(d)
+            if format!("{d:?}").contains("credentials")
+                || format!("{d:?}").contains("Credentials") =>
+        {
+            ApiError::unavailable(
+                "credentials_unavailable",
+                format!("no AWS credentials: {d:?}"),
+            )
+        }
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_error",
+            format!("cannot reach Bedrock: {other}"),
+        ),
+    }
+}

@@ -1,0 +1,452 @@
+//! One call to a model, from any of the sidecar's APIs: the checks before (endpoint allowed,
+//! price known, guardrail, limits, budget, credentials), the call, and the accounting after.
+
+use std::{sync::Arc, time::Instant};
+
+use aws_sdk_bedrockruntime::types::ConverseStreamOutput;
+use axum::http::StatusCode;
+use k8s_ai_api::pricing::{ModelPrice, TokenUsage};
+use rust_decimal::Decimal;
+use tokio::sync::mpsc;
+
+use crate::{
+    bedrock::{ModelAnswer, ModelRequest, token_usage, upstream_error},
+    catalog::{Catalog, EndpointConfig},
+    errors::ApiError,
+    limits::{Admission, Ledger},
+    metrics::{CallLabels, CostLabels, Metrics, RejectLabels, TokenLabels},
+    settings::Settings,
+};
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub settings: Settings,
+    pub catalog: Arc<Catalog>,
+    pub upstream: crate::bedrock::Upstream,
+    pub ledger: Ledger,
+    pub metrics: Metrics,
+}
+
+/// The answer to a completed call.
+#[derive(Debug, Clone)]
+pub struct CallResult {
+    pub answer: ModelAnswer,
+    pub cost: Decimal,
+}
+
+/// A streamed call's events.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Delta(String),
+    Done(CallResult),
+    Error(ApiError),
+}
+
+/// A call that passed every check and holds its reservations.
+pub struct Prepared {
+    endpoint: Arc<EndpointConfig>,
+    price: ModelPrice,
+    request: ModelRequest,
+    admission: Admission,
+    started: Instant,
+}
+
+/// Formats dollars with at least 6 decimals (the seed's `"0.000224"`), more when the exact value has them.
+pub fn format_cost(cost: Decimal) -> String {
+    let mut c = cost.normalize();
+    if c.scale() < 6 {
+        c.rescale(6);
+    }
+    c.to_string()
+}
+
+/// An upper bound of the tokens in `bytes` bytes of text: a token is at least one byte.
+fn max_tokens_in(bytes: usize) -> u64 {
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// A rough count for text whose real count Bedrock never reported (a stream cut short).
+fn estimated_tokens(bytes: usize) -> u64 {
+    u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+impl AppState {
+    fn reject(&self, endpoint: &EndpointConfig, err: ApiError) -> ApiError {
+        let labels = RejectLabels {
+            namespace: self.catalog.namespace().to_owned(),
+            endpoint: endpoint.name.clone(),
+            reason: err.code.to_owned(),
+        };
+        if err.status == StatusCode::TOO_MANY_REQUESTS && err.code != "budget_exceeded" {
+            self.metrics.rate_limited.get_or_create(&labels).inc();
+        } else {
+            self.metrics.rejected.get_or_create(&labels).inc();
+        }
+        err
+    }
+
+    /// The endpoint `name` of `namespace`, if this pod may use it.
+    pub fn endpoint(&self, namespace: &str, name: &str) -> Result<Arc<EndpointConfig>, ApiError> {
+        if namespace != self.catalog.namespace() || !self.catalog.allows(name) {
+            return Err(ApiError::not_allowed(&format!(
+                "ModelEndpoint {namespace}/{name}"
+            )));
+        }
+        self.catalog
+            .snapshot()
+            .endpoints
+            .get(name)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "endpoint_not_found",
+                    format!(
+                        "ModelEndpoint {namespace}/{name} does not exist (or is not loaded yet)"
+                    ),
+                )
+            })
+    }
+
+    /// Every check before a call; on success the call's limits and budget are reserved.
+    pub async fn prepare(
+        &self,
+        endpoint: Arc<EndpointConfig>,
+        mut request: ModelRequest,
+        asked_max_tokens: Option<u32>,
+    ) -> Result<Prepared, ApiError> {
+        let price = endpoint.price.clone().map_err(|e| {
+            self.reject(
+                &endpoint,
+                ApiError::unavailable("price_unknown", e.to_string()),
+            )
+        })?;
+        request.max_tokens = asked_max_tokens
+            .unwrap_or(endpoint.spec.max_tokens)
+            .clamp(1, endpoint.spec.max_tokens);
+        if let Some(guardrail) = &endpoint.guardrail {
+            if let Some(problem) = &guardrail.problem {
+                return Err(self.reject(
+                    &endpoint,
+                    ApiError::unavailable("guardrail_unavailable", problem.clone()),
+                ));
+            }
+            if let Some(pii) = &guardrail.pii {
+                let mut texts: Vec<&mut String> =
+                    request.messages.iter_mut().map(|(_, t)| t).collect();
+                if let Some(system) = request.system.as_mut() {
+                    texts.push(system);
+                }
+                for text in texts {
+                    match pii.apply(text) {
+                        Ok(std::borrow::Cow::Borrowed(_)) => {}
+                        Ok(std::borrow::Cow::Owned(masked)) => *text = masked,
+                        Err(blocked) => {
+                            self.ledger.reject(&endpoint, "guardrail_blocked");
+                            let message = format!(
+                                "{} (sensitive information: {})",
+                                guardrail.blocked_input_message, blocked.entity
+                            );
+                            return Err(self.reject(
+                                &endpoint,
+                                ApiError::new(
+                                    StatusCode::UNPROCESSABLE_ENTITY,
+                                    "guardrail_blocked",
+                                    message,
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+            request.guardrail.clone_from(&guardrail.bedrock);
+        }
+        let worst_case_input = max_tokens_in(request.input_text_len());
+        let worst_case = price.cost(&TokenUsage {
+            input_tokens: worst_case_input,
+            output_tokens: u64::from(request.max_tokens),
+            ..TokenUsage::default()
+        });
+        let admission = self
+            .ledger
+            .admit(
+                &endpoint,
+                worst_case_input + u64::from(request.max_tokens),
+                worst_case,
+            )
+            .map_err(|e| self.reject(&endpoint, e))?;
+        self.upstream
+            .check_credentials(endpoint.spec.irsa_role_arn.as_deref())
+            .await
+            .map_err(|e| self.reject(&endpoint, e))?;
+        Ok(Prepared {
+            endpoint,
+            price,
+            request,
+            admission,
+            started: Instant::now(),
+        })
+    }
+
+    fn labels(&self, endpoint: &EndpointConfig, outcome: &str) -> CallLabels {
+        CallLabels {
+            namespace: self.catalog.namespace().to_owned(),
+            endpoint: endpoint.name.clone(),
+            model: endpoint.spec.model_id.clone(),
+            outcome: outcome.to_owned(),
+        }
+    }
+
+    /// Accounts for a finished call: ledger, metrics; returns the exact cost.
+    fn account(&self, prepared: Prepared, usage: &TokenUsage, outcome: &str) -> Decimal {
+        let Prepared {
+            endpoint,
+            price,
+            admission,
+            started,
+            ..
+        } = prepared;
+        let cost = price.cost(usage);
+        admission.settle(
+            usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens,
+            usage.output_tokens,
+            cost,
+        );
+        let labels = self.labels(&endpoint, outcome);
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.invocations.get_or_create(&labels).inc();
+        let cost_labels = CostLabels {
+            namespace: labels.namespace.clone(),
+            endpoint: labels.endpoint.clone(),
+            model: labels.model.clone(),
+        };
+        self.metrics
+            .cost
+            .get_or_create(&cost_labels)
+            .inc_by(decimal_to_f64(cost));
+        for (direction, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+            ("cache_write", usage.cache_write_input_tokens),
+        ] {
+            if n > 0 {
+                let l = TokenLabels {
+                    namespace: labels.namespace.clone(),
+                    endpoint: labels.endpoint.clone(),
+                    model: labels.model.clone(),
+                    direction: direction.to_owned(),
+                };
+                self.metrics.tokens.get_or_create(&l).inc_by(n);
+            }
+        }
+        cost
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // taking it drops it: that is what gives the reservations back
+    fn failed(&self, prepared: Prepared, err: ApiError) -> ApiError {
+        let labels = self.labels(&prepared.endpoint, err.code);
+        self.metrics
+            .duration
+            .get_or_create(&labels)
+            .observe(prepared.started.elapsed().as_secs_f64());
+        self.metrics.invocations.get_or_create(&labels).inc();
+        if err.code == "upstream_throttled" {
+            let l = RejectLabels {
+                namespace: labels.namespace,
+                endpoint: labels.endpoint,
+                reason: err.code.to_owned(),
+            };
+            self.metrics.rate_limited.get_or_create(&l).inc();
+        }
+        // Dropping `prepared` gives back its reservations: Bedrock charged nothing for a failed call.
+        err
+    }
+
+    /// The answer after the call: an intervention by the guardrail (Bedrock's or ours on the
+    /// output) is a 422, with the tokens still charged.
+    fn check_output(endpoint: &EndpointConfig, answer: &mut ModelAnswer) -> Result<(), ApiError> {
+        let Some(guardrail) = &endpoint.guardrail else {
+            return Ok(());
+        };
+        if answer.stop_reason == "guardrail_intervened" {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "guardrail_blocked",
+                answer.text.clone(),
+            ));
+        }
+        if let Some(pii) = &guardrail.pii {
+            match pii.apply(&answer.text) {
+                Ok(std::borrow::Cow::Borrowed(_)) => {}
+                Ok(std::borrow::Cow::Owned(masked)) => answer.text = masked,
+                Err(blocked) => {
+                    let message = format!(
+                        "{} (sensitive information: {})",
+                        guardrail.blocked_output_message, blocked.entity
+                    );
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "guardrail_blocked",
+                        message,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls the model and waits for the whole answer.
+    pub async fn call(&self, prepared: Prepared) -> Result<CallResult, ApiError> {
+        let client = self.upstream.client(
+            &prepared.endpoint.spec.region,
+            prepared.endpoint.spec.irsa_role_arn.as_deref(),
+        );
+        self.metrics.in_flight.inc();
+        let result = self
+            .upstream
+            .converse(&client, &prepared.endpoint.spec.model_id, &prepared.request)
+            .await;
+        self.metrics.in_flight.dec();
+        self.metrics
+            .credential_refreshes
+            .set(i64::try_from(self.upstream.roles().refreshes()).unwrap_or(i64::MAX));
+        match result {
+            Ok(mut answer) => {
+                let endpoint = Arc::clone(&prepared.endpoint);
+                let checked = Self::check_output(&endpoint, &mut answer);
+                let outcome = checked.as_ref().err().map_or("success", |e| e.code);
+                let cost = self.account(prepared, &answer.usage, outcome);
+                checked.map(|()| CallResult { answer, cost })
+            }
+            Err(e) => Err(self.failed(prepared, e)),
+        }
+    }
+
+    /// Calls the model with ConverseStream; events arrive on the returned channel. If the app
+    /// goes away, the upstream stream is dropped (cancelled) and what was used is still charged.
+    pub async fn call_streaming(
+        self: &Arc<Self>,
+        prepared: Prepared,
+    ) -> Result<mpsc::Receiver<StreamEvent>, ApiError> {
+        let client = self.upstream.client(
+            &prepared.endpoint.spec.region,
+            prepared.endpoint.spec.irsa_role_arn.as_deref(),
+        );
+        let stream = match self
+            .upstream
+            .converse_stream(&client, &prepared.endpoint.spec.model_id, &prepared.request)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return Err(self.failed(prepared, e)),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let state = Arc::clone(self);
+        tokio::spawn(async move { state.pump(prepared, stream, tx).await });
+        Ok(rx)
+    }
+
+    async fn pump(
+        &self,
+        prepared: Prepared,
+        mut stream: aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver<
+            ConverseStreamOutput,
+            aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError,
+        >,
+        tx: mpsc::Sender<StreamEvent>,
+    ) {
+        self.metrics.in_flight.inc();
+        let (mut text, mut stop_reason, mut usage, mut first) =
+            (String::new(), String::new(), None, true);
+        let mut failure = None;
+        loop {
+            match stream.recv().await {
+                Ok(Some(ConverseStreamOutput::ContentBlockDelta(d))) => {
+                    let Some(delta) = d.delta().and_then(|d| d.as_text().ok()).cloned() else {
+                        continue;
+                    };
+                    if first {
+                        first = false;
+                        let e = &prepared.endpoint;
+                        let labels = CostLabels {
+                            namespace: self.catalog.namespace().to_owned(),
+                            endpoint: e.name.clone(),
+                            model: e.spec.model_id.clone(),
+                        };
+                        self.metrics
+                            .time_to_first_token
+                            .get_or_create(&labels)
+                            .observe(prepared.started.elapsed().as_secs_f64());
+                    }
+                    text.push_str(&delta);
+                    if tx.send(StreamEvent::Delta(delta)).await.is_err() {
+                        failure = Some(ApiError::new(
+                            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                            "client_closed",
+                            "the app closed the connection",
+                        ));
+                        break;
+                    }
+                }
+                Ok(Some(ConverseStreamOutput::MessageStop(m))) => {
+                    m.stop_reason().as_str().clone_into(&mut stop_reason);
+                }
+                Ok(Some(ConverseStreamOutput::Metadata(m))) => usage = Some(token_usage(m.usage())),
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(upstream_error(&e));
+                    break;
+                }
+            }
+        }
+        drop(stream); // cancels the upstream stream if we stopped early
+        self.metrics.in_flight.dec();
+        // What was used is charged even when the stream broke: Bedrock's count if it came, else an estimate.
+        let usage = usage.unwrap_or_else(|| TokenUsage {
+            input_tokens: estimated_tokens(prepared.request.input_text_len()),
+            output_tokens: estimated_tokens(text.len()),
+            ..TokenUsage::default()
+        });
+        let mut answer = ModelAnswer {
+            text,
+            stop_reason,
+            usage,
+        };
+        let endpoint = Arc::clone(&prepared.endpoint);
+        let checked = match failure {
+            Some(e) => Err(e),
+            None => Self::check_output(&endpoint, &mut answer),
+        };
+        let outcome = checked.as_ref().err().map_or("success", |e| e.code);
+        let usage = answer.usage;
+        let cost = self.account(prepared, &usage, outcome);
+        let event = match checked {
+            Ok(()) => StreamEvent::Done(CallResult { answer, cost }),
+            Err(e) => StreamEvent::Error(e),
+        };
+        let _ = tx.send(event).await;
+    }
+}
+
+fn decimal_to_f64(d: Decimal) -> f64 {
+    use rust_decimal::prelude::ToPrimitive;
+    d.to_f64().unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_are_shown_like_the_seed() {
+        assert_eq!(format_cost(Decimal::new(279, 6)), "0.000279");
+        assert_eq!(format_cost(Decimal::ZERO), "0.000000");
+        assert_eq!(format_cost(Decimal::new(875, 8)), "0.00000875");
+        assert_eq!(format_cost(Decimal::new(12, 1)), "1.200000");
+    }
+}

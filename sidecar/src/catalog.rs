@@ -1,0 +1,341 @@
+//! The live configuration: the ModelEndpoints this pod may use, the PromptTemplates of its
+//! namespace and the GuardrailPolicies they reference, as one immutable snapshot swapped whole
+//! on every change. Sources: a YAML file (`--standalone`) or watches on the API server.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, RwLock},
+};
+
+use k8s_ai_api::{
+    GuardrailPolicy, ModelEndpoint, ModelEndpointSpec, PromptTemplate,
+    pricing::{self, ModelPrice, UnknownPrice},
+    template::CompiledTemplate,
+};
+use kube::ResourceExt;
+use rust_decimal::Decimal;
+use tokio::sync::watch;
+
+use crate::pii::PiiFilter;
+
+/// One endpoint as the sidecar serves it.
+#[derive(Debug)]
+pub struct EndpointConfig {
+    pub name: String,
+    pub spec: ModelEndpointSpec,
+    /// The price per token, or why there is none (calls are refused: never a silent zero).
+    pub price: Result<ModelPrice, UnknownPrice>,
+    /// The guardrail to apply, if the endpoint names one.
+    pub guardrail: Option<Arc<GuardrailConfig>>,
+    /// Spend the operator has folded into the endpoint's status (all pods).
+    pub reported_cost_today: Decimal,
+    pub reported_cost_this_month: Decimal,
+}
+
+/// A guardrail as applied by the sidecar.
+#[derive(Debug)]
+pub struct GuardrailConfig {
+    pub policy: String,
+    /// Local PII filtering, before anything leaves the pod and on the answer.
+    pub pii: Option<PiiFilter>,
+    /// The synced Bedrock guardrail (id, version), once the operator has published it.
+    pub bedrock: Option<(String, String)>,
+    pub blocked_input_message: String,
+    pub blocked_output_message: String,
+    /// Why the policy could not be used, if it could not (the endpoint then refuses calls).
+    pub problem: Option<String>,
+}
+
+/// One template as the sidecar renders it.
+#[derive(Debug)]
+pub struct TemplateConfig {
+    pub name: String,
+    pub endpoint: String,
+    /// The `metadata.resourceVersion` (or `generation` in standalone mode) rendered with.
+    pub revision: String,
+    pub compiled: Result<CompiledTemplate, String>,
+}
+
+/// Everything the sidecar serves at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub endpoints: HashMap<String, Arc<EndpointConfig>>,
+    pub templates: HashMap<String, Arc<TemplateConfig>>,
+}
+
+/// The current snapshot, replaced whole when the configuration changes.
+#[derive(Debug)]
+pub struct Catalog {
+    namespace: String,
+    /// Endpoint names this pod may use; empty means all (standalone only).
+    allowed: Vec<String>,
+    current: RwLock<Arc<Snapshot>>,
+    loaded: watch::Sender<bool>,
+}
+
+impl Catalog {
+    pub fn new(namespace: String, allowed: Vec<String>) -> Self {
+        Catalog {
+            namespace,
+            allowed,
+            current: RwLock::new(Arc::new(Snapshot::default())),
+            loaded: watch::channel(false).0,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Whether this pod may use `endpoint` (of its own namespace).
+    pub fn allows(&self, endpoint: &str) -> bool {
+        self.allowed.is_empty() || self.allowed.iter().any(|a| a == endpoint)
+    }
+
+    pub fn allowed(&self) -> &[String] {
+        &self.allowed
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .map_or_else(|_| Arc::new(Snapshot::default()), |s| Arc::clone(&s))
+    }
+
+    /// Whether a configuration has been loaded at least once.
+    pub fn is_loaded(&self) -> bool {
+        *self.loaded.borrow()
+    }
+
+    /// Replaces the configuration with one built from these objects.
+    pub fn update(
+        &self,
+        endpoints: &[ModelEndpoint],
+        templates: &[PromptTemplate],
+        policies: &[GuardrailPolicy],
+    ) {
+        let snapshot = self.build(endpoints, templates, policies);
+        tracing::info!(
+            endpoints = snapshot.endpoints.len(),
+            templates = snapshot.templates.len(),
+            "configuration loaded"
+        );
+        if let Ok(mut current) = self.current.write() {
+            *current = Arc::new(snapshot);
+        }
+        self.loaded.send_replace(true);
+    }
+
+    fn build(
+        &self,
+        endpoints: &[ModelEndpoint],
+        templates: &[PromptTemplate],
+        policies: &[GuardrailPolicy],
+    ) -> Snapshot {
+        let policies: HashMap<String, &GuardrailPolicy> =
+            policies.iter().map(|p| (p.name_any(), p)).collect();
+        let mut guardrails: HashMap<String, Arc<GuardrailConfig>> = HashMap::new();
+        let mut snapshot = Snapshot::default();
+        for endpoint in endpoints {
+            let name = endpoint.name_any();
+            if endpoint.namespace().as_deref().unwrap_or(&self.namespace) != self.namespace
+                || !self.allows(&name)
+            {
+                continue;
+            }
+            let guardrail = endpoint.spec.guardrail_policy_ref.as_ref().map(|policy| {
+                Arc::clone(guardrails.entry(policy.clone()).or_insert_with(|| {
+                    Arc::new(guardrail_config(policy, policies.get(policy).copied()))
+                }))
+            });
+            let status = endpoint.status.as_ref();
+            let config = EndpointConfig {
+                price: pricing::price_for(&endpoint.spec),
+                spec: endpoint.spec.clone(),
+                guardrail,
+                reported_cost_today: status
+                    .and_then(|s| s.cost_today)
+                    .map(k8s_ai_api::Money::amount)
+                    .unwrap_or_default(),
+                reported_cost_this_month: status
+                    .and_then(|s| s.cost_this_month)
+                    .map(k8s_ai_api::Money::amount)
+                    .unwrap_or_default(),
+                name: name.clone(),
+            };
+            snapshot.endpoints.insert(name, Arc::new(config));
+        }
+        for template in templates {
+            if template.namespace().as_deref().unwrap_or(&self.namespace) != self.namespace {
+                continue;
+            }
+            let revision = template
+                .resource_version()
+                .or_else(|| template.metadata.generation.map(|g| g.to_string()))
+                .unwrap_or_else(|| "0".to_owned());
+            let config = TemplateConfig {
+                name: template.name_any(),
+                endpoint: template.spec.model_endpoint_ref.name.clone(),
+                revision,
+                compiled: CompiledTemplate::compile(&template.spec).map_err(|e| e.to_string()),
+            };
+            snapshot
+                .templates
+                .insert(config.name.clone(), Arc::new(config));
+        }
+        snapshot
+    }
+
+    /// Loads the objects of a multi-document YAML file (standalone mode).
+    pub fn load_file(&self, path: &Path) -> Result<(), ConfigFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let objects = parse_manifests(&text).map_err(|message| ConfigFileError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
+        self.update(&objects.endpoints, &objects.templates, &objects.policies);
+        Ok(())
+    }
+}
+
+fn guardrail_config(policy: &str, found: Option<&GuardrailPolicy>) -> GuardrailConfig {
+    let Some(found) = found else {
+        return GuardrailConfig {
+            policy: policy.to_owned(),
+            pii: None,
+            bedrock: None,
+            blocked_input_message: k8s_ai_api::guardrail_policy::DEFAULT_BLOCKED_INPUT_MESSAGE
+                .to_owned(),
+            blocked_output_message: k8s_ai_api::guardrail_policy::DEFAULT_BLOCKED_OUTPUT_MESSAGE
+                .to_owned(),
+            problem: Some(format!("GuardrailPolicy {policy} not found")),
+        };
+    };
+    let (pii, problem) = match found
+        .spec
+        .sensitive_information_policy
+        .as_ref()
+        .map(PiiFilter::new)
+        .transpose()
+    {
+        Ok(pii) => (pii.filter(|p| !p.is_empty()), None),
+        Err(e) => (None, Some(format!("GuardrailPolicy {policy}: {e}"))),
+    };
+    let status = found.status.as_ref();
+    let bedrock = status.and_then(|s| {
+        Some((
+            s.guardrail_id.clone()?,
+            s.version.clone().unwrap_or_else(|| "DRAFT".to_owned()),
+        ))
+    });
+    GuardrailConfig {
+        policy: policy.to_owned(),
+        pii,
+        bedrock,
+        blocked_input_message: found.spec.blocked_input_messaging.clone(),
+        blocked_output_message: found.spec.blocked_outputs_messaging.clone(),
+        problem,
+    }
+}
+
+/// The objects of a manifest file, by kind.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub endpoints: Vec<ModelEndpoint>,
+    pub templates: Vec<PromptTemplate>,
+    pub policies: Vec<GuardrailPolicy>,
+}
+
+/// Parses a multi-document YAML stream of our kinds; other kinds (Namespaces, …) are skipped.
+pub fn parse_manifests(text: &str) -> Result<Manifests, String> {
+    use serde::Deserialize;
+    let mut out = Manifests::default();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document)
+            .map_err(|e| format!("document {}: {e}", i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(serde_yaml::Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let context = |e: serde_yaml::Error| format!("document {} ({kind}): {e}", i + 1);
+        match kind.as_str() {
+            "ModelEndpoint" => out
+                .endpoints
+                .push(serde_yaml::from_value(value).map_err(context)?),
+            "PromptTemplate" => out
+                .templates
+                .push(serde_yaml::from_value(value).map_err(context)?),
+            "GuardrailPolicy" => out
+                .policies
+                .push(serde_yaml::from_value(value).map_err(context)?),
+            _ => tracing::debug!(kind, "skipping a document of another kind"),
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot parse {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: &str = concat!(
+        include_str!("../../manifests/samples/guardrailpolicy.yaml"),
+        "---\n",
+        include_str!("../../manifests/samples/modelendpoint.yaml"),
+        "---\n",
+        include_str!("../../manifests/samples/prompttemplate.yaml"),
+    );
+
+    #[test]
+    fn the_seed_manifests_load_as_one_file() {
+        let catalog = Catalog::new("ai-workloads".into(), vec!["claude-haiku".into()]);
+        let m = parse_manifests(SEED).unwrap();
+        catalog.update(&m.endpoints, &m.templates, &m.policies);
+        let snap = catalog.snapshot();
+        let me = &snap.endpoints["claude-haiku"];
+        assert!(me.price.is_ok());
+        let guardrail = me.guardrail.as_ref().unwrap();
+        assert!(guardrail.problem.is_none() && guardrail.pii.is_some());
+        assert!(
+            guardrail.bedrock.is_none(),
+            "no guardrail id before the operator syncs it"
+        );
+        assert!(snap.templates["code-review"].compiled.is_ok());
+    }
+
+    #[test]
+    fn other_namespaces_and_endpoints_are_ignored() {
+        let catalog = Catalog::new("elsewhere".into(), vec![]);
+        let m = parse_manifests(SEED).unwrap();
+        catalog.update(&m.endpoints, &m.templates, &m.policies);
+        assert!(catalog.snapshot().endpoints.is_empty());
+        let catalog = Catalog::new("ai-workloads".into(), vec!["other".into()]);
+        catalog.update(&m.endpoints, &m.templates, &m.policies);
+        assert!(catalog.snapshot().endpoints.is_empty());
+    }
+
+    #[test]
+    fn bad_documents_are_reported_with_their_position() {
+        let err = parse_manifests("kind: ModelEndpoint\napiVersion: ai.kernelpanic09.io/v1alpha1\nmetadata: {name: x}\nspec: {}\n").unwrap_err();
+        assert!(err.contains("document 1 (ModelEndpoint)"), "{err}");
+    }
+}

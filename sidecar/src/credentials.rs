@@ -1,0 +1,208 @@
+//! Credentials per IAM role: STS `AssumeRoleWithWebIdentity` with the pod's projected token,
+//! cached, refreshed well before expiry, single-flight (one STS call however many requests wait),
+//! and never a hang: STS has a deadline, and cached credentials serve until they expire.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use aws_credential_types::{
+    Credentials,
+    provider::{self, ProvideCredentials, future},
+};
+
+/// Why no credentials could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("cannot read the service-account token {path}: {reason}")]
+    Token { path: String, reason: String },
+    #[error("STS AssumeRoleWithWebIdentity into {role} failed: {reason}")]
+    Sts { role: String, reason: String },
+    #[error("STS did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Temporary credentials for one role, shared by every endpoint that names it.
+#[derive(Debug)]
+pub struct RoleCredentials {
+    role_arn: String,
+    session_name: String,
+    token_file: PathBuf,
+    refresh_before: Duration,
+    sts: aws_sdk_sts::Client,
+    cached: Mutex<Option<Credentials>>,
+    /// Held while one task refreshes; the others wait for its result instead of calling STS too.
+    refreshing: tokio::sync::Mutex<()>,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl RoleCredentials {
+    /// Credentials valid for at least `refresh_before` more, refreshing them if needed.
+    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
+            return Ok(fresh);
+        }
+        let _turn = self.refreshing.lock().await;
+        // Someone else may have refreshed while we waited for the lock.
+        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
+            return Ok(fresh);
+        }
+        match self.assume().await {
+            Ok(credentials) => {
+                if let Ok(mut cached) = self.cached.lock() {
+                    *cached = Some(credentials.clone());
+                }
+                Ok(credentials)
+            }
+            Err(e) => {
+                // STS is down but what we hold is still valid: keep using it until it expires.
+                if let Some(still_valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
+                    tracing::warn!(role = %self.role_arn, error = %e, "credential refresh failed; using cached credentials until they expire");
+                    return Ok(still_valid);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// How many times STS was called (for metrics and tests).
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn cached_if(&self, ok: impl Fn(Duration) -> bool) -> Option<Credentials> {
+        let cached = self.cached.lock().ok()?.clone()?;
+        let remaining = cached.expiry().map_or(Duration::MAX, |e| {
+            e.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        ok(remaining).then_some(cached)
+    }
+
+    async fn assume(&self) -> Result<Credentials, CredentialsError> {
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Re-read on every refresh: the kubelet rotates the projected token.
+        let token = tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map_err(|e| CredentialsError::Token {
+                path: self.token_file.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let call = self
+            .sts
+            .assume_role_with_web_identity()
+            .role_arn(&self.role_arn)
+            .role_session_name(&self.session_name)
+            .web_identity_token(token.trim())
+            .send();
+        let deadline = Duration::from_secs(10);
+        let out = tokio::time::timeout(deadline, call)
+            .await
+            .map_err(|_| CredentialsError::Timeout(deadline))?
+            .map_err(|e| CredentialsError::Sts {
+                role: self.role_arn.clone(),
+                reason: sts_reason(&e),
+            })?;
+        let c = out.credentials.ok_or_else(|| CredentialsError::Sts {
+            role: self.role_arn.clone(),
+            reason: "no credentials in the answer".into(),
+        })?;
+        let expiry = SystemTime::try_from(c.expiration).ok();
+        tracing::info!(role = %self.role_arn, "obtained temporary credentials");
+        Ok(Credentials::new(
+            c.access_key_id,
+            c.secret_access_key,
+            Some(c.session_token),
+            expiry,
+            "ai-sidecar-web-identity",
+        ))
+    }
+}
+
+fn sts_reason<E: aws_sdk_sts::error::ProvideErrorMetadata + std::fmt::Debug>(
+    e: &aws_sdk_sts::error::SdkError<E>,
+) -> String {
+    match e {
+        aws_sdk_sts::error::SdkError::ServiceError(s) => {
+            let err = s.err();
+            format!(
+                "{}: {}",
+                err.code().unwrap_or("error"),
+                err.message().unwrap_or_default()
+            )
+        }
+        other => format!("{other}"),
+    }
+}
+
+impl ProvideCredentials for RoleCredentials {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(async move {
+            self.get()
+                .await
+                .map_err(provider::error::CredentialsError::provider_error)
+        })
+    }
+}
+
+/// The credential caches of every role in use, created on first use.
+#[derive(Debug)]
+pub struct RoleCredentialsRegistry {
+    token_file: PathBuf,
+    session_name: String,
+    refresh_before: Duration,
+    sts: aws_sdk_sts::Client,
+    roles: Mutex<HashMap<String, Arc<RoleCredentials>>>,
+}
+
+impl RoleCredentialsRegistry {
+    /// `sts` must be unsigned-capable (AssumeRoleWithWebIdentity carries no signature).
+    pub fn new(
+        sts: aws_sdk_sts::Client,
+        token_file: PathBuf,
+        session_name: String,
+        refresh_before: Duration,
+    ) -> Self {
+        RoleCredentialsRegistry {
+            token_file,
+            session_name,
+            refresh_before,
+            sts,
+            roles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn for_role(&self, role_arn: &str) -> Arc<RoleCredentials> {
+        let mut roles = match self.roles.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Arc::clone(roles.entry(role_arn.to_owned()).or_insert_with(|| {
+            Arc::new(RoleCredentials {
+                role_arn: role_arn.to_owned(),
+                session_name: self.session_name.clone(),
+                token_file: self.token_file.clone(),
+                refresh_before: self.refresh_before,
+                sts: self.sts.clone(),
+                cached: Mutex::new(None),
+                refreshing: tokio::sync::Mutex::new(()),
+                refreshes: std::sync::atomic::AtomicU64::new(0),
+            })
+        }))
+    }
+
+    /// STS calls made so far, all roles together.
+    pub fn refreshes(&self) -> u64 {
+        self.roles
+            .lock()
+            .map(|r| r.values().map(|c| c.refreshes()).sum())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,156 @@
+//! `ai-sidecar`: Bedrock through localhost for one pod. See docs/sidecar.md.
+
+pub mod api;
+pub mod bedrock;
+pub mod calls;
+pub mod catalog;
+pub mod credentials;
+pub mod errors;
+pub mod limits;
+pub mod metrics;
+pub mod pii;
+pub mod settings;
+pub mod watch;
+
+use std::{future::Future, sync::Arc};
+
+use aws_config::BehaviorVersion;
+use tokio::net::TcpListener;
+
+use crate::{
+    bedrock::Upstream, calls::AppState, catalog::Catalog, credentials::RoleCredentialsRegistry,
+    limits::Ledger, metrics::Metrics, settings::Settings,
+};
+
+/// Why the sidecar cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "the data port must listen on loopback only (got {0}): anyone who reaches it spends this pod's budget"
+    )]
+    NotLoopback(std::net::SocketAddr),
+    #[error("--standalone needs --config FILE")]
+    NoConfigFile,
+    #[error("cannot load the configuration file")]
+    ConfigFile(#[from] catalog::ConfigFileError),
+    #[error(
+        "cannot reach the Kubernetes API server (not in a cluster? use --standalone --config FILE)"
+    )]
+    Kube(#[from] kube::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Loads the configuration and builds everything a request needs. In cluster mode, starts the
+/// watches (the catalog fills in the background; `/readyz` says when).
+pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
+    if !settings.listen.ip().is_loopback() {
+        return Err(StartError::NotLoopback(settings.listen));
+    }
+    // The AWS SDK brings aws-lc-rs and kube brings ring; rustls needs to be told which to use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let catalog = Arc::new(Catalog::new(
+        settings.namespace.clone(),
+        settings.allowed_endpoints(),
+    ));
+    if settings.standalone {
+        let path = settings.config.as_ref().ok_or(StartError::NoConfigFile)?;
+        catalog.load_file(path)?;
+    } else {
+        let client = kube::Client::try_default().await?;
+        tokio::spawn(watch::run(client, Arc::clone(&catalog)));
+    }
+    let base = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    let region = base
+        .region()
+        .cloned()
+        .unwrap_or_else(|| aws_config::Region::new("us-east-1"));
+    // AssumeRoleWithWebIdentity is unsigned: its client needs no credentials of its own.
+    let sts_config = aws_config::defaults(BehaviorVersion::latest())
+        .region(region.clone())
+        .no_credentials()
+        .load()
+        .await;
+    let session = if settings.pod_name.is_empty() {
+        "ai-sidecar".to_owned()
+    } else {
+        format!("ai-sidecar-{}", settings.pod_name)
+    };
+    let session: String = session
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "=,.@-_".contains(*c))
+        .take(64)
+        .collect();
+    let roles = Arc::new(RoleCredentialsRegistry::new(
+        aws_sdk_sts::Client::new(&sts_config),
+        settings.token_file.clone(),
+        session,
+        settings.credential_refresh_before,
+    ));
+    let base = base.into_builder().region(region).build();
+    let upstream = Upstream::new(base, roles, settings.upstream_timeout);
+    Ok(Arc::new(AppState {
+        settings,
+        catalog,
+        upstream,
+        ledger: Ledger::default(),
+        metrics: Metrics::default(),
+    }))
+}
+
+/// Bound listeners, ready to serve.
+pub struct Listeners {
+    pub data: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(settings: &Settings) -> Result<Self, StartError> {
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })
+        };
+        Ok(Listeners {
+            data: bind(settings.listen).await?,
+            admin: bind(settings.admin_listen).await?,
+        })
+    }
+}
+
+/// Serves both ports until `shutdown` completes, then drains in-flight requests.
+pub async fn serve(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let data = axum::serve(
+        listeners.data.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        api::data_router(Arc::clone(&state)),
+    )
+    .with_graceful_shutdown({
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    });
+    let admin = axum::serve(listeners.admin, api::admin_router(state)).with_graceful_shutdown({
+        let mut rx = rx;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    });
+    tokio::spawn(async move {
+        shutdown.await;
+        tx.send_replace(true);
+    });
+    let (a, b) = tokio::join!(data.into_future(), admin.into_future());
+    a.and(b)
+}

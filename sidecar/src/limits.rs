@@ -1,0 +1,424 @@
+//! Limits and budgets, enforced locally with no network call on the request path: requests per
+//! minute (GCRA via `governor`), tokens per minute (a bucket that is reserved from `maxTokens` and
+//! settled with the real count), concurrency (a semaphore), and cost budgets (the worst case is
+//! reserved before the call and settled with the real cost after).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
+use k8s_ai_api::model_endpoint::{CostBudget, RateLimit};
+use rust_decimal::Decimal;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::{catalog::EndpointConfig, errors::ApiError};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// A token bucket that can give back what a call reserved but did not use.
+#[derive(Debug)]
+struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    available: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    #[allow(clippy::cast_precision_loss)] // token counts far below 2^52
+    fn new(per_minute: u64) -> Self {
+        let capacity = per_minute as f64;
+        TokenBucket {
+            capacity,
+            per_second: capacity / 60.0,
+            available: capacity,
+            updated: Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        self.available = (self.available
+            + now.duration_since(self.updated).as_secs_f64() * self.per_second)
+            .min(self.capacity);
+        self.updated = now;
+    }
+
+    /// Takes `n` tokens, or says how long until they are there.
+    #[allow(clippy::cast_precision_loss)]
+    fn take(&mut self, n: u64) -> Result<(), Duration> {
+        self.refill();
+        let n = (n as f64).min(self.capacity); // a call larger than the whole minute waits for a full bucket
+        if self.available >= n {
+            self.available -= n;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (n - self.available) / self.per_second,
+            ))
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn give_back(&mut self, n: u64) {
+        self.refill();
+        self.available = (self.available + n as f64).min(self.capacity);
+    }
+}
+
+/// The limiters of one endpoint, rebuilt when its `rateLimit` changes.
+struct Limiters {
+    rate_limit: RateLimit,
+    requests: DefaultDirectRateLimiter,
+    tokens: Option<Mutex<TokenBucket>>,
+    concurrency: Option<Arc<Semaphore>>,
+}
+
+impl Limiters {
+    fn new(rate_limit: RateLimit) -> Self {
+        let rpm = NonZeroU32::new(rate_limit.requests_per_minute).unwrap_or(NonZeroU32::MIN);
+        Limiters {
+            requests: RateLimiter::direct(Quota::per_minute(rpm)),
+            tokens: rate_limit
+                .tokens_per_minute
+                .map(|t| Mutex::new(TokenBucket::new(t))),
+            concurrency: rate_limit
+                .max_concurrency
+                .map(|c| Arc::new(Semaphore::new(usize::try_from(c).unwrap_or(usize::MAX)))),
+            rate_limit,
+        }
+    }
+}
+
+/// Counters of one period.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub period: String,
+    pub invocations: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost: Decimal,
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl Counters {
+    fn roll(&mut self, period: &str) {
+        if self.period != period {
+            *self = Counters {
+                period: period.to_owned(),
+                ..Counters::default()
+            };
+        }
+    }
+}
+
+/// What this pod used of one endpoint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    pub day: Counters,
+    pub month: Counters,
+    pub lifetime: Counters,
+    /// Worst-case cost of calls in flight.
+    pub reserved: Decimal,
+}
+
+struct EndpointState {
+    limiters: Limiters,
+    usage: Mutex<Usage>,
+}
+
+/// Limits, budgets and usage of every endpoint of this pod.
+#[derive(Default)]
+pub struct Ledger {
+    endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
+}
+
+/// A call admitted against an endpoint's limits: settle it with the real usage, or drop it to
+/// give everything back.
+pub struct Admission {
+    state: Arc<EndpointState>,
+    reserved_cost: Decimal,
+    reserved_tokens: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+    settled: bool,
+}
+
+impl Admission {
+    /// Records the call's real usage and cost, and releases what was reserved.
+    pub fn settle(mut self, input_tokens: u64, output_tokens: u64, cost: Decimal) {
+        self.settled = true;
+        if let Some(bucket) = &self.state.limiters.tokens {
+            let used = input_tokens + output_tokens;
+            lock(bucket).give_back(self.reserved_tokens.saturating_sub(used));
+        }
+        let (day, month) = periods(SystemTime::now());
+        let mut guard = lock(&self.state.usage);
+        let usage = &mut *guard;
+        usage.reserved -= self.reserved_cost;
+        for (counters, period) in [
+            (&mut usage.day, day.as_str()),
+            (&mut usage.month, month.as_str()),
+        ] {
+            counters.roll(period);
+        }
+        for counters in [&mut usage.day, &mut usage.month, &mut usage.lifetime] {
+            counters.invocations += 1;
+            counters.input_tokens += input_tokens;
+            counters.output_tokens += output_tokens;
+            counters.cost += cost;
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if !self.settled {
+            // The call never reached the model (or failed before it was charged): give it all back.
+            if let Some(bucket) = &self.state.limiters.tokens {
+                lock(bucket).give_back(self.reserved_tokens);
+            }
+            lock(&self.state.usage).reserved -= self.reserved_cost;
+        }
+    }
+}
+
+/// `YYYY-MM-DD` and `YYYY-MM` of `t` in UTC.
+pub fn periods(at: SystemTime) -> (String, String) {
+    let days = i64::try_from(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400)
+        .unwrap_or(0);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let shifted = days + 719_468;
+    let era = shifted.div_euclid(146_097);
+    let doe = shifted - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{year:04}-{month:02}"),
+    )
+}
+
+impl Ledger {
+    fn state(&self, endpoint: &EndpointConfig) -> Arc<EndpointState> {
+        let rate_limit = endpoint.spec.rate_limit.clone().unwrap_or_default();
+        let mut endpoints = lock(&self.endpoints);
+        let state = endpoints.entry(endpoint.name.clone()).or_insert_with(|| {
+            Arc::new(EndpointState {
+                limiters: Limiters::new(rate_limit.clone()),
+                usage: Mutex::new(Usage::default()),
+            })
+        });
+        if state.limiters.rate_limit != rate_limit {
+            // New limits: new limiters, same usage.
+            let usage = lock(&state.usage).clone();
+            *state = Arc::new(EndpointState {
+                limiters: Limiters::new(rate_limit),
+                usage: Mutex::new(usage),
+            });
+        }
+        Arc::clone(state)
+    }
+
+    /// This pod's usage of `endpoint` so far.
+    pub fn usage(&self, endpoint: &str) -> Option<Usage> {
+        lock(&self.endpoints)
+            .get(endpoint)
+            .map(|s| lock(&s.usage).clone())
+    }
+
+    /// Every endpoint's usage, for metrics and reports.
+    pub fn all_usage(&self) -> Vec<(String, Usage)> {
+        lock(&self.endpoints)
+            .iter()
+            .map(|(n, s)| (n.clone(), lock(&s.usage).clone()))
+            .collect()
+    }
+
+    /// Counts a request refused before it reached the model.
+    pub fn reject(&self, endpoint: &EndpointConfig, reason: &'static str) {
+        let state = self.state(endpoint);
+        let (day, month) = periods(SystemTime::now());
+        let mut guard = lock(&state.usage);
+        let usage = &mut *guard;
+        usage.day.roll(&day);
+        usage.month.roll(&month);
+        for counters in [&mut usage.day, &mut usage.month, &mut usage.lifetime] {
+            *counters.rejected.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Admits a call that may use up to `max_tokens` tokens and cost up to `worst_case_cost`, or
+    /// says why not (429 with Retry-After).
+    pub fn admit(
+        &self,
+        endpoint: &EndpointConfig,
+        max_tokens: u64,
+        worst_case_cost: Decimal,
+    ) -> Result<Admission, ApiError> {
+        let state = self.state(endpoint);
+        let limiters = &state.limiters;
+        let refuse = |code: &'static str, message: String, wait: Duration| {
+            self.reject(endpoint, code);
+            Err(ApiError::rate_limited(code, message, wait))
+        };
+        if let Err(not_until) = limiters.requests.check() {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            return refuse(
+                "rate_limited",
+                format!(
+                    "{} allows {} requests per minute",
+                    endpoint.name, limiters.rate_limit.requests_per_minute
+                ),
+                wait,
+            );
+        }
+        let permit = match &limiters.concurrency {
+            Some(semaphore) => match Arc::clone(semaphore).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return refuse(
+                        "concurrency_limited",
+                        format!(
+                            "{} allows {} calls in flight",
+                            endpoint.name,
+                            limiters.rate_limit.max_concurrency.unwrap_or_default()
+                        ),
+                        Duration::from_secs(1),
+                    );
+                }
+            },
+            None => None,
+        };
+        if let Some(bucket) = &limiters.tokens
+            && let Err(wait) = lock(bucket).take(max_tokens)
+        {
+            return refuse(
+                "tokens_rate_limited",
+                format!(
+                    "{} allows {} tokens per minute",
+                    endpoint.name,
+                    limiters.rate_limit.tokens_per_minute.unwrap_or_default()
+                ),
+                wait,
+            );
+        }
+        let admission = Admission {
+            state: Arc::clone(&state),
+            reserved_cost: Decimal::ZERO,
+            reserved_tokens: max_tokens,
+            _permit: permit,
+            settled: false,
+        };
+        self.reserve_budget(endpoint, admission, worst_case_cost)
+    }
+
+    fn reserve_budget(
+        &self,
+        endpoint: &EndpointConfig,
+        mut admission: Admission,
+        worst_case: Decimal,
+    ) -> Result<Admission, ApiError> {
+        let budget = endpoint.spec.cost_budget.clone().unwrap_or_default();
+        let (day, month) = periods(SystemTime::now());
+        let mut usage = lock(&admission.state.usage);
+        usage.day.roll(&day);
+        usage.month.roll(&month);
+        let exceeded = exceeded(&budget, &usage, endpoint, worst_case);
+        if let Some(which) = exceeded {
+            drop(usage);
+            drop(admission);
+            self.reject(endpoint, "budget_exceeded");
+            return Err(ApiError::rate_limited(
+                "budget_exceeded",
+                format!(
+                    "the {which} budget of {} would be exceeded by this call (worst case ${worst_case})",
+                    endpoint.name
+                ),
+                until_next(which),
+            ));
+        }
+        usage.reserved += worst_case;
+        drop(usage);
+        admission.reserved_cost = worst_case;
+        Ok(admission)
+    }
+}
+
+/// Which budget (`daily` or `monthly`) a call costing up to `worst_case` would pass.
+fn exceeded(
+    budget: &CostBudget,
+    usage: &Usage,
+    endpoint: &EndpointConfig,
+    worst_case: Decimal,
+) -> Option<&'static str> {
+    // Spend the operator has folded in (all pods) plus this pod's own, plus calls in flight.
+    let today = endpoint.reported_cost_today.max(usage.day.cost) + usage.reserved + worst_case;
+    let month =
+        endpoint.reported_cost_this_month.max(usage.month.cost) + usage.reserved + worst_case;
+    if budget.daily.is_some_and(|d| today > d.amount()) {
+        return Some("daily");
+    }
+    if budget.monthly.is_some_and(|m| month > m.amount()) {
+        return Some("monthly");
+    }
+    None
+}
+
+/// Time until the budget period `which` starts again (UTC).
+fn until_next(which: &str) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    if which == "daily" {
+        Duration::from_secs(to_midnight)
+    } else {
+        Duration::from_secs(to_midnight.max(3600))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_periods() {
+        assert_eq!(periods(UNIX_EPOCH), ("1970-01-01".into(), "1970-01".into()));
+        assert_eq!(
+            periods(UNIX_EPOCH + Duration::from_secs(1_795_620_180)),
+            ("2026-11-25".into(), "2026-11".into())
+        );
+        assert_eq!(
+            periods(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            ("2000-02-29".into(), "2000-02".into())
+        );
+    }
+
+    #[test]
+    fn token_bucket_reserves_and_gives_back() {
+        let mut b = TokenBucket::new(600);
+        assert!(b.take(500).is_ok());
+        assert!(b.take(200).is_err());
+        b.give_back(300);
+        assert!(b.take(200).is_ok());
+        let wait = b.take(600).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(39),
+            "400 tokens missing at 10 a second: {wait:?}"
+        );
+    }
+}

@@ -1,0 +1,143 @@
+//! Prometheus metrics on the admin port, with the original operator's names.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of a call to a model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
+    /// `success`, or the error code answered.
+    pub outcome: String,
+}
+
+/// Labels of token counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
+    /// `input`, `output`, `cache_read` or `cache_write`.
+    pub direction: String,
+}
+
+/// Labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    pub reason: String,
+}
+
+/// Labels of cost.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
+}
+
+fn latency_buckets() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    ])
+}
+
+/// Every metric of the sidecar.
+pub struct Metrics {
+    registry: Registry,
+    pub duration: Family<CallLabels, Histogram>,
+    pub invocations: Family<CallLabels, Counter>,
+    pub time_to_first_token: Family<CostLabels, Histogram>,
+    pub tokens: Family<TokenLabels, Counter>,
+    /// US dollars; a float only here, for Prometheus. Accounting itself is exact decimals.
+    pub cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub rate_limited: Family<RejectLabels, Counter>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub credential_refreshes: Gauge,
+    pub in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let duration = Family::<CallLabels, Histogram>::new_with_constructor(latency_buckets);
+        let time_to_first_token =
+            Family::<CostLabels, Histogram>::new_with_constructor(latency_buckets);
+        let m = Metrics {
+            duration,
+            invocations: Family::default(),
+            time_to_first_token,
+            tokens: Family::default(),
+            cost: Family::default(),
+            rate_limited: Family::default(),
+            rejected: Family::default(),
+            credential_refreshes: Gauge::default(),
+            in_flight: Gauge::default(),
+            registry: Registry::default(),
+        };
+        let sub = registry.sub_registry_with_prefix("k8s_ai_operator");
+        sub.register(
+            "bedrock_invocation_duration_seconds",
+            "Time to answer a call through Bedrock, by outcome",
+            m.duration.clone(),
+        );
+        sub.register(
+            "bedrock_invocations",
+            "Calls through the sidecar, by outcome",
+            m.invocations.clone(),
+        );
+        sub.register(
+            "bedrock_time_to_first_token_seconds",
+            "Time from request to the first streamed token",
+            m.time_to_first_token.clone(),
+        );
+        sub.register(
+            "bedrock_tokens",
+            "Tokens billed by Bedrock",
+            m.tokens.clone(),
+        );
+        sub.register(
+            "bedrock_invocation_cost_dollars",
+            "US dollars spent on Bedrock calls",
+            m.cost.clone(),
+        );
+        sub.register(
+            "proxy_rate_limited",
+            "Requests refused by a rate or concurrency limit",
+            m.rate_limited.clone(),
+        );
+        sub.register(
+            "proxy_rejected",
+            "Requests refused before reaching the model (budget, guardrail, ...)",
+            m.rejected.clone(),
+        );
+        sub.register(
+            "sidecar_credential_refreshes",
+            "STS calls made to obtain temporary credentials",
+            m.credential_refreshes.clone(),
+        );
+        sub.register(
+            "sidecar_in_flight_requests",
+            "Calls to Bedrock in flight",
+            m.in_flight.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

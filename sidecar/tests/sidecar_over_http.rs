@@ -1,0 +1,580 @@
+//! The `ai-sidecar` binary as a pod runs it (a process with the env and flags the webhook sets),
+//! in front of the Bedrock emulator, driven over real HTTP.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failure report
+#![allow(clippy::too_many_lines)] // each test is one scenario, read top to bottom
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use e2e::emulator::{
+    Emulator, Running,
+    config::{Config, Faults, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY},
+    text::count_tokens,
+};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+const SEED_INVOKE: &str =
+    r#"{"messages":[{"role":"user","content":"Explain Kubernetes operators in two sentences."}]}"#;
+const SEED_RENDER: &str = r#"{"variables":{"Diff":"- password = \"hunter2\"\n+ password = os.getenv(\"PASSWORD\")","Focus":"security"}}"#;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn seed_manifests() -> String {
+    let root = e2e::repo_root();
+    [
+        "guardrailpolicy.yaml",
+        "modelendpoint.yaml",
+        "prompttemplate.yaml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root.join("manifests/samples").join(f)).unwrap())
+    .collect::<Vec<_>>()
+    .join("---\n")
+}
+
+/// A running sidecar process.
+struct Sidecar {
+    child: Child,
+    url: String,
+    admin: String,
+    _dir: TempDir,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ai-sidecar-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `ai-sidecar --standalone` with `manifests` against `emulator`, like a pod would.
+async fn sidecar(emulator: &Running, manifests: &str, extra_env: &[(&str, &str)]) -> Sidecar {
+    let dir = TempDir::new();
+    let config = dir.0.join("config.yaml");
+    std::fs::write(&config, manifests).unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-sidecar"));
+    command
+        .args(["--standalone", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("AI_SIDECAR_NAMESPACE", "ai-workloads")
+        .env("AI_SIDECAR_POD_NAME", "test-pod")
+        .env("AI_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AI_SIDECAR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("AI_SIDECAR_LOG_FORMAT", "text")
+        .env("AWS_ENDPOINT_URL", emulator.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    let sidecar = Sidecar {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", sidecar.admin)).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sidecar
+}
+
+async fn emulator(config: Config) -> Running {
+    Emulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+async fn post(url: &str, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, value, headers)
+}
+
+/// The exact cost of `input`/`output` tokens of Claude Haiku 4.5 at $1/$5 per million.
+fn haiku_cost(input: u64, output: u64) -> Decimal {
+    (Decimal::from(input) + Decimal::from(output) * Decimal::from(5)) / Decimal::from(1_000_000)
+}
+
+#[tokio::test]
+async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+
+    let (status, answer, _) = post(
+        &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
+        SEED_INVOKE,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let keys: Vec<&String> = answer.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "content",
+            "costUSD",
+            "inputTokens",
+            "outputTokens",
+            "stopReason"
+        ]
+    );
+    let prompt = "Explain Kubernetes operators in two sentences.";
+    assert_eq!(answer["content"], prompt);
+    assert_eq!(answer["stopReason"], "end_turn");
+    let (input, output) = (
+        answer["inputTokens"].as_u64().unwrap(),
+        answer["outputTokens"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        (input, output),
+        (count_tokens(prompt), count_tokens(prompt))
+    );
+    let cost: Decimal = answer["costUSD"].as_str().unwrap().parse().unwrap();
+    assert_eq!(cost, haiku_cost(input, output));
+    assert_eq!(
+        answer["costUSD"]
+            .as_str()
+            .unwrap()
+            .split('.')
+            .nth(1)
+            .unwrap()
+            .len(),
+        6,
+        "six decimals, as the seed shows"
+    );
+
+    let (status, answer, _) = post(
+        &format!("{}/render/ai-workloads/code-review", sc.url),
+        SEED_RENDER,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let rendered = "Review this diff focusing on security:\n\n```diff\n- password = \"hunter2\"\n+ password = os.getenv(\"PASSWORD\")\n```\n";
+    assert_eq!(
+        answer["content"], rendered,
+        "the emulator echoes the rendered prompt"
+    );
+    assert_eq!(answer["template"], "code-review");
+    assert!(answer["revision"].is_string());
+
+    let (status, dry, _) = post(
+        &format!("{}/render/ai-workloads/code-review", sc.url),
+        r#"{"variables":{"Diff":"x"},"dryRun":true}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(
+        dry["systemPrompt"],
+        "You are a senior engineer. Be direct and specific."
+    );
+    assert_eq!(
+        dry["prompt"],
+        "Review this diff focusing on security and correctness:\n\n```diff\nx\n```\n"
+    );
+    let calls = emu
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "Converse")
+        .count();
+    assert_eq!(calls, 2, "a dry run does not call Bedrock");
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_error_codes() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(
+        &emu,
+        &manifests,
+        &[
+            ("AI_SIDECAR_ENDPOINTS", "claude-haiku,not-created"),
+            ("AI_SIDECAR_MAX_BODY_BYTES", "4096"),
+        ],
+    )
+    .await;
+    let invoke = |path: &str| format!("{}/invoke/{path}", sc.url);
+    let cases: Vec<(String, String, u16, &str)> = vec![
+        (
+            invoke("other-ns/claude-haiku"),
+            SEED_INVOKE.into(),
+            403,
+            "endpoint_not_allowed",
+        ),
+        (
+            invoke("ai-workloads/nova-pro"),
+            SEED_INVOKE.into(),
+            403,
+            "endpoint_not_allowed",
+        ),
+        (
+            invoke("ai-workloads/not-created"),
+            SEED_INVOKE.into(),
+            404,
+            "endpoint_not_found",
+        ),
+        (
+            invoke("ai-workloads/claude-haiku"),
+            "{not json".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            invoke("ai-workloads/claude-haiku"),
+            r#"{"messages":[]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            invoke("ai-workloads/claude-haiku"),
+            r#"{"messages":[{"role":"robot","content":"x"}]}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            invoke("ai-workloads/claude-haiku"),
+            r#"{"messages":[{"role":"user","content":"x"}],"temperature":7}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            invoke("ai-workloads/claude-haiku"),
+            format!(
+                r#"{{"messages":[{{"role":"user","content":"{}"}}]}}"#,
+                "x".repeat(5000)
+            ),
+            413,
+            "body_too_large",
+        ),
+        (
+            format!("{}/render/ai-workloads/code-review", sc.url),
+            r#"{"variables":{}}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!("{}/render/ai-workloads/nope", sc.url),
+            r#"{"variables":{}}"#.into(),
+            404,
+            "template_not_found",
+        ),
+        (
+            format!("{}/v1/chat/completions", sc.url),
+            r#"{"model":"nova-pro","messages":[{"role":"user","content":"x"}]}"#.into(),
+            403,
+            "endpoint_not_allowed",
+        ),
+    ];
+    for (url, body, status, code) in cases {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let got = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(got, status, "{url} {body:.60}: {text}");
+        let v: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{url}: not JSON: {text}"));
+        assert_eq!(v["error"]["code"], code, "{url}: {text}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (status, v, _) = post(
+        &format!("{}/render/ai-workloads/code-review", sc.url),
+        r#"{"variables":{}}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("Diff"),
+        "names the missing variable: {v}"
+    );
+}
+
+#[tokio::test]
+async fn streaming_invoke_sends_deltas_then_usage_and_cost() {
+    let emu = emulator(Config {
+        output: e2e::emulator::config::OutputMode::Filler { tokens: 200 },
+        ..Config::default()
+    })
+    .await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let body = r#"{"messages":[{"role":"user","content":"go"}],"stream":true}"#;
+    let r = reqwest::Client::new()
+        .post(format!("{}/invoke/ai-workloads/claude-haiku", sc.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let text = r.text().await.unwrap();
+    let events: Vec<(&str, Value)> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (name, serde_json::from_str(data).unwrap())
+        })
+        .collect();
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| *n == "delta")
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "tok ".repeat(200));
+    let (name, done) = events.last().unwrap();
+    assert_eq!(*name, "done");
+    assert_eq!(done["outputTokens"], 200);
+    let cost: Decimal = done["costUSD"].as_str().unwrap().parse().unwrap();
+    assert_eq!(cost, haiku_cost(done["inputTokens"].as_u64().unwrap(), 200));
+}
+
+#[tokio::test]
+async fn limits_and_budgets_refuse_with_429() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_manifests()
+        .replace(
+            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+            "",
+        )
+        .replace("requestsPerMinute: 60", "requestsPerMinute: 2");
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    assert_eq!(post(&url, SEED_INVOKE).await.0, 200);
+    assert_eq!(post(&url, SEED_INVOKE).await.0, 200);
+    let (status, v, headers) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "rate_limited");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let metrics = reqwest::get(format!("{}/metrics", sc.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"k8s_ai_operator_proxy_rate_limited_total{namespace="ai-workloads",endpoint="claude-haiku",reason="rate_limited"} 1"#), "{metrics}");
+
+    // A daily budget smaller than one call's worst case (4096 output tokens at $5/M = $0.02048).
+    let manifests = seed_manifests()
+        .replace(
+            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+            "",
+        )
+        .replace(r#"daily: "10.00""#, r#"daily: "0.02""#);
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let (status, v, headers) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "budget_exceeded");
+    assert!(headers.contains_key("retry-after"));
+    // Asking for fewer tokens brings the worst case under the budget.
+    let small = r#"{"messages":[{"role":"user","content":"Explain Kubernetes operators in two sentences."}],"maxTokens":100}"#;
+    assert_eq!(post(&url, small).await.0, 200);
+}
+
+#[tokio::test]
+async fn guardrail_pii_is_blocked_or_anonymised_before_leaving_the_pod() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let (status, v, _) = post(
+        &url,
+        r#"{"messages":[{"role":"user","content":"my key is AKIAIOSFODNN7EXAMPLE"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "guardrail_blocked");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AWS_ACCESS_KEY")
+    );
+    let (status, v, _) = post(
+        &url,
+        r#"{"messages":[{"role":"user","content":"write to bob@example.com please"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["content"], "write to {EMAIL} please",
+        "the email never reached Bedrock"
+    );
+    assert_eq!(
+        emu.emulator
+            .requests()
+            .iter()
+            .filter(|r| r.operation == "Converse")
+            .count(),
+        1,
+        "the blocked call never left the pod"
+    );
+}
+
+#[tokio::test]
+async fn openai_compatible_routes() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let models: Value = reqwest::get(format!("{}/v1/models", sc.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "claude-haiku");
+    let body = json!({ "model": "claude-haiku", "messages": [ { "role": "system", "content": "Be brief." }, { "role": "user", "content": "hello there" } ], "max_tokens": 50 });
+    let (status, v, _) = post(
+        &format!("{}/v1/chat/completions", sc.url),
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["content"], "hello there");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], count_tokens("hello there"));
+    assert_eq!(
+        v["usage"]["prompt_tokens"],
+        count_tokens("Be brief.") + count_tokens("hello there")
+    );
+}
+
+#[tokio::test]
+async fn bedrock_errors_are_mapped_and_never_charged() {
+    let emu = emulator(Config {
+        faults: Faults {
+            throttle_every_n: Some(1),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let (status, v, headers) = post(
+        &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
+        SEED_INVOKE,
+    )
+    .await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_throttled");
+    assert!(headers.contains_key("retry-after"));
+    let tries = emu
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "Converse")
+        .count();
+    assert!(
+        tries >= 2,
+        "throttling is retried by the SDK ({tries} tries)"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", sc.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("k8s_ai_operator_bedrock_invocation_cost_dollars_total{"),
+        "nothing was charged: {metrics}"
+    );
+}
