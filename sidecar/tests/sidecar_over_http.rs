@@ -4,156 +4,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failure report
 #![allow(clippy::too_many_lines)] // each test is one scenario, read top to bottom
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
 
+use common::*;
 use e2e::emulator::{
-    Emulator, Running,
-    config::{Config, Faults, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY},
+    config::{Config, Faults},
     text::count_tokens,
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-
-const SEED_INVOKE: &str =
-    r#"{"messages":[{"role":"user","content":"Explain Kubernetes operators in two sentences."}]}"#;
-const SEED_RENDER: &str = r#"{"variables":{"Diff":"- password = \"hunter2\"\n+ password = os.getenv(\"PASSWORD\")","Focus":"security"}}"#;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn seed_manifests() -> String {
-    let root = e2e::repo_root();
-    [
-        "guardrailpolicy.yaml",
-        "modelendpoint.yaml",
-        "prompttemplate.yaml",
-    ]
-    .iter()
-    .map(|f| std::fs::read_to_string(root.join("manifests/samples").join(f)).unwrap())
-    .collect::<Vec<_>>()
-    .join("---\n")
-}
-
-/// A running sidecar process.
-struct Sidecar {
-    child: Child,
-    url: String,
-    admin: String,
-    _dir: TempDir,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "ai-sidecar-test-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Starts `ai-sidecar --standalone` with `manifests` against `emulator`, like a pod would.
-async fn sidecar(emulator: &Running, manifests: &str, extra_env: &[(&str, &str)]) -> Sidecar {
-    let dir = TempDir::new();
-    let config = dir.0.join("config.yaml");
-    std::fs::write(&config, manifests).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-sidecar"));
-    command
-        .args(["--standalone", "--config"])
-        .arg(&config)
-        .env_clear()
-        .env("AI_SIDECAR_NAMESPACE", "ai-workloads")
-        .env("AI_SIDECAR_POD_NAME", "test-pod")
-        .env("AI_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
-        .env("AI_SIDECAR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
-        .env("AI_SIDECAR_LOG_FORMAT", "text")
-        .env("AWS_ENDPOINT_URL", emulator.url())
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
-        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
-    let child = command.spawn().unwrap();
-    let sidecar = Sidecar {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        admin: format!("http://127.0.0.1:{admin_port}"),
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(r) = reqwest::get(format!("{}/readyz", sidecar.admin)).await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sidecar did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    sidecar
-}
-
-async fn emulator(config: Config) -> Running {
-    Emulator::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-async fn post(url: &str, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
-    let r = reqwest::Client::new()
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.unwrap();
-    let value =
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
-    (status, value, headers)
-}
-
-/// The exact cost of `input`/`output` tokens of Claude Haiku 4.5 at $1/$5 per million.
-fn haiku_cost(input: u64, output: u64) -> Decimal {
-    (Decimal::from(input) + Decimal::from(output) * Decimal::from(5)) / Decimal::from(1_000_000)
-}
 
 #[tokio::test]
 async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {

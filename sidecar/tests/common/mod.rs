@@ -1,0 +1,165 @@
+//! Shared by the sidecar's integration tests: the emulator, and `ai-sidecar` started as a pod runs it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)] // test code
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use e2e::emulator::{
+    Emulator, Running,
+    config::{Config, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY},
+};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+pub const SEED_INVOKE: &str =
+    r#"{"messages":[{"role":"user","content":"Explain Kubernetes operators in two sentences."}]}"#;
+pub const SEED_RENDER: &str = r#"{"variables":{"Diff":"- password = \"hunter2\"\n+ password = os.getenv(\"PASSWORD\")","Focus":"security"}}"#;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn seed_manifests() -> String {
+    let root = e2e::repo_root();
+    [
+        "guardrailpolicy.yaml",
+        "modelendpoint.yaml",
+        "prompttemplate.yaml",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root.join("manifests/samples").join(f)).unwrap())
+    .collect::<Vec<_>>()
+    .join("---\n")
+}
+
+/// A running sidecar process.
+pub struct Sidecar {
+    child: Child,
+    pub url: String,
+    pub admin: String,
+    _dir: TempDir,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ai-sidecar-test-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `ai-sidecar --standalone` with `manifests` against `emulator`, like a pod would.
+pub async fn sidecar(emulator: &Running, manifests: &str, extra_env: &[(&str, &str)]) -> Sidecar {
+    start_sidecar(emulator, Some(manifests), "ai-workloads", extra_env).await
+}
+
+/// Starts `ai-sidecar` in namespace `ns`: standalone with `manifests`, or against the cluster of
+/// the `KUBECONFIG` in `extra_env` when `manifests` is `None`.
+pub async fn start_sidecar(
+    emulator: &Running,
+    manifests: Option<&str>,
+    ns: &str,
+    extra_env: &[(&str, &str)],
+) -> Sidecar {
+    let dir = TempDir::new();
+    let (port, admin_port) = (free_port(), free_port());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ai-sidecar"));
+    if let Some(manifests) = manifests {
+        let config = dir.0.join("config.yaml");
+        std::fs::write(&config, manifests).unwrap();
+        command.args(["--standalone", "--config"]).arg(&config);
+    }
+    command
+        .env_clear()
+        .env("AI_SIDECAR_NAMESPACE", ns)
+        .env("AI_SIDECAR_POD_NAME", "test-pod")
+        .env("AI_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("AI_SIDECAR_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("AI_SIDECAR_LOG_FORMAT", "text")
+        .env("AWS_ENDPOINT_URL", emulator.url())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    let sidecar = Sidecar {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        admin: format!("http://127.0.0.1:{admin_port}"),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(format!("{}/readyz", sidecar.admin)).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sidecar
+}
+
+pub async fn emulator(config: Config) -> Running {
+    Emulator::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+pub async fn post(url: &str, body: &str) -> (u16, Value, reqwest::header::HeaderMap) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    let value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+    (status, value, headers)
+}
+
+/// The exact cost of `input`/`output` tokens of Claude Haiku 4.5 at $1/$5 per million.
+pub fn haiku_cost(input: u64, output: u64) -> Decimal {
+    (Decimal::from(input) + Decimal::from(output) * Decimal::from(5)) / Decimal::from(1_000_000)
+}
