@@ -7,13 +7,14 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 
 # Debian packages the build uses (TLS roots and a C toolchain for ring).
 need_apt=()
-for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl"; do
+# promtool (package prometheus) checks every metrics page in the tests.
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus"; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg#*:}")
 done
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 # Rust components (cargo fmt and clippy).

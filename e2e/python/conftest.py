@@ -13,6 +13,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
 EMULATOR = pathlib.Path(os.environ.get("BEDROCK_EMULATOR_BIN", TARGET / "debug" / "bedrock-emulator"))
+SIDECAR = pathlib.Path(os.environ.get("AI_SIDECAR_BIN", TARGET / "debug" / "ai-sidecar"))
+SAMPLES = ROOT / "manifests" / "samples"
 
 
 def free_port() -> int:
@@ -84,3 +86,42 @@ def cluster():
 
     state["kubectl"] = kubectl
     return state
+
+
+@pytest.fixture
+def sidecar(emulator, tmp_path):
+    """`ai-sidecar --standalone` with the seed's objects (IRSA role removed: static test keys), in
+    front of the emulator, as a pod would run it. Yields (data URL, admin URL)."""
+    assert SIDECAR.exists(), f"{SIDECAR} not built: run `cargo build -p ai-sidecar` first"
+    manifests = "---\n".join((SAMPLES / f).read_text() for f in ["guardrailpolicy.yaml", "modelendpoint.yaml", "prompttemplate.yaml"])
+    manifests = manifests.replace("  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n", "")
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(manifests)
+    port, admin = free_port(), free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "AI_SIDECAR_NAMESPACE": "ai-workloads",
+        "AI_SIDECAR_LISTEN": f"127.0.0.1:{port}",
+        "AI_SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "AWS_ENDPOINT_URL": emulator.url,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    proc = subprocess.Popen([str(SIDECAR), "--standalone", "--config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz") as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert proc.poll() is None, f"ai-sidecar exited: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "ai-sidecar did not become ready"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -68,15 +68,31 @@ async fn readyz(State(state): Shared) -> Response {
     }
 }
 
-async fn metrics(State(state): Shared) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
+/// OpenMetrics when asked for (Prometheus does), the classic text format otherwise.
+async fn metrics(State(state): Shared, headers: axum::http::HeaderMap) -> Response {
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            state.metrics.render(),
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            state.metrics.render_text(),
+        )
+            .into_response()
+    }
 }
 
 /// The request body, or our JSON error when it cannot be read (413 over the size limit).

@@ -132,12 +132,68 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The exposition text.
+    /// The OpenMetrics exposition (what Prometheus asks for).
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
         out
+    }
+
+    /// The classic Prometheus text format 0.0.4, for clients that do not ask for OpenMetrics
+    /// (`curl`, `promtool check metrics`): counters are named with `_total` in HELP and TYPE too.
+    pub fn render_text(&self) -> String {
+        openmetrics_to_text(&self.render())
+    }
+}
+
+/// Rewrites an OpenMetrics page as Prometheus text 0.0.4.
+fn openmetrics_to_text(page: &str) -> String {
+    let counters: std::collections::HashSet<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(page.len());
+    for line in page.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_their_total_suffix_in_the_text_format() {
+        let m = Metrics::default();
+        m.credential_refreshes.set(1);
+        let labels = RejectLabels {
+            namespace: "ns".into(),
+            endpoint: "e".into(),
+            reason: "rate_limited".into(),
+        };
+        m.rate_limited.get_or_create(&labels).inc();
+        let text = m.render_text();
+        assert!(
+            text.contains("# TYPE k8s_ai_operator_proxy_rate_limited_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("k8s_ai_operator_proxy_rate_limited_total{namespace=\"ns\",endpoint=\"e\",reason=\"rate_limited\"} 1"), "{text}");
+        assert!(!text.contains("# EOF"));
+        assert!(m.render().ends_with("# EOF\n"));
     }
 }
