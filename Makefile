@@ -60,6 +60,10 @@ emulator: ## Run the Bedrock/STS emulator on 127.0.0.1:4566 (see e2e/README.md)
 bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one core
 	e2e/bench/emulator.sh
 
+.PHONY: bench-sidecar
+bench-sidecar: ## Benchmark the sidecar against the emulator called directly
+	e2e/bench/sidecar.sh
+
 .PHONY: test
 test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the real control plane
 	$(MAKE) fmt-check
