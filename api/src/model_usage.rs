@@ -9,6 +9,24 @@ use serde::{Deserialize, Serialize};
 use crate::Money;
 use crate::model_endpoint::DNS_SUBDOMAIN_PATTERN;
 
+/// The name of the ModelUsage of `pod` for `endpoint`: `<pod>.<endpoint>`, or, when that would
+/// be over 253 characters, a prefix of it and a hash that keeps it unique.
+pub fn ledger_name(pod: &str, endpoint: &str) -> String {
+    let full = format!("{pod}.{endpoint}");
+    if full.len() <= 253 {
+        return full;
+    }
+    // FNV-1a: stable across releases and platforms, unlike std's hasher.
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut prefix: String = full.chars().take(253 - 17).collect();
+    while prefix.ends_with(['.', '-']) {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash:016x}")
+}
+
 /// One pod's use of one ModelEndpoint, and its allocation of the endpoint's limits.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -154,4 +172,22 @@ pub struct Demand {
     /// Tokens per minute used recently.
     #[serde(default)]
     pub tokens_per_minute: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_names_are_valid_and_unique() {
+        assert_eq!(
+            ledger_name("web-7d9f", "claude-haiku"),
+            "web-7d9f.claude-haiku"
+        );
+        let long_pod = "p".repeat(250);
+        let a = ledger_name(&long_pod, "endpoint-a");
+        let b = ledger_name(&long_pod, "endpoint-b");
+        assert!(a.len() <= 253 && b.len() <= 253);
+        assert_ne!(a, b);
+    }
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub upstream: crate::bedrock::Upstream,
     pub ledger: Ledger,
     pub metrics: Metrics,
+    /// The API server, in cluster mode (usage reports).
+    pub kube: Option<kube::Client>,
 }
 
 /// The answer to a completed call.

@@ -9,6 +9,7 @@ pub mod errors;
 pub mod limits;
 pub mod metrics;
 pub mod pii;
+pub mod report;
 pub mod settings;
 pub mod watch;
 
@@ -59,10 +60,14 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     if settings.standalone {
         let path = settings.config.as_ref().ok_or(StartError::NoConfigFile)?;
         catalog.load_file(path)?;
+    }
+    let kube_client = if settings.standalone {
+        None
     } else {
         let client = kube::Client::try_default().await?;
-        tokio::spawn(watch::run(client, Arc::clone(&catalog)));
-    }
+        tokio::spawn(watch::run(client.clone(), Arc::clone(&catalog)));
+        Some(client)
+    };
     let base = aws_config::defaults(BehaviorVersion::latest()).load().await;
     let region = base
         .region()
@@ -92,13 +97,22 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     ));
     let base = base.into_builder().region(region).build();
     let upstream = Upstream::new(base, roles, settings.upstream_timeout);
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         settings,
         catalog,
         upstream,
         ledger: Ledger::default(),
         metrics: Metrics::default(),
-    }))
+        kube: kube_client,
+    });
+    if let Some(client) = state.kube.clone() {
+        tokio::spawn(report::run(
+            Arc::clone(&state),
+            client,
+            state.settings.report_interval,
+        ));
+    }
+    Ok(state)
 }
 
 /// Bound listeners, ready to serve.
@@ -128,6 +142,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
+    let state_for_flush = Arc::clone(&state);
     let (tx, rx) = tokio::sync::watch::channel(false);
     let data = axum::serve(
         listeners.data.tap_io(|tcp| {
@@ -151,6 +166,11 @@ pub async fn serve(
         shutdown.await;
         tx.send_replace(true);
     });
+    let flush_state = Arc::clone(&state_for_flush);
     let (a, b) = tokio::join!(data.into_future(), admin.into_future());
+    // Drained: write the final counters so nothing used is lost.
+    if let Some(client) = flush_state.kube.clone() {
+        report::report_once(&flush_state, &client, u64::MAX / 2).await;
+    }
     a.and(b)
 }

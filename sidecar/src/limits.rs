@@ -129,6 +129,43 @@ pub struct Usage {
     pub lifetime: Counters,
     /// Worst-case cost of calls in flight.
     pub reserved: Decimal,
+    /// Requests (accepted or refused) in the last full minute: the demand the operator balances on.
+    pub recent_requests_per_minute: u32,
+    demand_window: (u64, u32),
+}
+
+impl Usage {
+    /// Counts one request toward the demand of the current minute.
+    fn count_demand(&mut self) {
+        let minute = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            / 60;
+        let (window, count) = self.demand_window;
+        if window == minute {
+            self.demand_window.1 = count.saturating_add(1);
+        } else {
+            self.recent_requests_per_minute = if window + 1 == minute { count } else { 0 };
+            self.demand_window = (minute, 1);
+        }
+    }
+}
+
+/// Now, as RFC 3339 in UTC.
+pub fn rfc3339_now() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (day, _) = periods(SystemTime::now());
+    let secs = now % 86_400;
+    format!(
+        "{day}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 struct EndpointState {
@@ -269,6 +306,8 @@ impl Ledger {
         worst_case_cost: Decimal,
     ) -> Result<Admission, ApiError> {
         let state = self.state(endpoint);
+        // Every request that reaches the limits is demand, whether it is admitted or not.
+        lock(&state.usage).count_demand();
         let limiters = &state.limiters;
         let refuse = |code: &'static str, message: String, wait: Duration| {
             self.reject(endpoint, code);

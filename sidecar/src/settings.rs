@@ -77,6 +77,10 @@ pub struct Settings {
     #[arg(long, env = "AI_SIDECAR_CREDENTIAL_REFRESH_BEFORE", default_value = "5m", value_parser = parse_duration)]
     pub credential_refresh_before: Duration,
 
+    /// How often usage counters are written to the pod's ModelUsage ledgers (cluster mode).
+    #[arg(long, env = "AI_SIDECAR_REPORT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub report_interval: Duration,
+
     /// Grace period for in-flight requests on SIGTERM.
     #[arg(long, env = "AI_SIDECAR_SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -161,6 +161,16 @@ rules:
 - apiGroups: [ai.kernelpanic09.io]
   resources: [prompttemplates]
   verbs: [get, list, watch]
+- apiGroups: [ai.kernelpanic09.io]
+  resources: [modelusages/status]
+  resourceNames: [test-pod.claude-haiku]
+  verbs: [get, patch]
+---
+# The ledger the operator would create for this pod and endpoint.
+apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelUsage
+metadata: {{name: test-pod.claude-haiku, namespace: {ns}}}
+spec: {{podName: test-pod, podUid: 00000000-0000-0000-0000-000000000001, endpoint: claude-haiku}}
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -201,21 +211,71 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
     std::fs::write(&kubeconfig_path, kubeconfig).unwrap();
 
     let emu = emulator(Config::default()).await;
-    let sc = start_sidecar(
+    let mut sc = start_sidecar(
         &emu,
         None,
         &ns,
         &[
             ("KUBECONFIG", kubeconfig_path.to_str().unwrap()),
             ("AI_SIDECAR_ENDPOINTS", "claude-haiku"),
+            ("AI_SIDECAR_REPORT_INTERVAL", "1s"),
         ],
     )
     .await;
     let url = format!("{}/invoke/{ns}/claude-haiku", sc.url);
-    let (status, v, _) = post(&url, SEED_INVOKE).await;
-    assert_eq!(status, 200, "{v}");
-    let (status, v, _) = post(&format!("{}/render/{ns}/code-review", sc.url), SEED_RENDER).await;
-    assert_eq!(status, 200, "{v}");
+    let (status, first, _) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, second, _) =
+        post(&format!("{}/render/{ns}/code-review", sc.url), SEED_RENDER).await;
+    assert_eq!(status, 200, "{second}");
+
+    // The ledger gets the exact cumulative counters (cost in micro-dollars, rounded up).
+    let cost = |v: &serde_json::Value| {
+        v["costUSD"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap()
+    };
+    let spent = (cost(&first) + cost(&second))
+        .round_dp_with_strategy(6, rust_decimal::RoundingStrategy::AwayFromZero);
+    let ledger = || -> serde_json::Value {
+        serde_json::from_str(&cluster.kubectl_ok(&[
+            "get",
+            "modelusage",
+            "test-pod.claude-haiku",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ]))
+        .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = ledger()["status"].clone();
+        if status["lifetime"]["invocations"] == 2 {
+            assert_eq!(
+                status["lifetime"]["cost"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<rust_decimal::Decimal>()
+                    .unwrap(),
+                spent,
+                "{status}"
+            );
+            let tokens =
+                first["outputTokens"].as_u64().unwrap() + second["outputTokens"].as_u64().unwrap();
+            assert_eq!(status["lifetime"]["outputTokens"], tokens);
+            assert_eq!(status["day"]["invocations"], 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "usage never reached the ledger: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The platform team lowers the limit: the sidecar applies it without a restart.
     cluster.kubectl_ok(&[
@@ -237,5 +297,21 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
         assert!(Instant::now() < deadline, "the new limit never applied");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // SIGTERM: the sidecar drains, flushes its counters (the refusals included) and exits 0.
+    let refused_before = ledger()["status"]["lifetime"]["rejected"]["rate_limited"]
+        .as_u64()
+        .unwrap_or(0);
+    let (status, _, _) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 429);
+    let exit = sc.terminate();
+    assert!(exit.success(), "{exit:?}");
+    let refused_after = ledger()["status"]["lifetime"]["rejected"]["rate_limited"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        refused_after > refused_before,
+        "the last refusal was flushed on shutdown ({refused_before} -> {refused_after})"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

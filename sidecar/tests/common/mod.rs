@@ -49,6 +49,16 @@ pub struct Sidecar {
     _dir: TempDir,
 }
 
+impl Sidecar {
+    /// Sends SIGTERM, as the kubelet does, and waits for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().unwrap()
+    }
+}
+
 impl Drop for Sidecar {
     fn drop(&mut self) {
         let _ = self.child.kill();

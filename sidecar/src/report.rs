@@ -1,0 +1,96 @@
+//! Usage reporting: this pod's cumulative counters written to its `ModelUsage` ledgers' status,
+//! as absolute values (a retried or repeated write is harmless), batched every few seconds,
+//! retried on the next round when the API server is away, flushed on shutdown. Nothing on the
+//! request path waits for it.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_ai_api::{
+    ModelUsage, Money,
+    model_usage::{Demand, ModelUsageStatus, PeriodUsage, ledger_name},
+};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams},
+};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::{calls::AppState, limits::Counters};
+
+/// The field manager of the sidecar's status writes.
+const MANAGER: &str = "ai-sidecar";
+
+/// Cost as the ledger stores it: micro-dollars, rounded up, so a ledger is never low. The
+/// counters are cumulative, so this rounding never accumulates: at most $0.000001 per period.
+fn ledger_money(cost: Decimal) -> Money {
+    Money::new(
+        cost.round_dp_with_strategy(k8s_ai_api::MONEY_MAX_SCALE, RoundingStrategy::AwayFromZero),
+    )
+    .unwrap_or(Money::ZERO)
+}
+
+fn period(c: &Counters) -> PeriodUsage {
+    PeriodUsage {
+        period: c.period.clone(),
+        invocations: c.invocations,
+        input_tokens: c.input_tokens,
+        output_tokens: c.output_tokens,
+        cost: ledger_money(c.cost),
+        rejected: c
+            .rejected
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+    }
+}
+
+/// Writes every endpoint's counters once. Returns how many ledgers were written.
+pub async fn report_once(state: &AppState, client: &Client, sequence: u64) -> usize {
+    let pod = &state.settings.pod_name;
+    let api: Api<ModelUsage> = Api::namespaced(client.clone(), state.catalog.namespace());
+    let mut written = 0;
+    for (endpoint, usage) in state.ledger.all_usage() {
+        let status = ModelUsageStatus {
+            day: Some(period(&usage.day)),
+            month: Some(period(&usage.month)),
+            lifetime: Some(period(&usage.lifetime)),
+            demand: Some(Demand {
+                requests_per_minute: usage.recent_requests_per_minute,
+                tokens_per_minute: 0,
+            }),
+            reserved: Some(ledger_money(usage.reserved)),
+            sequence,
+            reported_at: Some(crate::limits::rfc3339_now()),
+        };
+        let patch = serde_json::json!({ "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelUsage", "status": status });
+        let name = ledger_name(pod, &endpoint);
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => written += 1,
+            // The operator creates ledgers; until it has, the counters wait in memory.
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::debug!(ledger = %name, "no ModelUsage yet; will report later");
+            }
+            Err(e) => tracing::warn!(ledger = %name, error = %e, "usage report failed; will retry"),
+        }
+    }
+    written
+}
+
+/// Reports every `interval` until the process ends.
+pub async fn run(state: Arc<AppState>, client: Client, interval: Duration) {
+    let mut sequence = 0;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        sequence += 1;
+        report_once(&state, &client, sequence).await;
+    }
+}
