@@ -6,6 +6,11 @@
 
 mod common;
 
+use aws_sdk_bedrock::types::{
+    GuardrailContentFilterConfig, GuardrailContentFilterType as T, GuardrailContentPolicyConfig,
+    GuardrailFilterStrength as S,
+};
+
 use common::*;
 use e2e::emulator::{
     config::{Config, Faults},
@@ -455,10 +460,6 @@ async fn a_synced_bedrock_guardrail_is_sent_with_every_call() {
         .load()
         .await;
     let bedrock = aws_sdk_bedrock::Client::new(&conf);
-    use aws_sdk_bedrock::types::{
-        GuardrailContentFilterConfig, GuardrailContentFilterType as T,
-        GuardrailContentPolicyConfig, GuardrailFilterStrength as S,
-    };
     let filters = GuardrailContentPolicyConfig::builder()
         .filters_config(
             GuardrailContentFilterConfig::builder()
