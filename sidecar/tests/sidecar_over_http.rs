@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use aws_sdk_bedrock::types::{
     GuardrailContentFilterConfig, GuardrailContentFilterType as T, GuardrailContentPolicyConfig,
     GuardrailFilterStrength as S,
@@ -517,4 +519,84 @@ async fn a_synced_bedrock_guardrail_is_sent_with_every_call() {
             .all(|r| r.guardrail.as_deref() == Some(id.as_str())),
         "every call carried guardrailConfig: {calls:?}"
     );
+}
+
+#[tokio::test]
+async fn timeouts_and_disconnects() {
+    let config = Config {
+        latency: e2e::emulator::config::Latency {
+            fixed_ms: 3000,
+            per_output_token_ms: 0,
+        },
+        ..Config::default()
+    };
+    let emu = emulator(config).await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[("AI_SIDECAR_UPSTREAM_TIMEOUT", "1s")]).await;
+    let (status, v, _) = post(
+        &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
+        SEED_INVOKE,
+    )
+    .await;
+    assert_eq!(status, 504, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+
+    // The app hangs up mid-stream: the upstream stream is cancelled and what was used is charged.
+    let config = Config {
+        output: e2e::emulator::config::OutputMode::Filler { tokens: 400 },
+        latency: e2e::emulator::config::Latency {
+            fixed_ms: 0,
+            per_output_token_ms: 10,
+        },
+        ..Config::default()
+    };
+    emu.emulator.set_config(config);
+    let body = r#"{"messages":[{"role":"user","content":"go"}],"stream":true}"#;
+    let mut r = reqwest::Client::new()
+        .post(format!("{}/invoke/ai-workloads/claude-haiku", sc.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let mut received = 0;
+    while received < 200 {
+        received += r.chunk().await.unwrap().unwrap().len();
+    }
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", sc.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let closed = metrics.lines().find(|l| {
+            l.starts_with("k8s_ai_operator_bedrock_invocations_total{")
+                && l.contains(r#"outcome="client_closed""#)
+        });
+        if let Some(line) = closed {
+            assert!(line.ends_with(" 1"), "{line}");
+            let charged: f64 = metrics
+                .lines()
+                .find(|l| l.starts_with("k8s_ai_operator_bedrock_invocation_cost_dollars_total{"))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(
+                charged > 0.0,
+                "the tokens streamed before the hang-up were charged"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled stream was never accounted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
