@@ -33,6 +33,9 @@ if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv" || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && python3 -m venv "$venv"; }
 fi
 "$venv/bin/pip" install -q --disable-pip-version-check -r e2e/python/requirements.txt
+ministack_venv="${venv%/venv}/ministack-venv"
+[[ -x "$ministack_venv/bin/python" ]] || python3 -m venv "$ministack_venv"
+"$ministack_venv/bin/pip" install -q --disable-pip-version-check -r e2e/python/ministack-requirements.txt
 
 # Go modules of the control plane, and the control plane itself (cached per go.sum).
 (cd e2e/controlplane && go mod download)

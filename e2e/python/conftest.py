@@ -88,13 +88,13 @@ def cluster():
     return state
 
 
-@pytest.fixture
-def sidecar(emulator, tmp_path):
-    """`ai-sidecar --standalone` with the seed's objects (IRSA role removed: static test keys), in
-    front of the emulator, as a pod would run it. Yields (data URL, admin URL)."""
-    assert SIDECAR.exists(), f"{SIDECAR} not built: run `cargo build -p ai-sidecar` first"
+def seed_manifests() -> str:
     manifests = "---\n".join((SAMPLES / f).read_text() for f in ["guardrailpolicy.yaml", "modelendpoint.yaml", "prompttemplate.yaml"])
-    manifests = manifests.replace("  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n", "")
+    return manifests.replace("  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n", "")
+
+
+def start_sidecar(aws_url: str, manifests: str, tmp_path):
+    assert SIDECAR.exists(), f"{SIDECAR} not built: run `cargo build -p ai-sidecar` first"
     config = tmp_path / "sidecar.yaml"
     config.write_text(manifests)
     port, admin = free_port(), free_port()
@@ -103,7 +103,7 @@ def sidecar(emulator, tmp_path):
         "AI_SIDECAR_NAMESPACE": "ai-workloads",
         "AI_SIDECAR_LISTEN": f"127.0.0.1:{port}",
         "AI_SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}",
-        "AWS_ENDPOINT_URL": emulator.url,
+        "AWS_ENDPOINT_URL": aws_url,
         "AWS_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -122,6 +122,39 @@ def sidecar(emulator, tmp_path):
         assert proc.poll() is None, f"ai-sidecar exited: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "ai-sidecar did not become ready"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+    return proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
+
+
+@pytest.fixture
+def sidecar(emulator, tmp_path):
+    """`ai-sidecar --standalone` with the seed's objects (IRSA role removed: static test keys), in
+    front of the emulator, as a pod would run it. Yields (data URL, admin URL)."""
+    proc, url, admin = start_sidecar(emulator.url, seed_manifests(), tmp_path)
+    yield url, admin
     proc.terminate()
     proc.wait(timeout=30)
+
+
+MINISTACK = pathlib.Path(os.environ.get("K8S_AI_CACHE", pathlib.Path.home() / ".cache" / "k8s-ai-operator")) / "ministack-venv" / "bin" / "ministack"
+
+
+@pytest.fixture
+def ministack(tmp_path):
+    """MiniStack (an AWS emulator nobody here wrote), on loopback only."""
+    assert MINISTACK.exists(), f"{MINISTACK} missing: scripts/install-deps.sh installs it"
+    port = free_port()
+    env = {**os.environ, "BIND_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "LOG_LEVEL": "WARNING", "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(MINISTACK)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "ministack exited"
+            assert time.monotonic() < deadline, "ministack did not start"
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
