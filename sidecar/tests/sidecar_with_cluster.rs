@@ -132,10 +132,15 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
-async fn configuration_comes_from_the_cluster_and_changes_apply_live() {
-    let cluster = Cluster::get();
-    let ns = cluster.namespace("sidecar-watch");
+/// Plays the platform team and the operator for a pod in `ns`: the seed's objects (static keys,
+/// no IRSA), a service account `app` that may read exactly what the sidecar needs and write its
+/// ledger `test-pod.claude-haiku`, that ledger, and a kubeconfig with the account's token in `dir`.
+fn tenant(
+    cluster: &Cluster,
+    ns: &str,
+    state: &serde_json::Value,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
     let seed = seed_manifests()
         .replace("namespace: ai-workloads", &format!("namespace: {ns}"))
         .replace(
@@ -199,16 +204,25 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
         .kubectl_ok(&["create", "token", "app", "-n", &ns])
         .trim()
         .to_owned();
-    let state = cluster_state();
     let kubeconfig = format!(
         "apiVersion: v1\nkind: Config\nclusters: [{{name: e2e, cluster: {{server: \"{}\", certificate-authority: \"{}\"}}}}]\nusers: [{{name: app, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: app, context: {{cluster: e2e, user: app, namespace: {ns}}}}}]\ncurrent-context: app\n",
         state["server"].as_str().unwrap(),
         state["caFile"].as_str().unwrap()
     );
+    let kubeconfig_path = dir.join("sidecar.kubeconfig");
+    std::fs::write(&kubeconfig_path, kubeconfig).unwrap();
+
+    kubeconfig_path
+}
+
+#[tokio::test]
+async fn configuration_comes_from_the_cluster_and_changes_apply_live() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("sidecar-watch");
+    let state = cluster_state();
     let dir = std::env::temp_dir().join(format!("watch-{}-{ns}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig_path = dir.join("kubeconfig");
-    std::fs::write(&kubeconfig_path, kubeconfig).unwrap();
+    let kubeconfig_path = tenant(cluster, &ns, &state, &dir);
 
     let emu = emulator(Config::default()).await;
     let mut sc = start_sidecar(
@@ -314,4 +328,138 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
         "the last refusal was flushed on shutdown ({refused_before} -> {refused_after})"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A control plane of this test's own (the shared one must stay up for the other tests), which
+/// the test can freeze: SIGSTOP makes the API server hang like a network partition would.
+struct PrivateControlPlane {
+    child: std::process::Child,
+    cluster: Cluster,
+    state: serde_json::Value,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateControlPlane {
+    fn start() -> Self {
+        Cluster::get(); // builds the binaries if needed
+        let root = e2e::repo_root();
+        let dir = std::env::temp_dir().join(format!("private-cp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new(root.join("e2e/.bin/controlplane"))
+            .arg("--run-dir")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !dir.join("cluster.json").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the private control plane did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).unwrap())
+                .unwrap();
+        let cluster = Cluster {
+            kubeconfig: dir.join("kubeconfig"),
+            kubectl: root.join("e2e/.bin/kubectl"),
+            cache_dir: dir.join("kubectl-cache"),
+        };
+        cluster.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-k",
+            root.join("manifests/crds").to_str().unwrap(),
+        ]);
+        cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
+        PrivateControlPlane {
+            child,
+            cluster,
+            state,
+            dir,
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for PrivateControlPlane {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn serving_continues_while_the_api_server_is_away_and_usage_lands_after() {
+    let cp = PrivateControlPlane::start();
+    let ns = "outage";
+    cp.cluster.kubectl_ok(&["create", "namespace", ns]);
+    let kubeconfig = tenant(&cp.cluster, ns, &cp.state, &cp.dir);
+    let emu = emulator(Config::default()).await;
+    let sc = start_sidecar(
+        &emu,
+        None,
+        ns,
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ("AI_SIDECAR_ENDPOINTS", "claude-haiku"),
+            ("AI_SIDECAR_REPORT_INTERVAL", "1s"),
+        ],
+    )
+    .await;
+    let url = format!("{}/invoke/{ns}/claude-haiku", sc.url);
+    assert_eq!(post(&url, SEED_INVOKE).await.0, 200);
+
+    // The API server hangs for 15 s: calls keep being served with the last configuration.
+    cp.signal("-STOP");
+    let frozen = Instant::now();
+    let mut served = 1;
+    while frozen.elapsed() < Duration::from_secs(15) {
+        let (status, v, _) = post(&url, SEED_INVOKE).await;
+        assert_eq!(status, 200, "served during the outage: {v}");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    cp.signal("-CONT");
+
+    // Back: the ledger catches up with every call, none lost.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ledger: serde_json::Value = serde_json::from_str(&cp.cluster.kubectl_ok(&[
+            "get",
+            "modelusage",
+            "test-pod.claude-haiku",
+            "-n",
+            ns,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        if ledger["status"]["lifetime"]["invocations"] == served {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ledger never caught up with {served} calls: {}",
+            ledger["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
