@@ -201,7 +201,7 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
     let run = cluster.apply(&rbac);
     assert!(run.success, "{}", run.stderr);
     let token = cluster
-        .kubectl_ok(&["create", "token", "app", "-n", &ns])
+        .kubectl_ok(&["create", "token", "app", "-n", ns])
         .trim()
         .to_owned();
     let kubeconfig = format!(
