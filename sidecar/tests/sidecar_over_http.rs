@@ -600,3 +600,55 @@ async fn timeouts_and_disconnects() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_throttled_attempt_is_retried_and_charged_once() {
+    // Every 2nd runtime call is throttled: the sidecar's second request meets a 429 and the SDK's retry succeeds.
+    let emu = emulator(Config {
+        faults: Faults {
+            throttle_every_n: Some(2),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let (first, a, _) = post(&url, SEED_INVOKE).await;
+    let (second, b, _) = post(&url, SEED_INVOKE).await;
+    assert_eq!((first, second), (200, 200), "{a} {b}");
+    let converse: Vec<_> = emu
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == "Converse")
+        .collect();
+    assert_eq!(converse.len(), 3, "one retry");
+    assert_eq!(converse[1].error, Some("ThrottlingException"));
+    let metrics = reqwest::get(format!("{}/metrics", sc.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!((sample("k8s_ai_operator_bedrock_invocations_total{") - 2.0).abs() < f64::EPSILON);
+    let per_call: f64 = a["costUSD"].as_str().unwrap().parse().unwrap();
+    let charged = sample("k8s_ai_operator_bedrock_invocation_cost_dollars_total{");
+    assert!(
+        (charged - 2.0 * per_call).abs() < 1e-12,
+        "charged {charged}, two calls of {per_call}"
+    );
+}
