@@ -419,6 +419,50 @@ impl Emulator {
     }
 }
 
+/// A runtime request that passed signature, body, model, permission, fault and guardrail checks.
+struct Accepted {
+    caller: Caller,
+    prompt: Prompt,
+    guardrail: Option<GuardrailUse>,
+}
+
+impl Emulator {
+    /// Everything before the model runs, for `operation`; a refusal is recorded and answered.
+    #[allow(clippy::result_large_err)] // the Err is the finished HTTP answer
+    fn accept(
+        &self,
+        operation: &str,
+        model_id: &str,
+        uri: &Uri,
+        headers: &HeaderMap,
+        body: &[u8],
+        read: impl FnOnce(&Value) -> Result<(Prompt, Value), AwsError>,
+    ) -> Result<Accepted, Response> {
+        let caller = self
+            .authenticate_bedrock(headers, body, "POST", uri)
+            .map_err(|e| {
+                self.record_call(operation, model_id, None, Err(&e), None);
+                e.into_response()
+            })?;
+        let accepted = parse_json(body).and_then(|request| {
+            let (prompt, guardrail_config) = read(&request)?;
+            let guardrail = self.admit(&caller, model_id, &guardrail_config)?;
+            Ok((prompt, guardrail))
+        });
+        match accepted {
+            Ok((prompt, guardrail)) => Ok(Accepted {
+                caller,
+                prompt,
+                guardrail,
+            }),
+            Err(e) => {
+                self.record_call(operation, model_id, Some(&caller), Err(&e), None);
+                Err(e.into_response())
+            }
+        }
+    }
+}
+
 pub async fn converse(
     State(emulator): State<Emulator>,
     Path(model_id): Path<String>,
@@ -427,24 +471,15 @@ pub async fn converse(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
-        Ok(c) => c,
-        Err(e) => {
-            emulator.record_call("Converse", &model_id, None, Err(&e), None);
-            return e.into_response();
-        }
-    };
-    let prepared = parse_json(&body).and_then(|request| {
-        let prompt = converse_prompt(&request)?;
-        let guardrail = emulator.admit(&caller, &model_id, &request["guardrailConfig"])?;
-        Ok((prompt, guardrail))
-    });
-    let (prompt, guardrail) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            emulator.record_call("Converse", &model_id, Some(&caller), Err(&e), None);
-            return e.into_response();
-        }
+    let Accepted {
+        caller,
+        prompt,
+        guardrail,
+    } = match emulator.accept("Converse", &model_id, &uri, &headers, &body, |r| {
+        Ok((converse_prompt(r)?, r["guardrailConfig"].clone()))
+    }) {
+        Ok(a) => a,
+        Err(answer) => return answer,
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
     emulator.simulate_latency(outcome.output_tokens).await;
@@ -512,24 +547,15 @@ pub async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
-        Ok(c) => c,
-        Err(e) => {
-            emulator.record_call("ConverseStream", &model_id, None, Err(&e), None);
-            return e.into_response();
-        }
-    };
-    let prepared = parse_json(&body).and_then(|request| {
-        let prompt = converse_prompt(&request)?;
-        let guardrail = emulator.admit(&caller, &model_id, &request["guardrailConfig"])?;
-        Ok((prompt, guardrail))
-    });
-    let (prompt, guardrail) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            emulator.record_call("ConverseStream", &model_id, Some(&caller), Err(&e), None);
-            return e.into_response();
-        }
+    let Accepted {
+        caller,
+        prompt,
+        guardrail,
+    } = match emulator.accept("ConverseStream", &model_id, &uri, &headers, &body, |r| {
+        Ok((converse_prompt(r)?, r["guardrailConfig"].clone()))
+    }) {
+        Ok(a) => a,
+        Err(answer) => return answer,
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
     emulator.record_call(
@@ -635,34 +661,33 @@ pub async fn invoke_model(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let caller = match emulator.authenticate_bedrock(&headers, &body, "POST", &uri) {
-        Ok(c) => c,
-        Err(e) => {
-            emulator.record_call("InvokeModel", &model_id, None, Err(&e), None);
-            return e.into_response();
-        }
-    };
-    let prepared = parse_json(&body).and_then(|request| {
+    let read = |request: &Value| {
         if !base_model_id(&model_id).starts_with("anthropic.") {
-            return Err(AwsError::validation("This emulator's InvokeModel accepts Anthropic Messages bodies only; use Converse for other models."));
+            return Err(AwsError::validation(
+                "This emulator's InvokeModel accepts Anthropic Messages bodies only; use Converse for other models.",
+            ));
         }
-        let prompt = anthropic_prompt(&request)?;
-        let guardrail_config = match (headers.get("x-amzn-bedrock-guardrailidentifier"), headers.get("x-amzn-bedrock-guardrailversion")) {
+        let prompt = anthropic_prompt(request)?;
+        // InvokeModel names its guardrail in headers, not in the body.
+        let guardrail_config = match (
+            headers.get("x-amzn-bedrock-guardrailidentifier"),
+            headers.get("x-amzn-bedrock-guardrailversion"),
+        ) {
             (Some(id), version) => json!({
                 "guardrailIdentifier": id.to_str().unwrap_or_default(),
                 "guardrailVersion": version.and_then(|v| v.to_str().ok()).unwrap_or("DRAFT"),
             }),
             _ => Value::Null,
         };
-        let guardrail = emulator.admit(&caller, &model_id, &guardrail_config)?;
-        Ok((prompt, guardrail))
-    });
-    let (prompt, guardrail) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            emulator.record_call("InvokeModel", &model_id, Some(&caller), Err(&e), None);
-            return e.into_response();
-        }
+        Ok((prompt, guardrail_config))
+    };
+    let Accepted {
+        caller,
+        prompt,
+        guardrail,
+    } = match emulator.accept("InvokeModel", &model_id, &uri, &headers, &body, read) {
+        Ok(a) => a,
+        Err(answer) => return answer,
     };
     let outcome = emulator.run_model(&prompt, guardrail.as_ref());
     emulator.simulate_latency(outcome.output_tokens).await;
