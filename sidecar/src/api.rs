@@ -238,22 +238,29 @@ async fn invoke(
         let prepared = state.prepare(endpoint, request, max_tokens).await?;
         if streaming {
             let events = state.call_streaming(prepared).await?;
-            return Ok(sse(events, |event| match event {
-                StreamEvent::Delta(text) => Event::default()
-                    .event("delta")
-                    .json_data(json!({ "text": text })),
-                StreamEvent::Done(result) => Event::default()
-                    .event("done")
-                    .json_data(seed_answer(&result)),
-                StreamEvent::Error(e) => Event::default()
-                    .event("error")
-                    .json_data(json!({ "error": { "code": e.code, "message": e.message } })),
-            }));
+            return Ok(seed_stream(events, Value::Null));
         }
         let result = state.call(prepared).await?;
         Ok(Json(seed_answer(&result)).into_response())
     };
     outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+/// The seed-style stream: `delta` events, then `done` with the answer (plus `extra` fields), or `error`.
+fn seed_stream(events: mpsc::Receiver<StreamEvent>, extra: Value) -> Response {
+    sse(events, move |event| match event {
+        StreamEvent::Delta(text) => Event::default()
+            .event("delta")
+            .json_data(json!({ "text": text })),
+        StreamEvent::Done(result) => {
+            let mut answer = seed_answer(&result);
+            merge(&mut answer, &extra);
+            Event::default().event("done").json_data(answer)
+        }
+        StreamEvent::Error(e) => Event::default()
+            .event("error")
+            .json_data(json!({ "error": { "code": e.code, "message": e.message } })),
+    })
 }
 
 fn sse(
@@ -342,19 +349,7 @@ async fn render(
         let prepared = state.prepare(endpoint, request, body.max_tokens).await?;
         if body.stream {
             let events = state.call_streaming(prepared).await?;
-            return Ok(sse(events, move |event| match event {
-                StreamEvent::Delta(text) => Event::default()
-                    .event("delta")
-                    .json_data(json!({ "text": text })),
-                StreamEvent::Done(result) => {
-                    let mut answer = seed_answer(&result);
-                    merge(&mut answer, &about);
-                    Event::default().event("done").json_data(answer)
-                }
-                StreamEvent::Error(e) => Event::default()
-                    .event("error")
-                    .json_data(json!({ "error": { "code": e.code, "message": e.message } })),
-            }));
+            return Ok(seed_stream(events, about));
         }
         let result = state.call(prepared).await?;
         let mut answer = seed_answer(&result);

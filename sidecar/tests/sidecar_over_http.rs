@@ -279,6 +279,24 @@ async fn streaming_invoke_sends_deltas_then_usage_and_cost() {
     assert_eq!(done["outputTokens"], 200);
     let cost: Decimal = done["costUSD"].as_str().unwrap().parse().unwrap();
     assert_eq!(cost, haiku_cost(done["inputTokens"].as_u64().unwrap(), 200));
+
+    // A streamed render ends with the answer and the template it came from.
+    let body = r#"{"variables":{"Diff":"x"},"stream":true}"#;
+    let r = reqwest::Client::new()
+        .post(format!("{}/render/ai-workloads/code-review", sc.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let done = text
+        .split("\n\n")
+        .find(|e| e.starts_with("event: done"))
+        .unwrap();
+    let done: Value =
+        serde_json::from_str(done.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(done["template"], "code-review");
+    assert_eq!(done["outputTokens"], 200);
 }
 
 #[tokio::test]
