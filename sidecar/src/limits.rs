@@ -53,17 +53,22 @@ impl TokenBucket {
         self.updated = now;
     }
 
-    /// Takes `n` tokens, or says how long until they are there.
-    #[allow(clippy::cast_precision_loss)]
-    fn take(&mut self, n: u64) -> Result<(), Duration> {
+    /// Takes `n` tokens (at most a whole minute's worth) and says how many it took, or how long
+    /// until they are there.
+    #[allow(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    fn take(&mut self, n: u64) -> Result<u64, Duration> {
         self.refill();
-        let n = (n as f64).min(self.capacity); // a call larger than the whole minute waits for a full bucket
-        if self.available >= n {
-            self.available -= n;
-            Ok(())
+        let wanted = (n as f64).min(self.capacity); // a call larger than the minute waits for a full bucket
+        if self.available >= wanted {
+            self.available -= wanted;
+            Ok(wanted as u64)
         } else {
             Err(Duration::from_secs_f64(
-                (n - self.available) / self.per_second,
+                (wanted - self.available) / self.per_second,
             ))
         }
     }
@@ -341,23 +346,24 @@ impl Ledger {
             },
             None => None,
         };
-        if let Some(bucket) = &limiters.tokens
-            && let Err(wait) = lock(bucket).take(max_tokens)
-        {
-            return refuse(
-                "tokens_rate_limited",
-                format!(
-                    "{} allows {} tokens per minute",
-                    endpoint.name,
-                    limiters.rate_limit.tokens_per_minute.unwrap_or_default()
-                ),
-                wait,
-            );
-        }
+        let reserved_tokens = match &limiters.tokens {
+            Some(bucket) => match lock(bucket).take(max_tokens) {
+                Ok(taken) => taken,
+                Err(wait) => {
+                    let limit = limiters.rate_limit.tokens_per_minute.unwrap_or_default();
+                    return refuse(
+                        "tokens_rate_limited",
+                        format!("{} allows {limit} tokens per minute", endpoint.name),
+                        wait,
+                    );
+                }
+            },
+            None => 0,
+        };
         let admission = Admission {
             state: Arc::clone(&state),
             reserved_cost: Decimal::ZERO,
-            reserved_tokens: max_tokens,
+            reserved_tokens,
             _permit: permit,
             settled: false,
         };
@@ -450,10 +456,15 @@ mod tests {
     #[test]
     fn token_bucket_reserves_and_gives_back() {
         let mut b = TokenBucket::new(600);
-        assert!(b.take(500).is_ok());
+        assert_eq!(b.take(500), Ok(500));
         assert!(b.take(200).is_err());
         b.give_back(300);
         assert!(b.take(200).is_ok());
+        assert_eq!(
+            TokenBucket::new(100).take(5000),
+            Ok(100),
+            "a call over the minute takes the whole bucket, no more"
+        );
         let wait = b.take(600).unwrap_err();
         assert!(
             wait > Duration::from_secs(39),

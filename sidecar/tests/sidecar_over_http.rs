@@ -670,3 +670,106 @@ async fn a_throttled_attempt_is_retried_and_charged_once() {
         "charged {charged}, two calls of {per_call}"
     );
 }
+
+/// The remaining error codes, each from the configuration or upstream condition that causes it.
+#[tokio::test]
+async fn every_other_error_code() {
+    let emu = emulator(Config::default()).await;
+    let base = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let invoke = "/invoke/ai-workloads/claude-haiku";
+    let cases: [(&str, String, &str, u16, &str); 6] = [
+        ("unknown model, no pricing", base.replace("modelId: anthropic.claude-haiku-4-5-20251001-v1:0", "modelId: acme.unknown-model-v1:0"), invoke, 503, "price_unknown"),
+        ("missing guardrail policy", base.replace("guardrailPolicyRef: pii-and-safety", "guardrailPolicyRef: not-there"), invoke, 503, "guardrail_unavailable"),
+        ("template that does not compile", base.replace("{{.Focus}}", "{{.Focuss}}"), "/render/ai-workloads/code-review", 503, "template_invalid"),
+        ("tokens per minute", base.replace("requestsPerMinute: 60", "requestsPerMinute: 60\n    tokensPerMinute: 100"), invoke, 429, "tokens_rate_limited"),
+        ("region without the model", base.replace("region: us-east-1", "region: eu-west-3"), invoke, 502, "upstream_rejected"),
+        ("priced by the endpoint", base.replace("  maxTokens: 4096\n", "  maxTokens: 4096\n  pricing:\n    inputPerMillionTokens: \"1\"\n    outputPerMillionTokens: \"2000\"\n"), invoke, 200, ""),
+    ];
+    for (what, manifests, path, status, code) in cases {
+        let sc = sidecar(&emu, &manifests, &[]).await;
+        let body = if path.starts_with("/render") {
+            r#"{"variables":{"Diff":"x"}}"#
+        } else {
+            SEED_INVOKE
+        };
+        let mut last = post(&format!("{}{path}", sc.url), body).await;
+        if code == "tokens_rate_limited" {
+            // The first call takes the whole minute's 100 tokens; the next one waits.
+            last = post(&format!("{}{path}", sc.url), body).await;
+        }
+        assert_eq!(last.0, status, "{what}: {}", last.1);
+        if code.is_empty() {
+            // The endpoint's own price: $1 and $2000 per million tokens, not the table's $1/$5.
+            let (input, output) = (
+                last.1["inputTokens"].as_u64().unwrap(),
+                last.1["outputTokens"].as_u64().unwrap(),
+            );
+            let expected = (Decimal::from(input) + Decimal::from(output) * Decimal::from(2000))
+                / Decimal::from(1_000_000);
+            assert_eq!(
+                last.1["costUSD"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<Decimal>()
+                    .unwrap(),
+                expected,
+                "{what}"
+            );
+        } else {
+            assert_eq!(last.1["error"]["code"], code, "{what}: {}", last.1);
+        }
+    }
+
+    // Bedrock keeps failing with 500 after the SDK's retries: a 502 with Bedrock's code kept in the message.
+    let failing = emulator(Config {
+        faults: Faults {
+            error_every_n: Some(1),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let sc = sidecar(&failing, &base, &[]).await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("InternalServerException")
+    );
+
+    // maxConcurrency: 1 with a slow model: a second call while the first is in flight is refused.
+    let slow = emulator(Config {
+        latency: e2e::emulator::config::Latency {
+            fixed_ms: 600,
+            per_output_token_ms: 0,
+        },
+        ..Config::default()
+    })
+    .await;
+    let sc = sidecar(
+        &slow,
+        &base.replace(
+            "requestsPerMinute: 60",
+            "requestsPerMinute: 60\n    maxConcurrency: 1",
+        ),
+        &[],
+    )
+    .await;
+    let url = format!("{}{invoke}", sc.url);
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { post(&url, SEED_INVOKE).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, v, headers) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], "concurrency_limited");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(first.await.unwrap(), 200);
+}
