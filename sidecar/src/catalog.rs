@@ -9,7 +9,7 @@ use std::{
 };
 
 use k8s_ai_api::{
-    GuardrailPolicy, ModelEndpoint, ModelEndpointSpec, PromptTemplate,
+    GuardrailPolicy, ModelEndpoint, ModelEndpointSpec, ModelUsage, PromptTemplate,
     pricing::{self, ModelPrice, UnknownPrice},
     template::CompiledTemplate,
 };
@@ -31,6 +31,23 @@ pub struct EndpointConfig {
     /// Spend the operator has folded into the endpoint's status (all pods).
     pub reported_cost_today: Decimal,
     pub reported_cost_this_month: Decimal,
+    /// This pod's share of the endpoint's limits (its ModelUsage's spec), if the operator set one.
+    pub allocation: Option<k8s_ai_api::model_usage::Allocation>,
+}
+
+impl EndpointConfig {
+    /// The limits this pod enforces: its allocation when it has one, else the endpoint's own.
+    pub fn effective_rate_limit(&self) -> k8s_ai_api::model_endpoint::RateLimit {
+        match &self.allocation {
+            Some(a) => k8s_ai_api::model_endpoint::RateLimit {
+                // A zero share still lets one request a minute through: a pod is never starved outright.
+                requests_per_minute: a.requests_per_minute.max(1),
+                tokens_per_minute: a.tokens_per_minute,
+                max_concurrency: a.max_concurrency,
+            },
+            None => self.spec.rate_limit.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// A guardrail as applied by the sidecar.
@@ -68,6 +85,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct Catalog {
     namespace: String,
+    /// This pod's name: whose ModelUsage allocations apply.
+    pod: String,
     /// Endpoint names this pod may use; empty means all (standalone only).
     allowed: Vec<String>,
     current: RwLock<Arc<Snapshot>>,
@@ -75,9 +94,10 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub fn new(namespace: String, allowed: Vec<String>) -> Self {
+    pub fn new(namespace: String, pod: String, allowed: Vec<String>) -> Self {
         Catalog {
             namespace,
+            pod,
             allowed,
             current: RwLock::new(Arc::new(Snapshot::default())),
             loaded: watch::channel(false).0,
@@ -91,6 +111,11 @@ impl Catalog {
     /// Whether this pod may use `endpoint` (of its own namespace).
     pub fn allows(&self, endpoint: &str) -> bool {
         self.allowed.is_empty() || self.allowed.iter().any(|a| a == endpoint)
+    }
+
+    /// This pod's name (empty when not set).
+    pub fn pod(&self) -> &str {
+        &self.pod
     }
 
     pub fn allowed(&self) -> &[String] {
@@ -109,13 +134,8 @@ impl Catalog {
     }
 
     /// Replaces the configuration with one built from these objects.
-    pub fn update(
-        &self,
-        endpoints: &[ModelEndpoint],
-        templates: &[PromptTemplate],
-        policies: &[GuardrailPolicy],
-    ) {
-        let snapshot = self.build(endpoints, templates, policies);
+    pub fn update(&self, objects: &Manifests) {
+        let snapshot = self.build(objects);
         tracing::info!(
             endpoints = snapshot.endpoints.len(),
             templates = snapshot.templates.len(),
@@ -127,12 +147,13 @@ impl Catalog {
         self.loaded.send_replace(true);
     }
 
-    fn build(
-        &self,
-        endpoints: &[ModelEndpoint],
-        templates: &[PromptTemplate],
-        policies: &[GuardrailPolicy],
-    ) -> Snapshot {
+    fn build(&self, objects: &Manifests) -> Snapshot {
+        let Manifests {
+            endpoints,
+            templates,
+            policies,
+            usages,
+        } = objects;
         let policies: HashMap<String, &GuardrailPolicy> =
             policies.iter().map(|p| (p.name_any(), p)).collect();
         let mut guardrails: HashMap<String, Arc<GuardrailConfig>> = HashMap::new();
@@ -162,6 +183,14 @@ impl Catalog {
                     .and_then(|s| s.cost_this_month)
                     .map(k8s_ai_api::Money::amount)
                     .unwrap_or_default(),
+                // The operator's share of the endpoint's limits for this pod, when it has written one.
+                allocation: usages
+                    .iter()
+                    .find(|u| {
+                        u.spec.endpoint == name
+                            && (self.pod.is_empty() || u.spec.pod_name == self.pod)
+                    })
+                    .and_then(|u| u.spec.allocation.clone()),
                 name: name.clone(),
             };
             snapshot.endpoints.insert(name, Arc::new(config));
@@ -197,7 +226,7 @@ impl Catalog {
             path: path.display().to_string(),
             message,
         })?;
-        self.update(&objects.endpoints, &objects.templates, &objects.policies);
+        self.update(&objects);
         Ok(())
     }
 }
@@ -248,6 +277,7 @@ pub struct Manifests {
     pub endpoints: Vec<ModelEndpoint>,
     pub templates: Vec<PromptTemplate>,
     pub policies: Vec<GuardrailPolicy>,
+    pub usages: Vec<ModelUsage>,
 }
 
 /// Parses a multi-document YAML stream of our kinds; other kinds (Namespaces, …) are skipped.
@@ -275,6 +305,9 @@ pub fn parse_manifests(text: &str) -> Result<Manifests, String> {
                 .push(serde_yaml::from_value(value).map_err(context)?),
             "GuardrailPolicy" => out
                 .policies
+                .push(serde_yaml::from_value(value).map_err(context)?),
+            "ModelUsage" => out
+                .usages
                 .push(serde_yaml::from_value(value).map_err(context)?),
             _ => tracing::debug!(kind, "skipping a document of another kind"),
         }
@@ -307,9 +340,13 @@ mod tests {
 
     #[test]
     fn the_seed_manifests_load_as_one_file() {
-        let catalog = Catalog::new("ai-workloads".into(), vec!["claude-haiku".into()]);
+        let catalog = Catalog::new(
+            "ai-workloads".into(),
+            String::new(),
+            vec!["claude-haiku".into()],
+        );
         let m = parse_manifests(SEED).unwrap();
-        catalog.update(&m.endpoints, &m.templates, &m.policies);
+        catalog.update(&m);
         let snap = catalog.snapshot();
         let me = &snap.endpoints["claude-haiku"];
         assert!(me.price.is_ok());
@@ -324,12 +361,12 @@ mod tests {
 
     #[test]
     fn other_namespaces_and_endpoints_are_ignored() {
-        let catalog = Catalog::new("elsewhere".into(), vec![]);
+        let catalog = Catalog::new("elsewhere".into(), String::new(), vec![]);
         let m = parse_manifests(SEED).unwrap();
-        catalog.update(&m.endpoints, &m.templates, &m.policies);
+        catalog.update(&m);
         assert!(catalog.snapshot().endpoints.is_empty());
-        let catalog = Catalog::new("ai-workloads".into(), vec!["other".into()]);
-        catalog.update(&m.endpoints, &m.templates, &m.policies);
+        let catalog = Catalog::new("ai-workloads".into(), String::new(), vec!["other".into()]);
+        catalog.update(&m);
         assert!(catalog.snapshot().endpoints.is_empty());
     }
 

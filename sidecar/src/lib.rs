@@ -55,6 +55,7 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     let _ = rustls::crypto::ring::default_provider().install_default();
     let catalog = Arc::new(Catalog::new(
         settings.namespace.clone(),
+        settings.pod_name.clone(),
         settings.allowed_endpoints(),
     ));
     if settings.standalone {

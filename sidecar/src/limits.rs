@@ -255,7 +255,7 @@ pub fn periods(at: SystemTime) -> (String, String) {
 
 impl Ledger {
     fn state(&self, endpoint: &EndpointConfig) -> Arc<EndpointState> {
-        let rate_limit = endpoint.spec.rate_limit.clone().unwrap_or_default();
+        let rate_limit = endpoint.effective_rate_limit();
         let mut endpoints = lock(&self.endpoints);
         let state = endpoints.entry(endpoint.name.clone()).or_insert_with(|| {
             Arc::new(EndpointState {

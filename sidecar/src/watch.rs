@@ -6,13 +6,15 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures_util::{Stream, StreamExt, stream::select_all};
-use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, PromptTemplate};
+use k8s_ai_api::{
+    GuardrailPolicy, ModelEndpoint, ModelUsage, PromptTemplate, model_usage::ledger_name,
+};
 use kube::{
     Api, Client,
     runtime::{WatchStreamExt, reflector, watcher},
 };
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Manifests};
 
 type Changes = Pin<Box<dyn Stream<Item = ()> + Send>>;
 
@@ -44,17 +46,29 @@ where
 /// Watches the cluster and keeps `catalog` up to date until the process ends.
 pub async fn run(client: Client, catalog: Arc<Catalog>) {
     let ns = catalog.namespace().to_owned();
+    let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut streams: Vec<Changes> = Vec::new();
     let mut endpoint_stores = Vec::new();
-    for name in catalog.allowed() {
+    let mut usage_stores = Vec::new();
+    for endpoint in catalog.allowed() {
         let (store, writer) = reflector::store::<ModelEndpoint>();
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         streams.push(changes(
             Api::<ModelEndpoint>::namespaced(client.clone(), &ns),
-            config,
+            by_name(endpoint),
             writer,
         ));
         endpoint_stores.push(store);
+        if !catalog.pod().is_empty() {
+            // This pod's ledger for the endpoint: its spec carries the operator's allocation.
+            let (store, writer) = reflector::store::<ModelUsage>();
+            let name = ledger_name(catalog.pod(), endpoint);
+            streams.push(changes(
+                Api::<ModelUsage>::namespaced(client.clone(), &ns),
+                by_name(&name),
+                writer,
+            ));
+            usage_stores.push(store);
+        }
     }
     let (templates, writer) = reflector::store::<PromptTemplate>();
     streams.push(changes(
@@ -71,32 +85,37 @@ pub async fn run(client: Client, catalog: Arc<Catalog>) {
 
     let mut events = select_all(streams);
     while events.next().await.is_some() {
-        let ready = endpoint_stores.iter().all(|s| {
-            s.wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok())
-        }) && templates
-            .wait_until_ready()
-            .now_or_never()
-            .is_some_and(|r| r.is_ok())
-            && policies
-                .wait_until_ready()
-                .now_or_never()
-                .is_some_and(|r| r.is_ok());
-        if !ready {
+        // Ledgers are optional (the operator may not have created them yet): readiness waits for the rest.
+        if !(endpoint_stores.iter().all(is_ready) && is_ready(&templates) && is_ready(&policies)) {
             continue;
         }
-        let endpoints: Vec<ModelEndpoint> = endpoint_stores
-            .iter()
-            .flat_map(reflector::Store::state)
-            .map(|o| (*o).clone())
-            .collect();
-        let templates: Vec<PromptTemplate> =
-            templates.state().iter().map(|o| (**o).clone()).collect();
-        let policies: Vec<GuardrailPolicy> =
-            policies.state().iter().map(|o| (**o).clone()).collect();
-        catalog.update(&endpoints, &templates, &policies);
+        let objects = Manifests {
+            endpoints: endpoint_stores
+                .iter()
+                .flat_map(reflector::Store::state)
+                .map(|o| (*o).clone())
+                .collect(),
+            templates: templates.state().iter().map(|o| (**o).clone()).collect(),
+            policies: policies.state().iter().map(|o| (**o).clone()).collect(),
+            usages: usage_stores
+                .iter()
+                .flat_map(reflector::Store::state)
+                .map(|o| (*o).clone())
+                .collect(),
+        };
+        catalog.update(&objects);
     }
 }
 
-use futures_util::FutureExt as _;
+/// Whether a store has its initial list (without waiting for it).
+fn is_ready<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures_util::FutureExt as _;
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}

@@ -773,3 +773,41 @@ async fn every_other_error_code() {
     assert!(headers.contains_key("retry-after"));
     assert_eq!(first.await.unwrap(), 200);
 }
+
+#[tokio::test]
+async fn the_operators_allocation_replaces_the_endpoint_limits() {
+    let emu = emulator(Config::default()).await;
+    // The endpoint allows 60 a minute; this pod's share, in its ledger's spec, is 1.
+    let ledger = "apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelUsage
+metadata:
+  name: test-pod.claude-haiku
+  namespace: ai-workloads
+spec:
+  podName: test-pod
+  podUid: 00000000-0000-0000-0000-000000000001
+  endpoint: claude-haiku
+  allocation:
+    requestsPerMinute: 1
+---
+";
+    let manifests = format!(
+        "{ledger}{}",
+        seed_manifests().replace(
+            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+            ""
+        )
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    assert_eq!(post(&url, SEED_INVOKE).await.0, 200);
+    let (status, v, _) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 requests per minute"),
+        "{v}"
+    );
+}
