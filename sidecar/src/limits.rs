@@ -159,22 +159,12 @@ impl Usage {
 
 /// Now, as RFC 3339 in UTC.
 pub fn rfc3339_now() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let (day, _) = periods(SystemTime::now());
-    let secs = now % 86_400;
-    format!(
-        "{day}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    jiff::Timestamp::now().to_string()
 }
 
 struct EndpointState {
     limiters: Limiters,
+    calendar: Calendar,
     usage: Mutex<Usage>,
 }
 
@@ -202,7 +192,7 @@ impl Admission {
             let used = input_tokens + output_tokens;
             lock(bucket).give_back(self.reserved_tokens.saturating_sub(used));
         }
-        let (day, month) = periods(SystemTime::now());
+        let (day, month) = self.state.calendar.periods(SystemTime::now());
         let mut guard = lock(&self.state.usage);
         let usage = &mut *guard;
         usage.reserved -= self.reserved_cost;
@@ -233,43 +223,87 @@ impl Drop for Admission {
     }
 }
 
-/// `YYYY-MM-DD` and `YYYY-MM` of `t` in UTC.
-pub fn periods(at: SystemTime) -> (String, String) {
-    let days = i64::try_from(at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400)
-        .unwrap_or(0);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let shifted = days + 719_468;
-    let era = shifted.div_euclid(146_097);
-    let doe = shifted - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (
-        format!("{year:04}-{month:02}-{day:02}"),
-        format!("{year:04}-{month:02}"),
-    )
+/// Where budget days and months begin: the endpoint's `costBudget.timeZone`, UTC by default.
+#[derive(Debug, Clone)]
+pub struct Calendar {
+    name: Option<String>,
+    zone: jiff::tz::TimeZone,
+}
+
+impl Calendar {
+    /// The calendar of an IANA time zone name; UTC (with a warning) when the name is unknown.
+    pub fn new(name: Option<&str>) -> Self {
+        let zone = match name {
+            None => jiff::tz::TimeZone::UTC,
+            Some(n) => jiff::tz::TimeZone::get(n).unwrap_or_else(|e| {
+                tracing::warn!(time_zone = n, error = %e, "unknown time zone; budget periods use UTC");
+                jiff::tz::TimeZone::UTC
+            }),
+        };
+        Calendar {
+            name: name.map(str::to_owned),
+            zone,
+        }
+    }
+
+    fn zoned(&self, at: SystemTime) -> jiff::ZonedDateTime {
+        let ts = jiff::Timestamp::try_from(at).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        ts.to_zoned_datetime(self.zone.clone())
+    }
+
+    /// `YYYY-MM-DD` and `YYYY-MM` of `at` in this calendar.
+    pub fn periods(&self, at: SystemTime) -> (String, String) {
+        let date = self.zoned(at).date();
+        (
+            format!("{date}"),
+            format!("{:04}-{:02}", date.year(), date.month()),
+        )
+    }
+
+    /// Time from `at` until the next day (`daily`) or month (`monthly`) begins.
+    fn until_next(&self, which: &str, at: SystemTime) -> Duration {
+        let now = self.zoned(at);
+        let date = now.date();
+        let next = if which == "daily" {
+            date.tomorrow().ok()
+        } else {
+            date.last_of_month().tomorrow().ok()
+        };
+        next.and_then(|d| d.to_zoned_datetime(self.zone.clone()).ok())
+            .and_then(|start| now.duration_until(&start).try_into().ok())
+            .unwrap_or(Duration::from_secs(3600))
+    }
+}
+
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar::new(None)
+    }
 }
 
 impl Ledger {
     fn state(&self, endpoint: &EndpointConfig) -> Arc<EndpointState> {
         let rate_limit = endpoint.effective_rate_limit();
-        let mut endpoints = lock(&self.endpoints);
-        let state = endpoints.entry(endpoint.name.clone()).or_insert_with(|| {
+        let time_zone = endpoint
+            .spec
+            .cost_budget
+            .as_ref()
+            .and_then(|b| b.time_zone.as_deref());
+        let fresh = |usage: Usage| {
             Arc::new(EndpointState {
                 limiters: Limiters::new(rate_limit.clone()),
-                usage: Mutex::new(Usage::default()),
-            })
-        });
-        if state.limiters.rate_limit != rate_limit {
-            // New limits: new limiters, same usage.
-            let usage = lock(&state.usage).clone();
-            *state = Arc::new(EndpointState {
-                limiters: Limiters::new(rate_limit),
+                calendar: Calendar::new(time_zone),
                 usage: Mutex::new(usage),
-            });
+            })
+        };
+        let mut endpoints = lock(&self.endpoints);
+        let state = endpoints
+            .entry(endpoint.name.clone())
+            .or_insert_with(|| fresh(Usage::default()));
+        if state.limiters.rate_limit != rate_limit || state.calendar.name.as_deref() != time_zone {
+            // New limits or calendar: new limiters, same usage.
+            let usage = lock(&state.usage).clone();
+            *state = fresh(usage);
         }
         Arc::clone(state)
     }
@@ -292,7 +326,7 @@ impl Ledger {
     /// Counts a request refused before it reached the model.
     pub fn reject(&self, endpoint: &EndpointConfig, reason: &'static str) {
         let state = self.state(endpoint);
-        let (day, month) = periods(SystemTime::now());
+        let (day, month) = state.calendar.periods(SystemTime::now());
         let mut guard = lock(&state.usage);
         let usage = &mut *guard;
         usage.day.roll(&day);
@@ -377,13 +411,17 @@ impl Ledger {
         worst_case: Decimal,
     ) -> Result<Admission, ApiError> {
         let budget = endpoint.spec.cost_budget.clone().unwrap_or_default();
-        let (day, month) = periods(SystemTime::now());
+        let (day, month) = admission.state.calendar.periods(SystemTime::now());
         let mut usage = lock(&admission.state.usage);
         usage.day.roll(&day);
         usage.month.roll(&month);
         let exceeded = exceeded(&budget, &usage, endpoint, worst_case);
         if let Some(which) = exceeded {
             drop(usage);
+            let retry = admission
+                .state
+                .calendar
+                .until_next(which, SystemTime::now());
             drop(admission);
             self.reject(endpoint, "budget_exceeded");
             return Err(ApiError::rate_limited(
@@ -392,7 +430,7 @@ impl Ledger {
                     "the {which} budget of {} would be exceeded by this call (worst case ${worst_case})",
                     endpoint.name
                 ),
-                until_next(which),
+                retry,
             ));
         }
         usage.reserved += worst_case;
@@ -422,34 +460,47 @@ fn exceeded(
     None
 }
 
-/// Time until the budget period `which` starts again (UTC).
-fn until_next(which: &str) -> Duration {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    let to_midnight = 86_400 - now % 86_400;
-    if which == "daily" {
-        Duration::from_secs(to_midnight)
-    } else {
-        Duration::from_secs(to_midnight.max(3600))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn civil_periods() {
-        assert_eq!(periods(UNIX_EPOCH), ("1970-01-01".into(), "1970-01".into()));
+    fn periods_follow_the_budget_time_zone() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_795_620_180); // 2026-11-25T15:23:00Z
         assert_eq!(
-            periods(UNIX_EPOCH + Duration::from_secs(1_795_620_180)),
+            Calendar::default().periods(at),
             ("2026-11-25".into(), "2026-11".into())
         );
         assert_eq!(
-            periods(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            Calendar::new(Some("Asia/Tokyo")).periods(at),
+            ("2026-11-26".into(), "2026-11".into())
+        );
+        assert_eq!(
+            Calendar::new(Some("America/Los_Angeles")).periods(at),
+            ("2026-11-25".into(), "2026-11".into())
+        );
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29T00:00:00Z
+        assert_eq!(
+            Calendar::default().periods(leap),
             ("2000-02-29".into(), "2000-02".into())
+        );
+        assert_eq!(
+            Calendar::new(Some("Not/AZone")).periods(at).0,
+            "2026-11-25",
+            "unknown zones fall back to UTC"
+        );
+        // 08:37 of UTC's day remain at 15:23; Tokyo's next day starts at 15:00 UTC, 23 h 37 min later.
+        assert_eq!(
+            Calendar::default().until_next("daily", at),
+            Duration::from_secs(8 * 3600 + 37 * 60)
+        );
+        assert_eq!(
+            Calendar::new(Some("Asia/Tokyo")).until_next("daily", at),
+            Duration::from_secs(23 * 3600 + 37 * 60)
+        );
+        assert_eq!(
+            Calendar::default().until_next("monthly", at),
+            Duration::from_secs(5 * 86_400 + 8 * 3600 + 37 * 60)
         );
     }
 
