@@ -1,0 +1,3 @@
+//! The mutating admission webhook: which pods get the sidecar, and the JSON patch that adds it.
+
+pub mod inject;
