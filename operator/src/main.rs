@@ -1,11 +1,13 @@
 //! `k8s-ai-operator`: the operator binary.
 //!
-//! Today it prints the CRDs (`crdgen`); the controllers and the admission webhook (`run`) come
-//! with their own issue.
+//! Today it prints the CRDs (`crdgen`) and serves the sidecar-injecting admission webhook
+//! (`webhook`); the controllers (`run`) come with the rest of their issue.
 
-use std::io::Write;
+use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use k8s_ai_operator::webhook::{inject::InjectSettings, server};
+use webhook_certs::ReloadableCert;
 
 /// Makes AWS Bedrock model access a Kubernetes resource: ModelEndpoint, PromptTemplate,
 /// GuardrailPolicy and the ModelUsage ledger (`ai.kernelpanic09.io/v1alpha1`).
@@ -21,10 +23,71 @@ enum Command {
     /// Print the CustomResourceDefinitions as a multi-document YAML stream, ready for
     /// `kubectl apply -f -`. `manifests/crds/` holds this output.
     Crdgen,
+    /// Serve only the mutating admission webhook that injects the AI sidecar into pods annotated
+    /// `ai.kernelpanic09.io/inject: "true"`, over TLS, on POST /mutate. The controllers are not
+    /// part of this command (they are not built yet).
+    Webhook(Box<WebhookArgs>),
+}
+
+/// Settings of the webhook server and of the sidecar it injects.
+#[derive(Args, Debug)]
+struct WebhookArgs {
+    /// Address to serve the webhook on.
+    #[arg(
+        long,
+        env = "AI_OPERATOR_WEBHOOK_LISTEN",
+        default_value = "0.0.0.0:8443"
+    )]
+    listen: SocketAddr,
+    /// PEM certificate chain to serve (e.g. cert-manager's tls.crt); re-read when it changes.
+    #[arg(long, env = "AI_OPERATOR_TLS_CERT_FILE")]
+    tls_cert_file: PathBuf,
+    /// PEM private key of that certificate (tls.key); re-read when it changes.
+    #[arg(long, env = "AI_OPERATOR_TLS_KEY_FILE")]
+    tls_key_file: PathBuf,
+    /// The sidecar image to inject.
+    #[arg(long, env = "AI_OPERATOR_SIDECAR_IMAGE", default_value = concat!("ghcr.io/kernelpanic09/ai-sidecar:", env!("CARGO_PKG_VERSION")))]
+    sidecar_image: String,
+    /// Inject a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+);
+    /// `false` injects a plain container for older clusters.
+    #[arg(long, env = "AI_OPERATOR_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
+    native_sidecar: bool,
+    /// CPU request of the injected sidecar.
+    #[arg(long, env = "AI_OPERATOR_SIDECAR_CPU_REQUEST", default_value = "10m")]
+    sidecar_cpu_request: String,
+    /// Memory request of the injected sidecar.
+    #[arg(
+        long,
+        env = "AI_OPERATOR_SIDECAR_MEMORY_REQUEST",
+        default_value = "32Mi"
+    )]
+    sidecar_memory_request: String,
+    /// Memory limit of the injected sidecar.
+    #[arg(long, env = "AI_OPERATOR_SIDECAR_MEMORY_LIMIT", default_value = "64Mi")]
+    sidecar_memory_limit: String,
+    /// Environment passed to every injected sidecar, KEY=VALUE, repeatable: AWS endpoint
+    /// overrides such as AWS_ENDPOINT_URL=https://bedrock.internal or AWS_REGION.
+    #[arg(long = "sidecar-env", value_parser = parse_key_value)]
+    sidecar_env: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot read the TLS certificate or key")]
+    TlsFiles(#[source] std::io::Error),
+    #[error("cannot use the TLS certificate")]
+    Tls(#[from] webhook_certs::CertError),
+    #[error("cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
     #[error("failed to render the CRDs as YAML")]
     Yaml(#[from] serde_yaml::Error),
     #[error("failed to write to standard output")]
@@ -35,6 +98,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Crdgen => crdgen(&mut std::io::stdout().lock()),
+        Command::Webhook(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(webhook(*args)),
+            Err(e) => Err(Error::Runtime(e)),
+        },
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -58,4 +125,64 @@ fn crdgen(out: &mut impl Write) -> Result<(), Error> {
         out.write_all(serde_yaml::to_string(&crd)?.as_bytes())?;
     }
     Ok(())
+}
+
+/// Serves the injecting webhook until the process is stopped.
+async fn webhook(args: WebhookArgs) -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(Error::TlsFiles);
+    let cert = Arc::new(ReloadableCert::new(
+        &read(&args.tls_cert_file)?,
+        &read(&args.tls_key_file)?,
+    )?);
+    let tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(&cert) as Arc<dyn rustls::server::ResolvesServerCert>);
+    let settings = Arc::new(InjectSettings {
+        image: args.sidecar_image,
+        native_sidecar: args.native_sidecar,
+        cpu_request: args.sidecar_cpu_request,
+        memory_request: args.sidecar_memory_request,
+        memory_limit: args.sidecar_memory_limit,
+        aws_env: args.sidecar_env,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::Listen(args.listen, e))?;
+    tracing::info!(listen = %args.listen, "admission webhook listening (TLS)");
+    tokio::spawn(reload_on_change(
+        cert,
+        args.tls_cert_file,
+        args.tls_key_file,
+    ));
+    server::serve_tls(listener, Arc::new(tls), server::router(settings)).await;
+    Ok(())
+}
+
+/// Re-reads the certificate files when they change (cert-manager renews them in place).
+async fn reload_on_change(cert: Arc<ReloadableCert>, cert_file: PathBuf, key_file: PathBuf) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = (modified(&cert_file), modified(&key_file));
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = (modified(&cert_file), modified(&key_file));
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = std::fs::read_to_string(&cert_file)
+            .and_then(|c| Ok((c, std::fs::read_to_string(&key_file)?)));
+        match loaded
+            .map_err(Error::TlsFiles)
+            .and_then(|(c, k)| cert.replace(&c, &k).map_err(Error::from))
+        {
+            Ok(()) => tracing::info!("reloaded the webhook's TLS certificate"),
+            Err(e) => tracing::warn!(error = %e, "kept the previous TLS certificate"),
+        }
+    }
 }

@@ -47,4 +47,5 @@ fn help_explains_the_subcommands() {
         help.contains("crdgen") && help.contains("CustomResourceDefinitions"),
         "{help}"
     );
+    assert!(help.contains("webhook"), "{help}");
 }

@@ -1,3 +1,4 @@
 //! The mutating admission webhook: which pods get the sidecar, and the JSON patch that adds it.
 
 pub mod inject;
+pub mod server;

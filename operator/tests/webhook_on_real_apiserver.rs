@@ -1,0 +1,195 @@
+//! The injecting webhook called by the real API server: `k8s-ai-operator webhook` serving TLS
+//! with a certificate from `webhook-certs`, registered with a MutatingWebhookConfiguration that
+//! selects opted-in pods with matchConditions (CEL on the annotation).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failure report
+#![allow(clippy::too_many_lines)] // one scenario, read top to bottom
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use e2e::Cluster;
+use k8s_openapi::{
+    ByteString,
+    api::admissionregistration::v1::{
+        MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+        WebhookClientConfig,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+use serde_json::Value;
+use webhook_certs::{Bundle, Lifetimes};
+
+struct Webhook(Child);
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_denied() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("inject");
+    cluster.kubectl_ok(&["label", "namespace", &ns, &format!("e2e-webhook={ns}")]);
+    cluster.kubectl_ok(&["create", "serviceaccount", "default", "-n", &ns]);
+
+    // Serve the webhook over TLS with a certificate for 127.0.0.1, signed by our own CA.
+    let bundle = Bundle::generate(
+        &["127.0.0.1".to_owned()],
+        SystemTime::now(),
+        Lifetimes::default(),
+    )
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("webhook-{}-{ns}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tls.crt"), &bundle.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &bundle.key_pem).unwrap();
+    let port = free_port();
+    let _webhook = Webhook(
+        Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
+            .args([
+                "webhook",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--sidecar-image",
+                "example.com/ai-sidecar:test",
+            ])
+            .args(["--sidecar-env", "AWS_ENDPOINT_URL=http://127.0.0.1:4566"])
+            .arg("--tls-cert-file")
+            .arg(dir.join("tls.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.join("tls.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the webhook did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let name = format!("e2e-inject-{ns}");
+    let config = MutatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.ai.kernelpanic09.io".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{port}/mutate")),
+                ca_bundle: Some(ByteString(bundle.ca_cert_pem.clone().into_bytes())),
+                service: None,
+            },
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(5),
+            reinvocation_policy: Some("IfNeeded".into()),
+            match_conditions: Some(vec![MatchCondition {
+                name: "opted-in".into(),
+                expression: "has(object.metadata.annotations) && 'ai.kernelpanic09.io/inject' in object.metadata.annotations && object.metadata.annotations['ai.kernelpanic09.io/inject'] == 'true'".into(),
+            }]),
+            namespace_selector: Some(LabelSelector { match_labels: Some([("e2e-webhook".to_owned(), ns.clone())].into()), ..LabelSelector::default() }),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            ..MutatingWebhook::default()
+        }]),
+    };
+    let run = cluster.apply(&serde_json::to_string(&config).unwrap());
+    assert!(run.success, "{}", run.stderr);
+
+    let pod = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {annotations}\nspec:\n  containers:\n  - name: app\n    image: app:1\n"
+        )
+    };
+    let get = |name: &str| -> Value {
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "pod", name, "-n", &ns, "-o", "json"]))
+            .unwrap()
+    };
+
+    // Registration takes effect asynchronously: retry the first create until the webhook is called.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attempt = 0;
+    let injected = loop {
+        attempt += 1;
+        let pod_name = format!("app-{attempt}");
+        let run = cluster.apply(&pod(&pod_name, r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#));
+        assert!(run.success, "{}", run.stderr);
+        let created = get(&pod_name);
+        if created["spec"]["initContainers"].is_array() {
+            break created;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the webhook never mutated a pod: {created}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let sidecar = &injected["spec"]["initContainers"][0];
+    assert_eq!(sidecar["name"], "ai-sidecar");
+    assert_eq!(sidecar["restartPolicy"], "Always");
+    assert_eq!(sidecar["image"], "example.com/ai-sidecar:test");
+    let env = sidecar["env"].as_array().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "AI_SIDECAR_ENDPOINTS" && e["value"] == "claude-haiku")
+    );
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "AWS_ENDPOINT_URL" && e["value"] == "http://127.0.0.1:4566")
+    );
+    let volumes = injected["spec"]["volumes"].as_array().unwrap();
+    let token = volumes
+        .iter()
+        .find(|v| v["name"] == "ai-sidecar-sts-token")
+        .unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "sts.amazonaws.com"
+    );
+    assert!(injected["metadata"]["annotations"]["ai.kernelpanic09.io/injected"].is_string());
+    assert_eq!(
+        injected["spec"]["containers"].as_array().unwrap().len(),
+        1,
+        "the app container is untouched"
+    );
+
+    // Pods that did not opt in are not sent to the webhook, and are not changed.
+    let run = cluster.apply(&pod("plain", "{}"));
+    assert!(run.success, "{}", run.stderr);
+    assert!(get("plain")["spec"]["initContainers"].is_null());
+
+    // A pod that opts in without naming endpoints is refused with what to fix.
+    let run = cluster.apply(&pod(
+        "no-endpoints",
+        r#"{"ai.kernelpanic09.io/inject": "true"}"#,
+    ));
+    assert!(!run.success);
+    assert!(
+        run.stderr.contains("ai.kernelpanic09.io/endpoints"),
+        "{}",
+        run.stderr
+    );
+
+    cluster.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &name]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
