@@ -27,6 +27,11 @@ enum Command {
     /// `ai.kernelpanic09.io/inject: "true"`, over TLS, on POST /mutate. The controllers are not
     /// part of this command (they are not built yet).
     Webhook(Box<WebhookArgs>),
+    /// Run the controllers, with the kubeconfig or in-cluster identity. Built so far: the
+    /// PromptTemplate controller (compiles each template with the sidecar's engine, checks its
+    /// variables and its ModelEndpoint, publishes the `Valid` condition). The ModelEndpoint,
+    /// GuardrailPolicy and ModelUsage controllers are not built yet.
+    Run,
 }
 
 /// Settings of the webhook server and of the sidecar it injects.
@@ -80,6 +85,8 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
+    #[error("cannot reach the Kubernetes API server")]
+    Kube(#[from] kube::Error),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot read the TLS certificate or key")]
@@ -100,6 +107,10 @@ fn main() -> std::process::ExitCode {
         Command::Crdgen => crdgen(&mut std::io::stdout().lock()),
         Command::Webhook(args) => match tokio::runtime::Runtime::new() {
             Ok(runtime) => runtime.block_on(webhook(*args)),
+            Err(e) => Err(Error::Runtime(e)),
+        },
+        Command::Run => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run_controllers()),
             Err(e) => Err(Error::Runtime(e)),
         },
     };
@@ -185,4 +196,18 @@ async fn reload_on_change(cert: Arc<ReloadableCert>, cert_file: PathBuf, key_fil
             Err(e) => tracing::warn!(error = %e, "kept the previous TLS certificate"),
         }
     }
+}
+
+/// Runs the controllers built so far until SIGTERM.
+async fn run_controllers() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await?;
+    let ctx = Arc::new(k8s_ai_operator::controllers::Context { client });
+    tracing::info!("controllers starting: PromptTemplate");
+    k8s_ai_operator::controllers::prompt_template::run(ctx).await;
+    Ok(())
 }
