@@ -27,10 +27,12 @@ enum Command {
     /// `ai.kernelpanic09.io/inject: "true"`, over TLS, on POST /mutate. The controllers are not
     /// part of this command (they are not built yet).
     Webhook(Box<WebhookArgs>),
-    /// Run the controllers, with the kubeconfig or in-cluster identity. Built so far: the
-    /// PromptTemplate controller (compiles each template with the sidecar's engine, checks its
-    /// variables and its ModelEndpoint, publishes the `Valid` condition). The ModelEndpoint,
-    /// GuardrailPolicy and ModelUsage controllers are not built yet.
+    /// Run the controllers, with the kubeconfig or in-cluster identity and the default AWS
+    /// credential chain (AWS_ENDPOINT_URL etc. apply). Built so far: ModelEndpoint (assumes the
+    /// endpoint's role, checks the model in its region, resolves the guardrail and the price,
+    /// publishes the conditions and `available`) and PromptTemplate (compiles each template with
+    /// the sidecar's engine, checks its ModelEndpoint, publishes `Valid`). The GuardrailPolicy and
+    /// ModelUsage controllers are not built yet.
     Run,
 }
 
@@ -206,8 +208,14 @@ async fn run_controllers() -> Result<(), Error> {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
-    let ctx = Arc::new(k8s_ai_operator::controllers::Context { client });
-    tracing::info!("controllers starting: PromptTemplate");
-    k8s_ai_operator::controllers::prompt_template::run(ctx).await;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let ctx = Arc::new(k8s_ai_operator::controllers::Context { client, aws });
+    tracing::info!("controllers starting: ModelEndpoint, PromptTemplate");
+    tokio::join!(
+        k8s_ai_operator::controllers::model_endpoint::run(Arc::clone(&ctx)),
+        k8s_ai_operator::controllers::prompt_template::run(ctx),
+    );
     Ok(())
 }

@@ -1,8 +1,11 @@
-//! `k8s-ai-operator run` against the real API server: the PromptTemplate controller publishes
-//! `Valid` with a reason and a message that points at the error, and re-checks when the
-//! referenced ModelEndpoint appears.
+//! `k8s-ai-operator run` against the real API server and the Bedrock/STS emulator: the
+//! ModelEndpoint controller checks role, model, guardrail and price and publishes conditions and
+//! `available`; the PromptTemplate controller publishes `Valid` with a message that points at the
+//! error. Both re-check when what they reference changes. One operator for the whole file: two
+//! would fight over the same status.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failure report
+#![allow(clippy::too_many_lines)] // one scenario, read top to bottom
 
 use std::{
     process::{Child, Command, Stdio},
@@ -61,20 +64,169 @@ fn wait_for_valid(cluster: &Cluster, ns: &str, status: &str, reason: &str) -> Va
     }
 }
 
-#[test]
-fn prompt_templates_get_a_valid_condition_that_follows_their_endpoint() {
+/// Waits until the endpoint's condition `type_` has `status` and `reason`; returns the endpoint.
+fn wait_for_endpoint(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let me: Value =
+            serde_json::from_str(&cluster.kubectl_ok(&["get", "me", name, "-n", ns, "-o", "json"]))
+                .unwrap();
+        let found = me["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .cloned();
+        if found.is_some_and(|c| c["status"] == status && c["reason"] == reason) {
+            return me;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {type_} never became {status}/{reason}: {}",
+            me["status"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controllers_publish_conditions_that_follow_what_they_reference() {
     let cluster = Cluster::get();
-    let ns = cluster.namespace("templates");
+    let emulator = e2e::emulator::Emulator::start(
+        e2e::emulator::config::Config::default(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let _operator = Operator(
         Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
             .arg("run")
             .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("AWS_ENDPOINT_URL", emulator.url())
+            .env("AWS_REGION", "us-east-1")
+            .env(
+                "AWS_ACCESS_KEY_ID",
+                e2e::emulator::config::TEST_ACCESS_KEY_ID,
+            )
+            .env(
+                "AWS_SECRET_ACCESS_KEY",
+                e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
 
+    // ModelEndpoint: the seed's, with its guardrail policy.
+    let ns = cluster.namespace("endpoints");
+    assert!(cluster.apply(&sample("guardrailpolicy.yaml", &ns)).success);
+    assert!(cluster.apply(&sample("modelendpoint.yaml", &ns)).success);
+    let me = wait_for_endpoint(cluster, &ns, "claude-haiku", "Ready", "True", "Ready");
+    assert_eq!(me["status"]["available"], true);
+    assert_eq!(
+        me["status"]["observedGeneration"],
+        me["metadata"]["generation"]
+    );
+    for (type_, reason) in [
+        ("CredentialsValid", "CredentialsValid"),
+        ("Available", "ModelAvailable"),
+        ("GuardrailResolved", "GuardrailResolved"),
+        ("PriceKnown", "PriceKnown"),
+    ] {
+        let c = me["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap();
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("True"), Some(reason)),
+            "{c}"
+        );
+    }
+    let row = cluster.kubectl_ok(&["get", "me", "claude-haiku", "-n", &ns, "--no-headers"]);
+    assert_eq!(
+        row.split_whitespace().nth(3),
+        Some("true"),
+        "AVAILABLE column: {row}"
+    );
+
+    // Each broken reference, with the condition that says so.
+    let broken = sample("modelendpoint.yaml", &ns)
+        .replace("name: claude-haiku", "name: broken")
+        .replace(
+            "anthropic.claude-haiku-4-5-20251001-v1:0",
+            "acme.no-such-model-v1:0",
+        )
+        .replace("role/bedrock-invoker", "role/not-trusted")
+        .replace(
+            "guardrailPolicyRef: pii-and-safety",
+            &format!("guardrailPolicyRef: later-{ns}"),
+        );
+    assert!(cluster.apply(&broken).success);
+    let me = wait_for_endpoint(
+        cluster,
+        &ns,
+        "broken",
+        "CredentialsValid",
+        "False",
+        "AssumeRoleFailed",
+    );
+    assert_eq!(me["status"]["available"], false);
+    let condition = |me: &Value, t: &str| {
+        me["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(condition(&me, "PriceKnown")["reason"], "PriceUnknown");
+    assert_eq!(
+        condition(&me, "GuardrailResolved")["reason"],
+        "GuardrailPolicyNotFound"
+    );
+    assert!(
+        condition(&me, "Ready")["message"]
+            .as_str()
+            .unwrap()
+            .contains("CredentialsValid")
+    );
+    // The missing policy appears: the endpoint is re-checked through the watch.
+    let policy = sample("guardrailpolicy.yaml", &ns)
+        .replace("name: pii-and-safety", &format!("name: later-{ns}"));
+    assert!(cluster.apply(&policy).success);
+    wait_for_endpoint(
+        cluster,
+        &ns,
+        "broken",
+        "GuardrailResolved",
+        "True",
+        "GuardrailResolved",
+    );
+    // A trusted role but a model the region does not offer.
+    let unknown_model = broken.replace("role/not-trusted", "role/bedrock-invoker");
+    assert!(cluster.apply(&unknown_model).success);
+    wait_for_endpoint(
+        cluster,
+        &ns,
+        "broken",
+        "Available",
+        "False",
+        "ModelNotFound",
+    );
+
+    // PromptTemplate, in a namespace of its own.
+    let ns = cluster.namespace("templates");
     // The seed's template, before its endpoint exists.
     assert!(cluster.apply(&sample("prompttemplate.yaml", &ns)).success);
     let c = wait_for_valid(cluster, &ns, "False", "EndpointNotFound");

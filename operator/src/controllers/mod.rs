@@ -2,6 +2,7 @@
 //! object, `error_policy` with backoff), sharing one [`Context`] and one [`Error`].
 
 pub mod conditions;
+pub mod model_endpoint;
 pub mod prompt_template;
 
 use std::time::Duration;
@@ -12,6 +13,8 @@ use kube::Client;
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
+    /// The operator's own AWS configuration (its identity, region and endpoint overrides).
+    pub aws: aws_config::SdkConfig,
 }
 
 /// Why a reconcile failed; each is retried with backoff.

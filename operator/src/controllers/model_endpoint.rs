@@ -1,0 +1,291 @@
+//! ModelEndpoint: with the operator's own identity, assume the endpoint's role once (STS) and
+//! check the model exists in the region (Bedrock control plane); resolve the guardrail; know the
+//! price. Publishes `CredentialsValid`, `Available` (model found), `GuardrailResolved`,
+//! `PriceKnown` and `Ready` (all of them), the `available` column and `observedGeneration`.
+//! Re-checked periodically, and when a GuardrailPolicy changes.
+
+use std::sync::Arc;
+
+use aws_credential_types::Credentials;
+use aws_sdk_bedrock::error::ProvideErrorMetadata;
+use futures_util::StreamExt;
+use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, pricing};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+use serde_json::json;
+
+use super::{
+    Context, Error, RECHECK, RETRY_AFTER_ERROR,
+    conditions::{self, Wanted},
+};
+
+const MANAGER: &str = "k8s-ai-operator/modelendpoint";
+
+fn wanted(
+    type_: &'static str,
+    ok: Result<String, (&'static str, String)>,
+    ok_reason: &'static str,
+) -> Wanted {
+    match ok {
+        Ok(message) => Wanted {
+            type_,
+            status: true,
+            reason: ok_reason,
+            message,
+        },
+        Err((reason, message)) => Wanted {
+            type_,
+            status: false,
+            reason,
+            message,
+        },
+    }
+}
+
+/// The base model behind an inference profile id or ARN (`us.anthropic…` → `anthropic…`).
+fn base_model(model_id: &str) -> &str {
+    let id = model_id.rsplit('/').next().unwrap_or(model_id);
+    [
+        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
+    ]
+    .iter()
+    .find_map(|p| id.strip_prefix(p))
+    .unwrap_or(id)
+}
+
+fn aws_error<E: ProvideErrorMetadata + std::fmt::Display>(
+    e: &aws_sdk_bedrock::error::SdkError<E>,
+) -> String {
+    match e {
+        aws_sdk_bedrock::error::SdkError::ServiceError(s) => {
+            format!(
+                "{}: {}",
+                s.err().code().unwrap_or("error"),
+                s.err().message().unwrap_or_default()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Assumes the endpoint's role (if any) and looks the model up in its region.
+async fn check_aws(
+    ctx: &Context,
+    endpoint: &ModelEndpoint,
+) -> (
+    Result<String, (&'static str, String)>,
+    Result<String, (&'static str, String)>,
+) {
+    let region = aws_config::Region::new(endpoint.spec.region.clone());
+    let mut config = aws_sdk_bedrock::config::Builder::from(&ctx.aws).region(region.clone());
+    let credentials = match &endpoint.spec.irsa_role_arn {
+        None => Ok("no irsaRoleArn: pods use their default AWS credential chain".to_owned()),
+        Some(role) => {
+            let sts = aws_sdk_sts::Client::from_conf(
+                aws_sdk_sts::config::Builder::from(&ctx.aws)
+                    .region(region)
+                    .build(),
+            );
+            match sts
+                .assume_role()
+                .role_arn(role)
+                .role_session_name("k8s-ai-operator-check")
+                .send()
+                .await
+            {
+                Ok(out) => match out.credentials {
+                    Some(c) => {
+                        config = config.credentials_provider(Credentials::new(
+                            c.access_key_id,
+                            c.secret_access_key,
+                            Some(c.session_token),
+                            None,
+                            "assume-role",
+                        ));
+                        Ok(format!("assumed {role}"))
+                    }
+                    None => Err((
+                        "AssumeRoleFailed",
+                        format!("STS returned no credentials for {role}"),
+                    )),
+                },
+                Err(e) => Err((
+                    "AssumeRoleFailed",
+                    format!("cannot assume {role}: {}", aws_error(&e)),
+                )),
+            }
+        }
+    };
+    if credentials.is_err() {
+        return (
+            credentials,
+            Err((
+                "CredentialsInvalid",
+                "cannot check the model without credentials".to_owned(),
+            )),
+        );
+    }
+    let bedrock = aws_sdk_bedrock::Client::from_conf(config.build());
+    let model = base_model(&endpoint.spec.model_id);
+    let available = match bedrock
+        .get_foundation_model()
+        .model_identifier(model)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(format!("{model} is offered in {}", endpoint.spec.region)),
+        Err(e) => {
+            let reason = if matches!(&e, aws_sdk_bedrock::error::SdkError::ServiceError(s) if s.err().is_resource_not_found_exception() || s.err().is_validation_exception())
+            {
+                "ModelNotFound"
+            } else {
+                "BedrockUnreachable"
+            };
+            Err((
+                reason,
+                format!("{model} in {}: {}", endpoint.spec.region, aws_error(&e)),
+            ))
+        }
+    };
+    (credentials, available)
+}
+
+async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
+    let name = endpoint.name_any();
+    let (credentials, available) = check_aws(&ctx, &endpoint).await;
+    let guardrail = match &endpoint.spec.guardrail_policy_ref {
+        None => Ok("no guardrail".to_owned()),
+        Some(policy) => {
+            let api: Api<GuardrailPolicy> = Api::all(ctx.client.clone());
+            match api.get_opt(policy).await.map_err(|source| Error::Kube {
+                kind: "GuardrailPolicy",
+                name: policy.clone(),
+                source,
+            })? {
+                None => Err((
+                    "GuardrailPolicyNotFound",
+                    format!("GuardrailPolicy {policy} does not exist"),
+                )),
+                Some(p) => Ok(
+                    match p
+                        .status
+                        .as_ref()
+                        .and_then(|s| Some((s.guardrail_id.clone()?, s.version.clone())))
+                    {
+                        Some((id, version)) => format!(
+                            "{policy} is Bedrock guardrail {id} version {}",
+                            version.unwrap_or_else(|| "DRAFT".into())
+                        ),
+                        None => format!(
+                            "{policy} found; not synced to Bedrock yet, so its PII rules apply in the sidecars only"
+                        ),
+                    },
+                ),
+            }
+        }
+    };
+    let price = pricing::price_for(&endpoint.spec)
+        .map(|p| {
+            format!(
+                "${} / ${} per million input / output tokens",
+                p.input_per_million, p.output_per_million
+            )
+        })
+        .map_err(|e| ("PriceUnknown", e.to_string()));
+    let checks = [
+        wanted("CredentialsValid", credentials, "CredentialsValid"),
+        wanted("Available", available, "ModelAvailable"),
+        wanted("GuardrailResolved", guardrail, "GuardrailResolved"),
+        wanted("PriceKnown", price, "PriceKnown"),
+    ];
+    let failing: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.status)
+        .map(|c| c.type_)
+        .collect();
+    let ready = Wanted {
+        type_: "Ready",
+        status: failing.is_empty(),
+        reason: if failing.is_empty() {
+            "Ready"
+        } else {
+            "NotReady"
+        },
+        message: if failing.is_empty() {
+            "pods can invoke the model".to_owned()
+        } else {
+            format!("failing: {}", failing.join(", "))
+        },
+    };
+    let previous = endpoint
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let generation = endpoint.metadata.generation;
+    let is_ready = ready.status;
+    let conditions: Vec<_> = checks
+        .into_iter()
+        .chain([ready])
+        .map(|w| conditions::set(&previous, w, generation))
+        .collect();
+    let status = json!({
+        "apiVersion": "ai.kernelpanic09.io/v1alpha1",
+        "kind": "ModelEndpoint",
+        "status": { "available": is_ready, "conditions": conditions, "observedGeneration": generation },
+    });
+    Api::<ModelEndpoint>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            kind: "ModelEndpoint",
+            name: format!("{ns}/{name}"),
+            source,
+        })?;
+    Ok(Action::requeue(RECHECK))
+}
+
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
+fn error_policy(endpoint: Arc<ModelEndpoint>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(endpoint = %endpoint.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
+    Action::requeue(RETRY_AFTER_ERROR)
+}
+
+/// Runs the ModelEndpoint controller until the process ends.
+pub async fn run(ctx: Arc<Context>) {
+    let endpoints = Api::<ModelEndpoint>::all(ctx.client.clone());
+    let policies = Api::<GuardrailPolicy>::all(ctx.client.clone());
+    let controller = Controller::new(endpoints, watcher::Config::default());
+    let store = controller.store();
+    controller
+        // A GuardrailPolicy appearing, changing or going away re-checks the endpoints that name it.
+        .watches(
+            policies,
+            watcher::Config::default(),
+            move |policy: GuardrailPolicy| {
+                let name = policy.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(move |e| e.spec.guardrail_policy_ref.as_deref() == Some(name.as_str()))
+                    .map(|e| ObjectRef::from_obj(&*e))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
