@@ -30,9 +30,10 @@ enum Command {
     /// Run the controllers, with the kubeconfig or in-cluster identity and the default AWS
     /// credential chain (AWS_ENDPOINT_URL etc. apply). Built so far: ModelEndpoint (assumes the
     /// endpoint's role, checks the model in its region, resolves the guardrail and the price,
-    /// publishes the conditions and `available`) and PromptTemplate (compiles each template with
-    /// the sidecar's engine, checks its ModelEndpoint, publishes `Valid`). The GuardrailPolicy and
-    /// ModelUsage controllers are not built yet.
+    /// publishes the conditions and `available`), PromptTemplate (compiles each template with the
+    /// sidecar's engine, checks its ModelEndpoint, publishes `Valid`) and GuardrailPolicy (syncs a
+    /// Bedrock guardrail per policy in the operator's region, new version on change or drift,
+    /// deleted with the policy). The ModelUsage (ledger) controller is not built yet.
     Run,
 }
 
@@ -212,8 +213,9 @@ async fn run_controllers() -> Result<(), Error> {
         .load()
         .await;
     let ctx = Arc::new(k8s_ai_operator::controllers::Context { client, aws });
-    tracing::info!("controllers starting: ModelEndpoint, PromptTemplate");
+    tracing::info!("controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate");
     tokio::join!(
+        k8s_ai_operator::controllers::guardrail_policy::run(Arc::clone(&ctx)),
         k8s_ai_operator::controllers::model_endpoint::run(Arc::clone(&ctx)),
         k8s_ai_operator::controllers::prompt_template::run(ctx),
     );

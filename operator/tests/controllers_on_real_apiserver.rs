@@ -64,6 +64,28 @@ fn wait_for_valid(cluster: &Cluster, ns: &str, status: &str, reason: &str) -> Va
     }
 }
 
+/// Waits until the policy's status satisfies `done` with `Synced` True; returns the status.
+fn wait_for_policy(cluster: &Cluster, name: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let gp: Value =
+            serde_json::from_str(&cluster.kubectl_ok(&["get", "gp", name, "-o", "json"])).unwrap();
+        let status = &gp["status"];
+        let synced = status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Synced" && c["status"] == "True")
+        });
+        if synced && done(status) {
+            return status.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GuardrailPolicy {name} never got there: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits until the endpoint's condition `type_` has `status` and `reason`; returns the endpoint.
 fn wait_for_endpoint(
     cluster: &Cluster,
@@ -224,6 +246,101 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
         "False",
         "ModelNotFound",
     );
+
+    // GuardrailPolicy: the seed's policy is synced (its PROMPT_ATTACK output strength sent as NONE).
+    let bedrock = aws_sdk_bedrock::Client::new(
+        &aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(emulator.url())
+            .credentials_provider(aws_credential_types::Credentials::new(
+                e2e::emulator::config::TEST_ACCESS_KEY_ID,
+                e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
+                None,
+                None,
+                "test",
+            ))
+            .load()
+            .await,
+    );
+    let seed_policy = wait_for_policy(cluster, "pii-and-safety", |s| s["version"] == "1");
+    assert_eq!(seed_policy["guardrailId"].as_str().unwrap().len(), 12);
+    let lifecycle = format!("lifecycle-{ns}");
+    let policy = sample("guardrailpolicy.yaml", &ns)
+        .replace("name: pii-and-safety", &format!("name: {lifecycle}"));
+    assert!(cluster.apply(&policy).success);
+    let status = wait_for_policy(cluster, &lifecycle, |s| s["version"] == "1");
+    let id = status["guardrailId"].as_str().unwrap().to_owned();
+    let named = |list: &aws_sdk_bedrock::operation::list_guardrails::ListGuardrailsOutput| {
+        list.guardrails()
+            .iter()
+            .filter(|g| g.name() == format!("k8s-ai-{lifecycle}"))
+            .count()
+    };
+    assert_eq!(
+        named(&bedrock.list_guardrails().send().await.unwrap()),
+        1,
+        "one guardrail per policy"
+    );
+    // A spec change: the DRAFT is updated and a new version cut.
+    let changed = policy.replace(
+        "    - type: EMAIL\n      action: ANONYMIZE\n",
+        "    - type: EMAIL\n      action: ANONYMIZE\n    - type: PHONE\n      action: BLOCK\n",
+    );
+    assert!(cluster.apply(&changed).success);
+    wait_for_policy(cluster, &lifecycle, |s| s["version"] == "2");
+    // Drift: someone edits the guardrail in Bedrock; the next reconcile puts the spec back.
+    bedrock
+        .update_guardrail()
+        .guardrail_identifier(&id)
+        .name(format!("k8s-ai-{lifecycle}"))
+        .blocked_input_messaging("edited by hand")
+        .blocked_outputs_messaging("edited by hand")
+        .send()
+        .await
+        .unwrap();
+    cluster.kubectl_ok(&["annotate", "gp", &lifecycle, "e2e/touch=1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let draft = loop {
+        let draft = bedrock
+            .get_guardrail()
+            .guardrail_identifier(&id)
+            .send()
+            .await
+            .unwrap();
+        if draft.blocked_input_messaging() != "edited by hand" {
+            break draft;
+        }
+        assert!(Instant::now() < deadline, "the drift was never repaired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Version 2 never changed (versions are immutable), so calls keep using it.
+    assert_eq!(
+        wait_for_policy(cluster, &lifecycle, |s| s["version"] == "2")["version"],
+        "2"
+    );
+    assert_eq!(
+        draft
+            .sensitive_information_policy()
+            .unwrap()
+            .pii_entities()
+            .len(),
+        3
+    );
+    assert_eq!(
+        named(&bedrock.list_guardrails().send().await.unwrap()),
+        1,
+        "still one guardrail"
+    );
+    // Deleting the policy deletes the guardrail, then the object (finalizer).
+    cluster.kubectl_ok(&["delete", "gp", &lifecycle, "--wait=true", "--timeout=30s"]);
+    let err = bedrock
+        .get_guardrail()
+        .guardrail_identifier(&id)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_resource_not_found_exception(), "{err:?}");
 
     // PromptTemplate, in a namespace of its own.
     let ns = cluster.namespace("templates");

@@ -2,6 +2,7 @@
 //! object, `error_policy` with backoff), sharing one [`Context`] and one [`Error`].
 
 pub mod conditions;
+pub mod guardrail_policy;
 pub mod model_endpoint;
 pub mod prompt_template;
 
@@ -28,6 +29,13 @@ pub enum Error {
     },
     #[error("the object has no namespace")]
     NoNamespace,
+    #[error("Bedrock {operation} failed: {message}")]
+    Bedrock {
+        operation: &'static str,
+        message: String,
+    },
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -36,6 +44,8 @@ impl Error {
         match self {
             Error::Kube { .. } => "KubeError",
             Error::NoNamespace => "NoNamespace",
+            Error::Bedrock { .. } => "BedrockError",
+            Error::Finalizer(_) => "FinalizerError",
         }
     }
 }
