@@ -20,7 +20,6 @@ use aws_sdk_bedrock::{
         GuardrailWordConfig, GuardrailWordPolicyConfig,
     },
 };
-use futures_util::StreamExt;
 use k8s_ai_api::{
     GuardrailPolicy, GuardrailPolicySpec,
     guardrail_policy::{ContentFilterType, FilterStrength},
@@ -37,7 +36,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, RECHECK, RETRY_AFTER_ERROR, conditions};
+use super::{Context, Error, RECHECK, conditions};
 
 const MANAGER: &str = "k8s-ai-operator/guardrailpolicy";
 const FINALIZER: &str = "ai.kernelpanic09.io/bedrock-guardrail";
@@ -569,26 +568,15 @@ async fn reconcile(policy: Arc<GuardrailPolicy>, ctx: Arc<Context>) -> Result<Ac
     }
 }
 
-#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
-fn error_policy(policy: Arc<GuardrailPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(policy = %policy.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER_ERROR)
-}
-
 /// Runs the GuardrailPolicy controller until the process ends.
 pub async fn run(ctx: Arc<Context>) {
-    Controller::new(
+    let results = Controller::new(
         Api::<GuardrailPolicy>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+    .run(reconcile, super::error_policy, ctx);
+    super::drive(results).await;
 }
 
 #[cfg(test)]

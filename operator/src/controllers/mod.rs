@@ -6,9 +6,10 @@ pub mod guardrail_policy;
 pub mod model_endpoint;
 pub mod prompt_template;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use kube::Client;
+use futures_util::{Stream, StreamExt};
+use kube::{Client, ResourceExt, runtime::controller::Action};
 
 /// What every reconciler needs.
 #[derive(Clone)]
@@ -54,3 +55,21 @@ impl Error {
 pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
 /// How often an object is checked again when nothing changes.
 pub const RECHECK: Duration = Duration::from_secs(300);
+
+/// The error policy of every controller: log the failure by category, retry after a pause.
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
+pub fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(object = %object.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
+    Action::requeue(RETRY_AFTER_ERROR)
+}
+
+/// Drives a controller's stream of results until it ends (at shutdown).
+pub async fn drive<T, E: std::fmt::Display>(results: impl Stream<Item = Result<T, E>>) {
+    results
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
-use futures_util::StreamExt;
 use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, pricing};
 use kube::{
     Api, ResourceExt,
@@ -18,7 +17,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, Error, RECHECK, RETRY_AFTER_ERROR,
+    Context, Error, RECHECK,
     conditions::{self, Wanted},
 };
 
@@ -253,19 +252,13 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     Ok(Action::requeue(RECHECK))
 }
 
-#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
-fn error_policy(endpoint: Arc<ModelEndpoint>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(endpoint = %endpoint.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER_ERROR)
-}
-
 /// Runs the ModelEndpoint controller until the process ends.
 pub async fn run(ctx: Arc<Context>) {
     let endpoints = Api::<ModelEndpoint>::all(ctx.client.clone());
     let policies = Api::<GuardrailPolicy>::all(ctx.client.clone());
     let controller = Controller::new(endpoints, watcher::Config::default());
     let store = controller.store();
-    controller
+    let results = controller
         // A GuardrailPolicy appearing, changing or going away re-checks the endpoints that name it.
         .watches(
             policies,
@@ -281,11 +274,6 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+        .run(reconcile, super::error_policy, ctx);
+    super::drive(results).await;
 }

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use k8s_ai_api::{ModelEndpoint, PromptTemplate, template::CompiledTemplate};
 use kube::{
     Api, ResourceExt,
@@ -13,7 +12,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Context, Error, RECHECK, RETRY_AFTER_ERROR, conditions};
+use super::{Context, Error, RECHECK, conditions};
 
 const MANAGER: &str = "k8s-ai-operator/prompttemplate";
 
@@ -95,19 +94,13 @@ async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<A
     Ok(Action::requeue(RECHECK))
 }
 
-#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
-fn error_policy(template: Arc<PromptTemplate>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(template = %template.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
-    Action::requeue(RETRY_AFTER_ERROR)
-}
-
 /// Runs the PromptTemplate controller until the process ends.
 pub async fn run(ctx: Arc<Context>) {
     let templates = Api::<PromptTemplate>::all(ctx.client.clone());
     let endpoints = Api::<ModelEndpoint>::all(ctx.client.clone());
     let controller = Controller::new(templates, watcher::Config::default());
     let store = controller.store();
-    controller
+    let results = controller
         // A ModelEndpoint appearing or going away re-checks the templates that name it.
         .watches(
             endpoints,
@@ -124,11 +117,6 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
+        .run(reconcile, super::error_policy, ctx);
+    super::drive(results).await;
 }
