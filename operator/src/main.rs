@@ -212,9 +212,14 @@ async fn run_controllers() -> Result<(), Error> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let ctx = Arc::new(k8s_ai_operator::controllers::Context { client, aws });
-    tracing::info!("controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate");
+    let ctx = Arc::new(k8s_ai_operator::controllers::Context {
+        client,
+        aws,
+        aws_checks: std::sync::Mutex::default(),
+    });
+    tracing::info!("controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger");
     tokio::join!(
+        k8s_ai_operator::controllers::ledger::run(Arc::clone(&ctx)),
         k8s_ai_operator::controllers::guardrail_policy::run(Arc::clone(&ctx)),
         k8s_ai_operator::controllers::model_endpoint::run(Arc::clone(&ctx)),
         k8s_ai_operator::controllers::prompt_template::run(ctx),

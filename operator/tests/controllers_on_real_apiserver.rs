@@ -181,6 +181,96 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
         "AVAILABLE column: {row}"
     );
 
+    // The ledger: an injected pod gets a ModelUsage per endpoint, owned by the pod; what its sidecar
+    // writes there is summed into the endpoint's status and shown by `kubectl get modelendpoints`.
+    cluster.kubectl_ok(&["create", "serviceaccount", "default", "-n", &ns]);
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  namespace: {ns}\n  labels: {{ai.kernelpanic09.io/sidecar: injected}}\n  annotations: {{ai.kernelpanic09.io/inject: \"true\", ai.kernelpanic09.io/endpoints: claude-haiku}}\nspec:\n  containers: [{{name: app, image: app:1}}]\n"
+    );
+    assert!(cluster.apply(&pod).success);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ledger: Value = loop {
+        let run = cluster.kubectl(&[
+            "get",
+            "modelusage",
+            "app.claude-haiku",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ]);
+        if run.success {
+            break serde_json::from_str(&run.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ledger for the injected pod: {}",
+            run.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ledger["metadata"]["ownerReferences"][0]["kind"], "Pod");
+    assert_eq!(ledger["spec"]["endpoint"], "claude-haiku");
+    let today = k8s_openapi::jiff::Timestamp::now()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .date();
+    let (day, month) = (
+        today.to_string(),
+        format!("{:04}-{:02}", today.year(), today.month()),
+    );
+    let counters = |period: &str| {
+        format!(
+            r#"{{"period":"{period}","invocations":3,"inputTokens":100,"outputTokens":150,"cost":"0.000837"}}"#
+        )
+    };
+    let status = format!(
+        r#"{{"status":{{"day":{},"month":{},"lifetime":{}}}}}"#,
+        counters(&day),
+        counters(&month),
+        counters("")
+    );
+    cluster.kubectl_ok(&[
+        "patch",
+        "modelusage",
+        "app.claude-haiku",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = cluster.kubectl_ok(&["get", "me", "claude-haiku", "-n", &ns, "--no-headers"]);
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        if columns.get(4..6) == Some(&["0.000837", "3"][..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "COST/MONTH and INVOCATIONS never showed the ledger: {row}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let me: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "get",
+        "me",
+        "claude-haiku",
+        "-n",
+        &ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        (
+            me["status"]["costToday"].as_str(),
+            me["status"]["totalOutputTokens"].as_u64()
+        ),
+        (Some("0.000837"), Some(150))
+    );
+
     // Each broken reference, with the condition that says so.
     let broken = sample("modelendpoint.yaml", &ns)
         .replace("name: claude-haiku", "name: broken")

@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod guardrail_policy;
+pub mod ledger;
 pub mod model_endpoint;
 pub mod prompt_template;
 
@@ -12,11 +13,12 @@ use futures_util::{Stream, StreamExt};
 use kube::{Client, ResourceExt, runtime::controller::Action};
 
 /// What every reconciler needs.
-#[derive(Clone)]
 pub struct Context {
     pub client: Client,
     /// The operator's own AWS configuration (its identity, region and endpoint overrides).
     pub aws: aws_config::SdkConfig,
+    /// The last AWS checks of each ModelEndpoint (`ns/name` → generation, when, result).
+    pub aws_checks: model_endpoint::AwsChecks,
 }
 
 /// Why a reconcile failed; each is retried with backoff.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
-use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, pricing};
+use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, pricing};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -152,11 +152,47 @@ async fn check_aws(
     (credentials, available)
 }
 
-async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
-    let name = endpoint.name_any();
-    let (credentials, available) = check_aws(&ctx, &endpoint).await;
-    let guardrail = match &endpoint.spec.guardrail_policy_ref {
+/// The last AWS checks of each endpoint: `ns/name` → (generation, when, result).
+pub type AwsChecks =
+    std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, std::time::Instant, Checked)>>;
+
+pub type Checked = (
+    Result<String, (&'static str, String)>,
+    Result<String, (&'static str, String)>,
+);
+
+/// The AWS checks, reused while the spec is unchanged and the result is younger than the
+/// re-check period: ledger updates re-reconcile an endpoint often, and must not call STS each time.
+async fn cached_aws_check(ctx: &Context, endpoint: &ModelEndpoint) -> Checked {
+    let key = format!(
+        "{}/{}",
+        endpoint.namespace().unwrap_or_default(),
+        endpoint.name_any()
+    );
+    let generation = endpoint.metadata.generation;
+    if let Ok(cache) = ctx.aws_checks.lock()
+        && let Some((g, at, checked)) = cache.get(&key)
+        && *g == generation
+        && at.elapsed() < RECHECK
+    {
+        return checked.clone();
+    }
+    let checked = check_aws(ctx, endpoint).await;
+    if let Ok(mut cache) = ctx.aws_checks.lock() {
+        cache.insert(
+            key,
+            (generation, std::time::Instant::now(), checked.clone()),
+        );
+    }
+    checked
+}
+
+/// Whether the referenced GuardrailPolicy exists, and whether it is synced to Bedrock yet.
+async fn resolve_guardrail(
+    ctx: &Context,
+    endpoint: &ModelEndpoint,
+) -> Result<Result<String, (&'static str, String)>, Error> {
+    Ok(match &endpoint.spec.guardrail_policy_ref {
         None => Ok("no guardrail".to_owned()),
         Some(policy) => {
             let api: Api<GuardrailPolicy> = Api::all(ctx.client.clone());
@@ -186,7 +222,14 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
                 ),
             }
         }
-    };
+    })
+}
+
+async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
+    let name = endpoint.name_any();
+    let (credentials, available) = cached_aws_check(&ctx, &endpoint).await;
+    let guardrail = resolve_guardrail(&ctx, &endpoint).await?;
     let price = pricing::price_for(&endpoint.spec)
         .map(|p| {
             format!(
@@ -237,6 +280,12 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         "kind": "ModelEndpoint",
         "status": { "available": is_ready, "conditions": conditions, "observedGeneration": generation },
     });
+    // Usage totals from the namespace's ledgers (cost, invocations, tokens).
+    let mut status = status;
+    let usage = super::ledger::endpoint_usage(&ctx, &endpoint).await?;
+    if let (Some(s), Some(u)) = (status["status"].as_object_mut(), usage.as_object()) {
+        s.extend(u.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
     Api::<ModelEndpoint>::namespaced(ctx.client.clone(), &ns)
         .patch_status(
             &name,
@@ -271,6 +320,16 @@ pub async fn run(ctx: Arc<Context>) {
                     .filter(move |e| e.spec.guardrail_policy_ref.as_deref() == Some(name.as_str()))
                     .map(|e| ObjectRef::from_obj(&*e))
                     .collect::<Vec<_>>()
+            },
+        )
+        // A ledger changing updates its endpoint's usage totals.
+        .watches(
+            Api::<ModelUsage>::all(ctx.client.clone()),
+            watcher::Config::default(),
+            |usage: ModelUsage| {
+                usage
+                    .namespace()
+                    .map(|ns| ObjectRef::<ModelEndpoint>::new(&usage.spec.endpoint).within(&ns))
             },
         )
         .shutdown_on_signal()

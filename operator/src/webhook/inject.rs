@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 /// The annotation recording that (and which version of) the sidecar was injected.
 pub const INJECTED_ANNOTATION: &str = "ai.kernelpanic09.io/injected";
+/// The label on injected pods, so the ledger controller can watch just them (selectors see labels only).
+pub const INJECTED_LABEL: &str = "ai.kernelpanic09.io/sidecar";
 /// The sidecar container's name.
 pub const SIDECAR_NAME: &str = "ai-sidecar";
 /// Our projected token volume (not EKS's `aws-iam-token`, so the two webhooks never collide).
@@ -183,6 +185,11 @@ pub fn patch_for(
     }
     // Pods always have annotations here (the opt-in is one), so adding a key is enough.
     ops.push(json!({ "op": "add", "path": format!("/metadata/annotations/{}", pointer_key(INJECTED_ANNOTATION)), "value": settings.version }));
+    let label = json!({ "op": "add", "path": format!("/metadata/labels/{}", pointer_key(INJECTED_LABEL)), "value": "injected" });
+    match &pod.metadata.labels {
+        Some(labels) if !labels.is_empty() => ops.push(label),
+        _ => ops.push(json!({ "op": "add", "path": "/metadata/labels", "value": { INJECTED_LABEL: "injected" } })),
+    }
     serde_json::from_value(Value::Array(ops))
         .map(Some)
         .map_err(|e| Denial(format!("internal error building the patch: {e}")))
@@ -263,6 +270,7 @@ mod tests {
             out.metadata.annotations.unwrap()[INJECTED_ANNOTATION],
             "0.1.0"
         );
+        assert_eq!(out.metadata.labels.unwrap()[INJECTED_LABEL], "injected");
         assert_eq!(
             spec.containers.len(),
             1,

@@ -1,0 +1,207 @@
+//! The ledger's lifecycle (first part): for each injected pod and each endpoint it may use, a
+//! `ModelUsage` owned by the pod, which its sidecar fills in; and the sums of the live ledgers
+//! folded into each ModelEndpoint's status (cost today and this month, invocations, tokens).
+//!
+//! Not yet: folding a deleted pod's final counters into retired totals exactly once (finalizer),
+//! allocations and budget grants.
+
+use std::sync::Arc;
+
+use k8s_ai_api::{
+    ModelEndpoint, ModelUsage, Money,
+    model_usage::{PeriodUsage, ledger_name},
+};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{Controller, controller::Action, watcher},
+};
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use super::{Context, Error, RECHECK};
+use crate::webhook::inject::{INJECTED_LABEL, requested_endpoints};
+
+const MANAGER: &str = "k8s-ai-operator/ledger";
+
+/// Creates the pod's ledgers (idempotent: server-side apply of the same spec).
+async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = pod.namespace().ok_or(Error::NoNamespace)?;
+    let Ok(endpoints) = requested_endpoints(&pod) else {
+        return Ok(Action::await_change());
+    };
+    let (Some(uid), false) = (pod.uid(), pod.meta().deletion_timestamp.is_some()) else {
+        return Ok(Action::await_change());
+    };
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod.name_any(),
+        uid: uid.clone(),
+        controller: Some(false),
+        block_owner_deletion: Some(false),
+    };
+    let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &ns);
+    for endpoint in endpoints {
+        let name = ledger_name(&pod.name_any(), &endpoint);
+        let ledger = json!({
+            "apiVersion": "ai.kernelpanic09.io/v1alpha1",
+            "kind": "ModelUsage",
+            "metadata": { "name": name, "ownerReferences": [owner] },
+            "spec": { "podName": pod.name_any(), "podUid": uid, "endpoint": endpoint },
+        });
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&ledger),
+        )
+        .await
+        .map_err(|source| Error::Kube {
+            kind: "ModelUsage",
+            name: format!("{ns}/{name}"),
+            source,
+        })?;
+    }
+    Ok(Action::requeue(RECHECK))
+}
+
+/// Runs the ledger controller (injected pods → their ModelUsages) until the process ends.
+pub async fn run(ctx: Arc<Context>) {
+    let pods = Api::<Pod>::all(ctx.client.clone());
+    let selector = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
+    let results = Controller::new(pods, selector).shutdown_on_signal().run(
+        reconcile,
+        super::error_policy,
+        ctx,
+    );
+    super::drive(results).await;
+}
+
+/// The sums of an endpoint's live ledgers for the current periods.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub cost_today: Decimal,
+    pub cost_this_month: Decimal,
+    pub invocations_today: u64,
+    pub invocations_this_month: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// Sums the ledgers of `endpoint`, counting day and month counters only for `day` / `month`.
+pub fn totals<'a>(
+    ledgers: impl IntoIterator<Item = &'a ModelUsage>,
+    endpoint: &str,
+    day: &str,
+    month: &str,
+) -> Totals {
+    let mut t = Totals::default();
+    let current = |p: Option<&'a PeriodUsage>, period: &str| p.filter(|p| p.period == period);
+    for ledger in ledgers.into_iter().filter(|l| l.spec.endpoint == endpoint) {
+        let Some(status) = &ledger.status else {
+            continue;
+        };
+        if let Some(d) = current(status.day.as_ref(), day) {
+            t.cost_today += d.cost.amount();
+            t.invocations_today += d.invocations;
+        }
+        if let Some(m) = current(status.month.as_ref(), month) {
+            t.cost_this_month += m.cost.amount();
+            t.invocations_this_month += m.invocations;
+        }
+        if let Some(l) = &status.lifetime {
+            t.input_tokens += l.input_tokens;
+            t.output_tokens += l.output_tokens;
+        }
+    }
+    t
+}
+
+/// The status fields of an endpoint's usage, from its namespace's ledgers.
+pub async fn endpoint_usage(
+    ctx: &Context,
+    endpoint: &ModelEndpoint,
+) -> Result<serde_json::Value, Error> {
+    let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
+    let ledgers = Api::<ModelUsage>::namespaced(ctx.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Kube {
+            kind: "ModelUsage",
+            name: ns.clone(),
+            source,
+        })?;
+    let tz = endpoint
+        .spec
+        .cost_budget
+        .as_ref()
+        .and_then(|b| b.time_zone.clone());
+    let (day, month) = periods(tz.as_deref());
+    let t = totals(&ledgers.items, &endpoint.name_any(), &day, &month);
+    let money = |d: Decimal| Money::new(d).map_or_else(|| d.to_string(), |m| m.to_string());
+    Ok(json!({
+        "costToday": money(t.cost_today),
+        "costThisMonth": money(t.cost_this_month),
+        "invocationsToday": t.invocations_today,
+        "invocationsThisMonth": t.invocations_this_month,
+        "totalInputTokens": t.input_tokens,
+        "totalOutputTokens": t.output_tokens,
+    }))
+}
+
+/// Today's and this month's period names in `tz` (UTC by default), as the sidecars write them.
+fn periods(tz: Option<&str>) -> (String, String) {
+    let zone = tz
+        .and_then(|n| k8s_openapi::jiff::tz::TimeZone::get(n).ok())
+        .unwrap_or(k8s_openapi::jiff::tz::TimeZone::UTC);
+    let date = k8s_openapi::jiff::Timestamp::now().to_zoned(zone).date();
+    (
+        format!("{date}"),
+        format!("{:04}-{:02}", date.year(), date.month()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(
+        endpoint: &str,
+        day: &str,
+        day_cost: &str,
+        month: &str,
+        month_cost: &str,
+        invocations: u64,
+    ) -> ModelUsage {
+        serde_json::from_value(json!({
+            "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelUsage",
+            "metadata": { "name": "x", "namespace": "ns" },
+            "spec": { "podName": "p", "podUid": "u", "endpoint": endpoint },
+            "status": {
+                "day": { "period": day, "invocations": invocations, "cost": day_cost },
+                "month": { "period": month, "invocations": invocations, "cost": month_cost },
+                "lifetime": { "invocations": invocations, "inputTokens": 10, "outputTokens": 20, "cost": month_cost },
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn totals_are_exact_and_count_only_the_current_periods() {
+        let ledgers = [
+            ledger("e", "2026-11-25", "0.000001", "2026-11", "1.100001", 2),
+            ledger("e", "2026-11-24", "5.000000", "2026-11", "0.200000", 3),
+            ledger("other", "2026-11-25", "9", "2026-11", "9", 9),
+        ];
+        let t = totals(&ledgers, "e", "2026-11-25", "2026-11");
+        assert_eq!(
+            t.cost_today,
+            Decimal::new(1, 6),
+            "yesterday's day counters are not today's"
+        );
+        assert_eq!(t.cost_this_month, Decimal::new(1_300_001, 6));
+        assert_eq!((t.invocations_today, t.invocations_this_month), (2, 5));
+        assert_eq!((t.input_tokens, t.output_tokens), (20, 40));
+    }
+}
