@@ -1,7 +1,7 @@
 //! `k8s-ai-operator`: the operator binary.
 //!
-//! Today it prints the CRDs (`crdgen`) and serves the sidecar-injecting admission webhook
-//! (`webhook`); the controllers (`run`) come with the rest of their issue.
+//! Subcommands: `crdgen` prints the CRDs, `webhook` serves the sidecar-injecting admission
+//! webhook, `run` runs the controllers built so far (see docs/operator.md for what is missing).
 
 use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
