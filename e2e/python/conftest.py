@@ -135,7 +135,9 @@ def sidecar(emulator, tmp_path):
     proc.wait(timeout=30)
 
 
-MINISTACK = pathlib.Path(os.environ.get("K8S_AI_CACHE", pathlib.Path.home() / ".cache" / "k8s-ai-operator")) / "ministack-venv" / "bin" / "ministack"
+# The same cache as scripts/install-deps.sh: $K8S_AI_CACHE, else $XDG_CACHE_HOME/k8s-ai-operator, else ~/.cache/k8s-ai-operator.
+CACHE = pathlib.Path(os.environ.get("K8S_AI_CACHE") or pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "k8s-ai-operator")
+MINISTACK = CACHE / "ministack-venv" / "bin" / "ministack"
 
 
 @pytest.fixture
