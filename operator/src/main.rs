@@ -33,8 +33,34 @@ enum Command {
     /// publishes the conditions and `available`), PromptTemplate (compiles each template with the
     /// sidecar's engine, checks its ModelEndpoint, publishes `Valid`) and GuardrailPolicy (syncs a
     /// Bedrock guardrail per policy in the operator's region, new version on change or drift,
-    /// deleted with the policy). The ModelUsage (ledger) controller is not built yet.
-    Run,
+    /// deleted with the policy) and the ledgers of injected pods. With leader election (default),
+    /// only the replica holding the Lease runs them; a replica that loses it exits.
+    Run(RunArgs),
+}
+
+/// Settings of the controllers.
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Elect one leader among replicas with a coordination.k8s.io Lease; only it runs controllers.
+    #[arg(long, env = "AI_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(
+        long,
+        env = "AI_OPERATOR_NAMESPACE",
+        default_value = "ai-operator-system"
+    )]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "AI_OPERATOR_LEASE_NAME",
+        default_value = "k8s-ai-operator"
+    )]
+    lease_name: String,
+    /// This replica's identity in the Lease (the pod's name, from the downward API).
+    #[arg(long, env = "AI_OPERATOR_POD_NAME", default_value = "")]
+    identity: String,
 }
 
 /// Settings of the webhook server and of the sidecar it injects.
@@ -90,6 +116,10 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 enum Error {
     #[error("cannot reach the Kubernetes API server")]
     Kube(#[from] kube::Error),
+    #[error("leader election failed")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    #[error("lost the leader Lease; exiting so that the new leader alone runs the controllers")]
+    LostLeadership,
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot read the TLS certificate or key")]
@@ -112,8 +142,8 @@ fn main() -> std::process::ExitCode {
             Ok(runtime) => runtime.block_on(webhook(*args)),
             Err(e) => Err(Error::Runtime(e)),
         },
-        Command::Run => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => runtime.block_on(run_controllers()),
+        Command::Run(args) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(run_controllers(args)),
             Err(e) => Err(Error::Runtime(e)),
         },
     };
@@ -201,8 +231,8 @@ async fn reload_on_change(cert: Arc<ReloadableCert>, cert_file: PathBuf, key_fil
     }
 }
 
-/// Runs the controllers built so far until SIGTERM.
-async fn run_controllers() -> Result<(), Error> {
+/// Runs the controllers built so far until SIGTERM, once this replica leads (when elected).
+async fn run_controllers(args: RunArgs) -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
@@ -213,16 +243,43 @@ async fn run_controllers() -> Result<(), Error> {
         .load()
         .await;
     let ctx = Arc::new(k8s_ai_operator::controllers::Context {
-        client,
+        client: client.clone(),
         aws,
         aws_checks: std::sync::Mutex::default(),
     });
-    tracing::info!("controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger");
-    tokio::join!(
-        k8s_ai_operator::controllers::ledger::run(Arc::clone(&ctx)),
-        k8s_ai_operator::controllers::guardrail_policy::run(Arc::clone(&ctx)),
-        k8s_ai_operator::controllers::model_endpoint::run(Arc::clone(&ctx)),
-        k8s_ai_operator::controllers::prompt_template::run(ctx),
-    );
-    Ok(())
+    let controllers = async move {
+        tracing::info!(
+            "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger"
+        );
+        tokio::join!(
+            k8s_ai_operator::controllers::ledger::run(Arc::clone(&ctx)),
+            k8s_ai_operator::controllers::guardrail_policy::run(Arc::clone(&ctx)),
+            k8s_ai_operator::controllers::model_endpoint::run(Arc::clone(&ctx)),
+            k8s_ai_operator::controllers::prompt_template::run(ctx),
+        );
+    };
+    if !args.leader_election {
+        controllers.await;
+        return Ok(());
+    }
+    let identity = if args.identity.is_empty() {
+        format!("k8s-ai-operator-{}", std::process::id())
+    } else {
+        args.identity
+    };
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await?;
+    let (mut leading, _task) = manager.watch().await;
+    tracing::info!(lease = %args.lease_name, %identity, "waiting to lead");
+    let _ = leading.wait_for(|l| *l).await;
+    tracing::info!(%identity, "leading");
+    tokio::select! {
+        () = controllers => Ok(()),
+        _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership),
+    }
 }

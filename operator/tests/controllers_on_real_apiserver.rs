@@ -125,26 +125,36 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
     )
     .await
     .unwrap();
-    let _operator = Operator(
-        Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
-            .arg("run")
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("AWS_ENDPOINT_URL", emulator.url())
-            .env("AWS_REGION", "us-east-1")
-            .env(
-                "AWS_ACCESS_KEY_ID",
-                e2e::emulator::config::TEST_ACCESS_KEY_ID,
-            )
-            .env(
-                "AWS_SECRET_ACCESS_KEY",
-                e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let lease_ns = cluster.namespace("lease");
+    let operator = |identity: &str| {
+        Operator(
+            Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
+                .args([
+                    "run",
+                    "--lease-namespace",
+                    &lease_ns,
+                    "--identity",
+                    identity,
+                ])
+                .env("KUBECONFIG", &cluster.kubeconfig)
+                .env("AWS_ENDPOINT_URL", emulator.url())
+                .env("AWS_REGION", "us-east-1")
+                .env(
+                    "AWS_ACCESS_KEY_ID",
+                    e2e::emulator::config::TEST_ACCESS_KEY_ID,
+                )
+                .env(
+                    "AWS_SECRET_ACCESS_KEY",
+                    e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
+                )
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let first = operator("operator-1");
 
     // ModelEndpoint: the seed's, with its guardrail policy.
     let ns = cluster.namespace("endpoints");
@@ -452,4 +462,39 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
     assert!(cluster.apply(&typo).success);
     let c = wait_for_valid(cluster, &ns, "False", "TemplateInvalid");
     assert!(c["message"].as_str().unwrap().contains("Focuss"), "{c}");
+
+    // Leader election: a second replica waits; when the leader dies (SIGKILL, no goodbye), it takes
+    // the Lease once it expires and runs the controllers.
+    let holder = || {
+        cluster.kubectl_ok(&[
+            "get",
+            "lease",
+            "k8s-ai-operator",
+            "-n",
+            &lease_ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+    };
+    assert_eq!(holder(), "operator-1");
+    let _second = operator("operator-2");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        holder(),
+        "operator-1",
+        "the second replica does not take a held Lease"
+    );
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while holder() != "operator-2" {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never took over: {}",
+            holder()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let fixed = sample("prompttemplate.yaml", &ns);
+    assert!(cluster.apply(&fixed).success);
+    wait_for_valid(cluster, &ns, "True", "TemplateValid");
 }
