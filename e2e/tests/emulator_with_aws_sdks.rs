@@ -53,6 +53,17 @@ fn static_credentials() -> Credentials {
     )
 }
 
+/// Temporary credentials from an STS answer, as an SDK client takes them.
+fn temporary(c: &aws_sdk_sts::types::Credentials) -> Credentials {
+    Credentials::new(
+        c.access_key_id(),
+        c.secret_access_key(),
+        Some(c.session_token().to_owned()),
+        None,
+        "sts",
+    )
+}
+
 async fn sdk_config(
     emulator: &Running,
     credentials: Credentials,
@@ -397,13 +408,7 @@ async fn errors_arrive_with_bedrocks_codes() {
         .await
         .unwrap();
     let c = assumed.credentials().unwrap();
-    let creds = Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        None,
-        "sts",
-    );
+    let creds = temporary(c);
     let nova_only =
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     let err = nova_only
@@ -484,13 +489,7 @@ async fn signatures_are_verified() {
         .unwrap()
         .credentials
         .unwrap();
-    let creds = Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        None,
-        "sts",
-    );
+    let creds = temporary(&c);
     let client =
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     client
@@ -537,13 +536,7 @@ async fn sts_assume_role_and_caller_identity() {
     );
     let c = assumed.credentials().unwrap();
     assert!(c.access_key_id().starts_with("ASIA"));
-    let creds = Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        None,
-        "sts",
-    );
+    let creds = temporary(c);
     let as_role = aws_sdk_sts::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     let me = as_role.get_caller_identity().send().await.unwrap();
     assert_eq!(
@@ -920,13 +913,7 @@ async fn assume_role_with_web_identity_verifies_real_cluster_tokens() {
     );
     assert_eq!(ok.audience(), Some("sts.amazonaws.com"));
     let c = ok.credentials().unwrap();
-    let creds = Credentials::new(
-        c.access_key_id(),
-        c.secret_access_key(),
-        Some(c.session_token().to_owned()),
-        None,
-        "irsa",
-    );
+    let creds = temporary(c);
     let bedrock =
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     bedrock
