@@ -242,8 +242,18 @@ async fn run_controllers(args: RunArgs) -> Result<(), Error> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
+    let identity = if args.identity.is_empty() {
+        format!("k8s-ai-operator-{}", std::process::id())
+    } else {
+        args.identity.clone()
+    };
+    let reporter = kube::runtime::events::Reporter {
+        controller: "k8s-ai-operator".into(),
+        instance: Some(identity.clone()),
+    };
     let ctx = Arc::new(k8s_ai_operator::controllers::Context {
         client: client.clone(),
+        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         aws,
         aws_checks: std::sync::Mutex::default(),
     });
@@ -262,11 +272,6 @@ async fn run_controllers(args: RunArgs) -> Result<(), Error> {
         controllers.await;
         return Ok(());
     }
-    let identity = if args.identity.is_empty() {
-        format!("k8s-ai-operator-{}", std::process::id())
-    } else {
-        args.identity
-    };
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
         .with_namespace(&args.lease_namespace)
         .with_identity(&identity)

@@ -323,6 +323,28 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
             .unwrap()
             .contains("CredentialsValid")
     );
+    // Transitions are announced as Events (what `kubectl describe` shows).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events: Value =
+            serde_json::from_str(&cluster.kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]))
+                .unwrap();
+        let seen = |name: &str, reason: &str| {
+            events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
+        };
+        if seen("claude-haiku", "Ready") && seen("broken", "NotReady") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Ready/NotReady Events: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     // The missing policy appears: the endpoint is re-checked through the watch.
     let policy = sample("guardrailpolicy.yaml", &ns)
         .replace("name: pii-and-safety", &format!("name: later-{ns}"));

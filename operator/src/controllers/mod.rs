@@ -15,6 +15,8 @@ use kube::{Client, ResourceExt, runtime::controller::Action};
 /// What every reconciler needs.
 pub struct Context {
     pub client: Client,
+    /// Publishes Events on transitions (`kubectl describe` shows them).
+    pub recorder: kube::runtime::events::Recorder,
     /// The operator's own AWS configuration (its identity, region and endpoint overrides).
     pub aws: aws_config::SdkConfig,
     /// The last AWS checks of each ModelEndpoint (`ns/name` → generation, when, result).

@@ -10,7 +10,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
 use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, pricing};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
@@ -270,6 +270,11 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         .unwrap_or_default();
     let generation = endpoint.metadata.generation;
     let is_ready = ready.status;
+    let was_ready = previous
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == "True");
+    let ready_message = ready.message.clone();
     let conditions: Vec<_> = checks
         .into_iter()
         .chain([ready])
@@ -298,7 +303,33 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
             name: format!("{ns}/{name}"),
             source,
         })?;
+    if was_ready != Some(is_ready) {
+        announce(&ctx, &endpoint, is_ready, ready_message).await;
+    }
     Ok(Action::requeue(RECHECK))
+}
+
+/// An Event when the endpoint becomes ready or stops being ready (transitions only).
+async fn announce(ctx: &Context, endpoint: &ModelEndpoint, ready: bool, message: String) {
+    use kube::runtime::events::{Event, EventType};
+    let event = Event {
+        type_: if ready {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: if ready { "Ready" } else { "NotReady" }.into(),
+        note: Some(message.chars().take(1024).collect()),
+        action: "Check".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &endpoint.object_ref(&()))
+        .await
+    {
+        tracing::warn!(endpoint = %endpoint.name_any(), error = %e, "could not publish an Event");
+    }
 }
 
 /// Runs the ModelEndpoint controller until the process ends.
