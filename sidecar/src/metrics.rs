@@ -65,11 +65,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::default();
         let duration = Family::<CallLabels, Histogram>::new_with_constructor(latency_buckets);
         let time_to_first_token =
             Family::<CostLabels, Histogram>::new_with_constructor(latency_buckets);
-        let m = Metrics {
+        let mut m = Metrics {
             duration,
             invocations: Family::default(),
             time_to_first_token,
@@ -81,7 +80,7 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             registry: Registry::default(),
         };
-        let sub = registry.sub_registry_with_prefix("k8s_ai_operator");
+        let sub = m.registry.sub_registry_with_prefix("k8s_ai_operator");
         sub.register(
             "bedrock_invocation_duration_seconds",
             "Time to answer a call through Bedrock, by outcome",
@@ -127,7 +126,7 @@ impl Default for Metrics {
             "Calls to Bedrock in flight",
             m.in_flight.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 }
 

@@ -24,10 +24,7 @@ use serde_json::{Value, json};
 #[tokio::test]
 async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
     let emu = emulator(Config::default()).await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[]).await;
 
     let (status, answer, _) = post(
@@ -112,10 +109,7 @@ async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
 #[tokio::test]
 async fn bad_requests_get_stable_error_codes() {
     let emu = emulator(Config::default()).await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(
         &emu,
         &manifests,
@@ -236,10 +230,7 @@ async fn streaming_invoke_sends_deltas_then_usage_and_cost() {
         ..Config::default()
     })
     .await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[]).await;
     let body = r#"{"messages":[{"role":"user","content":"go"}],"stream":true}"#;
     let r = reqwest::Client::new()
@@ -302,12 +293,8 @@ async fn streaming_invoke_sends_deltas_then_usage_and_cost() {
 #[tokio::test]
 async fn limits_and_budgets_refuse_with_429() {
     let emu = emulator(Config::default()).await;
-    let manifests = seed_manifests()
-        .replace(
-            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-            "",
-        )
-        .replace("requestsPerMinute: 60", "requestsPerMinute: 2");
+    let manifests =
+        seed_with_static_keys().replace("requestsPerMinute: 60", "requestsPerMinute: 2");
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
     assert_eq!(post(&url, SEED_INVOKE).await.0, 200);
@@ -326,12 +313,7 @@ async fn limits_and_budgets_refuse_with_429() {
     assert!(metrics.contains(r#"k8s_ai_operator_proxy_rate_limited_total{namespace="ai-workloads",endpoint="claude-haiku",reason="rate_limited"} 1"#), "{metrics}");
 
     // A daily budget smaller than one call's worst case (4096 output tokens at $5/M = $0.02048).
-    let manifests = seed_manifests()
-        .replace(
-            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-            "",
-        )
-        .replace(r#"daily: "10.00""#, r#"daily: "0.02""#);
+    let manifests = seed_with_static_keys().replace(r#"daily: "10.00""#, r#"daily: "0.02""#);
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
     let (status, v, headers) = post(&url, SEED_INVOKE).await;
@@ -346,10 +328,7 @@ async fn limits_and_budgets_refuse_with_429() {
 #[tokio::test]
 async fn guardrail_pii_is_blocked_or_anonymised_before_leaving_the_pod() {
     let emu = emulator(Config::default()).await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
     let (status, v, _) = post(
@@ -389,10 +368,7 @@ async fn guardrail_pii_is_blocked_or_anonymised_before_leaving_the_pod() {
 #[tokio::test]
 async fn openai_compatible_routes() {
     let emu = emulator(Config::default()).await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[]).await;
     let models: Value = reqwest::get(format!("{}/v1/models", sc.url))
         .await
@@ -428,10 +404,7 @@ async fn bedrock_errors_are_mapped_and_never_charged() {
         ..Config::default()
     })
     .await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[]).await;
     let (status, v, headers) = post(
         &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
@@ -510,12 +483,7 @@ async fn a_synced_bedrock_guardrail_is_sent_with_every_call() {
         .version()
         .to_owned();
     let policy_status = format!("status:\n  guardrailId: {id}\n  version: \"{version}\"\n");
-    let manifests = seed_manifests()
-        .replace(
-            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-            "",
-        )
-        .replacen("---\n", &format!("{policy_status}---\n"), 1);
+    let manifests = seed_with_static_keys().replacen("---\n", &format!("{policy_status}---\n"), 1);
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
     let (status, v, _) = post(&url, SEED_INVOKE).await;
@@ -549,10 +517,7 @@ async fn timeouts_and_disconnects() {
         ..Config::default()
     };
     let emu = emulator(config).await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[("AI_SIDECAR_UPSTREAM_TIMEOUT", "1s")]).await;
     let (status, v, _) = post(
         &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
@@ -630,10 +595,7 @@ async fn a_throttled_attempt_is_retried_and_charged_once() {
         ..Config::default()
     })
     .await;
-    let manifests = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let manifests = seed_with_static_keys();
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
     let (first, a, _) = post(&url, SEED_INVOKE).await;
@@ -675,10 +637,7 @@ async fn a_throttled_attempt_is_retried_and_charged_once() {
 #[tokio::test]
 async fn every_other_error_code() {
     let emu = emulator(Config::default()).await;
-    let base = seed_manifests().replace(
-        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-        "",
-    );
+    let base = seed_with_static_keys();
     let invoke = "/invoke/ai-workloads/claude-haiku";
     let cases: [(&str, String, &str, u16, &str); 6] = [
         ("unknown model, no pricing", base.replace("modelId: anthropic.claude-haiku-4-5-20251001-v1:0", "modelId: acme.unknown-model-v1:0"), invoke, 503, "price_unknown"),
@@ -791,13 +750,7 @@ spec:
     requestsPerMinute: 1
 ---
 ";
-    let manifests = format!(
-        "{ledger}{}",
-        seed_manifests().replace(
-            "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
-            ""
-        )
-    );
+    let manifests = format!("{ledger}{}", seed_with_static_keys());
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
     assert_eq!(post(&url, SEED_INVOKE).await.0, 200);

@@ -41,6 +41,14 @@ pub fn seed_manifests() -> String {
     .join("---\n")
 }
 
+/// The seed's objects with the IRSA role removed: the sidecar then signs with the static test keys.
+pub fn seed_with_static_keys() -> String {
+    seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    )
+}
+
 /// A running sidecar process.
 pub struct Sidecar {
     child: Child,
