@@ -4,6 +4,7 @@
 // kube's `printcolumn(name = .., type_ = ..)` repeats the same keys once per column by design.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod exposition;
 pub mod guardrail_policy;
 pub mod model_endpoint;
 pub mod model_usage;

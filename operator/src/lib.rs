@@ -1,5 +1,7 @@
 //! The k8s-ai-operator's library: the admission webhook (sidecar injection and its TLS server)
-//! and the controllers built so far (PromptTemplate).
+//! the controllers, the self-managed webhook certificates and the metrics.
 
+pub mod certs;
 pub mod controllers;
+pub mod metrics;
 pub mod webhook;

@@ -1,21 +1,60 @@
 //! `k8s-ai-operator`: the operator binary.
 //!
-//! Subcommands: `crdgen` prints the CRDs, `webhook` serves the sidecar-injecting admission
-//! webhook, `run` runs the controllers built so far (see docs/operator.md for what is missing).
+//! Subcommands: `run` (the default) runs the operator, `crdgen` prints the CRDs, `webhook` serves
+//! only the sidecar-injecting admission webhook (see docs/operator.md).
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use axum::{
+    http::{HeaderMap, StatusCode, header},
+    routing::get,
+};
 use clap::{Args, Parser, Subcommand};
-use k8s_ai_operator::webhook::{inject::InjectSettings, server};
-use webhook_certs::ReloadableCert;
+use futures_util::StreamExt;
+use k8s_ai_api::model_endpoint::ModelEndpoint;
+use k8s_ai_operator::{
+    certs::{self, SelfManaged},
+    controllers::{self, Context},
+    metrics::Metrics,
+    webhook::{inject::InjectSettings, server},
+};
+use kube::{
+    Api,
+    runtime::{
+        WatchStreamExt,
+        reflector::{self, Store, reflector},
+        watcher,
+    },
+};
+use webhook_certs::{Lifetimes, ReloadableCert};
 
 /// Makes AWS Bedrock model access a Kubernetes resource: ModelEndpoint, PromptTemplate,
 /// GuardrailPolicy and the ModelUsage ledger (`ai.kernelpanic09.io/v1alpha1`).
+///
+/// Without a subcommand it runs (`run`): the controllers (on the replica holding the leader
+/// Lease), the sidecar-injecting admission webhook (on every replica) and metrics and probes.
 #[derive(Parser, Debug)]
-#[command(name = "k8s-ai-operator", version, about, long_about = None)]
+#[command(
+    name = "k8s-ai-operator",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -23,35 +62,28 @@ enum Command {
     /// Print the CustomResourceDefinitions as a multi-document YAML stream, ready for
     /// `kubectl apply -f -`. `manifests/crds/` holds this output.
     Crdgen,
-    /// Serve only the mutating admission webhook that injects the AI sidecar into pods annotated
-    /// `ai.kernelpanic09.io/inject: "true"`, over TLS, on POST /mutate. The controllers are not
-    /// part of this command (they are not built yet).
-    Webhook(Box<WebhookArgs>),
-    /// Run the controllers, with the kubeconfig or in-cluster identity and the default AWS
-    /// credential chain (AWS_ENDPOINT_URL etc. apply). Built so far: ModelEndpoint (assumes the
+    /// Run the operator (the default): the controllers on the leader — ModelEndpoint (assumes the
     /// endpoint's role, checks the model in its region, resolves the guardrail and the price,
-    /// publishes the conditions and `available`), PromptTemplate (compiles each template with the
-    /// sidecar's engine, checks its ModelEndpoint, publishes `Valid`) and GuardrailPolicy (syncs a
-    /// Bedrock guardrail per policy in the operator's region, new version on change or drift,
-    /// deleted with the policy) and the ledgers of injected pods. With leader election (default),
-    /// only the replica holding the Lease runs them; a replica that loses it exits.
+    /// publishes conditions and `available`), PromptTemplate (compiles each template with the
+    /// sidecar's engine), GuardrailPolicy (one Bedrock guardrail per policy, versioned, deleted
+    /// with it), the ledgers and the sidecars' RBAC — and on every replica the admission webhook
+    /// and `:8080` (`/metrics`, `/healthz`, `/readyz`). Uses the kubeconfig or in-cluster identity
+    /// and the default AWS credential chain (AWS_REGION, AWS_ENDPOINT_URL, ... apply).
     Run(RunArgs),
+    /// Serve only the admission webhook and `:8080`, without controllers (local development,
+    /// benchmarks). A cluster connection is optional with `--cert-mode files`.
+    Webhook(ServeArgs),
 }
 
-/// Settings of the controllers.
+/// Settings of `run`.
 #[derive(Args, Debug)]
 struct RunArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
     /// Elect one leader among replicas with a coordination.k8s.io Lease; only it runs controllers.
     #[arg(long, env = "AI_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     leader_election: bool,
-    /// Namespace of the Lease (the operator's own namespace).
-    #[arg(
-        long,
-        env = "AI_OPERATOR_NAMESPACE",
-        default_value = "ai-operator-system"
-    )]
-    lease_namespace: String,
-    /// Name of the Lease.
+    /// Name of the Lease (in --namespace).
     #[arg(
         long,
         env = "AI_OPERATOR_LEASE_NAME",
@@ -63,22 +95,129 @@ struct RunArgs {
     identity: String,
 }
 
-/// Settings of the webhook server and of the sidecar it injects.
+/// Settings shared by `run` and `webhook`.
 #[derive(Args, Debug)]
-struct WebhookArgs {
-    /// Address to serve the webhook on.
+struct ServeArgs {
+    /// The operator's own namespace: its Lease and its webhook certificate Secret live there.
+    #[arg(
+        long,
+        env = "AI_OPERATOR_NAMESPACE",
+        default_value = "ai-operator-system",
+        visible_alias = "lease-namespace"
+    )]
+    namespace: String,
+    /// Address of the admission webhook (TLS, POST /mutate).
     #[arg(
         long,
         env = "AI_OPERATOR_WEBHOOK_LISTEN",
-        default_value = "0.0.0.0:8443"
+        default_value = "0.0.0.0:8443",
+        visible_alias = "listen"
     )]
-    listen: SocketAddr,
-    /// PEM certificate chain to serve (e.g. cert-manager's tls.crt); re-read when it changes.
-    #[arg(long, env = "AI_OPERATOR_TLS_CERT_FILE")]
-    tls_cert_file: PathBuf,
-    /// PEM private key of that certificate (tls.key); re-read when it changes.
-    #[arg(long, env = "AI_OPERATOR_TLS_KEY_FILE")]
-    tls_key_file: PathBuf,
+    webhook_listen: SocketAddr,
+    /// Address of /metrics (Prometheus), /healthz and /readyz (plain HTTP).
+    #[arg(
+        long,
+        env = "AI_OPERATOR_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    metrics_listen: SocketAddr,
+    /// Log format: `json` (one object per line, for log pipelines) or `text`.
+    #[arg(long, env = "AI_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info`, `debug`, `info,kube=debug`).
+    #[arg(long, env = "AI_OPERATOR_LOG", default_value = "info")]
+    log: String,
+    /// After SIGTERM, keep serving the webhook this long (with /readyz failing) so the Service
+    /// stops routing to this replica before it exits; no admission request is cut off.
+    #[arg(long, env = "AI_OPERATOR_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    #[command(flatten)]
+    certs: CertArgs,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CertMode {
+    /// The operator makes a CA and a serving certificate, keeps them in a Secret shared by every
+    /// replica, keeps the MutatingWebhookConfiguration's caBundle in step, and rotates them.
+    SelfManaged,
+    /// Serve --tls-cert-file/--tls-key-file (e.g. a cert-manager Secret mounted as files),
+    /// re-read when they change; the caBundle is someone else's job (cert-manager's CA injector).
+    Files,
+}
+
+/// Where the webhook's serving certificate comes from.
+#[derive(Args, Debug)]
+struct CertArgs {
+    /// `self-managed` or `files` (see docs/webhook.md).
+    #[arg(long, env = "AI_OPERATOR_CERT_MODE", value_enum, default_value_t = CertMode::SelfManaged)]
+    cert_mode: CertMode,
+    /// PEM certificate chain to serve in `files` mode (e.g. cert-manager's tls.crt).
+    #[arg(
+        long,
+        env = "AI_OPERATOR_TLS_CERT_FILE",
+        required_if_eq("cert_mode", "files")
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (tls.key).
+    #[arg(
+        long,
+        env = "AI_OPERATOR_TLS_KEY_FILE",
+        required_if_eq("cert_mode", "files")
+    )]
+    tls_key_file: Option<PathBuf>,
+    /// Secret (in --namespace) holding the self-managed CA and serving certificate.
+    #[arg(
+        long,
+        env = "AI_OPERATOR_CERT_SECRET",
+        default_value = "k8s-ai-operator-webhook-tls"
+    )]
+    cert_secret: String,
+    /// MutatingWebhookConfiguration whose caBundle the self-managed mode keeps.
+    #[arg(
+        long,
+        env = "AI_OPERATOR_WEBHOOK_CONFIGURATION",
+        default_value = "k8s-ai-operator"
+    )]
+    webhook_configuration: String,
+    /// The webhook's Service: the certificate is for <service>.<namespace>.svc (and .cluster.local).
+    #[arg(
+        long,
+        env = "AI_OPERATOR_WEBHOOK_SERVICE",
+        default_value = "k8s-ai-operator-webhook"
+    )]
+    webhook_service: String,
+    /// More names (or IP addresses) for the certificate, comma-separated (e.g. 127.0.0.1 when
+    /// the API server calls the webhook by URL).
+    #[arg(long, env = "AI_OPERATOR_CERT_EXTRA_NAMES", value_delimiter = ',')]
+    cert_extra_names: Vec<String>,
+    /// Lifetime of the self-managed CA (units s, m, h, d).
+    #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+    cert_ca_lifetime: Duration,
+    /// Replace the CA when less than this is left.
+    #[arg(long, default_value = "365d", value_parser = parse_duration)]
+    cert_ca_renew_before: Duration,
+    /// Lifetime of a serving certificate.
+    #[arg(long, default_value = "90d", value_parser = parse_duration)]
+    cert_serving_lifetime: Duration,
+    /// Renew the serving certificate when less than this is left.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    cert_serving_renew_before: Duration,
+    /// How often each replica checks the Secret (a CA replacement waits 3 of these per step).
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    cert_check_interval: Duration,
+}
+
+/// What the webhook injects.
+#[derive(Args, Debug)]
+struct SidecarArgs {
     /// The sidecar image to inject.
     #[arg(long, env = "AI_OPERATOR_SIDECAR_IMAGE", default_value = concat!("ghcr.io/kernelpanic09/ai-sidecar:", env!("CARGO_PKG_VERSION")))]
     sidecar_image: String,
@@ -86,7 +225,7 @@ struct WebhookArgs {
     /// `false` injects a plain container for older clusters.
     #[arg(long, env = "AI_OPERATOR_NATIVE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
     native_sidecar: bool,
-    /// CPU request of the injected sidecar.
+    /// CPU request of the injected sidecar (a pod may override it by annotation).
     #[arg(long, env = "AI_OPERATOR_SIDECAR_CPU_REQUEST", default_value = "10m")]
     sidecar_cpu_request: String,
     /// Memory request of the injected sidecar.
@@ -99,10 +238,27 @@ struct WebhookArgs {
     /// Memory limit of the injected sidecar.
     #[arg(long, env = "AI_OPERATOR_SIDECAR_MEMORY_LIMIT", default_value = "64Mi")]
     sidecar_memory_limit: String,
-    /// Environment passed to every injected sidecar, KEY=VALUE, repeatable: AWS endpoint
-    /// overrides such as AWS_ENDPOINT_URL=https://bedrock.internal or AWS_REGION.
+    /// Environment passed to every injected sidecar, KEY=VALUE, repeatable. The operator's own
+    /// AWS endpoint settings (AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_STS,
+    /// AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_USE_FIPS_ENDPOINT) are passed on too, unless set here.
     #[arg(long = "sidecar-env", value_parser = parse_key_value)]
     sidecar_env: Vec<(String, String)>,
+}
+
+/// Parses `90d`, `12h`, `30m`, `45s` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a duration like 90d, 12h, 30m or 45s, got {s:?}"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n * factor))
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -132,20 +288,17 @@ enum Error {
     Yaml(#[from] serde_yaml::Error),
     #[error("failed to write to standard output")]
     Stdout(#[from] std::io::Error),
+    #[error("invalid --log filter {0:?}")]
+    LogFilter(String, #[source] tracing_subscriber::filter::ParseError),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crdgen => crdgen(&mut std::io::stdout().lock()),
-        Command::Webhook(args) => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => runtime.block_on(webhook(*args)),
-            Err(e) => Err(Error::Runtime(e)),
-        },
-        Command::Run(args) => match tokio::runtime::Runtime::new() {
-            Ok(runtime) => runtime.block_on(run_controllers(args)),
-            Err(e) => Err(Error::Runtime(e)),
-        },
+        Some(Command::Crdgen) => crdgen(&mut std::io::stdout().lock()),
+        Some(Command::Webhook(args)) => block_on(Box::pin(serve(args, None))),
+        Some(Command::Run(args)) => block_on(run(args)),
+        None => block_on(run(cli.run)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -162,6 +315,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn block_on(work: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    tokio::runtime::Runtime::new()
+        .map_err(Error::Runtime)?
+        .block_on(work)
+}
+
 /// Writes every CRD as one YAML document, separated by `---`.
 fn crdgen(out: &mut impl Write) -> Result<(), Error> {
     for crd in k8s_ai_api::crds() {
@@ -171,41 +330,228 @@ fn crdgen(out: &mut impl Write) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves the injecting webhook until the process is stopped.
-async fn webhook(args: WebhookArgs) -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .init();
+fn init_logging(args: &ServeArgs) -> Result<(), Error> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&args.log)
+        .map_err(|e| Error::LogFilter(args.log.clone(), e))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+/// The leader election settings of `run`.
+struct Leadership {
+    enabled: bool,
+    lease_name: String,
+    identity: String,
+}
+
+async fn run(args: RunArgs) -> Result<(), Error> {
+    let identity = if args.identity.is_empty() {
+        format!("k8s-ai-operator-{}", std::process::id())
+    } else {
+        args.identity
+    };
+    let leadership = Leadership {
+        enabled: args.leader_election,
+        lease_name: args.lease_name,
+        identity,
+    };
+    Box::pin(serve(args.serve, Some(leadership))).await
+}
+
+/// Serves the webhook and `:8080` on this replica, and runs the controllers when `leadership`
+/// says so (and this replica leads), until SIGTERM.
+async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Error> {
+    init_logging(&args)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(Error::TlsFiles);
-    let cert = Arc::new(ReloadableCert::new(
-        &read(&args.tls_cert_file)?,
-        &read(&args.tls_key_file)?,
-    )?);
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let client = match kube::Client::try_default().await {
+        Ok(client) => Some(client),
+        // Only the files-mode webhook can do without a cluster.
+        Err(e) if leadership.is_none() && args.certs.cert_mode == CertMode::Files => {
+            tracing::warn!(error = %e, "no Kubernetes API server: the webhook cannot tell whether endpoints exist");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let endpoints = client.as_ref().map(|c| watch_endpoints(c.clone()));
+    let admin = admin_server(
+        args.metrics_listen,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+        endpoints.clone(),
+    )
+    .await?;
+    tokio::spawn(admin);
+
+    let serving = serving_certificate(&args, client.as_ref(), &metrics).await?;
     let tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_cert_resolver(Arc::clone(&cert) as Arc<dyn rustls::server::ResolvesServerCert>);
-    let settings = Arc::new(InjectSettings {
+        .with_cert_resolver(serving as Arc<dyn rustls::server::ResolvesServerCert>);
+    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
+        .await
+        .map_err(|e| Error::Listen(args.webhook_listen, e))?;
+    tracing::info!(listen = %args.webhook_listen, "admission webhook listening (TLS)");
+    let settings = Arc::new(inject_settings(args.sidecar));
+    tokio::spawn(server::serve_tls(
+        listener,
+        Arc::new(tls),
+        server::router(settings),
+    ));
+    health.webhook_serving.store(true, Ordering::Relaxed);
+
+    let outcome = if let (Some(leadership), Some(client)) = (leadership, client) {
+        tokio::select! {
+            result = lead(client, &args.namespace, leadership, Arc::clone(&metrics)) => result,
+            () = shutdown_signal() => Ok(()),
+        }
+    } else {
+        shutdown_signal().await;
+        Ok(())
+    };
+    // Drain: fail /readyz so the Service stops sending us admission requests, keep serving those
+    // already routed here, then exit.
+    health.shutting_down.store(true, Ordering::Relaxed);
+    tracing::info!(grace = ?args.shutdown_grace, "shutting down");
+    tokio::time::sleep(args.shutdown_grace).await;
+    outcome
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// A cache of every ModelEndpoint (for the webhook's checks and the availability metric).
+fn watch_endpoints(client: kube::Client) -> Store<ModelEndpoint> {
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(
+            Api::<ModelEndpoint>::all(client),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        futures_util::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(e) = event {
+                tracing::debug!(error = %e, "ModelEndpoint watch interrupted; retrying");
+            }
+        }
+    });
+    reader
+}
+
+fn inject_settings(args: SidecarArgs) -> InjectSettings {
+    let mut aws_env = args.sidecar_env;
+    for key in [
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_STS",
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME",
+        "AWS_USE_FIPS_ENDPOINT",
+    ] {
+        if let Ok(value) = std::env::var(key)
+            && !aws_env.iter().any(|(k, _)| k == key)
+        {
+            aws_env.push((key.to_owned(), value));
+        }
+    }
+    InjectSettings {
         image: args.sidecar_image,
         native_sidecar: args.native_sidecar,
         cpu_request: args.sidecar_cpu_request,
         memory_request: args.sidecar_memory_request,
         memory_limit: args.sidecar_memory_limit,
-        aws_env: args.sidecar_env,
+        aws_env,
         version: env!("CARGO_PKG_VERSION").to_owned(),
-    });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| Error::Listen(args.listen, e))?;
-    tracing::info!(listen = %args.listen, "admission webhook listening (TLS)");
-    tokio::spawn(reload_on_change(
-        cert,
-        args.tls_cert_file,
-        args.tls_key_file,
-    ));
-    server::serve_tls(listener, Arc::new(tls), server::router(settings)).await;
-    Ok(())
+    }
+}
+
+/// The certificate the webhook serves, kept current in the background.
+async fn serving_certificate(
+    args: &ServeArgs,
+    client: Option<&kube::Client>,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<ReloadableCert>, Error> {
+    let certs = &args.certs;
+    match (
+        certs.cert_mode,
+        client,
+        &certs.tls_cert_file,
+        &certs.tls_key_file,
+    ) {
+        (CertMode::Files, _, Some(cert_file), Some(key_file)) => {
+            let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(Error::TlsFiles);
+            let cert = Arc::new(ReloadableCert::new(&read(cert_file)?, &read(key_file)?)?);
+            tokio::spawn(reload_on_change(
+                Arc::clone(&cert),
+                cert_file.clone(),
+                key_file.clone(),
+            ));
+            Ok(cert)
+        }
+        (CertMode::SelfManaged, Some(client), _, _) => {
+            let svc = format!("{}.{}.svc", certs.webhook_service, args.namespace);
+            let mut dns_names = vec![svc.clone(), format!("{svc}.cluster.local")];
+            dns_names.extend(
+                certs
+                    .cert_extra_names
+                    .iter()
+                    .filter(|n| !n.is_empty())
+                    .cloned(),
+            );
+            let manager = SelfManaged {
+                client: client.clone(),
+                namespace: args.namespace.clone(),
+                secret_name: certs.cert_secret.clone(),
+                webhook_configuration: certs.webhook_configuration.clone(),
+                dns_names,
+                lifetimes: Lifetimes {
+                    ca: certs.cert_ca_lifetime,
+                    ca_renew_before: certs.cert_ca_renew_before,
+                    serving: certs.cert_serving_lifetime,
+                    renew_before: certs.cert_serving_renew_before,
+                },
+                check_every: certs.cert_check_interval,
+            };
+            // Nothing to serve without it: retry until the API server answers.
+            let bundle = loop {
+                match manager.reconcile(metrics).await {
+                    Ok(bundle) => break bundle,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot set up the webhook certificate yet; retrying");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                }
+            };
+            certs::set_expiry(metrics, &bundle);
+            let cert = Arc::new(ReloadableCert::new(&bundle.cert_pem, &bundle.key_pem)?);
+            tokio::spawn(manager.run(Arc::clone(&cert), bundle, Arc::clone(metrics)));
+            Ok(cert)
+        }
+        // clap requires the files in files mode, and a client exists in self-managed mode.
+        _ => Err(Error::TlsFiles(std::io::Error::other(
+            "no certificate source: use --cert-mode files with --tls-cert-file and --tls-key-file",
+        ))),
+    }
 }
 
 /// Re-reads the certificate files when they change (cert-manager renews them in place).
@@ -231,60 +577,116 @@ async fn reload_on_change(cert: Arc<ReloadableCert>, cert_file: PathBuf, key_fil
     }
 }
 
-/// Runs the controllers built so far until SIGTERM, once this replica leads (when elected).
-async fn run_controllers(args: RunArgs) -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .init();
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default().await?;
+/// What the probes report.
+#[derive(Default)]
+struct Health {
+    webhook_serving: AtomicBool,
+    shutting_down: AtomicBool,
+}
+
+/// `/metrics`, `/healthz` (the process answers) and `/readyz` (the webhook serves a certificate
+/// and the replica is not draining), over plain HTTP.
+async fn admin_server(
+    listen: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    endpoints: Option<Store<ModelEndpoint>>,
+) -> Result<impl Future<Output = ()>, Error> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Listen(listen, e))?;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| async move {
+                let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
+                let (content_type, body) =
+                    k8s_ai_api::exposition::negotiate(accept, metrics.render(endpoints.as_ref()));
+                ([(header::CONTENT_TYPE, content_type)], body)
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if health.shutting_down.load(Ordering::Relaxed) {
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                } else if health.webhook_serving.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "webhook certificate not ready",
+                    )
+                }
+            }),
+        );
+    tracing::info!(%listen, "metrics and probes listening");
+    Ok(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    })
+}
+
+/// Runs the controllers, on the elected leader only when leader election is on.
+async fn lead(
+    client: kube::Client,
+    namespace: &str,
+    leadership: Leadership,
+    metrics: Arc<Metrics>,
+) -> Result<(), Error> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
         .await;
-    let identity = if args.identity.is_empty() {
-        format!("k8s-ai-operator-{}", std::process::id())
-    } else {
-        args.identity.clone()
-    };
     let reporter = kube::runtime::events::Reporter {
         controller: "k8s-ai-operator".into(),
-        instance: Some(identity.clone()),
+        instance: Some(leadership.identity.clone()),
     };
-    let ctx = Arc::new(k8s_ai_operator::controllers::Context {
+    let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
         aws,
         aws_checks: std::sync::Mutex::default(),
+        metrics: Arc::clone(&metrics),
     });
-    let controllers = async move {
+    let controllers = Box::pin(async move {
         tracing::info!(
-            "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger"
+            "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger, sidecar RBAC"
         );
         tokio::join!(
-            k8s_ai_operator::controllers::ledger::run(Arc::clone(&ctx)),
-            k8s_ai_operator::controllers::guardrail_policy::run(Arc::clone(&ctx)),
-            k8s_ai_operator::controllers::model_endpoint::run(Arc::clone(&ctx)),
-            k8s_ai_operator::controllers::prompt_template::run(ctx),
+            controllers::ledger::run(Arc::clone(&ctx)),
+            controllers::guardrail_policy::run(Arc::clone(&ctx)),
+            controllers::model_endpoint::run(Arc::clone(&ctx)),
+            controllers::prompt_template::run(Arc::clone(&ctx)),
+            controllers::sidecar_rbac::run(ctx),
         );
-    };
-    if !args.leader_election {
+    });
+    if !leadership.enabled {
+        metrics.leader.set(1);
         controllers.await;
         return Ok(());
     }
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
-        .with_namespace(&args.lease_namespace)
-        .with_identity(&identity)
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &leadership.lease_name)
+        .with_namespace(namespace)
+        .with_identity(&leadership.identity)
         .with_duration(15)
         .with_grace(5)
         .build()
         .await?;
-    let (mut leading, _task) = manager.watch().await;
-    tracing::info!(lease = %args.lease_name, %identity, "waiting to lead");
+    let (mut leading, lease_task) = manager.watch().await;
+    tracing::info!(lease = %leadership.lease_name, identity = %leadership.identity, "waiting to lead");
     let _ = leading.wait_for(|l| *l).await;
-    tracing::info!(%identity, "leading");
-    tokio::select! {
+    tracing::info!(identity = %leadership.identity, "leading");
+    metrics.leader.set(1);
+    let outcome = tokio::select! {
         () = controllers => Ok(()),
         _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership),
-    }
+    };
+    metrics.leader.set(0);
+    // Closing the channel makes the lease task release the Lease, so a successor need not wait
+    // for it to expire.
+    drop(leading);
+    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
+    outcome
 }

@@ -64,6 +64,31 @@ fn wait_for_valid(cluster: &Cluster, ns: &str, status: &str, reason: &str) -> Va
     }
 }
 
+/// Waits until Events with each (object name, reason) exist in `ns`.
+fn wait_for_events(cluster: &Cluster, ns: &str, wanted: &[(&str, &str)]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let events: Value =
+            serde_json::from_str(&cluster.kubectl_ok(&["get", "events", "-n", ns, "-o", "json"]))
+                .unwrap();
+        let seen = |name: &str, reason: &str| {
+            events["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
+        };
+        if wanted.iter().all(|(name, reason)| seen(name, reason)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "missing Events {wanted:?}: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Waits until the policy's status satisfies `done` with `Synced` True; returns the status.
 fn wait_for_policy(cluster: &Cluster, name: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -135,6 +160,10 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
                     &lease_ns,
                     "--identity",
                     identity,
+                    "--webhook-listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
                 ])
                 .env("KUBECONFIG", &cluster.kubeconfig)
                 .env("AWS_ENDPOINT_URL", emulator.url())
@@ -324,27 +353,11 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
             .contains("CredentialsValid")
     );
     // Transitions are announced as Events (what `kubectl describe` shows).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let events: Value =
-            serde_json::from_str(&cluster.kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"]))
-                .unwrap();
-        let seen = |name: &str, reason: &str| {
-            events["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["involvedObject"]["name"] == name && e["reason"] == reason)
-        };
-        if seen("claude-haiku", "Ready") && seen("broken", "NotReady") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no Ready/NotReady Events: {events}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_events(
+        cluster,
+        &ns,
+        &[("claude-haiku", "Ready"), ("broken", "NotReady")],
+    );
     // The missing policy appears: the endpoint is re-checked through the watch.
     let policy = sample("guardrailpolicy.yaml", &ns)
         .replace("name: pii-and-safety", &format!("name: later-{ns}"));
@@ -392,6 +405,8 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
     assert!(cluster.apply(&policy).success);
     let status = wait_for_policy(cluster, &lifecycle, |s| s["version"] == "1");
     let id = status["guardrailId"].as_str().unwrap().to_owned();
+    // Cluster-scoped objects' Events live in `default`.
+    wait_for_events(cluster, "default", &[(&lifecycle, "Synced")]);
     let named = |list: &aws_sdk_bedrock::operation::list_guardrails::ListGuardrailsOutput| {
         list.guardrails()
             .iter()
@@ -484,6 +499,14 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
     assert!(cluster.apply(&typo).success);
     let c = wait_for_valid(cluster, &ns, "False", "TemplateInvalid");
     assert!(c["message"].as_str().unwrap().contains("Focuss"), "{c}");
+    wait_for_events(
+        cluster,
+        &ns,
+        &[
+            ("code-review", "TemplateValid"),
+            ("code-review", "TemplateInvalid"),
+        ],
+    );
 
     // Leader election: a second replica waits; when the leader dies (SIGKILL, no goodbye), it takes
     // the Lease once it expires and runs the controllers.

@@ -58,7 +58,7 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
     std::fs::write(dir.join("tls.crt"), &bundle.cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), &bundle.key_pem).unwrap();
     let port = free_port();
-    let _webhook = Webhook(
+    let webhook = Webhook(
         Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
             .args([
                 "webhook",
@@ -68,6 +68,7 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
                 "example.com/ai-sidecar:test",
             ])
             .args(["--sidecar-env", "AWS_ENDPOINT_URL=http://127.0.0.1:4566"])
+            .args(["--cert-mode", "files", "--metrics-listen", "127.0.0.1:0"])
             .arg("--tls-cert-file")
             .arg(dir.join("tls.crt"))
             .arg("--tls-key-file")
@@ -91,7 +92,7 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
             admission_review_versions: vec!["v1".into()],
             client_config: WebhookClientConfig {
                 url: Some(format!("https://127.0.0.1:{port}/mutate")),
-                ca_bundle: Some(ByteString(bundle.ca_cert_pem.clone().into_bytes())),
+                ca_bundle: Some(ByteString(bundle.ca.cert_pem.clone().into_bytes())),
                 service: None,
             },
             failure_policy: Some("Fail".into()),
@@ -189,6 +190,20 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
         "{}",
         run.stderr
     );
+
+    // The webhook is down (no replica answers): failurePolicy Fail keeps a pod that asked for the
+    // sidecar from starting without it, and everyone else is unaffected.
+    drop(webhook);
+    let run = cluster.apply(&pod(
+        "while-down",
+        r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#,
+    ));
+    assert!(
+        !run.success && run.stderr.contains("failed calling webhook"),
+        "an opted-in pod is refused while the webhook is down: {run:?}"
+    );
+    let run = cluster.apply(&pod("plain-while-down", "{}"));
+    assert!(run.success, "other pods are unaffected: {}", run.stderr);
 
     cluster.kubectl_ok(&["delete", "mutatingwebhookconfiguration", &name]);
     let _ = std::fs::remove_dir_all(&dir);

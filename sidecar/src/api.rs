@@ -70,29 +70,9 @@ async fn readyz(State(state): Shared) -> Response {
 
 /// OpenMetrics when asked for (Prometheus does), the classic text format otherwise.
 async fn metrics(State(state): Shared, headers: axum::http::HeaderMap) -> Response {
-    let wants_openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            state.metrics.render(),
-        )
-            .into_response()
-    } else {
-        (
-            [(
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            )],
-            state.metrics.render_text(),
-        )
-            .into_response()
-    }
+    let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
+    let (content_type, body) = k8s_ai_api::exposition::negotiate(accept, state.metrics.render());
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// The request body, or our JSON error when it cannot be read (413 over the size limit).

@@ -143,33 +143,8 @@ impl Metrics {
     /// The classic Prometheus text format 0.0.4, for clients that do not ask for OpenMetrics
     /// (`curl`, `promtool check metrics`): counters are named with `_total` in HELP and TYPE too.
     pub fn render_text(&self) -> String {
-        openmetrics_to_text(&self.render())
+        k8s_ai_api::exposition::openmetrics_to_text(&self.render())
     }
-}
-
-/// Rewrites an OpenMetrics page as Prometheus text 0.0.4.
-fn openmetrics_to_text(page: &str) -> String {
-    let counters: std::collections::HashSet<&str> = page
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.strip_suffix(" counter"))
-        .collect();
-    let mut out = String::with_capacity(page.len());
-    for line in page.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
-            let rest = line.strip_prefix(prefix)?;
-            let (name, tail) = rest.split_once(' ')?;
-            counters
-                .contains(name)
-                .then(|| format!("{prefix}{name}_total {tail}"))
-        });
-        out.push_str(renamed.as_deref().unwrap_or(line));
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]

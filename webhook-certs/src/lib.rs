@@ -1,17 +1,18 @@
-//! Serving certificates for the operator's admission webhook. This crate only makes, renews and
-//! loads certificates; serving them is the server's job:
+//! Serving certificates for the operator's admission webhook. This crate only makes, rotates and
+//! loads certificates; serving them and storing them are the operator's job:
 //!
-//! - [`Bundle`]: a self-managed CA and a serving certificate it signs for the webhook Service's
-//!   DNS names, as PEM (what a Secret stores and a `caBundle` carries), renewed before expiry with
-//!   the same CA so the API server's trust never lapses.
+//! - [`Bundle`]: a self-managed CA and the serving certificate it signs for the webhook Service's
+//!   DNS names, as PEM (what a Secret stores and a `caBundle` carries), with the rotation state:
+//!   [`Bundle::advance`] renews the serving certificate before expiry with the same CA, and
+//!   replaces the CA in three steps (announce the next CA, switch to it, forget the old one), each
+//!   an `overlap` apart, so the API server trusts every certificate a replica may still serve.
 //! - [`ReloadableCert`]: a rustls certificate resolver whose certificate can be swapped atomically;
 //!   the next TLS handshake serves the new one (rotation, or cert-manager's files changing).
-//!
-//! Storing the bundle in a Secret and patching `caBundle` are the operator's (issue 5).
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, RwLock},
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use rcgen::{
@@ -39,12 +40,17 @@ pub enum CertError {
     Empty(&'static str),
     #[error("the private key is not usable for TLS")]
     Key(#[source] rustls::Error),
+    #[error("the stored bundle has no valid {0:?}")]
+    Field(&'static str),
 }
 
-/// How long the CA and the serving certificate live, and when the serving one is renewed.
+/// How long the CA and the serving certificate live, and when each is replaced.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetimes {
     pub ca: Duration,
+    /// Start replacing the CA when less than this is left (longer than `serving`, so a serving
+    /// certificate never outlives its CA).
+    pub ca_renew_before: Duration,
     pub serving: Duration,
     /// Renew the serving certificate when less than this is left.
     pub renew_before: Duration,
@@ -52,41 +58,45 @@ pub struct Lifetimes {
 
 impl Default for Lifetimes {
     fn default() -> Self {
+        const DAY: u64 = 86_400;
         Lifetimes {
-            ca: Duration::from_secs(10 * 365 * 86_400),
-            serving: Duration::from_secs(90 * 86_400),
-            renew_before: Duration::from_secs(30 * 86_400),
+            ca: Duration::from_secs(10 * 365 * DAY),
+            ca_renew_before: Duration::from_secs(365 * DAY),
+            serving: Duration::from_secs(90 * DAY),
+            renew_before: Duration::from_secs(30 * DAY),
         }
     }
 }
 
-/// A CA and the serving certificate it signed, as PEM.
+/// A certificate authority: its certificate and key as PEM, and when it expires.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Bundle {
-    pub ca_cert_pem: String,
-    pub ca_key_pem: String,
+pub struct Authority {
     pub cert_pem: String,
     pub key_pem: String,
-    /// When the serving certificate expires.
     pub not_after: SystemTime,
-    /// When the CA was made (its identity: renewals keep it).
-    pub ca_not_before: SystemTime,
 }
 
-impl std::fmt::Debug for Bundle {
+impl std::fmt::Debug for Authority {
     // Private keys never reach a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bundle")
+        f.debug_struct("Authority")
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
 }
 
 const CA_NAME: &str = "k8s-ai-operator webhook CA";
+/// Slack for clocks that run behind ours.
+const CLOCK_SLACK: Duration = Duration::from_secs(3600);
 
-/// The CA's parameters: the same on every call for the same `not_before`, so renewals can sign
-/// with the stored CA key without parsing the CA certificate back.
-fn ca_params(not_before: SystemTime, lifetime: Duration) -> CertificateParams {
+/// `t` without its fraction of a second: what a Secret stores, so state read back compares equal.
+fn whole_seconds(t: SystemTime) -> SystemTime {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(t, |d| UNIX_EPOCH + Duration::from_secs(d.as_secs()))
+}
+
+/// The CA's identity; what an issuer needs to sign (its name), whatever its validity.
+fn ca_params(not_before: SystemTime, not_after: SystemTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, CA_NAME);
@@ -98,35 +108,98 @@ fn ca_params(not_before: SystemTime, lifetime: Duration) -> CertificateParams {
         KeyUsagePurpose::DigitalSignature,
     ];
     params.not_before = OffsetDateTime::from(not_before);
-    params.not_after = OffsetDateTime::from(not_before + lifetime);
+    params.not_after = OffsetDateTime::from(not_after);
     params
 }
 
-fn serving_cert(
-    dns_names: &[String],
-    issuer: &Issuer<'_, KeyPair>,
-    now: SystemTime,
-    lifetimes: Lifetimes,
-) -> Result<(String, String, SystemTime), CertError> {
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(dns_names.to_vec())?;
-    let mut name = DistinguishedName::new();
-    name.push(
-        DnType::CommonName,
-        dns_names
-            .first()
-            .map_or("k8s-ai-operator-webhook", String::as_str),
-    );
-    params.distinguished_name = name;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.use_authority_key_identifier_extension = true;
-    // An hour of slack for clocks that run behind ours.
-    params.not_before = OffsetDateTime::from(now - Duration::from_secs(3600));
-    let not_after = now + lifetimes.serving;
-    params.not_after = OffsetDateTime::from(not_after);
-    let cert = params.signed_by(&key, issuer)?;
-    Ok((cert.pem(), key.serialize_pem(), not_after))
+impl Authority {
+    /// A new CA valid from `now` for `lifetime`.
+    pub fn generate(now: SystemTime, lifetime: Duration) -> Result<Self, CertError> {
+        let key = KeyPair::generate()?;
+        let not_after = now + lifetime;
+        let cert = ca_params(now - CLOCK_SLACK, not_after).self_signed(&key)?;
+        Ok(Authority {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+
+    /// Signs a serving certificate for `dns_names` (IP addresses become IP SANs), valid from
+    /// `now` for `lifetime` but never past the CA's own expiry. Returns (cert, key, not_after).
+    fn sign_serving(
+        &self,
+        dns_names: &[String],
+        now: SystemTime,
+        lifetime: Duration,
+    ) -> Result<(String, String, SystemTime), CertError> {
+        let issuer = Issuer::new(
+            ca_params(now, self.not_after),
+            KeyPair::from_pem(&self.key_pem)?,
+        );
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(dns_names.to_vec())?;
+        let mut name = DistinguishedName::new();
+        name.push(
+            DnType::CommonName,
+            dns_names
+                .first()
+                .map_or("k8s-ai-operator-webhook", String::as_str),
+        );
+        params.distinguished_name = name;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = OffsetDateTime::from(now - CLOCK_SLACK);
+        let not_after = (now + lifetime).min(self.not_after);
+        params.not_after = OffsetDateTime::from(not_after);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem(), not_after))
+    }
+}
+
+/// The self-managed webhook certificates: the CA, the serving certificate it signed, and the
+/// state of a CA replacement in progress.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub ca: Authority,
+    /// The CA that replaces `ca`, trusted (in `caBundle`) since `.1` but not yet signing.
+    pub next_ca: Option<(Authority, SystemTime)>,
+    /// The replaced CA's certificate, still trusted since its retirement at `.1`, because
+    /// replicas may still serve a certificate it signed until they reload.
+    pub previous_ca: Option<(String, SystemTime)>,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// When the serving certificate expires.
+    pub not_after: SystemTime,
+    /// The names the serving certificate is for.
+    pub dns_names: Vec<String>,
+}
+
+impl std::fmt::Debug for Bundle {
+    // Private keys never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("not_after", &self.not_after)
+            .field("ca", &self.ca)
+            .field("rotating_ca", &self.next_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Bundle::advance`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing was due.
+    Unchanged,
+    /// A new serving certificate from the same CA.
+    RenewedServing,
+    /// A next CA was made and should now be trusted (added to `caBundle`).
+    AnnouncedCa,
+    /// The serving certificate is now signed by the next CA; the old CA is still trusted.
+    SwitchedCa,
+    /// The old CA is no longer trusted.
+    RetiredCa,
 }
 
 impl Bundle {
@@ -136,46 +209,163 @@ impl Bundle {
         now: SystemTime,
         lifetimes: Lifetimes,
     ) -> Result<Self, CertError> {
-        let ca_key = KeyPair::generate()?;
-        let ca_not_before = now - Duration::from_secs(3600);
-        let ca_params = ca_params(ca_not_before, lifetimes.ca);
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let ca_key_pem = ca_key.serialize_pem();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let (cert_pem, key_pem, not_after) = serving_cert(dns_names, &issuer, now, lifetimes)?;
+        let now = whole_seconds(now);
+        let ca = Authority::generate(now, lifetimes.ca)?;
+        let (cert_pem, key_pem, not_after) = ca.sign_serving(dns_names, now, lifetimes.serving)?;
         Ok(Bundle {
-            ca_cert_pem: ca_cert.pem(),
-            ca_key_pem,
+            ca,
+            next_ca: None,
+            previous_ca: None,
             cert_pem,
             key_pem,
             not_after,
-            ca_not_before,
+            dns_names: dns_names.to_vec(),
         })
     }
 
-    /// Whether the serving certificate should be renewed at `now`.
+    /// Whether the serving certificate should be renewed at `now` (or is for other names).
     pub fn needs_renewal(&self, now: SystemTime, lifetimes: Lifetimes) -> bool {
         self.not_after
             .duration_since(now)
             .map_or(true, |left| left < lifetimes.renew_before)
     }
 
-    /// A new serving certificate signed by the same CA (so `caBundle` stays valid).
-    pub fn renew(
-        &self,
+    /// Takes at most one step of rotation that is due at `now`. A CA replacement waits `overlap`
+    /// between its steps: long enough for the `caBundle` change to reach the API server and for
+    /// every replica to load the new serving certificate.
+    pub fn advance(
+        &mut self,
         dns_names: &[String],
         now: SystemTime,
         lifetimes: Lifetimes,
-    ) -> Result<Self, CertError> {
-        let ca_key = KeyPair::from_pem(&self.ca_key_pem)?;
-        let issuer = Issuer::new(ca_params(self.ca_not_before, lifetimes.ca), ca_key);
-        let (cert_pem, key_pem, not_after) = serving_cert(dns_names, &issuer, now, lifetimes)?;
-        Ok(Bundle {
-            cert_pem,
-            key_pem,
-            not_after,
-            ..self.clone()
-        })
+        overlap: Duration,
+    ) -> Result<Step, CertError> {
+        let now = whole_seconds(now);
+        let waited = |since: SystemTime| now.duration_since(since).is_ok_and(|d| d >= overlap);
+        if let Some((_, retired)) = &self.previous_ca
+            && waited(*retired)
+        {
+            self.previous_ca = None;
+            return Ok(Step::RetiredCa);
+        }
+        if let Some((next, announced)) = &self.next_ca
+            && waited(*announced)
+        {
+            let (cert_pem, key_pem, not_after) =
+                next.sign_serving(dns_names, now, lifetimes.serving)?;
+            let old = std::mem::replace(&mut self.ca, next.clone());
+            self.previous_ca = Some((old.cert_pem, now));
+            self.next_ca = None;
+            (self.cert_pem, self.key_pem, self.not_after) = (cert_pem, key_pem, not_after);
+            self.dns_names = dns_names.to_vec();
+            return Ok(Step::SwitchedCa);
+        }
+        let ca_due = self
+            .ca
+            .not_after
+            .duration_since(now)
+            .map_or(true, |left| left < lifetimes.ca_renew_before);
+        if ca_due && self.next_ca.is_none() && self.previous_ca.is_none() {
+            self.next_ca = Some((Authority::generate(now, lifetimes.ca)?, now));
+            return Ok(Step::AnnouncedCa);
+        }
+        if self.needs_renewal(now, lifetimes) || self.dns_names != dns_names {
+            (self.cert_pem, self.key_pem, self.not_after) =
+                self.ca.sign_serving(dns_names, now, lifetimes.serving)?;
+            self.dns_names = dns_names.to_vec();
+            return Ok(Step::RenewedServing);
+        }
+        Ok(Step::Unchanged)
+    }
+
+    /// The CA certificates the API server must trust now (`caBundle`): the current one, and the
+    /// next or previous one during a replacement.
+    pub fn ca_bundle(&self) -> String {
+        let mut out = self.ca.cert_pem.clone();
+        if let Some((next, _)) = &self.next_ca {
+            out.push_str(&next.cert_pem);
+        }
+        if let Some((previous, _)) = &self.previous_ca {
+            out.push_str(previous);
+        }
+        out
+    }
+
+    /// The bundle as string fields, as a Secret stores them (`tls.crt`, `tls.key`, `ca.crt` are
+    /// the usual names, so other tools can read the Secret).
+    pub fn to_fields(&self) -> BTreeMap<String, String> {
+        let secs = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string()
+        };
+        let mut fields = BTreeMap::from([
+            ("tls.crt".to_owned(), self.cert_pem.clone()),
+            ("tls.key".to_owned(), self.key_pem.clone()),
+            ("ca.crt".to_owned(), self.ca.cert_pem.clone()),
+            ("ca.key".to_owned(), self.ca.key_pem.clone()),
+            ("ca-bundle.crt".to_owned(), self.ca_bundle()),
+            ("tls-not-after".to_owned(), secs(self.not_after)),
+            ("ca-not-after".to_owned(), secs(self.ca.not_after)),
+            ("dns-names".to_owned(), self.dns_names.join(",")),
+        ]);
+        if let Some((next, since)) = &self.next_ca {
+            fields.insert("ca-next.crt".to_owned(), next.cert_pem.clone());
+            fields.insert("ca-next.key".to_owned(), next.key_pem.clone());
+            fields.insert("ca-next-not-after".to_owned(), secs(next.not_after));
+            fields.insert("ca-next-since".to_owned(), secs(*since));
+        }
+        if let Some((previous, since)) = &self.previous_ca {
+            fields.insert("ca-previous.crt".to_owned(), previous.clone());
+            fields.insert("ca-previous-since".to_owned(), secs(*since));
+        }
+        fields
+    }
+
+    /// Reads back what [`Bundle::to_fields`] wrote.
+    pub fn from_fields(fields: &BTreeMap<String, String>) -> Result<Self, CertError> {
+        let text = |key: &'static str| {
+            fields
+                .get(key)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or(CertError::Field(key))
+        };
+        let time = |key: &'static str| -> Result<SystemTime, CertError> {
+            let secs: u64 = text(key)?.parse().map_err(|_| CertError::Field(key))?;
+            Ok(UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        let next_ca = match fields.get("ca-next.crt") {
+            Some(_) => Some((
+                Authority {
+                    cert_pem: text("ca-next.crt")?,
+                    key_pem: text("ca-next.key")?,
+                    not_after: time("ca-next-not-after")?,
+                },
+                time("ca-next-since")?,
+            )),
+            None => None,
+        };
+        let previous_ca = match fields.get("ca-previous.crt") {
+            Some(_) => Some((text("ca-previous.crt")?, time("ca-previous-since")?)),
+            None => None,
+        };
+        let bundle = Bundle {
+            ca: Authority {
+                cert_pem: text("ca.crt")?,
+                key_pem: text("ca.key")?,
+                not_after: time("ca-not-after")?,
+            },
+            next_ca,
+            previous_ca,
+            cert_pem: text("tls.crt")?,
+            key_pem: text("tls.key")?,
+            not_after: time("tls-not-after")?,
+            dns_names: text("dns-names")?.split(',').map(str::to_owned).collect(),
+        };
+        // Refuse a pair that would not serve, rather than find out at the next handshake.
+        certified_key(&bundle.cert_pem, &bundle.key_pem)?;
+        Ok(bundle)
     }
 }
 
@@ -309,22 +499,33 @@ mod tests {
         let bundle = Bundle::generate(&names(), now, lifetimes).unwrap();
         let resolver = Arc::new(ReloadableCert::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
         let config = server(Arc::clone(&resolver));
-        let first = handshake(Arc::clone(&config), &bundle.ca_cert_pem)
+        let first = handshake(Arc::clone(&config), &bundle.ca.cert_pem)
             .await
             .unwrap();
 
-        let renewed = bundle
-            .renew(&names(), SystemTime::now(), lifetimes)
+        let mut renewed = bundle.clone();
+        let due_now = Lifetimes {
+            renew_before: lifetimes.serving * 2,
+            ..lifetimes
+        };
+        let step = renewed
+            .advance(
+                &names(),
+                SystemTime::now(),
+                due_now,
+                Duration::from_secs(60),
+            )
             .unwrap();
+        assert_eq!(step, Step::RenewedServing);
         assert_eq!(
-            renewed.ca_cert_pem, bundle.ca_cert_pem,
+            renewed.ca.cert_pem, bundle.ca.cert_pem,
             "same CA: caBundle stays valid"
         );
         assert_ne!(renewed.cert_pem, bundle.cert_pem);
         resolver
             .replace(&renewed.cert_pem, &renewed.key_pem)
             .unwrap();
-        let second = handshake(config, &bundle.ca_cert_pem).await.unwrap();
+        let second = handshake(config, &bundle.ca.cert_pem).await.unwrap();
         assert_ne!(
             first, second,
             "the next handshake serves the new certificate"
@@ -346,10 +547,94 @@ mod tests {
         let stranger = Bundle::generate(&names(), now, Lifetimes::default()).unwrap();
         let resolver = Arc::new(ReloadableCert::new(&bundle.cert_pem, &bundle.key_pem).unwrap());
         assert!(
-            handshake(server(resolver), &stranger.ca_cert_pem)
+            handshake(server(resolver), &stranger.ca.cert_pem)
                 .await
                 .is_err()
         );
+    }
+
+    /// Whether `cert_pem` verifies for `names()[0]` against the CAs in `ca_bundle`, at `at`.
+    fn trusted(cert_pem: &str, ca_bundle: &str, at: SystemTime) -> bool {
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_bundle.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let leaf = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from(names()[0].clone()).unwrap();
+        let now =
+            rustls_pki_types::UnixTime::since_unix_epoch(at.duration_since(UNIX_EPOCH).unwrap());
+        verifier
+            .verify_server_cert(&leaf, &[], &name, &[], now)
+            .is_ok()
+    }
+
+    #[test]
+    fn through_years_of_rotations_every_served_certificate_is_trusted_by_old_and_new_bundles() {
+        const HOUR: u64 = 3600;
+        let lifetimes = Lifetimes {
+            ca: Duration::from_secs(20 * 24 * HOUR),
+            ca_renew_before: Duration::from_secs(6 * 24 * HOUR),
+            serving: Duration::from_secs(4 * 24 * HOUR),
+            renew_before: Duration::from_secs(2 * 24 * HOUR),
+        };
+        let overlap = Duration::from_secs(HOUR);
+        let start = SystemTime::now();
+        let mut bundle = Bundle::generate(&names(), start, lifetimes).unwrap();
+        let mut steps = Vec::new();
+        for hour in 1..=(60 * 24) {
+            let now = start + Duration::from_secs(hour * HOUR);
+            let before = bundle.clone();
+            let step = bundle.advance(&names(), now, lifetimes, overlap).unwrap();
+            // A replica that has not reloaded yet, and an API server that has not seen the new
+            // caBundle yet, must both still work.
+            assert!(
+                trusted(&before.cert_pem, &bundle.ca_bundle(), now),
+                "{step:?} at hour {hour}: old certificate, new bundle"
+            );
+            assert!(
+                trusted(&bundle.cert_pem, &before.ca_bundle(), now),
+                "{step:?} at hour {hour}: new certificate, old bundle"
+            );
+            assert!(trusted(&bundle.cert_pem, &bundle.ca_bundle(), now));
+            if step != Step::Unchanged {
+                steps.push(step);
+            }
+            let round_trip = Bundle::from_fields(&bundle.to_fields()).unwrap();
+            assert!(round_trip == bundle, "a Secret holds the whole state");
+        }
+        let count = |s: Step| steps.iter().filter(|x| **x == s).count();
+        assert!(count(Step::SwitchedCa) >= 3, "{steps:?}");
+        assert_eq!(count(Step::AnnouncedCa), count(Step::SwitchedCa));
+        assert!(count(Step::RenewedServing) >= 10, "{steps:?}");
+        let switch = steps.iter().position(|s| *s == Step::SwitchedCa).unwrap();
+        assert_eq!(
+            &steps[switch - 1..=switch + 1],
+            [Step::AnnouncedCa, Step::SwitchedCa, Step::RetiredCa]
+        );
+    }
+
+    #[test]
+    fn a_damaged_stored_bundle_is_refused() {
+        let bundle = Bundle::generate(&names(), SystemTime::now(), Lifetimes::default()).unwrap();
+        let mut fields = bundle.to_fields();
+        fields.remove("ca.key");
+        assert!(matches!(
+            Bundle::from_fields(&fields),
+            Err(CertError::Field("ca.key"))
+        ));
+        let mut fields = bundle.to_fields();
+        fields.insert("tls.key".into(), "garbage".into());
+        assert!(Bundle::from_fields(&fields).is_err());
     }
 
     #[test]

@@ -15,6 +15,14 @@ pub struct Wanted {
     pub message: String,
 }
 
+/// Whether condition `type_` held in `conditions` (`None` when absent): to detect transitions.
+pub fn holds(conditions: &[Condition], type_: &str) -> Option<bool> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status == "True")
+}
+
 /// `wanted` as a condition, keeping the previous `lastTransitionTime` when the status is unchanged.
 pub fn set(previous: &[Condition], wanted: Wanted, generation: Option<i64>) -> Condition {
     let status = if wanted.status { "True" } else { "False" }.to_owned();

@@ -487,9 +487,14 @@ async fn apply(policy: Arc<GuardrailPolicy>, ctx: &Context) -> Result<Action, Er
         reason: "Synced",
         message: format!("Bedrock guardrail {id} version {version}"),
     };
+    let newly_synced = conditions::holds(&previous, "Synced") != Some(true);
+    let message = synced.message.clone();
     let condition = conditions::set(&previous, synced, policy.metadata.generation);
     let status = json!({ "guardrailId": id, "guardrailArn": draft.guardrail_arn(), "version": version, "conditions": [condition], "observedGeneration": policy.metadata.generation });
     write_status(ctx, &policy, status).await?;
+    if newly_synced {
+        super::announce(ctx, policy.as_ref(), true, "Synced", message).await;
+    }
     Ok(Action::requeue(RECHECK))
 }
 
@@ -534,6 +539,7 @@ async fn cleanup(policy: Arc<GuardrailPolicy>, ctx: &Context) -> Result<Action, 
 }
 
 async fn reconcile(policy: Arc<GuardrailPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started("GuardrailPolicy");
     let api: Api<GuardrailPolicy> = Api::all(ctx.client.clone());
     let result = finalizer(&api, FINALIZER, Arc::clone(&policy), |event| async {
         match event {
@@ -560,8 +566,13 @@ async fn reconcile(policy: Arc<GuardrailPolicy>, ctx: Arc<Context>) -> Result<Ac
                 reason: "BedrockError",
                 message: e.to_string(),
             };
+            let newly_failed = conditions::holds(&previous, "Synced") != Some(false);
+            let message = failed.message.clone();
             let condition = conditions::set(&previous, failed, policy.metadata.generation);
             let _ = write_status(&ctx, &policy, json!({ "conditions": [condition] })).await;
+            if newly_failed {
+                super::announce(&ctx, policy.as_ref(), false, "BedrockError", message).await;
+            }
             Err(e)
         }
         Err(e) => Err(Error::Finalizer(e.to_string())),

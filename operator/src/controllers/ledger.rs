@@ -27,6 +27,7 @@ const MANAGER: &str = "k8s-ai-operator/ledger";
 
 /// Creates the pod's ledgers (idempotent: server-side apply of the same spec).
 async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started("Ledger");
     let ns = pod.namespace().ok_or(Error::NoNamespace)?;
     let Ok(endpoints) = requested_endpoints(&pod) else {
         return Ok(Action::await_change());

@@ -6,6 +6,7 @@ pub mod guardrail_policy;
 pub mod ledger;
 pub mod model_endpoint;
 pub mod prompt_template;
+pub mod sidecar_rbac;
 
 use std::{sync::Arc, time::Duration};
 
@@ -21,6 +22,7 @@ pub struct Context {
     pub aws: aws_config::SdkConfig,
     /// The last AWS checks of each ModelEndpoint (`ns/name` → generation, when, result).
     pub aws_checks: model_endpoint::AwsChecks,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a reconcile failed; each is retried with backoff.
@@ -55,15 +57,49 @@ impl Error {
     }
 }
 
+/// Publishes an Event on `object` (call on transitions only): Normal when `good`, else Warning.
+pub async fn announce<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    good: bool,
+    reason: &str,
+    message: String,
+) {
+    use kube::runtime::events::{Event, EventType};
+    let event = Event {
+        type_: if good {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        },
+        reason: reason.into(),
+        // The API server refuses notes over 1 KiB.
+        note: Some(message.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(kind = %K::kind(&()), object = %object.name_any(), error = %e, "could not publish an Event");
+    }
+}
+
 /// How long to wait before retrying after an error.
 pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
 /// How often an object is checked again when nothing changes.
 pub const RECHECK: Duration = Duration::from_secs(300);
 
-/// The error policy of every controller: log the failure by category, retry after a pause.
+/// The error policy of every controller: log and count the failure by category, retry after a pause.
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
-pub fn error_policy<K: ResourceExt>(object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(object = %object.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
+pub fn error_policy<K: kube::Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    // The ledger controller reconciles Pods; every other one is named after its kind.
+    let kind = K::kind(&());
+    let controller = if kind == "Pod" { "Ledger" } else { &kind };
+    ctx.metrics.reconcile_failed(controller, error.category());
+    tracing::warn!(%controller, object = %object.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
     Action::requeue(RETRY_AFTER_ERROR)
 }
 

@@ -10,7 +10,7 @@ use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
 use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, pricing};
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
@@ -226,6 +226,7 @@ async fn resolve_guardrail(
 }
 
 async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started("ModelEndpoint");
     let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
     let name = endpoint.name_any();
     let (credentials, available) = cached_aws_check(&ctx, &endpoint).await;
@@ -304,32 +305,10 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
             source,
         })?;
     if was_ready != Some(is_ready) {
-        announce(&ctx, &endpoint, is_ready, ready_message).await;
+        let reason = if is_ready { "Ready" } else { "NotReady" };
+        super::announce(&ctx, endpoint.as_ref(), is_ready, reason, ready_message).await;
     }
     Ok(Action::requeue(RECHECK))
-}
-
-/// An Event when the endpoint becomes ready or stops being ready (transitions only).
-async fn announce(ctx: &Context, endpoint: &ModelEndpoint, ready: bool, message: String) {
-    use kube::runtime::events::{Event, EventType};
-    let event = Event {
-        type_: if ready {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        },
-        reason: if ready { "Ready" } else { "NotReady" }.into(),
-        note: Some(message.chars().take(1024).collect()),
-        action: "Check".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &endpoint.object_ref(&()))
-        .await
-    {
-        tracing::warn!(endpoint = %endpoint.name_any(), error = %e, "could not publish an Event");
-    }
 }
 
 /// Runs the ModelEndpoint controller until the process ends.

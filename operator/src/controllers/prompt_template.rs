@@ -53,6 +53,7 @@ fn validity(template: &PromptTemplate, endpoint_exists: bool) -> conditions::Wan
 }
 
 async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started("PromptTemplate");
     let ns = template.namespace().ok_or(Error::NoNamespace)?;
     let name = template.name_any();
     let endpoint = &template.spec.model_endpoint_ref.name;
@@ -72,7 +73,10 @@ async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<A
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
     let generation = template.metadata.generation;
-    let condition = conditions::set(&previous, validity(&template, exists), generation);
+    let wanted = validity(&template, exists);
+    let transition = (conditions::holds(&previous, "Valid") != Some(wanted.status))
+        .then(|| (wanted.status, wanted.reason, wanted.message.clone()));
+    let condition = conditions::set(&previous, wanted, generation);
     let status = json!({
         "apiVersion": "ai.kernelpanic09.io/v1alpha1",
         "kind": "PromptTemplate",
@@ -91,6 +95,9 @@ async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<A
             name: format!("{ns}/{name}"),
             source,
         })?;
+    if let Some((valid, reason, message)) = transition {
+        super::announce(&ctx, template.as_ref(), valid, reason, message).await;
+    }
     Ok(Action::requeue(RECHECK))
 }
 

@@ -1,0 +1,233 @@
+//! The operator's Prometheus metrics (`:8080/metrics`), with the original operator's name for
+//! endpoint availability.
+
+use std::time::Instant;
+
+use k8s_ai_api::model_endpoint::ModelEndpoint;
+use kube::{ResourceExt, runtime::reflector::Store};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Labels of a ModelEndpoint.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
+    pub region: String,
+}
+
+/// Labels of a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: String,
+}
+
+/// Labels of a failed reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: String,
+    /// The error's category (`KubeError`, `BedrockError`, ...).
+    pub error: String,
+}
+
+/// Labels of an admission decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    /// `injected`, `skipped` (not opted in or already injected), `denied` or `invalid`.
+    pub outcome: String,
+}
+
+/// Labels of a certificate rotation step.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RotationLabels {
+    /// `renewed_serving`, `announced_ca`, `switched_ca`, `retired_ca`, `created`.
+    pub step: String,
+}
+
+/// Every metric of the operator.
+pub struct Metrics {
+    registry: Registry,
+    endpoint_available: Family<EndpointLabels, Gauge>,
+    pub reconciliations: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_duration: Histogram,
+    pub leader: Gauge,
+    pub certificate_expiry: Gauge,
+    pub certificate_rotations: Family<RotationLabels, Counter>,
+}
+
+fn reconcile_buckets() -> Histogram {
+    Histogram::new([
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Metrics {
+            registry: Registry::default(),
+            endpoint_available: Family::default(),
+            reconciliations: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(reconcile_buckets),
+            admissions: Family::default(),
+            // The API server's timeout is seconds; the handler should take well under 2 ms.
+            admission_duration: Histogram::new([
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25,
+            ]),
+            leader: Gauge::default(),
+            certificate_expiry: Gauge::default(),
+            certificate_rotations: Family::default(),
+        };
+        let sub = m.registry.sub_registry_with_prefix("k8s_ai_operator");
+        sub.register(
+            "bedrock_endpoint_available",
+            "1 when the ModelEndpoint is Ready (credentials, model, guardrail and price checked), else 0",
+            m.endpoint_available.clone(),
+        );
+        sub.register(
+            "reconciliations",
+            "Reconciles started, by controller",
+            m.reconciliations.clone(),
+        );
+        sub.register(
+            "reconcile_errors",
+            "Reconciles that failed and will be retried, by controller and error category",
+            m.reconcile_errors.clone(),
+        );
+        sub.register(
+            "reconcile_duration_seconds",
+            "Time a reconcile took, by controller",
+            m.reconcile_duration.clone(),
+        );
+        sub.register(
+            "webhook_admissions",
+            "Pods reviewed by the injecting webhook, by outcome",
+            m.admissions.clone(),
+        );
+        sub.register(
+            "webhook_admission_duration_seconds",
+            "Time the webhook took to decide on a pod (handler only, without TLS and transport)",
+            m.admission_duration.clone(),
+        );
+        sub.register(
+            "leader",
+            "1 while this replica holds the leader Lease and runs the controllers",
+            m.leader.clone(),
+        );
+        sub.register(
+            "webhook_certificate_expiry_timestamp_seconds",
+            "When the webhook's serving certificate expires (Unix time)",
+            m.certificate_expiry.clone(),
+        );
+        sub.register(
+            "webhook_certificate_rotations",
+            "Steps taken by the self-managed certificate rotation",
+            m.certificate_rotations.clone(),
+        );
+        m
+    }
+}
+
+/// Measures one reconcile: counted when started, its duration observed when dropped.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    labels: ControllerLabels,
+    started: Instant,
+}
+
+impl Drop for ReconcileTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Call at the start of a reconcile; keep the guard until it ends.
+    pub fn reconcile_started(&self, controller: &str) -> ReconcileTimer<'_> {
+        let labels = ControllerLabels {
+            controller: controller.to_owned(),
+        };
+        self.reconciliations.get_or_create(&labels).inc();
+        ReconcileTimer {
+            metrics: self,
+            labels,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn reconcile_failed(&self, controller: &str, error: &str) {
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.to_owned(),
+                error: error.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn admission(&self, outcome: &str, started: Instant) {
+        self.admission_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.admissions
+            .get_or_create(&AdmissionLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics page, with endpoint availability read from `endpoints` now (so deleted
+    /// endpoints disappear, and every replica reports what the leader published).
+    pub fn render(&self, endpoints: Option<&Store<ModelEndpoint>>) -> String {
+        if let Some(store) = endpoints {
+            self.endpoint_available.clear();
+            for endpoint in store.state() {
+                let available = endpoint.status.as_ref().and_then(|s| s.available) == Some(true);
+                self.endpoint_available
+                    .get_or_create(&EndpointLabels {
+                        namespace: endpoint.namespace().unwrap_or_default(),
+                        endpoint: endpoint.name_any(),
+                        model: endpoint.spec.model_id.clone(),
+                        region: endpoint.spec.region.clone(),
+                    })
+                    .set(i64::from(available));
+            }
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_and_admissions_are_counted_with_their_labels() {
+        let m = Metrics::default();
+        drop(m.reconcile_started("ModelEndpoint"));
+        m.reconcile_failed("ModelEndpoint", "KubeError");
+        m.admission("injected", Instant::now());
+        let page = m.render(None);
+        assert!(
+            page.contains("k8s_ai_operator_reconciliations_total{controller=\"ModelEndpoint\"} 1"),
+            "{page}"
+        );
+        assert!(page.contains("k8s_ai_operator_reconcile_errors_total{controller=\"ModelEndpoint\",error=\"KubeError\"} 1"), "{page}");
+        assert!(page.contains("k8s_ai_operator_webhook_admissions_total{outcome=\"injected\"} 1"));
+        assert!(page.contains(
+            "k8s_ai_operator_reconcile_duration_seconds_count{controller=\"ModelEndpoint\"} 1"
+        ));
+    }
+}
