@@ -1,6 +1,6 @@
 //! The injecting webhook called by the real API server: `k8s-ai-operator webhook` serving TLS
 //! with a certificate from `webhook-certs`, registered with a MutatingWebhookConfiguration that
-//! selects opted-in pods with matchConditions (CEL on the annotation).
+//! selects pods with the opt-in annotation with matchConditions (CEL on the annotation).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failure report
 #![allow(clippy::too_many_lines)] // one scenario, read top to bottom
@@ -101,7 +101,8 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
             reinvocation_policy: Some("IfNeeded".into()),
             match_conditions: Some(vec![MatchCondition {
                 name: "opted-in".into(),
-                expression: "has(object.metadata.annotations) && 'ai.kernelpanic09.io/inject' in object.metadata.annotations && object.metadata.annotations['ai.kernelpanic09.io/inject'] == 'true'".into(),
+                // Any value but "false", so a typo ("yes") is denied rather than silently not injected.
+                expression: "has(object.metadata.annotations) && 'ai.kernelpanic09.io/inject' in object.metadata.annotations && object.metadata.annotations['ai.kernelpanic09.io/inject'] != 'false'".into(),
             }]),
             namespace_selector: Some(LabelSelector { match_labels: Some([("e2e-webhook".to_owned(), ns.clone())].into()), ..LabelSelector::default() }),
             rules: Some(vec![RuleWithOperations {
@@ -173,6 +174,69 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
         1,
         "the app container is untouched"
     );
+    // The sidecar shares the token the ServiceAccount plugin mounted for the app.
+    let api_mount = |container: &Value| {
+        container["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount")
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+    };
+    let app_token = api_mount(&injected["spec"]["containers"][0]).unwrap();
+    assert!(app_token.starts_with("kube-api-access-"), "{app_token}");
+    assert_eq!(api_mount(sidecar), Some(app_token));
+
+    // Without automount the app stays tokenless and the sidecar alone gets API credentials.
+    let run = cluster.apply(&format!(
+        "{}  automountServiceAccountToken: false\n",
+        pod(
+            "no-automount",
+            r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#
+        )
+    ));
+    assert!(run.success, "{}", run.stderr);
+    let no_automount = get("no-automount");
+    assert_eq!(api_mount(&no_automount["spec"]["containers"][0]), None);
+    assert_eq!(
+        api_mount(&no_automount["spec"]["initContainers"][0]).as_deref(),
+        Some("ai-sidecar-kube-api")
+    );
+    let own = no_automount["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "ai-sidecar-kube-api")
+        .unwrap();
+    assert_eq!(
+        own["projected"]["sources"][0]["serviceAccountToken"]["path"],
+        "token"
+    );
+
+    // An opt-in that is neither "true" nor "false" is refused, "false" is left alone.
+    let run = cluster.apply(&pod(
+        "typo",
+        r#"{"ai.kernelpanic09.io/inject": "yes", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#,
+    ));
+    assert!(!run.success);
+    assert!(run.stderr.contains("\"yes\""), "{}", run.stderr);
+    let run = cluster.apply(&pod(
+        "opted-out",
+        r#"{"ai.kernelpanic09.io/inject": "false"}"#,
+    ));
+    assert!(run.success, "{}", run.stderr);
+    assert!(get("opted-out")["spec"]["initContainers"].is_null());
+
+    // hostNetwork pods are refused with what to fix.
+    let run = cluster.apply(&format!(
+        "{}  hostNetwork: true\n",
+        pod(
+            "host-network",
+            r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#
+        )
+    ));
+    assert!(!run.success);
+    assert!(run.stderr.contains("hostNetwork"), "{}", run.stderr);
 
     // Pods that did not opt in are not sent to the webhook, and are not changed.
     let run = cluster.apply(&pod("plain", "{}"));

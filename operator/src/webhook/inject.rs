@@ -4,12 +4,21 @@
 //! Idempotent: a marker annotation records the injected version, and a pod that has it (or a
 //! container named like ours) is left alone, so reinvocation never injects twice.
 
+use std::str::FromStr;
+
 use k8s_ai_api::{ENDPOINTS_ANNOTATION, INJECT_ANNOTATION};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 /// The annotation recording that (and which version of) the sidecar was injected.
 pub const INJECTED_ANNOTATION: &str = "ai.kernelpanic09.io/injected";
+/// Per-pod override of the sidecar's CPU request (`--sidecar-cpu-request`).
+pub const CPU_REQUEST_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-cpu-request";
+/// Per-pod override of the sidecar's memory request (`--sidecar-memory-request`).
+pub const MEMORY_REQUEST_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-memory-request";
+/// Per-pod override of the sidecar's memory limit (`--sidecar-memory-limit`).
+pub const MEMORY_LIMIT_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-memory-limit";
 /// The label on injected pods, so the ledger controller can watch just them (selectors see labels only).
 pub const INJECTED_LABEL: &str = "ai.kernelpanic09.io/sidecar";
 /// The sidecar container's name.
@@ -18,8 +27,16 @@ pub const SIDECAR_NAME: &str = "ai-sidecar";
 pub const TOKEN_VOLUME: &str = "ai-sidecar-sts-token";
 /// Where the sidecar reads the token.
 pub const TOKEN_DIR: &str = "/var/run/secrets/ai.kernelpanic09.io/serviceaccount";
+/// The sidecar's own Kubernetes API credentials, for pods that get none automounted.
+pub const KUBE_API_VOLUME: &str = "ai-sidecar-kube-api";
+/// Where in-cluster clients (`kube::Client::try_default`) read the token, CA and namespace.
+pub const KUBE_API_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The sidecar's admin port (probes, metrics).
 pub const ADMIN_PORT: i32 = 8091;
+/// The sidecar's data port on the pod's loopback (its `--listen` default).
+pub const DATA_PORT: i32 = 8090;
+/// The name prefix of the token volume the ServiceAccount admission plugin adds.
+const AUTOMOUNT_VOLUME_PREFIX: &str = "kube-api-access-";
 
 /// What the operator injects, from its flags.
 #[derive(Debug, Clone)]
@@ -51,15 +68,29 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
-/// The endpoints a pod asks for, validated.
-pub fn requested_endpoints(pod: &Pod) -> Result<Vec<String>, Denial> {
-    let raw = pod
-        .metadata
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(ENDPOINTS_ANNOTATION))
+        .and_then(|a| a.get(key))
         .map(String::as_str)
-        .unwrap_or_default();
+}
+
+/// Whether the pod asks for the sidecar: `"true"` yes, absent or `"false"` no, anything else is a
+/// typo the owner should hear about rather than a pod silently started without its sidecar.
+fn opted_in(pod: &Pod) -> Result<bool, Denial> {
+    match annotation(pod, INJECT_ANNOTATION) {
+        Some("true") => Ok(true),
+        None | Some("false") => Ok(false),
+        Some(other) => Err(Denial(format!(
+            "{INJECT_ANNOTATION}: {other:?} is neither \"true\" nor \"false\": set \"true\" to have the AI sidecar injected, or remove the annotation"
+        ))),
+    }
+}
+
+/// The endpoints a pod asks for, validated.
+pub fn requested_endpoints(pod: &Pod) -> Result<Vec<String>, Denial> {
+    let raw = annotation(pod, ENDPOINTS_ANNOTATION).unwrap_or_default();
     let names: Vec<String> = raw
         .split(',')
         .map(str::trim)
@@ -79,12 +110,170 @@ pub fn requested_endpoints(pod: &Pod) -> Result<Vec<String>, Denial> {
     Ok(names)
 }
 
+/// The value of a Kubernetes quantity (`250m`, `64Mi`, `1.5G`, `5e3`), `None` when `text` is not one.
+fn quantity(text: &str) -> Option<Decimal> {
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let split = unsigned
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(unsigned.len());
+    let (number, suffix) = unsigned.split_at(split);
+    if !number.bytes().any(|b| b.is_ascii_digit()) || number.matches('.').count() > 1 {
+        return None;
+    }
+    // Quantities allow "1." and ".5": a leading 0 and no trailing dot make them plain decimals.
+    let number = Decimal::from_str(&format!("0{}", number.trim_end_matches('.'))).ok()?;
+    let binary = |power: u32| Some(Decimal::from(1_i64 << (10 * power)));
+    let decimal = |exponent: i32| {
+        let power = exponent.unsigned_abs();
+        if exponent < 0 {
+            Decimal::try_from_i128_with_scale(1, power).ok()
+        } else {
+            Decimal::try_from_i128_with_scale(10_i128.checked_pow(power)?, 0).ok()
+        }
+    };
+    let multiplier = match suffix {
+        "" => decimal(0),
+        "m" => decimal(-3),
+        "k" => decimal(3),
+        "M" => decimal(6),
+        "G" => decimal(9),
+        "T" => decimal(12),
+        "P" => decimal(15),
+        "E" => decimal(18),
+        "Ki" => binary(1),
+        "Mi" => binary(2),
+        "Gi" => binary(3),
+        "Ti" => binary(4),
+        "Pi" => binary(5),
+        "Ei" => binary(6),
+        _ => {
+            let exponent = suffix.strip_prefix(['e', 'E']).filter(|e| !e.is_empty())?;
+            decimal(exponent.parse().ok()?)
+        }
+    }?;
+    let value = number.checked_mul(multiplier)?;
+    Some(if negative { -value } else { value })
+}
+
+/// One of the sidecar's resource figures: the operator's default or the pod's override.
+struct Figure {
+    value: String,
+    amount: Decimal,
+    /// Where the value came from, for messages.
+    source: String,
+}
+
+fn figure(pod: &Pod, key: &str, default: &str, example: &str) -> Result<Figure, Denial> {
+    let (value, source) = match annotation(pod, key) {
+        Some(v) => (v, format!("from {key}")),
+        None => (default, "the operator's default".to_owned()),
+    };
+    match quantity(value) {
+        Some(amount) if !amount.is_sign_negative() => Ok(Figure {
+            value: value.to_owned(),
+            amount,
+            source,
+        }),
+        _ => Err(Denial(format!(
+            "{key}: {value:?} is not a Kubernetes resource quantity: use e.g. {example:?}"
+        ))),
+    }
+}
+
+/// The sidecar's requests and limit, with the pod's overrides applied and checked.
+struct Resources {
+    cpu_request: Figure,
+    memory_request: Figure,
+    memory_limit: Figure,
+}
+
+fn resources(pod: &Pod, settings: &InjectSettings) -> Result<Resources, Denial> {
+    let resources = Resources {
+        cpu_request: figure(pod, CPU_REQUEST_ANNOTATION, &settings.cpu_request, "50m")?,
+        memory_request: figure(
+            pod,
+            MEMORY_REQUEST_ANNOTATION,
+            &settings.memory_request,
+            "64Mi",
+        )?,
+        memory_limit: figure(
+            pod,
+            MEMORY_LIMIT_ANNOTATION,
+            &settings.memory_limit,
+            "128Mi",
+        )?,
+    };
+    let (request, limit) = (&resources.memory_request, &resources.memory_limit);
+    if request.amount > limit.amount {
+        return Err(Denial(format!(
+            "the AI sidecar's memory request {} ({}) exceeds its memory limit {} ({}): set {MEMORY_LIMIT_ANNOTATION} to at least {} or lower {MEMORY_REQUEST_ANNOTATION}",
+            request.value, request.source, limit.value, limit.source, request.value
+        )));
+    }
+    Ok(resources)
+}
+
+/// Refusals that do not depend on the annotations' contents: where the sidecar cannot work.
+fn check_pod(spec: &PodSpec, settings: &InjectSettings) -> Result<(), Denial> {
+    if spec.host_network == Some(true) {
+        return Err(Denial(format!(
+            "the AI sidecar cannot run in a hostNetwork pod: its data port 127.0.0.1:{DATA_PORT} would be on the node's loopback, where every host-network process could spend this pod's budget, and two such pods on one node would collide on it: remove hostNetwork: true, or the {INJECT_ANNOTATION} annotation"
+        )));
+    }
+    let restart = spec.restart_policy.as_deref().unwrap_or("Always");
+    if !settings.native_sidecar && restart != "Always" {
+        return Err(Denial(format!(
+            "the AI sidecar is injected as a plain container here (the operator runs with --native-sidecar=false) and never exits, so this pod (restartPolicy: {restart}, e.g. a Job's) would never complete: run the operator with --native-sidecar=true (Kubernetes 1.29 or later), or remove the {INJECT_ANNOTATION} annotation"
+        )));
+    }
+    if let Some(clash) = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == TOKEN_VOLUME || v.name == KUBE_API_VOLUME)
+    {
+        return Err(Denial(format!(
+            "the pod already has a volume named {}, a name the AI sidecar reserves for its own: rename it",
+            clash.name
+        )));
+    }
+    Ok(())
+}
+
+/// The volume that gives the sidecar Kubernetes API credentials: the ServiceAccount admission
+/// plugin's when the pod has it, else `None` (the sidecar gets its own).
+fn automounted_api_volume(spec: &PodSpec) -> Option<&str> {
+    if spec.automount_service_account_token == Some(false) {
+        return None;
+    }
+    spec.volumes
+        .iter()
+        .flatten()
+        .find(|v| {
+            v.name.starts_with(AUTOMOUNT_VOLUME_PREFIX)
+                && v.projected
+                    .iter()
+                    .flat_map(|p| p.sources.iter().flatten())
+                    .any(|s| s.service_account_token.is_some())
+        })
+        .map(|v| v.name.as_str())
+}
+
 /// Escapes a key for a JSON pointer (RFC 6901).
 fn pointer_key(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-fn sidecar_container(settings: &InjectSettings, endpoints: &[String]) -> Value {
+fn sidecar_container(
+    settings: &InjectSettings,
+    endpoints: &[String],
+    resources: &Resources,
+    api_volume: &str,
+) -> Value {
     let from_field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
     let mut env = vec![
         from_field("AI_SIDECAR_POD_NAME", "metadata.name"),
@@ -107,8 +296,8 @@ fn sidecar_container(settings: &InjectSettings, endpoints: &[String]) -> Value {
         "readinessProbe": { "httpGet": { "path": "/readyz", "port": ADMIN_PORT }, "periodSeconds": 10 },
         "livenessProbe": { "httpGet": { "path": "/healthz", "port": ADMIN_PORT }, "periodSeconds": 10 },
         "resources": {
-            "requests": { "cpu": settings.cpu_request, "memory": settings.memory_request },
-            "limits": { "memory": settings.memory_limit },
+            "requests": { "cpu": resources.cpu_request.value, "memory": resources.memory_request.value },
+            "limits": { "memory": resources.memory_limit.value },
         },
         "securityContext": {
             "runAsNonRoot": true,
@@ -118,12 +307,28 @@ fn sidecar_container(settings: &InjectSettings, endpoints: &[String]) -> Value {
             "capabilities": { "drop": ["ALL"] },
             "seccompProfile": { "type": "RuntimeDefault" },
         },
-        "volumeMounts": [ { "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true } ],
+        "volumeMounts": [
+            { "name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true },
+            { "name": api_volume, "mountPath": KUBE_API_DIR, "readOnly": true },
+        ],
     });
     if settings.native_sidecar {
         container["restartPolicy"] = json!("Always");
     }
     container
+}
+
+/// The sidecar's own API credentials, the same three files the ServiceAccount admission plugin
+/// projects, so the app keeps no token while the sidecar can still read its ModelEndpoints.
+fn kube_api_volume() -> Value {
+    json!({
+        "name": KUBE_API_VOLUME,
+        "projected": { "sources": [
+            { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
+            { "configMap": { "name": "kube-root-ca.crt", "items": [ { "key": "ca.crt", "path": "ca.crt" } ] } },
+            { "downwardAPI": { "items": [ { "path": "namespace", "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } } ] } },
+        ] },
+    })
 }
 
 /// The patch that injects the sidecar into `pod`, `None` when the pod did not opt in or already
@@ -132,12 +337,12 @@ pub fn patch_for(
     pod: &Pod,
     settings: &InjectSettings,
 ) -> Result<Option<json_patch::Patch>, Denial> {
-    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    if annotations.get(INJECT_ANNOTATION).map(String::as_str) != Some("true") {
+    if !opted_in(pod)? {
         return Ok(None);
     }
-    let spec = pod.spec.clone().unwrap_or_default();
-    let already = annotations.contains_key(INJECTED_ANNOTATION)
+    let default_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    let already = annotation(pod, INJECTED_ANNOTATION).is_some()
         || spec
             .containers
             .iter()
@@ -146,22 +351,23 @@ pub fn patch_for(
     if already {
         return Ok(None);
     }
+    check_pod(spec, settings)?;
     let endpoints = requested_endpoints(pod)?;
-    if spec
-        .volumes
-        .iter()
-        .flatten()
-        .any(|v| v.name == TOKEN_VOLUME)
-    {
-        return Err(Denial(format!(
-            "the pod already has a volume named {TOKEN_VOLUME}, which the AI sidecar needs: rename it"
-        )));
-    }
-    let container = sidecar_container(settings, &endpoints);
-    let volume = json!({
+    let resources = resources(pod, settings)?;
+    let automounted = automounted_api_volume(spec);
+    let container = sidecar_container(
+        settings,
+        &endpoints,
+        &resources,
+        automounted.unwrap_or(KUBE_API_VOLUME),
+    );
+    let mut volumes = vec![json!({
         "name": TOKEN_VOLUME,
         "projected": { "sources": [ { "serviceAccountToken": { "audience": "sts.amazonaws.com", "expirationSeconds": 86_400, "path": "token" } } ] },
-    });
+    })];
+    if automounted.is_none() {
+        volumes.push(kube_api_volume());
+    }
     let mut ops = Vec::new();
     // Native sidecars go first among init containers: ready before the others and the app start.
     match (
@@ -179,9 +385,13 @@ pub fn patch_for(
         }
     }
     if spec.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        ops.push(json!({ "op": "add", "path": "/spec/volumes/-", "value": volume }));
+        ops.extend(
+            volumes
+                .into_iter()
+                .map(|v| json!({ "op": "add", "path": "/spec/volumes/-", "value": v })),
+        );
     } else {
-        ops.push(json!({ "op": "add", "path": "/spec/volumes", "value": [volume] }));
+        ops.push(json!({ "op": "add", "path": "/spec/volumes", "value": volumes }));
     }
     // Pods always have annotations here (the opt-in is one), so adding a key is enough.
     ops.push(json!({ "op": "add", "path": format!("/metadata/annotations/{}", pointer_key(INJECTED_ANNOTATION)), "value": settings.version }));
@@ -310,7 +520,7 @@ mod tests {
             .flatten()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(volumes, ["data", TOKEN_VOLUME]);
+        assert_eq!(volumes, ["data", TOKEN_VOLUME, KUBE_API_VOLUME]);
     }
 
     #[test]
@@ -392,5 +602,169 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.contains("rename"), "{err}");
+    }
+
+    #[test]
+    fn quantities_are_parsed_like_kubernetes_does() {
+        let dec = |s: &str| Decimal::from_str(s).unwrap();
+        for (text, value) in [
+            ("0", "0"),
+            ("250m", "0.25"),
+            ("1.5", "1.5"),
+            ("1.", "1"),
+            (".5", "0.5"),
+            ("+2k", "2000"),
+            ("64Mi", "67108864"),
+            ("1Gi", "1073741824"),
+            ("1Ei", "1152921504606846976"),
+            ("2G", "2000000000"),
+            ("1E", "1000000000000000000"),
+            ("5e3", "5000"),
+            ("5E-3", "0.005"),
+            ("-1", "-1"),
+        ] {
+            assert_eq!(quantity(text), Some(dec(value)), "{text}");
+        }
+        for text in [
+            "", "Mi", "64MB", "64mi", "1.2.3", "1e", "1e1.5", " 64Mi", "64Mi ", "1e40", "+-1",
+            "0x10",
+        ] {
+            assert_eq!(quantity(text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn resource_overrides_replace_the_defaults_and_are_checked() {
+        let base = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "a" });
+        let with = |extra: &Value| {
+            let mut annotations = base.clone();
+            annotations
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            pod(&annotations, &json!({}))
+        };
+        let p = with(&json!({ CPU_REQUEST_ANNOTATION: "50m", MEMORY_LIMIT_ANNOTATION: "1Gi" }));
+        let out = apply(&p, &patch_for(&p, &settings()).unwrap().unwrap());
+        let resources =
+            serde_json::to_value(&out.spec.unwrap().init_containers.unwrap()[0].resources).unwrap();
+        assert_eq!(
+            resources,
+            json!({ "requests": { "cpu": "50m", "memory": "32Mi" }, "limits": { "memory": "1Gi" } })
+        );
+
+        let err = patch_for(
+            &with(&json!({ MEMORY_REQUEST_ANNOTATION: "lots" })),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains(MEMORY_REQUEST_ANNOTATION) && err.0.contains("\"64Mi\""),
+            "{err}"
+        );
+        let err = patch_for(
+            &with(&json!({ CPU_REQUEST_ANNOTATION: "-10m" })),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(err.0.contains(CPU_REQUEST_ANNOTATION), "{err}");
+        // 100Mi over the default 64Mi limit, and 0.1Gi over 100M: compared by value, not text.
+        let err = patch_for(
+            &with(&json!({ MEMORY_REQUEST_ANNOTATION: "100Mi" })),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(
+            err.0.contains(MEMORY_LIMIT_ANNOTATION) && err.0.contains("the operator's default"),
+            "{err}"
+        );
+        assert!(
+            patch_for(
+                &with(
+                    &json!({ MEMORY_REQUEST_ANNOTATION: "0.1Gi", MEMORY_LIMIT_ANNOTATION: "100M" })
+                ),
+                &settings()
+            )
+            .is_err()
+        );
+        assert!(
+            patch_for(
+                &with(
+                    &json!({ MEMORY_REQUEST_ANNOTATION: "100M", MEMORY_LIMIT_ANNOTATION: "0.1Gi" })
+                ),
+                &settings()
+            )
+            .unwrap()
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn the_sidecar_reuses_the_automounted_api_token_or_gets_its_own() {
+        let annotations = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "a" });
+        let automounted = json!({ "volumes": [ { "name": "kube-api-access-abcde", "projected": { "sources": [ { "serviceAccountToken": { "path": "token" } } ] } } ] });
+        let mounts_of = |extra: &Value| {
+            let p = pod(&annotations, extra);
+            let out = apply(&p, &patch_for(&p, &settings()).unwrap().unwrap());
+            let spec = out.spec.unwrap();
+            let api_mount = spec.init_containers.unwrap()[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == KUBE_API_DIR)
+                .map(|m| m.name.clone());
+            let volumes: Vec<String> = spec
+                .volumes
+                .iter()
+                .flatten()
+                .map(|v| v.name.clone())
+                .collect();
+            (api_mount, volumes)
+        };
+        assert_eq!(
+            mounts_of(&automounted),
+            (
+                Some("kube-api-access-abcde".to_owned()),
+                vec!["kube-api-access-abcde".to_owned(), TOKEN_VOLUME.to_owned()]
+            )
+        );
+        let mut opted_out = automounted.clone();
+        opted_out["automountServiceAccountToken"] = json!(false);
+        assert_eq!(mounts_of(&opted_out).0.as_deref(), Some(KUBE_API_VOLUME));
+        assert_eq!(
+            mounts_of(&json!({})),
+            (
+                Some(KUBE_API_VOLUME.to_owned()),
+                vec![TOKEN_VOLUME.to_owned(), KUBE_API_VOLUME.to_owned()]
+            )
+        );
+    }
+
+    #[test]
+    fn pods_where_the_sidecar_cannot_work_are_denied() {
+        let annotations = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "a" });
+        let err = patch_for(
+            &pod(&annotations, &json!({ "hostNetwork": true })),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("hostNetwork"), "{err}");
+        let job = pod(&annotations, &json!({ "restartPolicy": "Never" }));
+        assert!(patch_for(&job, &settings()).unwrap().is_some());
+        let plain = InjectSettings {
+            native_sidecar: false,
+            ..settings()
+        };
+        let err = patch_for(&job, &plain).unwrap_err();
+        assert!(err.0.contains("--native-sidecar=true"), "{err}");
+        let err = patch_for(
+            &pod(
+                &json!({ INJECT_ANNOTATION: "yes", ENDPOINTS_ANNOTATION: "a" }),
+                &json!({}),
+            ),
+            &settings(),
+        )
+        .unwrap_err();
+        assert!(err.0.contains("\"yes\""), "{err}");
     }
 }

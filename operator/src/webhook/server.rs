@@ -9,14 +9,14 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::{
-    DynamicObject,
-    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
-};
+use kube::core::{DynamicObject, admission::AdmissionReview};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::inject::{InjectSettings, patch_for};
+use super::{
+    admission::{self, EndpointLookup},
+    inject::InjectSettings,
+};
 
 /// The webhook's routes.
 pub fn router(settings: Arc<InjectSettings>) -> Router {
@@ -30,37 +30,21 @@ async fn mutate(
     State(settings): State<Arc<InjectSettings>>,
     Json(review): Json<AdmissionReview<Pod>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
-    let request: AdmissionRequest<Pod> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => {
-            return Json(
-                AdmissionResponse::invalid(format!("not an AdmissionReview request: {e}"))
-                    .into_review(),
-            );
+    let namespace = review
+        .request
+        .as_ref()
+        .and_then(|r| r.namespace.clone())
+        .unwrap_or_default();
+    // No ModelEndpoint cache here yet: Unknown means no missing-endpoint warnings.
+    let out = admission::review(review, &settings, &|_, _| EndpointLookup::Unknown);
+    if let Some(response) = &out.response {
+        if !response.allowed {
+            tracing::info!(%namespace, reason = %response.result.message, "denied a pod");
+        } else if response.patch.is_some() {
+            tracing::info!(%namespace, warnings = ?response.warnings, "injected the AI sidecar");
         }
-    };
-    let response = AdmissionResponse::from(&request);
-    let Some(pod) = request.object.as_ref() else {
-        return Json(response.into_review());
-    };
-    let response = match patch_for(pod, &settings) {
-        Ok(None) => response,
-        Ok(Some(patch)) => match response.clone().with_patch(patch) {
-            Ok(patched) => {
-                tracing::info!(
-                    namespace = request.namespace.as_deref().unwrap_or_default(),
-                    "injected the AI sidecar"
-                );
-                patched
-            }
-            Err(e) => response.deny(format!("internal error encoding the patch: {e}")),
-        },
-        Err(denial) => {
-            tracing::info!(namespace = request.namespace.as_deref().unwrap_or_default(), reason = %denial, "denied a pod");
-            response.deny(denial.0)
-        }
-    };
-    Json(response.into_review())
+    }
+    Json(out)
 }
 
 /// Serves `router` over TLS on `listener` until the process ends. Every connection gets the
