@@ -334,7 +334,9 @@ fn init_logging(args: &ServeArgs) -> Result<(), Error> {
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&args.log)
         .map_err(|e| Error::LogFilter(args.log.clone(), e))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -397,11 +399,15 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
         .await
         .map_err(|e| Error::Listen(args.webhook_listen, e))?;
     tracing::info!(listen = %args.webhook_listen, "admission webhook listening (TLS)");
-    let settings = Arc::new(inject_settings(args.sidecar));
+    let webhook = Arc::new(server::Webhook {
+        settings: inject_settings(args.sidecar),
+        metrics: Arc::clone(&metrics),
+        endpoints: endpoints.clone(),
+    });
     tokio::spawn(server::serve_tls(
         listener,
         Arc::new(tls),
-        server::router(settings),
+        server::router(webhook),
     ));
     health.webhook_serving.store(true, Ordering::Relaxed);
 

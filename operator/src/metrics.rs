@@ -37,7 +37,7 @@ pub struct ErrorLabels {
 /// Labels of an admission decision.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
-    /// `injected`, `skipped` (not opted in or already injected), `denied` or `invalid`.
+    /// `injected`, `skipped` (not opted in or already injected) or `denied` (also malformed reviews).
     pub outcome: String,
 }
 

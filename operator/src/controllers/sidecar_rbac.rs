@@ -145,6 +145,8 @@ pub async fn run(ctx: Arc<Context>) {
     let mut full_sync_due = true;
     let mut recheck = tokio::time::interval(RECHECK);
     let mut dirty: BTreeSet<String> = BTreeSet::new();
+    // Nothing is decided before the first complete list of pods (absence would mean nothing).
+    let mut listed = false;
     loop {
         tokio::select! {
             batch = events.next() => {
@@ -154,7 +156,10 @@ pub async fn run(ctx: Arc<Context>) {
                         Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => {
                             dirty.extend(pod.namespace());
                         }
-                        Ok(watcher::Event::InitDone) => full_sync_due = true,
+                        Ok(watcher::Event::InitDone) => {
+                            listed = true;
+                            full_sync_due = true;
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::debug!(error = %e, "pod watch interrupted; retrying"),
                     }
@@ -164,8 +169,8 @@ pub async fn run(ctx: Arc<Context>) {
             // A failed sync is retried even when nothing else happens.
             () = tokio::time::sleep(super::RETRY_AFTER_ERROR), if !dirty.is_empty() => {}
         }
-        if store.wait_until_ready().await.is_err() {
-            return;
+        if !listed {
+            continue;
         }
         tokio::time::sleep(DEBOUNCE).await;
         let pods = store.state();
