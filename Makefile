@@ -3,6 +3,7 @@
 #   make cluster-up    start the real test control plane (kube-apiserver + etcd), idempotent
 #   make cluster-down  stop it
 #   make crds          regenerate manifests/crds from the Rust types
+#   make bench         benchmark the sidecar side by side with LiteLLM; writes docs/benchmarks.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -63,6 +64,10 @@ bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one
 .PHONY: bench-sidecar
 bench-sidecar: ## Benchmark the sidecar against the emulator called directly
 	e2e/bench/sidecar.sh
+
+.PHONY: bench
+bench: ## Sidecar vs LiteLLM (and emulator floor) in one run; writes docs/benchmarks.md
+	e2e/bench/compare.sh
 
 .PHONY: test
 test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the real control plane

@@ -1,0 +1,113 @@
+# Shared by the benchmark scripts of e2e/bench (sourced, not run). Sets the repository root as the
+# working directory, the cache and target directories, and defines the helpers below.
+# shellcheck shell=bash disable=SC2034  # variables used by the scripts that source this
+# Failures inside $(...) stop the script too: assign command substitutions before parsing them.
+shopt -s inherit_errexit
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit
+RUNS=${RUNS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-10}
+cache="${K8S_AI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-ai-operator}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+emulator_bin="$CARGO_TARGET_DIR/release/bedrock-emulator"
+sidecar_bin="$CARGO_TARGET_DIR/release/ai-sidecar"
+# The static test credentials the emulator accepts (AWS's documented example pair).
+test_key_id=AKIAIOSFODNN7EXAMPLE
+test_secret=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY
+model_id=anthropic.claude-haiku-4-5-20251001-v1:0
+
+# Installs the Debian packages behind COMMAND:PACKAGE pairs whose command is missing.
+need_commands() {
+  local missing=() pair
+  for pair in "$@"; do command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}"); done
+  ((${#missing[@]})) || return 0
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Builds the release binaries named as cargo arguments, e.g. `-p e2e --bin bedrock-emulator`.
+build_release() { cargo build --release --locked -q "$@"; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Waits (up to ~20 s) until URL answers at all.
+wait_http() { for _ in $(seq 4000); do curl -s -o /dev/null "$1" && return 0; sleep 0.005; done; return 1; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+# wrk's latency ("812.00us", "1.20ms", "2.01s") in milliseconds.
+to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v); print v} else {sub(/s/,"",v); print v*1000}}'; }
+# A /proc/PID/status field (VmRSS, VmHWM) of one process, in MiB.
+rss_mib() { awk -v k="$2" '$1 == k":" {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+# PID and all its descendants, one a line.
+process_tree() {
+  echo "$1"
+  local child
+  # shellcheck disable=SC2013  # the children files hold PIDs separated by spaces
+  for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do process_tree "$child"; done
+}
+# A /proc/PID/status field summed over the process tree of PID, in MiB.
+tree_mib() {
+  local pid total=0
+  for pid in $(process_tree "$1"); do
+    total=$((total + $(awk -v k="$2" '$1 == k":" {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)))
+  done
+  awk -v kb="$total" 'BEGIN {printf "%.1f", kb/1024}'
+}
+# CPU time (user + system, children reaped included) of the process tree of PID, in clock ticks.
+tree_cpu_ticks() {
+  local pid total=0
+  for pid in $(process_tree "$1"); do
+    total=$((total + $(awk '{sub(/^.*\) /, ""); print $12 + $13 + $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+# Pins every thread of the process tree of PID to CORES (new threads inherit it).
+pin_tree() {
+  local pid
+  for pid in $(process_tree "$1"); do taskset -a -p -c "$2" "$pid" >/dev/null 2>&1 || true; done
+}
+
+# Runs wrk once from core 1: URL, Lua script, connections, seconds. Prints wrk's output; fails on
+# any non-2xx answer or socket error, which would make the figures meaningless.
+wrk_once() {
+  local out
+  out=$(taskset -c 1 wrk -t1 -c"$3" -d"$4s" --latency -s "$2" "$1")
+  if grep -qE "Non-2xx|Socket errors" <<<"$out"; then
+    echo "errors while measuring $1 with $3 connections:" >&2; echo "$out" >&2; return 1
+  fi
+  echo "$out"
+}
+# From wrk's output: "requests/s requests p50 p75 p90 p99 mean" (latencies in ms).
+wrk_figures() {
+  local p
+  printf '%s %s' "$(awk '/Requests\/sec/ {print $2}' <<<"$1")" "$(awk '/requests in/ {print $1}' <<<"$1")"
+  for p in 50% 75% 90% 99%; do printf ' %s' "$(awk -v p="$p" '$1 == p {print $2}' <<<"$1" | to_ms)"; done
+  printf ' %s\n' "$(awk '$1 == "Latency" && $2 != "Distribution" {print $2; exit}' <<<"$1" | to_ms)"
+}
+
+# Writes the sidecar's standalone configuration to FILE: the seed's ModelEndpoint and
+# GuardrailPolicy, static keys instead of IRSA, limits lifted so a benchmark measures the path, not
+# the limiter.
+sidecar_config() {
+  cat manifests/samples/guardrailpolicy.yaml <(echo ---) manifests/samples/modelendpoint.yaml \
+    | sed -e '/irsaRoleArn/d' -e 's/requestsPerMinute: 60/requestsPerMinute: 100000000/' \
+          -e 's/daily: "10.00"/daily: "1000000000"/' -e 's/monthly: "200.00"/monthly: "1000000000"/' >"$1"
+}
+# Sets the array sidecar_cmd to the command running the sidecar: config file, data port, admin
+# port, emulator URL. Run it as `taskset -c 0 "${sidecar_cmd[@]}" &`.
+sidecar_command() {
+  sidecar_cmd=(env AI_SIDECAR_NAMESPACE=ai-workloads AI_SIDECAR_LISTEN="127.0.0.1:$2"
+    AI_SIDECAR_ADMIN_LISTEN="127.0.0.1:$3" AI_SIDECAR_LOG=warn AWS_ENDPOINT_URL="$4" AWS_REGION=us-east-1
+    AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID="$test_key_id" AWS_SECRET_ACCESS_KEY="$test_secret"
+    "$sidecar_bin" --standalone --config "$1")
+}
+
+# Makes the virtualenv DIR hold REQUIREMENTS (a pip requirements file); reinstalls only when the
+# file changed since the last install, so a changed pin takes effect and an unchanged one costs
+# nothing.
+ensure_venv() {
+  local dir=$1 requirements=$2
+  if [[ ! -x "$dir/bin/python" ]] && ! python3 -m venv "$dir" 2>/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    rm -rf "$dir" && python3 -m venv "$dir"
+  fi
+  cmp -s "$requirements" "$dir/.installed-requirements" && return 0
+  "$dir/bin/pip" install -q --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$dir/.installed-requirements"
+}
