@@ -65,6 +65,10 @@ bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one
 bench-sidecar: ## Benchmark the sidecar against the emulator called directly
 	e2e/bench/sidecar.sh
 
+.PHONY: bench-operator
+bench-operator: ## Benchmark the webhook (AdmissionReviews/s, p99) and reconciling 1,000 ModelEndpoints
+	e2e/bench/operator.sh
+
 .PHONY: bench
 bench: ## Sidecar vs LiteLLM (and emulator floor) in one run; writes docs/benchmarks.md
 	e2e/bench/compare.sh
