@@ -468,6 +468,45 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
         1,
         "still one guardrail"
     );
+    // The crash window: a leader created the guardrail and died before writing the policy's
+    // status. The next reconcile finds it by name and adopts it: never two for one policy.
+    let crashed = format!("crashed-{ns}");
+    let orphan = bedrock
+        .create_guardrail()
+        .name(format!("k8s-ai-{crashed}"))
+        .blocked_input_messaging("blocked")
+        .blocked_outputs_messaging("blocked")
+        .content_policy_config(
+            aws_sdk_bedrock::types::GuardrailContentPolicyConfig::builder()
+                .filters_config(
+                    aws_sdk_bedrock::types::GuardrailContentFilterConfig::builder()
+                        .r#type(aws_sdk_bedrock::types::GuardrailContentFilterType::Hate)
+                        .input_strength(aws_sdk_bedrock::types::GuardrailFilterStrength::High)
+                        .output_strength(aws_sdk_bedrock::types::GuardrailFilterStrength::High)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let policy = sample("guardrailpolicy.yaml", &ns)
+        .replace("name: pii-and-safety", &format!("name: {crashed}"));
+    assert!(cluster.apply(&policy).success);
+    let status = wait_for_policy(cluster, &crashed, |s| s["version"] == "1");
+    assert_eq!(status["guardrailId"], orphan.guardrail_id(), "adopted");
+    let same_name = bedrock
+        .list_guardrails()
+        .send()
+        .await
+        .unwrap()
+        .guardrails()
+        .iter()
+        .filter(|g| g.name() == format!("k8s-ai-{crashed}"))
+        .count();
+    assert_eq!(same_name, 1, "no second guardrail");
     // Deleting the policy deletes the guardrail, then the object (finalizer).
     cluster.kubectl_ok(&["delete", "gp", &lifecycle, "--wait=true", "--timeout=30s"]);
     let err = bedrock
