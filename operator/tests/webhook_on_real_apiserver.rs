@@ -255,6 +255,64 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
         run.stderr
     );
 
+    // cert-manager renews the certificate in place: the webhook notices the files change and
+    // serves the new certificate on the next handshakes, while admissions keep succeeding.
+    let served = || -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("openssl s_client -connect 127.0.0.1:{port} </dev/null 2>/dev/null | openssl x509 -noout -serial"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let before = served();
+    assert!(before.starts_with("serial="), "{before:?}");
+    let mut renewed = bundle.clone();
+    let due_now = Lifetimes {
+        renew_before: Lifetimes::default().serving * 2,
+        ..Lifetimes::default()
+    };
+    renewed
+        .advance(
+            &["127.0.0.1".to_owned()],
+            SystemTime::now(),
+            due_now,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    // Like the kubelet's atomic Secret volume update: both files replaced by rename.
+    for (file, pem) in [
+        ("tls.key", &renewed.key_pem),
+        ("tls.crt", &renewed.cert_pem),
+    ] {
+        std::fs::write(dir.join(format!("{file}.new")), pem).unwrap();
+        std::fs::rename(dir.join(format!("{file}.new")), dir.join(file)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut admitted = 0;
+    while served() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        let run = cluster.apply(&pod(
+            &format!("during-renewal-{admitted}"),
+            r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#,
+        ));
+        assert!(
+            run.success,
+            "an admission failed during renewal: {}",
+            run.stderr
+        );
+        admitted += 1;
+    }
+    let run = cluster.apply(&pod(
+        "after-renewal",
+        r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#,
+    ));
+    assert!(run.success, "{}", run.stderr);
+    assert!(get("after-renewal")["spec"]["initContainers"].is_array());
+
     // The webhook is down (no replica answers): failurePolicy Fail keeps a pod that asked for the
     // sidecar from starting without it, and everyone else is unaffected.
     drop(webhook);

@@ -38,7 +38,7 @@ pub enum CertError {
     },
     #[error("the PEM holds no {0}")]
     Empty(&'static str),
-    #[error("the private key is not usable for TLS")]
+    #[error("the private key is not usable for TLS, or is not the certificate's")]
     Key(#[source] rustls::Error),
     #[error("the stored bundle has no valid {0:?}")]
     Field(&'static str),
@@ -385,9 +385,9 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Cert
             what: "private key",
             source,
         })?;
-    let signing_key =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(CertError::Key)?;
-    Ok(CertifiedKey::new(chain, signing_key))
+    // A key of another certificate (files caught mid-rotation) would fail every handshake.
+    CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+        .map_err(CertError::Key)
 }
 
 /// A server certificate that can be replaced while serving; every handshake reads the current one.
@@ -660,6 +660,14 @@ mod tests {
             Err(CertError::Empty(_))
         ));
         assert!(resolver.replace(&bundle.cert_pem, "garbage").is_err());
+        let other = Bundle::generate(&names(), SystemTime::now(), Lifetimes::default()).unwrap();
+        assert!(
+            matches!(
+                resolver.replace(&bundle.cert_pem, &other.key_pem),
+                Err(CertError::Key(_))
+            ),
+            "a key of another certificate is refused"
+        );
         assert!(
             format!("{bundle:?}").contains("not_after")
                 && !format!("{bundle:?}").contains("PRIVATE"),
