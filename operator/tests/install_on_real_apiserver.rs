@@ -44,6 +44,9 @@ impl Drop for Installed {
     }
 }
 
+/// The two tests install the same cluster-wide objects: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -61,7 +64,11 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)] // the only other holder is a plain #[test] on its own thread
 async fn the_default_install_works_with_its_own_least_privilege_rbac() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let cluster = Cluster::get();
     let _installed = Installed(cluster);
     let run = cluster.kubectl(&[
@@ -234,4 +241,65 @@ async fn the_default_install_works_with_its_own_least_privilege_rbac() {
         "the installed RBAC refused the operator: {forbidden:?}"
     );
     let _ = std::fs::remove_file(&kubeconfig);
+}
+
+/// cert-manager's release whose CRDs the overlay is checked against (from its Go module: the
+/// module's zip carries `deploy/crds/`, and the Go module proxy is reachable where GitHub is not).
+const CERT_MANAGER: &str = "github.com/cert-manager/cert-manager@v1.21.2";
+
+#[test]
+fn the_cert_manager_overlay_renders_and_is_accepted_once_cert_manager_crds_exist() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = Cluster::get();
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", CERT_MANAGER])
+        .current_dir(std::env::temp_dir())
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "go mod download {CERT_MANAGER}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let crds = std::path::Path::new(info["Dir"].as_str().unwrap()).join("deploy/crds");
+    for kind in [
+        "issuers",
+        "clusterissuers",
+        "certificates",
+        "certificaterequests",
+    ] {
+        let file = crds.join(format!("cert-manager.io_{kind}.yaml"));
+        cluster.kubectl_ok(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+        cluster.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            &format!("crd/{kind}.cert-manager.io"),
+        ]);
+    }
+    let rendered = cluster.kubectl_ok(&[
+        "kustomize",
+        repo_root().join("manifests/cert-manager").to_str().unwrap(),
+    ]);
+    assert!(
+        rendered
+            .contains("cert-manager.io/inject-ca-from: ai-operator-system/k8s-ai-operator-webhook")
+    );
+    assert!(rendered.contains("secretName: k8s-ai-operator-webhook-cert"));
+    cluster.ensure_namespace("ai-operator-system");
+    // Discovery is cached per kubectl cache dir: new CRDs need a fresh look.
+    let _ = cluster.kubectl(&["api-resources", "--api-group=cert-manager.io"]);
+    let run =
+        cluster.kubectl_with_stdin(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered));
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(
+            "certificate.cert-manager.io/k8s-ai-operator-webhook created (server dry run)"
+        ),
+        "{}",
+        run.stdout
+    );
 }
