@@ -12,8 +12,9 @@
 # SECONDS_PER_RUN seconds, interleaved across the systems; the server's CPU time per request and
 # both cores' load during each run; time to first token and to the end of a streamed answer of
 # STREAM_TOKENS tokens (TTFT_SAMPLES samples); cold start to the first successful answer (RUNS
-# starts); RSS idle and peak, summed over the server's process tree. Raw figures go to a TSV
-# (kept when BENCH_KEEP=1), the page is written from them.
+# starts); RSS idle and peak, summed over the server's process tree. Raw figures go to a TSV,
+# kept in ~/.cache/k8s-ai-operator/bench-last (with the logs too when BENCH_KEEP=1); the page is
+# written from it.
 #
 # Other benchmarks join the page through a hook: for NAME in operator, webhook, ledger, if
 # e2e/bench/NAME.sh exists it runs with BENCH_FORMAT=markdown (and RUNS, SECONDS_PER_RUN) and its
@@ -43,7 +44,7 @@ declare -A pid=()
 cleanup() {
   local p
   for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
-  if [[ ${BENCH_KEEP:-} == 1 ]]; then log "raw figures kept in $work"; else rm -rf "$work"; fi
+  if [[ ${BENCH_KEEP:-} == 1 ]]; then log "logs and raw figures kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$results"; }
@@ -214,4 +215,9 @@ meta ttft_samples "$TTFT_SAMPLES"
 meta stream_tokens "$STREAM_TOKENS"
 meta token_ms "$TOKEN_MS"
 meta duration_s "$(($(date +%s) - started))"
-"$cache/bench-venv/bin/python" e2e/bench/report.py "$work" "$PAGE"
+# The raw figures stay in the cache, so the page can be written again without measuring:
+#   ~/.cache/k8s-ai-operator/bench-venv/bin/python e2e/bench/report.py ~/.cache/k8s-ai-operator/bench-last docs/benchmarks.md
+last="$cache/bench-last"
+rm -rf "$last" && mkdir -p "$last" && cp "$results" "$last/"
+for f in "$work"/section-*.md; do if [[ -e $f ]]; then cp "$f" "$last/"; fi; done
+"$cache/bench-venv/bin/python" e2e/bench/report.py "$last" "$PAGE"

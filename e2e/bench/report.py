@@ -36,6 +36,8 @@ TARGET_THROUGHPUT = 50  # at least this many times LiteLLM's requests/s
 TARGET_ADDED_P50 = 30  # at most 1/this of LiteLLM's added p50
 TARGET_RSS = 20  # at most 1/this of LiteLLM's peak RSS
 CONNS = ["1", "16"]
+# Above this share of both cores busy with every server idle, the page says the run was disturbed.
+BUSY_WARNING = 10
 
 
 def load(work):
@@ -122,18 +124,25 @@ def where_the_time_goes(fig):
     for ours, theirs, what in PAIRS:
         added, cpu = fig.added("p50", ours, "1"), fig("cpu_us_per_request", ours, "1") / 1000
         line = (f"- **Latency, {what}** (1 connection): the sidecar adds {fmt_ms(added)} ms to the emulator's "
-                f"{fmt_ms(floor1)} ms at p50, and spends {cpu:.3f} ms of CPU a request (all its threads; at one "
-                f"request at a time this includes waking up for each).")
+                f"{fmt_ms(floor1)} ms at p50 and spends {cpu:.3f} ms of CPU a request, all threads "
+                f"({100 * cpu / added:.0f}% of what it adds: with one request at a time the added time is mostly "
+                f"its own work, waking up included).")
         if fig.has("upstream_mean_ms", ours, "1") and fig.has("mean_ms", ours, "1"):
             upstream, total, floor = (fig("upstream_mean_ms", ours, "1"), fig("mean_ms", ours, "1"),
                                       fig("mean_ms", "direct", "1"))
-            line += (f" In means (wrk's, and the sidecar's own histogram of its calls to Bedrock, from the "
-                     f"request prepared to the answer parsed): {fmt_ms(total)} ms a request through the sidecar, "
-                     f"{fmt_ms(upstream)} ms of it in the call to Bedrock, which takes the emulator "
-                     f"{fmt_ms(floor)} ms when called directly. So about {fmt_ms(upstream - floor)} ms goes to the "
-                     f"AWS SDK's client (signing, the second HTTP hop, parsing) and about "
-                     f"{fmt_ms(total - upstream)} ms to the sidecar's server side (HTTP, JSON, the local "
-                     f"guardrail, limits, cost accounting).")
+            if floor < upstream < total:
+                line += (f" In means (wrk's, and the sidecar's own histogram of its calls to Bedrock, from the "
+                         f"request prepared to the answer accounted): {fmt_ms(total)} ms a request through the "
+                         f"sidecar, {fmt_ms(upstream)} ms of it in the call to Bedrock, which takes the emulator "
+                         f"{fmt_ms(floor)} ms when called directly; so about {fmt_ms(upstream - floor)} ms goes to "
+                         f"the AWS SDK's client (signing, the second HTTP hop, parsing) and about "
+                         f"{fmt_ms(total - upstream)} ms to the sidecar's server side (HTTP, JSON, the local "
+                         f"guardrail, limits, cost accounting).")
+            else:
+                line += (f" No split between the AWS SDK's client and the sidecar's server side in this run: it "
+                         f"needs means, and the tails moved them out of order (through the sidecar "
+                         f"{fmt_ms(total)} ms, its calls to Bedrock {fmt_ms(upstream)} ms, the emulator directly "
+                         f"{fmt_ms(floor)} ms).")
         their_added, their_cpu = fig.added("p50", theirs, "1"), fig("cpu_us_per_request", theirs, "1") / 1000
         line += (f" LiteLLM adds {fmt_ms(their_added)} ms and spends {fmt_ms(their_cpu)} ms of CPU a request "
                  f"({100 * their_cpu / their_added:.0f}% of what it adds): its time is its own Python code.")
@@ -274,11 +283,17 @@ def main(work, page):
 
     m = meta
     minutes = int(m["duration_s"]) / 60
+    background = float(m["background_busy"].rstrip("%"))
+    warning = "" if background <= BUSY_WARNING else f"""
+> **This run was disturbed**: other work kept {m['background_busy']} of both cores busy while every
+> server was idle, just before the measurements. Its figures, and the targets met or missed, say more
+> about that work than about the systems: run `make bench` again on a quiet machine.
+"""
     doc = f"""# Benchmarks: the sidecar and LiteLLM's proxy, side by side
 
 Written by `make bench` (`e2e/bench/compare.sh`, then `e2e/bench/report.py`) on {m['date']}; every
 figure is computed from that run's measurements. Do not edit by hand: run `make bench` again.
-
+{warning}
 ## Targets
 
 The sidecar against LiteLLM's proxy, pair by pair, in the same run. {verdict}
