@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::Money;
+use crate::{Money, model_usage::PeriodUsage};
 
 /// Default `maxTokens`, as the original operator had it.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -163,6 +163,27 @@ impl Default for RateLimit {
     }
 }
 
+/// The counters of deleted pods' ledgers, kept after the ledgers are gone.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredUsage {
+    /// Their counters for the day named in `period` (older days are dropped at rollover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub day: Option<PeriodUsage>,
+    /// Their counters for the month named in `period`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub month: Option<PeriodUsage>,
+    /// Their counters since the endpoint was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<PeriodUsage>,
+    /// UIDs of ledgers already folded in whose deletion may not have completed: a retried fold
+    /// finds its ledger here and does not count it twice. Pruned once those ledgers are gone, so it
+    /// holds only the deletions in flight.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10_000))]
+    pub folded: Vec<String>,
+}
+
 /// Prices in US dollars per million tokens, as decimal strings such as `"3.00"`.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -229,6 +250,11 @@ pub struct ModelEndpointStatus {
     /// Output tokens billed since the endpoint was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_output_tokens: Option<u64>,
+
+    /// What pods that are gone used, folded in exactly once when their ledgers were deleted; the
+    /// figures above include it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<RetiredUsage>,
 
     /// Kept for compatibility with the original operator, which published a proxy Service name here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

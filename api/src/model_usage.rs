@@ -162,6 +162,21 @@ pub struct PeriodUsage {
     pub rejected: std::collections::BTreeMap<String, u64>,
 }
 
+impl PeriodUsage {
+    /// Adds `other`'s counters to these, exactly (counters saturate rather than wrap).
+    pub fn add(&mut self, other: &PeriodUsage) {
+        self.invocations = self.invocations.saturating_add(other.invocations);
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+        // Unreachable in practice: the range ends near 7.9e28 dollars.
+        self.cost = self.cost.checked_add(other.cost).unwrap_or(self.cost);
+        for (reason, count) in &other.rejected {
+            let total = self.rejected.entry(reason.clone()).or_default();
+            *total = total.saturating_add(*count);
+        }
+    }
+}
+
 /// Recent demand of a pod.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -43,6 +43,11 @@ impl Money {
     pub fn amount(self) -> Decimal {
         self.0
     }
+
+    /// The exact sum, or `None` past rust_decimal's range (about 7.9e28 dollars).
+    pub fn checked_add(self, other: Money) -> Option<Money> {
+        self.0.checked_add(other.0).and_then(Money::new)
+    }
 }
 
 impl FromStr for Money {

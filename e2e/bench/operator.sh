@@ -118,6 +118,8 @@ for _ in $(seq 1200); do
 done
 done_ns=$(date +%s%N)
 orss=$(awk '$1 == "VmHWM:" {printf "%.1f", $2/1024}' "/proc/${pids[-1]}/status")
+# The test control plane runs no namespace controller: delete the objects themselves.
+$kubectl delete modelendpoints --all -n "$ns" --wait=false >/dev/null
 $kubectl delete namespace "$ns" "$ns-operator" --wait=false >/dev/null
 $kubectl delete guardrailpolicy "$ns" --wait=false >/dev/null
 echo "## $ENDPOINTS ModelEndpoints to Ready (real API server + emulator; operator on one core)"

@@ -2,13 +2,14 @@
 //! `ModelUsage` owned by the pod, which its sidecar fills in; and the sums of the live ledgers
 //! folded into each ModelEndpoint's status (cost today and this month, invocations, tokens).
 //!
-//! Not yet: folding a deleted pod's final counters into retired totals exactly once (finalizer),
-//! allocations and budget grants.
+//! Deleted pods' counters are folded into the endpoint's retired totals by `fold`.
+//! Not yet: allocations and budget grants.
 
 use std::sync::Arc;
 
 use k8s_ai_api::{
-    ModelEndpoint, ModelUsage, Money,
+    ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
+    model_endpoint::RetiredUsage,
     model_usage::{PeriodUsage, ledger_name},
 };
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
@@ -49,7 +50,8 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         let ledger = json!({
             "apiVersion": "ai.kernelpanic09.io/v1alpha1",
             "kind": "ModelUsage",
-            "metadata": { "name": name, "ownerReferences": [owner] },
+            // Born with the fold finalizer, so no deletion can skip the fold.
+            "metadata": { "name": name, "ownerReferences": [owner], "finalizers": [super::fold::FINALIZER] },
             "spec": { "podName": pod.name_any(), "podUid": uid, "endpoint": endpoint },
         });
         api.patch(
@@ -90,19 +92,37 @@ pub struct Totals {
     pub output_tokens: u64,
 }
 
-/// Sums the ledgers of `endpoint`, counting day and month counters only for `day` / `month`.
+/// Sums the live ledgers of `endpoint` and what retired pods used (`retired`), counting day and
+/// month counters only for `day` / `month`. Ledgers already folded into `retired` (deleted, their
+/// finalizer not yet released) are not counted again.
 pub fn totals<'a>(
     ledgers: impl IntoIterator<Item = &'a ModelUsage>,
     endpoint: &str,
     day: &str,
     month: &str,
+    retired: Option<&RetiredUsage>,
 ) -> Totals {
     let mut t = Totals::default();
-    let current = |p: Option<&'a PeriodUsage>, period: &str| p.filter(|p| p.period == period);
-    for ledger in ledgers.into_iter().filter(|l| l.spec.endpoint == endpoint) {
-        let Some(status) = &ledger.status else {
-            continue;
-        };
+    let folded = |l: &ModelUsage| {
+        retired.is_some_and(|r| {
+            l.metadata
+                .uid
+                .as_ref()
+                .is_some_and(|u| r.folded.contains(u))
+        })
+    };
+    let retired_status = retired.map(|r| ModelUsageStatus {
+        day: r.day.clone(),
+        month: r.month.clone(),
+        lifetime: r.lifetime.clone(),
+        ..ModelUsageStatus::default()
+    });
+    let live = ledgers
+        .into_iter()
+        .filter(|l| l.spec.endpoint == endpoint && !folded(l))
+        .filter_map(|l| l.status.as_ref());
+    let current = |p: Option<&PeriodUsage>, period: &str| p.filter(|p| p.period == period).cloned();
+    for status in live.chain(retired_status.as_ref()) {
         if let Some(d) = current(status.day.as_ref(), day) {
             t.cost_today += d.cost.amount();
             t.invocations_today += d.invocations;
@@ -139,7 +159,8 @@ pub async fn endpoint_usage(
         .as_ref()
         .and_then(|b| b.time_zone.clone());
     let (day, month) = periods(tz.as_deref());
-    let t = totals(&ledgers.items, &endpoint.name_any(), &day, &month);
+    let retired = endpoint.status.as_ref().and_then(|s| s.retired.as_ref());
+    let t = totals(&ledgers.items, &endpoint.name_any(), &day, &month, retired);
     let money = |d: Decimal| Money::new(d).map_or_else(|| d.to_string(), |m| m.to_string());
     Ok(json!({
         "costToday": money(t.cost_today),
@@ -152,7 +173,7 @@ pub async fn endpoint_usage(
 }
 
 /// Today's and this month's period names in `tz` (UTC by default), as the sidecars write them.
-fn periods(tz: Option<&str>) -> (String, String) {
+pub fn periods(tz: Option<&str>) -> (String, String) {
     let zone = tz
         .and_then(|n| k8s_openapi::jiff::tz::TimeZone::get(n).ok())
         .unwrap_or(k8s_openapi::jiff::tz::TimeZone::UTC);
@@ -195,7 +216,7 @@ mod tests {
             ledger("e", "2026-11-24", "5.000000", "2026-11", "0.200000", 3),
             ledger("other", "2026-11-25", "9", "2026-11", "9", 9),
         ];
-        let t = totals(&ledgers, "e", "2026-11-25", "2026-11");
+        let t = totals(&ledgers, "e", "2026-11-25", "2026-11", None);
         assert_eq!(
             t.cost_today,
             Decimal::new(1, 6),

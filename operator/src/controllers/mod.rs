@@ -2,6 +2,7 @@
 //! object, `error_policy` with backoff), sharing one [`Context`] and one [`Error`].
 
 pub mod conditions;
+pub mod fold;
 pub mod guardrail_policy;
 pub mod ledger;
 pub mod model_endpoint;
@@ -46,6 +47,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the API server refused a write because the object changed since it was read.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(e), .. } if e.code == 409)
+    }
+
     /// A short PascalCase category, for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
@@ -83,6 +89,9 @@ pub async fn announce<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// How long to wait before retrying after a write lost to a concurrent one (409 Conflict).
+pub const RETRY_AFTER_CONFLICT: Duration = Duration::from_millis(500);
+
 /// How long to wait before retrying after an error.
 pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
 /// How often an object is checked again when nothing changes.
@@ -100,6 +109,10 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()>>(
     let controller = if kind == "Pod" { "Ledger" } else { &kind };
     ctx.metrics.reconcile_failed(controller, error.category());
     tracing::warn!(%controller, object = %object.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
+    if error.is_conflict() {
+        // Someone else wrote first; a fresh read will likely succeed at once.
+        return Action::requeue(RETRY_AFTER_CONFLICT);
+    }
     Action::requeue(RETRY_AFTER_ERROR)
 }
 
