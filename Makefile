@@ -10,6 +10,8 @@ SHELL := /bin/bash
 # Builds are slow on small machines: share one target dir across clones of this repo.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/k8s-ai-operator/target
 export CARGO_TERM_COLOR ?= never
+# Incremental state is large and of no use to a fresh clone's one build: keep the shared cache small.
+export CARGO_INCREMENTAL ?= 0
 KUBECONFIG_E2E := $(CURDIR)/e2e/.run/kubeconfig
 KUBECTL := $(CURDIR)/e2e/.bin/kubectl
 

@@ -13,7 +13,7 @@ use std::{
 };
 
 use e2e::{Cluster, repo_root};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 struct Operator(Child);
 
@@ -358,6 +358,64 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
         &ns,
         &[("claude-haiku", "Ready"), ("broken", "NotReady")],
     );
+    // Spend reaches the seed's daily budget ($10.00): BudgetExceeded, announced as a Warning.
+    let me = wait_for_endpoint(
+        cluster,
+        &ns,
+        "claude-haiku",
+        "BudgetExceeded",
+        "False",
+        "WithinBudget",
+    );
+    assert!(me["status"]["costToday"].is_string());
+    let today = k8s_openapi::jiff::Timestamp::now()
+        .to_zoned(k8s_openapi::jiff::tz::TimeZone::UTC)
+        .date();
+    let month = format!("{:04}-{:02}", today.year(), today.month());
+    // A pod as the webhook leaves it; the operator creates its ledger, its sidecar reports.
+    let _ = cluster.kubectl(&["create", "serviceaccount", "default", "-n", &ns]);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "spender", "namespace": ns, "labels": { "ai.kernelpanic09.io/sidecar": "injected" }, "annotations": { "ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku" } },
+        "spec": { "containers": [{ "name": "app", "image": "app:1" }] },
+    });
+    assert!(cluster.apply(&pod.to_string()).success);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .kubectl(&["get", "modelusage", "spender.claude-haiku", "-n", &ns])
+        .success
+    {
+        assert!(Instant::now() < deadline, "no ledger for the pod");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let spent = json!({ "status": {
+        "day": { "period": today.to_string(), "invocations": 1, "cost": "10.000001" },
+        "month": { "period": month, "invocations": 1, "cost": "10.000001" },
+    } });
+    cluster.kubectl_ok(&[
+        "patch",
+        "modelusage",
+        "spender.claude-haiku",
+        "-n",
+        &ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &spent.to_string(),
+    ]);
+    let me = wait_for_endpoint(
+        cluster,
+        &ns,
+        "claude-haiku",
+        "BudgetExceeded",
+        "True",
+        "DailyBudgetExceeded",
+    );
+    assert_eq!(
+        me["status"]["available"], true,
+        "still Ready: sidecars refuse calls themselves"
+    );
+    wait_for_events(cluster, &ns, &[("claude-haiku", "DailyBudgetExceeded")]);
     // The missing policy appears: the endpoint is re-checked through the watch.
     let policy = sample("guardrailpolicy.yaml", &ns)
         .replace("name: pii-and-safety", &format!("name: later-{ns}"));

@@ -139,11 +139,11 @@ pub fn totals<'a>(
     t
 }
 
-/// The status fields of an endpoint's usage, from its namespace's ledgers.
+/// The totals of an endpoint's usage, and them as status fields, from its namespace's ledgers.
 pub async fn endpoint_usage(
     ctx: &Context,
     endpoint: &ModelEndpoint,
-) -> Result<serde_json::Value, Error> {
+) -> Result<(Totals, serde_json::Value), Error> {
     let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
     let ledgers = Api::<ModelUsage>::namespaced(ctx.client.clone(), &ns)
         .list(&ListParams::default())
@@ -162,14 +162,15 @@ pub async fn endpoint_usage(
     let retired = endpoint.status.as_ref().and_then(|s| s.retired.as_ref());
     let t = totals(&ledgers.items, &endpoint.name_any(), &day, &month, retired);
     let money = |d: Decimal| Money::new(d).map_or_else(|| d.to_string(), |m| m.to_string());
-    Ok(json!({
+    let fields = json!({
         "costToday": money(t.cost_today),
         "costThisMonth": money(t.cost_this_month),
         "invocationsToday": t.invocations_today,
         "invocationsThisMonth": t.invocations_this_month,
         "totalInputTokens": t.input_tokens,
         "totalOutputTokens": t.output_tokens,
-    }))
+    });
+    Ok((t, fields))
 }
 
 /// Today's and this month's period names in `tz` (UTC by default), as the sidecars write them.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
-use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, pricing};
+use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, model_endpoint::CostBudget, pricing};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -16,6 +16,7 @@ use kube::{
 };
 use serde_json::json;
 
+use super::ledger::Totals;
 use super::{
     Context, Error, RECHECK,
     conditions::{self, Wanted},
@@ -225,6 +226,45 @@ async fn resolve_guardrail(
     })
 }
 
+/// `BudgetExceeded` from the spend so far and the budget; none when the endpoint has no budget.
+/// Informational (the endpoint stays Ready): sidecars refuse calls over budget themselves.
+pub fn budget_condition(budget: Option<&CostBudget>, totals: &Totals) -> Option<Wanted> {
+    let budget = budget?;
+    let over_month = budget
+        .monthly
+        .filter(|m| totals.cost_this_month >= m.amount());
+    let over_day = budget.daily.filter(|d| totals.cost_today >= d.amount());
+    Some(match (over_month, over_day) {
+        (Some(monthly), _) => Wanted {
+            type_: "BudgetExceeded",
+            status: true,
+            reason: "MonthlyBudgetExceeded",
+            message: format!(
+                "${} spent this month of a ${monthly} monthly budget: calls are refused until next month",
+                totals.cost_this_month
+            ),
+        },
+        (None, Some(daily)) => Wanted {
+            type_: "BudgetExceeded",
+            status: true,
+            reason: "DailyBudgetExceeded",
+            message: format!(
+                "${} spent today of a ${daily} daily budget: calls are refused until tomorrow",
+                totals.cost_today
+            ),
+        },
+        (None, None) => Wanted {
+            type_: "BudgetExceeded",
+            status: false,
+            reason: "WithinBudget",
+            message: format!(
+                "${} spent today, ${} this month",
+                totals.cost_today, totals.cost_this_month
+            ),
+        },
+    })
+}
+
 async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started("ModelEndpoint");
     let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
@@ -245,6 +285,9 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         wanted("GuardrailResolved", guardrail, "GuardrailResolved"),
         wanted("PriceKnown", price, "PriceKnown"),
     ];
+    // Usage totals from the namespace's ledgers and retired pods (cost, invocations, tokens).
+    let (totals, usage) = super::ledger::endpoint_usage(&ctx, &endpoint).await?;
+    let budget = budget_condition(endpoint.spec.cost_budget.as_ref(), &totals);
     let failing: Vec<&str> = checks
         .iter()
         .filter(|c| !c.status)
@@ -276,9 +319,15 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         .find(|c| c.type_ == "Ready")
         .map(|c| c.status == "True");
     let ready_message = ready.message.clone();
+    let was_over = conditions::holds(&previous, "BudgetExceeded");
+    let budget_event = budget
+        .as_ref()
+        .filter(|b| was_over != Some(b.status))
+        .map(|b| (b.status, b.reason, b.message.clone()));
     let conditions: Vec<_> = checks
         .into_iter()
         .chain([ready])
+        .chain(budget)
         .map(|w| conditions::set(&previous, w, generation))
         .collect();
     let status = json!({
@@ -286,9 +335,7 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         "kind": "ModelEndpoint",
         "status": { "available": is_ready, "conditions": conditions, "observedGeneration": generation },
     });
-    // Usage totals from the namespace's ledgers (cost, invocations, tokens).
     let mut status = status;
-    let usage = super::ledger::endpoint_usage(&ctx, &endpoint).await?;
     if let (Some(s), Some(u)) = (status["status"].as_object_mut(), usage.as_object()) {
         s.extend(u.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
@@ -307,6 +354,10 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     if was_ready != Some(is_ready) {
         let reason = if is_ready { "Ready" } else { "NotReady" };
         super::announce(&ctx, endpoint.as_ref(), is_ready, reason, ready_message).await;
+    }
+    if let Some((over, reason, message)) = budget_event {
+        // Over budget is the bad news, so it is the Warning.
+        super::announce(&ctx, endpoint.as_ref(), !over, reason, message).await;
     }
     Ok(Action::requeue(RECHECK))
 }
@@ -345,4 +396,39 @@ pub async fn run(ctx: Arc<Context>) {
         .shutdown_on_signal()
         .run(reconcile, super::error_policy, ctx);
     super::drive(results).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spent(today: &str, month: &str) -> Totals {
+        Totals {
+            cost_today: today.parse().unwrap(),
+            cost_this_month: month.parse().unwrap(),
+            ..Totals::default()
+        }
+    }
+
+    #[test]
+    fn the_budget_is_exceeded_at_the_limit_and_the_month_wins() {
+        let budget: CostBudget =
+            serde_json::from_value(json!({ "daily": "10.00", "monthly": "200.00" })).unwrap();
+        let at = |t: &Totals| budget_condition(Some(&budget), t).unwrap();
+        let within = at(&spent("9.999999", "150"));
+        assert_eq!((within.status, within.reason), (false, "WithinBudget"));
+        let day = at(&spent("10.000000", "150"));
+        assert_eq!((day.status, day.reason), (true, "DailyBudgetExceeded"));
+        assert!(
+            day.message.contains("$10.00 daily budget"),
+            "{}",
+            day.message
+        );
+        let month = at(&spent("10.5", "200"));
+        assert_eq!(
+            (month.status, month.reason),
+            (true, "MonthlyBudgetExceeded")
+        );
+        assert!(budget_condition(None, &spent("1000", "1000")).is_none());
+    }
 }
