@@ -251,6 +251,10 @@ pub struct ModelEndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_output_tokens: Option<u64>,
 
+    /// US dollars spent since the endpoint was created, all pods together (live and retired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_cost: Option<Money>,
+
     /// What pods that are gone used, folded in exactly once when their ledgers were deleted; the
     /// figures above include it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,11 +7,12 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::{
         OnceLock,
         atomic::{AtomicU32, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 /// The repository's root directory.
@@ -179,3 +180,49 @@ fn path_arg(path: &Path) -> String {
 }
 
 pub mod emulator;
+
+/// A process started by a test, killed (SIGKILL) and reaped when dropped.
+pub struct Process(pub Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits until `done` holds, polling every 200 ms; fails the test after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The environment that points a process at the test cluster (`kubeconfig`) and its AWS SDK at
+/// the emulator at `emulator_url`, with its static test keys and no instance-metadata lookups.
+pub fn test_platform_env(kubeconfig: &Path, emulator_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("KUBECONFIG", kubeconfig.to_string_lossy().into_owned()),
+        ("AWS_ENDPOINT_URL", emulator_url.to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        (
+            "AWS_ACCESS_KEY_ID",
+            emulator::config::TEST_ACCESS_KEY_ID.to_owned(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            emulator::config::TEST_SECRET_ACCESS_KEY.to_owned(),
+        ),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ]
+}

@@ -1,7 +1,9 @@
 //! The operator's Prometheus metrics (`:8080/metrics`), with the original operator's name for
 //! endpoint availability.
 
-use std::time::Instant;
+use std::{collections::HashSet, sync::Mutex, time::Instant};
+
+use rust_decimal::prelude::ToPrimitive;
 
 use k8s_ai_api::model_endpoint::ModelEndpoint;
 use kube::{ResourceExt, runtime::reflector::Store};
@@ -18,6 +20,14 @@ pub struct EndpointLabels {
     pub endpoint: String,
     pub model: String,
     pub region: String,
+}
+
+/// Labels of an endpoint's cost.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    pub model: String,
 }
 
 /// Labels of a controller.
@@ -52,6 +62,10 @@ pub struct RotationLabels {
 pub struct Metrics {
     registry: Registry,
     endpoint_available: Family<EndpointLabels, Gauge>,
+    /// US dollars; a float only here, for Prometheus. The ledger itself is exact decimals.
+    cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// The endpoints whose cost was reported at the last scrape.
+    cost_reported: Mutex<HashSet<CostLabels>>,
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
@@ -73,6 +87,8 @@ impl Default for Metrics {
         let mut m = Metrics {
             registry: Registry::default(),
             endpoint_available: Family::default(),
+            cost: Family::default(),
+            cost_reported: Mutex::default(),
             reconciliations: Family::default(),
             reconcile_errors: Family::default(),
             reconcile_duration: Family::new_with_constructor(reconcile_buckets),
@@ -90,6 +106,11 @@ impl Default for Metrics {
             "bedrock_endpoint_available",
             "1 when the ModelEndpoint is Ready (credentials, model, guardrail and price checked), else 0",
             m.endpoint_available.clone(),
+        );
+        sub.register(
+            "bedrock_invocation_cost_dollars",
+            "US dollars spent through each ModelEndpoint since it was created, all pods, live and gone (from the ledger)",
+            m.cost.clone(),
         );
         sub.register(
             "reconciliations",
@@ -184,12 +205,40 @@ impl Metrics {
             .inc();
     }
 
+    /// Moves the cost counter of `labels` up to `total` (the ledger's figure only grows; a lower
+    /// one means the endpoint was recreated, which Prometheus sees as a counter reset).
+    fn advance_cost(&self, labels: &CostLabels, total: f64) {
+        let counter = self.cost.get_or_create(labels);
+        let current = counter.get();
+        if total >= current {
+            counter.inc_by(total - current);
+        } else {
+            drop(counter);
+            self.cost.remove(labels);
+            self.cost.get_or_create(labels).inc_by(total);
+        }
+    }
+
     /// The OpenMetrics page, with endpoint availability read from `endpoints` now (so deleted
     /// endpoints disappear, and every replica reports what the leader published).
     pub fn render(&self, endpoints: Option<&Store<ModelEndpoint>>) -> String {
+        let mut seen = HashSet::new();
         if let Some(store) = endpoints {
             self.endpoint_available.clear();
             for endpoint in store.state() {
+                let labels = CostLabels {
+                    namespace: endpoint.namespace().unwrap_or_default(),
+                    endpoint: endpoint.name_any(),
+                    model: endpoint.spec.model_id.clone(),
+                };
+                let total = endpoint
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.total_cost)
+                    .and_then(|c| c.amount().to_f64())
+                    .unwrap_or_default();
+                self.advance_cost(&labels, total);
+                seen.insert(labels);
                 let available = endpoint.status.as_ref().and_then(|s| s.available) == Some(true);
                 self.endpoint_available
                     .get_or_create(&EndpointLabels {
@@ -200,6 +249,15 @@ impl Metrics {
                     })
                     .set(i64::from(available));
             }
+        }
+        if endpoints.is_some()
+            && let Ok(mut reported) = self.cost_reported.lock()
+        {
+            // Endpoints that are gone stop being reported.
+            for gone in reported.difference(&seen) {
+                self.cost.remove(gone);
+            }
+            *reported = seen;
         }
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {

@@ -8,21 +8,12 @@
 #![allow(clippy::too_many_lines)] // one scenario, read top to bottom
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use e2e::{Cluster, repo_root};
+use e2e::{Cluster, Process, repo_root};
 use serde_json::{Value, json};
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn sample(name: &str, ns: &str) -> String {
     std::fs::read_to_string(repo_root().join("manifests/samples").join(name))
@@ -152,7 +143,7 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
     .unwrap();
     let lease_ns = cluster.namespace("lease");
     let operator = |identity: &str| {
-        Operator(
+        Process(
             Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
                 .args([
                     "run",
@@ -165,18 +156,7 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
                     "--metrics-listen",
                     "127.0.0.1:0",
                 ])
-                .env("KUBECONFIG", &cluster.kubeconfig)
-                .env("AWS_ENDPOINT_URL", emulator.url())
-                .env("AWS_REGION", "us-east-1")
-                .env(
-                    "AWS_ACCESS_KEY_ID",
-                    e2e::emulator::config::TEST_ACCESS_KEY_ID,
-                )
-                .env(
-                    "AWS_SECRET_ACCESS_KEY",
-                    e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
-                )
-                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .envs(e2e::test_platform_env(&cluster.kubeconfig, &emulator.url()))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

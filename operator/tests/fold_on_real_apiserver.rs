@@ -11,22 +11,13 @@
 
 use std::{
     collections::BTreeMap,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
-use e2e::{Cluster, repo_root};
+use e2e::{Cluster, Process, free_port, repo_root, wait_until};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A small deterministic generator (xorshift), seeded from the clock; the seed is printed so a
 /// failing run can be replayed with FOLD_SEED.
@@ -71,29 +62,18 @@ async fn totals_stay_exact_while_the_operator_is_killed_during_folds() {
     }
     let lease_ns = cluster.namespace("fold-operator");
     let log = std::env::temp_dir().join(format!("operator-fold-{ns}.log"));
-    let start_operator = || {
-        Operator(
+    let start_operator_with_metrics = |metrics: &str| {
+        Process(
             Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
                 .args(["run", "--leader-election=false", "--namespace", &lease_ns])
                 .args([
                     "--webhook-listen",
                     "127.0.0.1:0",
                     "--metrics-listen",
-                    "127.0.0.1:0",
+                    metrics,
                 ])
                 .args(["--webhook-configuration", "none", "--log-format", "text"])
-                .env("KUBECONFIG", &cluster.kubeconfig)
-                .env("AWS_ENDPOINT_URL", emulator.url())
-                .env("AWS_REGION", "us-east-1")
-                .env(
-                    "AWS_ACCESS_KEY_ID",
-                    e2e::emulator::config::TEST_ACCESS_KEY_ID,
-                )
-                .env(
-                    "AWS_SECRET_ACCESS_KEY",
-                    e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
-                )
-                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .envs(e2e::test_platform_env(&cluster.kubeconfig, &emulator.url()))
                 .stdout(
                     std::fs::OpenOptions::new()
                         .create(true)
@@ -106,6 +86,7 @@ async fn totals_stay_exact_while_the_operator_is_killed_during_folds() {
                 .unwrap(),
         )
     };
+    let start_operator = || start_operator_with_metrics("127.0.0.1:0");
     let mut operator = start_operator();
 
     let seed = std::env::var("FOLD_SEED")
@@ -273,6 +254,40 @@ async fn totals_stay_exact_while_the_operator_is_killed_during_folds() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+    // The lifetime cost, exact in the status and as the seed's counter on the operator's /metrics.
+    drop(operator);
+    let port = free_port();
+    let _operator = start_operator_with_metrics(&format!("127.0.0.1:{port}"));
+    let want_cost = Decimal::from(reported.values().map(|r| r.micro_dollars).sum::<u64>())
+        / Decimal::from(1_000_000);
+    let total: Decimal = endpoint_status()["totalCost"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(total, want_cost);
+    let sample = format!(
+        "k8s_ai_operator_bedrock_invocation_cost_dollars_total{{namespace=\"{ns}\",endpoint=\"claude-haiku\",model=\"anthropic.claude-haiku-4-5-20251001-v1:0\"}} "
+    );
+    let mut page = String::new();
+    wait_until("the cost counter", Duration::from_secs(30), || {
+        page = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        page.contains(&sample)
+    });
+    let value: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (value - want_cost.to_string().parse::<f64>().unwrap()).abs() < 1e-9,
+        "{value} vs {want_cost}"
+    );
     // Bookkeeping stays small: only folds whose ledger deletion is still in flight are listed.
     let listed = endpoint_status()["retired"]["folded"]
         .as_array()

@@ -8,21 +8,12 @@
 #![allow(clippy::too_many_lines)] // one scenario, read top to bottom
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use e2e::{Cluster, repo_root};
+use e2e::{Cluster, Process, free_port, repo_root, wait_until};
 use serde_json::{Value, json};
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Removes what would affect other tests: the webhook (failurePolicy Fail) and the ledger policy.
 struct Installed(&'static Cluster);
@@ -46,22 +37,6 @@ impl Drop for Installed {
 
 /// The two tests install the same cluster-wide objects: one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::await_holding_lock)] // the only other holder is a plain #[test] on its own thread
@@ -145,7 +120,7 @@ async fn the_default_install_works_with_its_own_least_privilege_rbac() {
     .await
     .unwrap();
     let log = std::env::temp_dir().join(format!("operator-install-{}.log", std::process::id()));
-    let _operator = Operator(
+    let _operator = Process(
         Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
             .args(["--identity", "installed", "--cert-extra-names", "127.0.0.1"])
             .args([
@@ -156,18 +131,7 @@ async fn the_default_install_works_with_its_own_least_privilege_rbac() {
             ])
             .args(["--sidecar-image", "example.com/ai-sidecar:test"])
             .env("AI_OPERATOR_NAMESPACE", "ai-operator-system")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("AWS_ENDPOINT_URL", emulator.url())
-            .env("AWS_REGION", "us-east-1")
-            .env(
-                "AWS_ACCESS_KEY_ID",
-                e2e::emulator::config::TEST_ACCESS_KEY_ID,
-            )
-            .env(
-                "AWS_SECRET_ACCESS_KEY",
-                e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(e2e::test_platform_env(&kubeconfig, &emulator.url()))
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()

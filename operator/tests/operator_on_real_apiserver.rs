@@ -11,29 +11,12 @@
 
 use std::{
     collections::BTreeSet,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use e2e::{Cluster, repo_root};
+use e2e::{Cluster, Process, free_port, repo_root, wait_until};
 use serde_json::{Value, json};
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// GET on a local port: (HTTP status, body).
 fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -49,14 +32,6 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// The sum of a metric's samples on a text-format page.
@@ -113,7 +88,7 @@ async fn replicas_share_rotating_certificates_without_failing_an_admission() {
     assert!(run.success, "{}", run.stderr);
 
     let replica = |identity: &str, webhook_port: u16, metrics_port: u16| {
-        Operator(
+        Process(
             Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
                 .args(["run", "--namespace", &op_ns, "--identity", identity])
                 .args(["--webhook-listen", &format!("127.0.0.1:{webhook_port}")])
@@ -139,18 +114,7 @@ async fn replicas_share_rotating_certificates_without_failing_an_admission() {
                     "--log-format",
                     "text",
                 ])
-                .env("KUBECONFIG", &cluster.kubeconfig)
-                .env("AWS_ENDPOINT_URL", emulator.url())
-                .env("AWS_REGION", "us-east-1")
-                .env(
-                    "AWS_ACCESS_KEY_ID",
-                    e2e::emulator::config::TEST_ACCESS_KEY_ID,
-                )
-                .env(
-                    "AWS_SECRET_ACCESS_KEY",
-                    e2e::emulator::config::TEST_SECRET_ACCESS_KEY,
-                )
-                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .envs(e2e::test_platform_env(&cluster.kubeconfig, &emulator.url()))
                 .stderr(Stdio::null())
                 // Logs (on stdout) are kept for a failure's post-mortem.
                 .stdout(

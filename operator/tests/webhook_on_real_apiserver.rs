@@ -6,11 +6,11 @@
 #![allow(clippy::too_many_lines)] // one scenario, read top to bottom
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
 
-use e2e::Cluster;
+use e2e::{Cluster, Process, free_port};
 use k8s_openapi::{
     ByteString,
     api::admissionregistration::v1::{
@@ -21,23 +21,6 @@ use k8s_openapi::{
 };
 use serde_json::Value;
 use webhook_certs::{Bundle, Lifetimes};
-
-struct Webhook(Child);
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_denied() {
@@ -58,7 +41,7 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
     std::fs::write(dir.join("tls.crt"), &bundle.cert_pem).unwrap();
     std::fs::write(dir.join("tls.key"), &bundle.key_pem).unwrap();
     let port = free_port();
-    let webhook = Webhook(
+    let webhook = Process(
         Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
             .args([
                 "webhook",

@@ -90,6 +90,8 @@ pub struct Totals {
     pub invocations_this_month: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Lifetime cost, live and retired.
+    pub cost_total: Decimal,
 }
 
 /// Sums the live ledgers of `endpoint` and what retired pods used (`retired`), counting day and
@@ -134,6 +136,7 @@ pub fn totals<'a>(
         if let Some(l) = &status.lifetime {
             t.input_tokens += l.input_tokens;
             t.output_tokens += l.output_tokens;
+            t.cost_total += l.cost.amount();
         }
     }
     t
@@ -159,7 +162,21 @@ pub async fn endpoint_usage(
         .as_ref()
         .and_then(|b| b.time_zone.clone());
     let (day, month) = periods(tz.as_deref());
-    let retired = endpoint.status.as_ref().and_then(|s| s.retired.as_ref());
+    // `retired` is read from the API server after the ledgers were listed, never from the cache:
+    // a ledger folded in between is then both listed and in `retired`, and its recorded UID makes
+    // it count once; a cached, older `retired` could miss a ledger that is no longer listed.
+    let fresh = Api::<ModelEndpoint>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&endpoint.name_any())
+        .await
+        .map_err(|source| Error::Kube {
+            kind: "ModelEndpoint",
+            name: format!("{ns}/{}", endpoint.name_any()),
+            source,
+        })?;
+    let retired = fresh
+        .as_ref()
+        .and_then(|e| e.status.as_ref())
+        .and_then(|s| s.retired.as_ref());
     let t = totals(&ledgers.items, &endpoint.name_any(), &day, &month, retired);
     let money = |d: Decimal| Money::new(d).map_or_else(|| d.to_string(), |m| m.to_string());
     let fields = json!({
@@ -169,6 +186,7 @@ pub async fn endpoint_usage(
         "invocationsThisMonth": t.invocations_this_month,
         "totalInputTokens": t.input_tokens,
         "totalOutputTokens": t.output_tokens,
+        "totalCost": money(t.cost_total),
     });
     Ok((t, fields))
 }
