@@ -420,6 +420,8 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
         shutdown_signal().await;
         Ok(())
     };
+    // The controllers have stopped (and the Lease's task releases it once its channel is gone).
+    metrics.leader.set(0);
     // Drain: fail /readyz so the Service stops sending us admission requests, keep serving those
     // already routed here, then exit.
     health.shutting_down.store(true, Ordering::Relaxed);

@@ -88,6 +88,8 @@ pub struct Totals {
     pub cost_this_month: Decimal,
     pub invocations_today: u64,
     pub invocations_this_month: u64,
+    /// Requests refused this month, every reason together.
+    pub rejected_this_month: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
     /// Lifetime cost, live and retired.
@@ -132,6 +134,7 @@ pub fn totals<'a>(
         if let Some(m) = current(status.month.as_ref(), month) {
             t.cost_this_month += m.cost.amount();
             t.invocations_this_month += m.invocations;
+            t.rejected_this_month += m.rejected.values().sum::<u64>();
         }
         if let Some(l) = &status.lifetime {
             t.input_tokens += l.input_tokens;
@@ -184,6 +187,7 @@ pub async fn endpoint_usage(
         "costThisMonth": money(t.cost_this_month),
         "invocationsToday": t.invocations_today,
         "invocationsThisMonth": t.invocations_this_month,
+        "rejectedThisMonth": t.rejected_this_month,
         "totalInputTokens": t.input_tokens,
         "totalOutputTokens": t.output_tokens,
         "totalCost": money(t.cost_total),
@@ -221,7 +225,7 @@ mod tests {
             "spec": { "podName": "p", "podUid": "u", "endpoint": endpoint },
             "status": {
                 "day": { "period": day, "invocations": invocations, "cost": day_cost },
-                "month": { "period": month, "invocations": invocations, "cost": month_cost },
+                "month": { "period": month, "invocations": invocations, "cost": month_cost, "rejected": { "rate_limited": 1, "budget_exceeded": 2 } },
                 "lifetime": { "invocations": invocations, "inputTokens": 10, "outputTokens": 20, "cost": month_cost },
             },
         }))
@@ -243,6 +247,10 @@ mod tests {
         );
         assert_eq!(t.cost_this_month, Decimal::new(1_300_001, 6));
         assert_eq!((t.invocations_today, t.invocations_this_month), (2, 5));
+        assert_eq!(
+            t.rejected_this_month, 6,
+            "every reason, this month's ledgers only"
+        );
         assert_eq!((t.input_tokens, t.output_tokens), (20, 40));
     }
 }
