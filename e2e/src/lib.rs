@@ -77,14 +77,19 @@ impl Cluster {
                 "-k",
                 &path_arg(&root.join("manifests/crds")),
             ]);
-            cluster.kubectl_ok(&[
-                "wait",
-                "--for=condition=Established",
-                "crd",
-                "-l",
-                "app.kubernetes.io/part-of=k8s-ai-operator",
-                "--timeout=60s",
-            ]);
+            // `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+            wait_until("the CRDs to be Established", Duration::from_mins(1), || {
+                cluster
+                    .kubectl(&[
+                        "wait",
+                        "--for=condition=Established",
+                        "crd",
+                        "-l",
+                        "app.kubernetes.io/part-of=k8s-ai-operator",
+                        "--timeout=60s",
+                    ])
+                    .success
+            });
             // Established comes before the group is in the published OpenAPI (what `kubectl
             // explain` reads); wait for that, then drop kubectl's discovery cache, which was
             // filled before the CRDs existed and would hide them from `explain`.

@@ -657,6 +657,7 @@ async fn lead(
         aws,
         aws_checks: std::sync::Mutex::default(),
         metrics: Arc::clone(&metrics),
+        backoff: controllers::Backoff::default(),
     });
     let controllers = Box::pin(async move {
         tracing::info!(

@@ -238,11 +238,16 @@ fn the_cert_manager_overlay_renders_and_is_accepted_once_cert_manager_crds_exist
     ] {
         let file = crds.join(format!("cert-manager.io_{kind}.yaml"));
         cluster.kubectl_ok(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            &format!("crd/{kind}.cert-manager.io"),
-        ]);
+        // `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+        wait_until("an Established CRD", Duration::from_secs(30), || {
+            cluster
+                .kubectl(&[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{kind}.cert-manager.io"),
+                ])
+                .success
+        });
     }
     let rendered = cluster.kubectl_ok(&[
         "kustomize",

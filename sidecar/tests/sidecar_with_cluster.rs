@@ -379,13 +379,22 @@ impl PrivateControlPlane {
             "-k",
             root.join("manifests/crds").to_str().unwrap(),
         ]);
-        cluster.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ]);
+        // `kubectl wait` errors out (rather than waits) while a new CRD has no conditions yet.
+        e2e::wait_until(
+            "the CRDs to be Established",
+            std::time::Duration::from_secs(60),
+            || {
+                cluster
+                    .kubectl(&[
+                        "wait",
+                        "--for=condition=Established",
+                        "crd",
+                        "--all",
+                        "--timeout=60s",
+                    ])
+                    .success
+            },
+        );
         PrivateControlPlane {
             child,
             cluster,

@@ -172,6 +172,7 @@ async fn reconcile(ledger: Arc<ModelUsage>, ctx: Arc<Context>) -> Result<Action,
 
 /// Runs the fold controller until the process ends: every ledger, re-checked when its pod changes.
 pub async fn run(ctx: Arc<Context>) {
+    let ctx_for_results = Arc::clone(&ctx);
     let ledgers = Api::<ModelUsage>::all(ctx.client.clone());
     let pods = Api::<Pod>::all(ctx.client.clone());
     let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
@@ -186,7 +187,7 @@ pub async fn run(ctx: Arc<Context>) {
         })
         .shutdown_on_signal()
         .run(reconcile, super::error_policy, ctx);
-    super::drive(results).await;
+    super::drive(&ctx_for_results, results).await;
 }
 
 #[cfg(test)]

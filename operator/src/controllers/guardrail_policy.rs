@@ -581,13 +581,14 @@ async fn reconcile(policy: Arc<GuardrailPolicy>, ctx: Arc<Context>) -> Result<Ac
 
 /// Runs the GuardrailPolicy controller until the process ends.
 pub async fn run(ctx: Arc<Context>) {
+    let ctx_for_results = Arc::clone(&ctx);
     let results = Controller::new(
         Api::<GuardrailPolicy>::all(ctx.client.clone()),
         watcher::Config::default(),
     )
     .shutdown_on_signal()
     .run(reconcile, super::error_policy, ctx);
-    super::drive(results).await;
+    super::drive(&ctx_for_results, results).await;
 }
 
 #[cfg(test)]

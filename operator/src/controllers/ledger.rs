@@ -71,6 +71,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
 
 /// Runs the ledger controller (injected pods → their ModelUsages) until the process ends.
 pub async fn run(ctx: Arc<Context>) {
+    let ctx_for_results = Arc::clone(&ctx);
     let pods = Api::<Pod>::all(ctx.client.clone());
     let selector = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
     let results = Controller::new(pods, selector).shutdown_on_signal().run(
@@ -78,7 +79,7 @@ pub async fn run(ctx: Arc<Context>) {
         super::error_policy,
         ctx,
     );
-    super::drive(results).await;
+    super::drive(&ctx_for_results, results).await;
 }
 
 /// The sums of an endpoint's live ledgers for the current periods.

@@ -12,7 +12,10 @@ pub mod sidecar_rbac;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
-use kube::{Client, ResourceExt, runtime::controller::Action};
+use kube::{
+    Client, ResourceExt,
+    runtime::{controller::Action, reflector::ObjectRef},
+};
 
 /// What every reconciler needs.
 pub struct Context {
@@ -24,6 +27,8 @@ pub struct Context {
     /// The last AWS checks of each ModelEndpoint (`ns/name` → generation, when, result).
     pub aws_checks: model_endpoint::AwsChecks,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Consecutive failures per object, for growing retry delays.
+    pub backoff: Backoff,
 }
 
 /// Why a reconcile failed; each is retried with backoff.
@@ -97,7 +102,34 @@ pub const RETRY_AFTER_ERROR: Duration = Duration::from_secs(15);
 /// How often an object is checked again when nothing changes.
 pub const RECHECK: Duration = Duration::from_secs(300);
 
-/// The error policy of every controller: log and count the failure by category, retry after a pause.
+/// Per-object retry delays: doubling from [`RETRY_AFTER_ERROR`] with each consecutive failure,
+/// capped at [`RECHECK`], forgotten at the next success.
+#[derive(Default)]
+pub struct Backoff(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl Backoff {
+    /// Records a failure of `key`; returns how long to wait before retrying it.
+    pub fn failed(&self, key: String) -> Duration {
+        let failures = self.0.lock().map_or(1, |mut map| {
+            let n = map.entry(key).or_default();
+            *n = n.saturating_add(1);
+            *n
+        });
+        RETRY_AFTER_ERROR
+            .saturating_mul(1 << failures.saturating_sub(1).min(8))
+            .min(RECHECK)
+    }
+
+    /// Forgets the failures of `key`.
+    pub fn succeeded(&self, key: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(key);
+        }
+    }
+}
+
+/// The error policy of every controller: log and count the failure by category, retry after a
+/// pause that grows with consecutive failures of the same object (a conflict is retried at once).
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime calls
 pub fn error_policy<K: kube::Resource<DynamicType = ()>>(
     object: Arc<K>,
@@ -108,21 +140,50 @@ pub fn error_policy<K: kube::Resource<DynamicType = ()>>(
     let kind = K::kind(&());
     let controller = if kind == "Pod" { "Ledger" } else { &kind };
     ctx.metrics.reconcile_failed(controller, error.category());
-    tracing::warn!(%controller, object = %object.name_any(), category = error.category(), error = %error, "reconcile failed; retrying");
     if error.is_conflict() {
         // Someone else wrote first; a fresh read will likely succeed at once.
         return Action::requeue(RETRY_AFTER_CONFLICT);
     }
-    Action::requeue(RETRY_AFTER_ERROR)
+    let delay = ctx
+        .backoff
+        .failed(ObjectRef::from_obj(object.as_ref()).to_string());
+    tracing::warn!(%controller, object = %object.name_any(), category = error.category(), error = %error, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
 }
 
-/// Drives a controller's stream of results until it ends (at shutdown).
-pub async fn drive<T, E: std::fmt::Display>(results: impl Stream<Item = Result<T, E>>) {
+/// Drives a controller's stream of results until it ends (at shutdown), forgetting the failures
+/// of each object that reconciles successfully.
+pub async fn drive<K, E: std::fmt::Display>(
+    ctx: &Context,
+    results: impl Stream<Item = Result<(ObjectRef<K>, Action), E>>,
+) where
+    K: kube::Resource,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    ObjectRef<K>: std::fmt::Display,
+{
     results
         .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
+            match result {
+                Ok((object, _)) => ctx.backoff.succeeded(&object.to_string()),
+                Err(e) => tracing::debug!(error = %e, "controller event"),
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_per_failure_up_to_the_recheck_and_reset_on_success() {
+        let backoff = Backoff::default();
+        let delays: Vec<u64> = (0..6)
+            .map(|_| backoff.failed("a".into()).as_secs())
+            .collect();
+        assert_eq!(delays, [15, 30, 60, 120, 240, 300]);
+        assert_eq!(backoff.failed("b".into()).as_secs(), 15, "per object");
+        backoff.succeeded("a");
+        assert_eq!(backoff.failed("a".into()).as_secs(), 15);
+    }
 }

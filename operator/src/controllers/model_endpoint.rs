@@ -364,6 +364,7 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
 
 /// Runs the ModelEndpoint controller until the process ends.
 pub async fn run(ctx: Arc<Context>) {
+    let ctx_for_results = Arc::clone(&ctx);
     let endpoints = Api::<ModelEndpoint>::all(ctx.client.clone());
     let policies = Api::<GuardrailPolicy>::all(ctx.client.clone());
     let controller = Controller::new(endpoints, watcher::Config::default());
@@ -395,7 +396,7 @@ pub async fn run(ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(reconcile, super::error_policy, ctx);
-    super::drive(results).await;
+    super::drive(&ctx_for_results, results).await;
 }
 
 #[cfg(test)]

@@ -103,6 +103,7 @@ async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<A
 
 /// Runs the PromptTemplate controller until the process ends.
 pub async fn run(ctx: Arc<Context>) {
+    let ctx_for_results = Arc::clone(&ctx);
     let templates = Api::<PromptTemplate>::all(ctx.client.clone());
     let endpoints = Api::<ModelEndpoint>::all(ctx.client.clone());
     let controller = Controller::new(templates, watcher::Config::default());
@@ -125,5 +126,5 @@ pub async fn run(ctx: Arc<Context>) {
         )
         .shutdown_on_signal()
         .run(reconcile, super::error_policy, ctx);
-    super::drive(results).await;
+    super::drive(&ctx_for_results, results).await;
 }
