@@ -23,6 +23,13 @@ pub fn holds(conditions: &[Condition], type_: &str) -> Option<bool> {
         .map(|c| c.status == "True")
 }
 
+/// What to announce when `wanted` changes the status of its condition in `previous` (whether it
+/// now holds, its reason, its message); `None` when the status stays as it was.
+pub fn transition(previous: &[Condition], wanted: &Wanted) -> Option<(bool, &'static str, String)> {
+    (holds(previous, wanted.type_) != Some(wanted.status))
+        .then(|| (wanted.status, wanted.reason, wanted.message.clone()))
+}
+
 /// `wanted` as a condition, keeping the previous `lastTransitionTime` when the status is unchanged.
 pub fn set(previous: &[Condition], wanted: Wanted, generation: Option<i64>) -> Condition {
     let status = if wanted.status { "True" } else { "False" }.to_owned();

@@ -487,13 +487,12 @@ async fn apply(policy: Arc<GuardrailPolicy>, ctx: &Context) -> Result<Action, Er
         reason: "Synced",
         message: format!("Bedrock guardrail {id} version {version}"),
     };
-    let newly_synced = conditions::holds(&previous, "Synced") != Some(true);
-    let message = synced.message.clone();
+    let event = conditions::transition(&previous, &synced);
     let condition = conditions::set(&previous, synced, policy.metadata.generation);
     let status = json!({ "guardrailId": id, "guardrailArn": draft.guardrail_arn(), "version": version, "conditions": [condition], "observedGeneration": policy.metadata.generation });
     write_status(ctx, &policy, status).await?;
-    if newly_synced {
-        super::announce(ctx, policy.as_ref(), true, "Synced", message).await;
+    if let Some((synced, reason, message)) = event {
+        super::announce(ctx, policy.as_ref(), synced, reason, message).await;
     }
     Ok(Action::requeue(RECHECK))
 }
@@ -566,12 +565,11 @@ async fn reconcile(policy: Arc<GuardrailPolicy>, ctx: Arc<Context>) -> Result<Ac
                 reason: "BedrockError",
                 message: e.to_string(),
             };
-            let newly_failed = conditions::holds(&previous, "Synced") != Some(false);
-            let message = failed.message.clone();
+            let event = conditions::transition(&previous, &failed);
             let condition = conditions::set(&previous, failed, policy.metadata.generation);
             let _ = write_status(&ctx, &policy, json!({ "conditions": [condition] })).await;
-            if newly_failed {
-                super::announce(&ctx, policy.as_ref(), false, "BedrockError", message).await;
+            if let Some((synced, reason, message)) = event {
+                super::announce(&ctx, policy.as_ref(), synced, reason, message).await;
             }
             Err(e)
         }

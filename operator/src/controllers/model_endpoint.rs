@@ -314,16 +314,10 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         .unwrap_or_default();
     let generation = endpoint.metadata.generation;
     let is_ready = ready.status;
-    let was_ready = previous
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| c.status == "True");
-    let ready_message = ready.message.clone();
-    let was_over = conditions::holds(&previous, "BudgetExceeded");
+    let ready_event = conditions::transition(&previous, &ready);
     let budget_event = budget
         .as_ref()
-        .filter(|b| was_over != Some(b.status))
-        .map(|b| (b.status, b.reason, b.message.clone()));
+        .and_then(|b| conditions::transition(&previous, b));
     let conditions: Vec<_> = checks
         .into_iter()
         .chain([ready])
@@ -351,9 +345,8 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
             name: format!("{ns}/{name}"),
             source,
         })?;
-    if was_ready != Some(is_ready) {
-        let reason = if is_ready { "Ready" } else { "NotReady" };
-        super::announce(&ctx, endpoint.as_ref(), is_ready, reason, ready_message).await;
+    if let Some((ready, reason, message)) = ready_event {
+        super::announce(&ctx, endpoint.as_ref(), ready, reason, message).await;
     }
     if let Some((over, reason, message)) = budget_event {
         // Over budget is the bad news, so it is the Warning.

@@ -74,8 +74,7 @@ async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<A
         .unwrap_or_default();
     let generation = template.metadata.generation;
     let wanted = validity(&template, exists);
-    let transition = (conditions::holds(&previous, "Valid") != Some(wanted.status))
-        .then(|| (wanted.status, wanted.reason, wanted.message.clone()));
+    let transition = conditions::transition(&previous, &wanted);
     let condition = conditions::set(&previous, wanted, generation);
     let status = json!({
         "apiVersion": "ai.kernelpanic09.io/v1alpha1",
