@@ -1,4 +1,5 @@
 # k8s-ai-operator — one entry point for building and testing.
+#   make demo          the seed README's quick start on a local control plane (KEEP=1 leaves it running)
 #   make test          everything CI runs: deps, fmt, clippy, unit and end-to-end tests
 #   make cluster-up    start the real test control plane (kube-apiserver + etcd), idempotent
 #   make cluster-down  stop it
@@ -54,6 +55,14 @@ samples: cluster-up ## Install the CRDs and apply the seed README's objects to t
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) create namespace ai-workloads --dry-run=client -o yaml | $(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) apply -f -
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) apply -f manifests/samples/
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) get modelendpoints -n ai-workloads
+
+.PHONY: demo
+demo: deps ## The quick start end to end on a local control plane; KEEP=1 leaves it running
+	KEEP=$(KEEP) scripts/demo.sh
+
+.PHONY: demo-down
+demo-down: ## Stop what `make demo KEEP=1` left running
+	scripts/demo.sh down
 
 .PHONY: emulator
 emulator: ## Run the Bedrock/STS emulator on 127.0.0.1:4566 (see e2e/README.md)

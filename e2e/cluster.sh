@@ -11,7 +11,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-run_dir="$here/.run"
+# K8S_AI_RUN_DIR gives a second, independent control plane (make demo uses e2e/.demo).
+run_dir="${K8S_AI_RUN_DIR:-$here/.run}"
 bin_dir="$here/.bin"
 cache="${K8S_AI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-ai-operator}"
 

@@ -7,8 +7,9 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 
 # Debian packages the build uses (TLS roots and a C toolchain for ring).
 need_apt=()
-# promtool (package prometheus) checks every metrics page in the tests; openssl reads served certificates.
-for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus" "openssl:openssl"; do
+# promtool (package prometheus) checks every metrics page in the tests; openssl reads served
+# certificates; jq shapes JSON in `make demo`.
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus" "openssl:openssl" "jq:jq"; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg#*:}")
 done
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)

@@ -1,0 +1,105 @@
+"""The quick start, asserted: `scripts/demo.sh` (what `make demo` runs) on its own control plane,
+kept running (KEEP=1) so its results can be checked, then taken down. Nothing is mocked: a real
+kube-apiserver, the operator's webhook, the sidecar with tokens bound to the pod, the emulator
+verifying SigV4 and IRSA tokens."""
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+from decimal import Decimal
+
+import pytest
+
+from conftest import ROOT, free_port
+
+KUBECTL = ROOT / "e2e" / ".bin" / "kubectl"
+SEED_INVOKE_KEYS = {"content", "inputTokens", "outputTokens", "stopReason", "costUSD"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    state = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "KEEP": "1", "DEMO_DIR": str(state), "DEMO_PORT": str(free_port())}
+    run = subprocess.run([str(ROOT / "scripts" / "demo.sh")], env=env, capture_output=True, text=True, timeout=900)
+    try:
+        assert run.returncode == 0, f"demo failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+        urls = dict(line.split("=", 1) for line in (state / "demo.env").read_text().split())
+        yield state, urls, run.stdout
+    finally:
+        down = subprocess.run([str(ROOT / "scripts" / "demo.sh"), "down"], env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr
+        assert not state.exists(), "demo down left its state behind"
+
+
+def kubectl(urls, *args) -> str:
+    return subprocess.run([str(KUBECTL), "--kubeconfig", urls["KUBECONFIG"], *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_the_seeds_calls_answer_in_the_seeds_shapes(demo):
+    state, _, _ = demo
+    invoke = json.loads((state / "invoke.json").read_text())
+    assert set(invoke) == SEED_INVOKE_KEYS
+    assert invoke["content"].startswith("A Kubernetes operator is a controller")
+    assert invoke["stopReason"] == "end_turn"
+    assert invoke["inputTokens"] > 0 and invoke["outputTokens"] > 0
+    assert isinstance(invoke["costUSD"], str) and re.fullmatch(r"\d+\.\d{1,6}", invoke["costUSD"])
+    render = json.loads((state / "render.json").read_text())
+    assert isinstance(render["content"], str) and render["content"]
+    assert re.fullmatch(r"\d+\.\d{1,6}", render["costUSD"])
+
+
+def test_the_pod_was_mutated_by_the_webhook(demo):
+    _, urls, _ = demo
+    pod = json.loads(kubectl(urls, "get", "pod", "demo-app", "-n", "ai-workloads", "-o", "json"))
+    assert pod["metadata"]["annotations"]["ai.kernelpanic09.io/injected"]
+    sidecars = [c for c in pod["spec"].get("initContainers", []) if c["name"] == "ai-sidecar"]
+    assert len(sidecars) == 1 and sidecars[0]["restartPolicy"] == "Always"
+    env = {e["name"]: e for e in sidecars[0]["env"]}
+    assert env["AI_SIDECAR_ENDPOINTS"]["value"] == "claude-haiku"
+    assert env["AI_SIDECAR_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+
+
+def test_the_sidecar_signed_in_with_the_pods_own_identity(demo):
+    _, urls, _ = demo
+    with urllib.request.urlopen(urls["EMULATOR_URL"] + "/_emulator/requests") as resp:
+        requests = json.loads(resp.read())
+    # The demo's emulator trusts only system:serviceaccount:ai-workloads:default tokens from the
+    # demo cluster's issuer, so a successful web-identity sign-in is the pod's own identity.
+    sign_ins = [r for r in requests if r["operation"] == "AssumeRoleWithWebIdentity"]
+    assert sign_ins and all(r.get("error") is None for r in sign_ins), sign_ins
+    calls = [r for r in requests if r["operation"] == "Converse"]
+    assert len(calls) == 2
+    assert all(r["principal"].endswith(":assumed-role/bedrock-invoker/ai-sidecar-demo-app") for r in calls), calls
+
+
+def test_the_ledger_and_the_printer_columns_show_the_exact_cost(demo):
+    state, urls, stdout = demo
+    spent = Decimal(json.loads((state / "invoke.json").read_text())["costUSD"]) + Decimal(
+        json.loads((state / "render.json").read_text())["costUSD"]
+    )
+    usage = json.loads(kubectl(urls, "get", "modelusage", "demo-app.claude-haiku", "-n", "ai-workloads", "-o", "json"))
+    assert usage["spec"]["podName"] == "demo-app"
+    assert usage["status"]["month"]["invocations"] == 2
+    assert Decimal(usage["status"]["month"]["cost"]) == spent
+    table = kubectl(urls, "get", "modelendpoints", "-n", "ai-workloads").splitlines()
+    assert table[0].split() == ["NAME", "MODEL", "REGION", "AVAILABLE", "COST/MONTH", "INVOCATIONS", "AGE"]
+    row = table[1].split()
+    assert row[:4] == ["claude-haiku", "anthropic.claude-haiku-4-5-20251001-v1:0", "us-east-1", "true"]
+    assert Decimal(row[4]) == spent and row[5] == "2"
+    # The demo's own last word is that table.
+    assert "claude-haiku" in stdout.split("kubectl get modelendpoints -n ai-workloads")[-1]
+
+
+def test_the_operator_reports_the_cost_metric(demo):
+    state, urls, _ = demo
+    with urllib.request.urlopen(urls["OPERATOR_METRICS_URL"]) as resp:
+        page = resp.read().decode()
+    lines = [l for l in page.splitlines() if l.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{") and 'endpoint="claude-haiku"' in l]
+    assert len(lines) == 1, page
+    spent = Decimal(json.loads((state / "invoke.json").read_text())["costUSD"]) + Decimal(
+        json.loads((state / "render.json").read_text())["costUSD"]
+    )
+    assert Decimal(lines[0].rsplit(" ", 1)[1]) == spent
