@@ -8,8 +8,10 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 # Debian packages the build uses (TLS roots and a C toolchain for ring).
 need_apt=()
 # promtool (package prometheus) checks every metrics page in the tests; openssl reads served
-# certificates; jq shapes JSON in `make demo`.
-for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus" "openssl:openssl" "jq:jq"; do
+# certificates; jq shapes JSON in `make demo`; musl-gcc, bwrap and file check what the
+# Dockerfiles promise (a static binary serving as a non-root user on a read-only root).
+for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus" "openssl:openssl" "jq:jq" \
+  "musl-gcc:musl-tools" "bwrap:bubblewrap" "file:file" "setpriv:util-linux"; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg#*:}")
 done
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)
@@ -18,11 +20,13 @@ if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-# Rust components (cargo fmt and clippy).
+# Rust components (cargo fmt and clippy) and the musl target the images are built for.
 if command -v rustup >/dev/null; then
   for component in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
   done
+  musl="$(uname -m)-unknown-linux-musl"
+  rustup target list --installed 2>/dev/null | grep -qx "$musl" || rustup target add "$musl"
 fi
 command -v cargo >/dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
 command -v go >/dev/null || { log "Go is required to build the test control plane"; exit 1; }

@@ -1,0 +1,148 @@
+"""What Dockerfile.operator and Dockerfile.sidecar promise, checked without a Docker engine (none
+runs on this machine, so no image is built here): the files are multi-stage, pinned, distroless and
+non-root; the binaries, built for the same musl target, are static; each one runs as uid 65532 in
+a mount namespace whose root filesystem is read-only and holds nothing but the binary and the CA
+bundle (what distroless/static provides). The binaries are debug builds: the images' release
+profile only optimises the same code for the same target."""
+
+import json
+import pathlib
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import ROOT, SAMPLES, TARGET, free_port, start_emulator
+
+IMAGES = {"Dockerfile.operator": "k8s-ai-operator", "Dockerfile.sidecar": "ai-sidecar"}
+MUSL = f"{platform.machine()}-unknown-linux-musl"
+NONROOT = "65532"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / dockerfile).read_text())
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+        for line in (l.strip() for l in text.splitlines())
+        if line and not line.startswith("#")
+    ]
+
+
+@pytest.mark.parametrize("dockerfile,binary", IMAGES.items())
+def test_dockerfile_is_multi_stage_pinned_distroless_and_non_root(dockerfile, binary):
+    steps = instructions(dockerfile)
+    froms = [args for op, args in steps if op == "FROM"]
+    assert len(froms) == 2, froms
+    builder, final = froms
+    assert re.fullmatch(r"\S+/rust:\d+\.\d+\.\d+-\S+ AS build", builder), f"builder not pinned to a Rust release: {builder}"
+    assert final.startswith("gcr.io/distroless/static") and final.endswith(":nonroot"), final
+    last_stage = steps[[i for i, (op, _) in enumerate(steps) if op == "FROM"][-1] :]
+    assert ("USER", f"{NONROOT}:{NONROOT}") in last_stage
+    assert ("ENTRYPOINT", json.dumps([f"/{binary}"])) in last_stage
+    assert not [args for op, args in last_stage if op == "RUN"], "the final stage runs nothing (distroless has no shell)"
+    build = " ".join(args for op, args in steps if op == "RUN")
+    for flag in ("--release", "--locked", '--target "$(uname -m)-unknown-linux-musl"', f"--bin {binary}"):
+        assert flag in build, f"{dockerfile}: the build lacks {flag}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", "target", "e2e/.run"} <= set(ignored)
+
+
+@pytest.fixture(scope="module")
+def jail_dir():
+    """A directory uid 65532 may read (pytest's own temporary directories are private to root)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="ai-jail-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def binaries(jail_dir):
+    """The two binaries built for the images' target, copied where uid 65532 may read them."""
+    args = ["cargo", "build", "--locked", "--target", MUSL] + [a for b in IMAGES.values() for a in ("--bin", b)]
+    build = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
+    jail = jail_dir
+    out = {}
+    for name in IMAGES.values():
+        out[name] = jail / name
+        shutil.copy(TARGET / MUSL / "debug" / name, out[name])
+    return out
+
+
+@pytest.mark.parametrize("binary", IMAGES.values())
+def test_binary_is_static(binaries, binary):
+    described = subprocess.run(["file", "-b", str(binaries[binary])], capture_output=True, text=True, check=True).stdout
+    assert "statically linked" in described or "static-pie linked" in described, described
+    program_headers = subprocess.run(["readelf", "-lW", str(binaries[binary])], capture_output=True, text=True, check=True).stdout
+    assert "INTERP" not in program_headers, "a static binary asks for no dynamic loader"
+
+
+def jailed(binary, binds=(), env=None) -> list[str]:
+    """The command running `binary` as uid 65532 with a read-only root holding only what is bound."""
+    args = ["setpriv", f"--reuid={NONROOT}", f"--regid={NONROOT}", "--clear-groups", "bwrap", "--unshare-user", "--unshare-ipc", "--unshare-pid", "--die-with-parent", "--clearenv", "--tmpfs", "/"]
+    args += ["--ro-bind", str(binary), f"/{binary.name}", "--ro-bind", CA_BUNDLE, CA_BUNDLE]
+    for source, target in binds:
+        args += ["--ro-bind", str(source), target]
+    for name, value in (env or {}).items():
+        args += ["--setenv", name, value]
+    return args + ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/", f"/{binary.name}"]
+
+
+def test_operator_runs_as_non_root_on_a_read_only_root(binaries):
+    crdgen = subprocess.run(jailed(binaries["k8s-ai-operator"]) + ["crdgen"], capture_output=True, text=True, timeout=60)
+    assert crdgen.returncode == 0, crdgen.stderr
+    assert crdgen.stdout == (ROOT / "manifests" / "crds" / "crds.yaml").read_text()
+
+
+def test_sidecar_serves_as_non_root_on_a_read_only_root(binaries, jail_dir, tmp_path):
+    emulator = start_emulator(tmp_path)
+    config = jail_dir / "config.yaml"
+    # The seed's objects with static test keys instead of IRSA (no cluster here).
+    config.write_text("".join("---\n" + re.sub(r"(?m)^\s*irsaRoleArn:.*\n", "", p.read_text()) for p in sorted(SAMPLES.glob("*.yaml"))))
+    config.chmod(0o644)
+    port, admin = free_port(), free_port()
+    env = {
+        "AI_SIDECAR_NAMESPACE": "ai-workloads",
+        "AI_SIDECAR_LISTEN": f"127.0.0.1:{port}",
+        "AI_SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": emulator.url,
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    cmd = jailed(binaries["ai-sidecar"], [(config, "/etc/ai-sidecar/config.yaml")], env)
+    proc = subprocess.Popen(cmd + ["--standalone", "--config", "/etc/ai-sidecar/config.yaml"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz") as r:
+                    assert r.status == 200
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the jailed sidecar never became ready"
+                time.sleep(0.2)
+        uid_line = next(l for l in open(f"/proc/{proc.pid}/status") if l.startswith("Uid:"))
+        assert uid_line.split()[1:] == [NONROOT] * 4, uid_line
+        body = json.dumps({"messages": [{"role": "user", "content": "Explain Kubernetes operators in two sentences."}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invoke/ai-workloads/claude-haiku", data=body, headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req) as r:
+            answer = json.loads(r.read())
+        assert set(answer) == {"content", "inputTokens", "outputTokens", "stopReason", "costUSD"}
+        assert answer["content"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        emulator.proc.terminate()
+        emulator.proc.wait(timeout=10)
