@@ -1,16 +1,19 @@
 //! Limits and budgets, enforced locally with no network call on the request path: requests per
-//! minute (GCRA via `governor`), tokens per minute (a bucket that is reserved from `maxTokens` and
-//! settled with the real count), concurrency (a semaphore), and cost budgets (the worst case is
-//! reserved before the call and settled with the real cost after).
+//! minute (a rolling-minute count whose limit can change in place), tokens per minute (a bucket that is reserved from
+//! `maxTokens` and settled with the real count), concurrency (a semaphore), and cost budgets (the
+//! worst case is reserved before the call and settled with the real cost after).
+//!
+//! The operator rebalances each pod's share of an endpoint's limits every few seconds, so a rate
+//! change keeps what was already sent: a fresh limiter per change would hand out a new minute each
+//! time and let the pods together overshoot the endpoint's limit. (`governor`'s GCRA has a quota
+//! fixed per limiter and lets up to twice the rate through in a rolling minute, hence the window.)
 
 use std::{
     collections::{BTreeMap, HashMap},
-    num::NonZeroU32,
     sync::{Arc, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter, clock::Clock};
 use k8s_ai_api::model_endpoint::{CostBudget, RateLimit};
 use rust_decimal::Decimal;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -73,6 +76,15 @@ impl TokenBucket {
         }
     }
 
+    /// A new rate: what is available now stays, up to the new capacity.
+    #[allow(clippy::cast_precision_loss)]
+    fn set_per_minute(&mut self, per_minute: u64) {
+        self.refill();
+        self.capacity = per_minute as f64;
+        self.per_second = self.capacity / 60.0;
+        self.available = self.available.min(self.capacity);
+    }
+
     #[allow(clippy::cast_precision_loss)]
     fn give_back(&mut self, n: u64) {
         self.refill();
@@ -80,27 +92,165 @@ impl TokenBucket {
     }
 }
 
-/// The limiters of one endpoint, rebuilt when its `rateLimit` changes.
+/// Requests per minute, exactly: at most `per_minute` admitted in any rolling 60 seconds (the
+/// whole minute may go at once). Counted in one-second buckets, so memory stays at 61 counters
+/// whatever the rate; the count survives a change of `per_minute`, so a rebalanced share starts
+/// from what this pod already sent.
+#[derive(Debug)]
+struct MinuteWindow {
+    per_minute: u32,
+    origin: Instant,
+    /// (second since `origin`, requests admitted in it), oldest first, the last 61 seconds.
+    seconds: std::collections::VecDeque<(u64, u32)>,
+}
+
+impl MinuteWindow {
+    fn new(per_minute: u32) -> Self {
+        MinuteWindow {
+            per_minute: per_minute.max(1),
+            origin: Instant::now(),
+            seconds: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// Admits one request at `now`, or says how long until one would be admitted.
+    fn check(&mut self, now: Instant) -> Result<(), Duration> {
+        let second = now.saturating_duration_since(self.origin).as_secs();
+        // Any rolling minute ending in `second` lies within seconds `second - 60 ..= second`.
+        while self.seconds.front().is_some_and(|(s, _)| s + 60 < second) {
+            self.seconds.pop_front();
+        }
+        let admitted: u32 = self.seconds.iter().map(|(_, n)| n).sum();
+        if admitted < self.per_minute {
+            match self.seconds.back_mut() {
+                Some((s, n)) if *s == second => *n += 1,
+                _ => self.seconds.push_back((second, 1)),
+            }
+            return Ok(());
+        }
+        // Wait until enough of the oldest seconds leave the window to make room for one.
+        let mut to_free = admitted - self.per_minute + 1;
+        for (s, n) in &self.seconds {
+            to_free = to_free.saturating_sub(*n);
+            if to_free == 0 {
+                let free_at = self.origin + Duration::from_secs(s + 61);
+                return Err(free_at
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1)));
+            }
+        }
+        Err(Duration::from_secs(61))
+    }
+
+    fn set_per_minute(&mut self, per_minute: u32) {
+        self.per_minute = per_minute.max(1);
+    }
+}
+
+/// The limiters of one endpoint, adjusted in place when its limits (or this pod's share) change.
 struct Limiters {
     rate_limit: RateLimit,
-    requests: DefaultDirectRateLimiter,
-    tokens: Option<Mutex<TokenBucket>>,
+    requests: MinuteWindow,
+    tokens: Option<TokenBucket>,
     concurrency: Option<Arc<Semaphore>>,
 }
 
 impl Limiters {
     fn new(rate_limit: RateLimit) -> Self {
-        let rpm = NonZeroU32::new(rate_limit.requests_per_minute).unwrap_or(NonZeroU32::MIN);
         Limiters {
-            requests: RateLimiter::direct(Quota::per_minute(rpm)),
-            tokens: rate_limit
-                .tokens_per_minute
-                .map(|t| Mutex::new(TokenBucket::new(t))),
-            concurrency: rate_limit
-                .max_concurrency
-                .map(|c| Arc::new(Semaphore::new(usize::try_from(c).unwrap_or(usize::MAX)))),
+            requests: MinuteWindow::new(rate_limit.requests_per_minute),
+            tokens: rate_limit.tokens_per_minute.map(TokenBucket::new),
+            concurrency: rate_limit.max_concurrency.map(semaphore),
             rate_limit,
         }
+    }
+
+    /// New limits, keeping what was already used of the old ones. A changed concurrency limit
+    /// takes a new semaphore: calls in flight on the old one finish uncounted by the new one.
+    fn update(&mut self, rate_limit: RateLimit) {
+        self.requests.set_per_minute(rate_limit.requests_per_minute);
+        self.tokens = match (self.tokens.take(), rate_limit.tokens_per_minute) {
+            (Some(mut bucket), Some(per_minute)) => {
+                bucket.set_per_minute(per_minute);
+                Some(bucket)
+            }
+            (_, per_minute) => per_minute.map(TokenBucket::new),
+        };
+        if rate_limit.max_concurrency != self.rate_limit.max_concurrency {
+            self.concurrency = rate_limit.max_concurrency.map(semaphore);
+        }
+        self.rate_limit = rate_limit;
+    }
+}
+
+fn semaphore(permits: u32) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        usize::try_from(permits).unwrap_or(usize::MAX),
+    ))
+}
+
+/// Recent demand: requests (admitted or not) and tokens (used, or asked for and refused) in the
+/// last [`DEMAND_WINDOW`], in five-second buckets. The window is the limit's own minute: a pod
+/// idle for that long has nothing of its share left in anyone's rolling minute, so moving the
+/// share to a busy pod cannot push the endpoint over its limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct DemandWindow {
+    /// (bucket number since the epoch, requests, tokens), newest last.
+    buckets: std::collections::VecDeque<(u64, u32, u64)>,
+}
+
+/// How far back demand is measured; reported scaled to a minute.
+const DEMAND_WINDOW: Duration = Duration::from_secs(60);
+const DEMAND_BUCKET: Duration = Duration::from_secs(5);
+
+impl DemandWindow {
+    fn bucket_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            / DEMAND_BUCKET.as_secs()
+    }
+
+    fn add(&mut self, requests: u32, tokens: u64) {
+        let now = Self::bucket_now();
+        match self.buckets.back_mut() {
+            Some((bucket, r, t)) if *bucket == now => {
+                *r = r.saturating_add(requests);
+                *t = t.saturating_add(tokens);
+            }
+            _ => self.buckets.push_back((now, requests, tokens)),
+        }
+        self.expire(now);
+    }
+
+    fn expire(&mut self, now: u64) {
+        let kept = DEMAND_WINDOW.as_secs() / DEMAND_BUCKET.as_secs();
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(bucket, _, _)| bucket + kept <= now)
+        {
+            self.buckets.pop_front();
+        }
+    }
+
+    /// (requests, tokens) per minute over the window.
+    fn per_minute(&self) -> (u32, u64) {
+        let now = Self::bucket_now();
+        let kept = DEMAND_WINDOW.as_secs() / DEMAND_BUCKET.as_secs();
+        let (requests, tokens) = self
+            .buckets
+            .iter()
+            .filter(|(bucket, _, _)| bucket + kept > now)
+            .fold((0u32, 0u64), |(r, t), (_, br, bt)| {
+                (r.saturating_add(*br), t.saturating_add(*bt))
+            });
+        let scale = 60 / DEMAND_WINDOW.as_secs();
+        (
+            requests.saturating_mul(u32::try_from(scale).unwrap_or(1)),
+            tokens.saturating_mul(scale),
+        )
     }
 }
 
@@ -134,26 +284,14 @@ pub struct Usage {
     pub lifetime: Counters,
     /// Worst-case cost of calls in flight.
     pub reserved: Decimal,
-    /// Requests (accepted or refused) in the last full minute: the demand the operator balances on.
-    pub recent_requests_per_minute: u32,
-    demand_window: (u64, u32),
+    /// Recent requests and tokens: the demand the operator balances shares on.
+    demand: DemandWindow,
 }
 
 impl Usage {
-    /// Counts one request toward the demand of the current minute.
-    fn count_demand(&mut self) {
-        let minute = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            / 60;
-        let (window, count) = self.demand_window;
-        if window == minute {
-            self.demand_window.1 = count.saturating_add(1);
-        } else {
-            self.recent_requests_per_minute = if window + 1 == minute { count } else { 0 };
-            self.demand_window = (minute, 1);
-        }
+    /// Recent demand per minute: (requests, tokens).
+    pub fn demand_per_minute(&self) -> (u32, u64) {
+        self.demand.per_minute()
     }
 }
 
@@ -163,7 +301,7 @@ pub fn rfc3339_now() -> String {
 }
 
 struct EndpointState {
-    limiters: Limiters,
+    limiters: Mutex<Limiters>,
     calendar: Calendar,
     usage: Mutex<Usage>,
 }
@@ -188,9 +326,9 @@ impl Admission {
     /// Records the call's real usage and cost, and releases what was reserved.
     pub fn settle(mut self, input_tokens: u64, output_tokens: u64, cost: Decimal) {
         self.settled = true;
-        if let Some(bucket) = &self.state.limiters.tokens {
-            let used = input_tokens + output_tokens;
-            lock(bucket).give_back(self.reserved_tokens.saturating_sub(used));
+        let used = input_tokens + output_tokens;
+        if let Some(bucket) = &mut lock(&self.state.limiters).tokens {
+            bucket.give_back(self.reserved_tokens.saturating_sub(used));
         }
         let (day, month) = self.state.calendar.periods(SystemTime::now());
         let mut guard = lock(&self.state.usage);
@@ -202,6 +340,7 @@ impl Admission {
         ] {
             counters.roll(period);
         }
+        usage.demand.add(0, used);
         for counters in [&mut usage.day, &mut usage.month, &mut usage.lifetime] {
             counters.invocations += 1;
             counters.input_tokens += input_tokens;
@@ -215,8 +354,8 @@ impl Drop for Admission {
     fn drop(&mut self) {
         if !self.settled {
             // The call never reached the model (or failed before it was charged): give it all back.
-            if let Some(bucket) = &self.state.limiters.tokens {
-                lock(bucket).give_back(self.reserved_tokens);
+            if let Some(bucket) = &mut lock(&self.state.limiters).tokens {
+                bucket.give_back(self.reserved_tokens);
             }
             lock(&self.state.usage).reserved -= self.reserved_cost;
         }
@@ -291,7 +430,7 @@ impl Ledger {
             .and_then(|b| b.time_zone.as_deref());
         let fresh = |usage: Usage| {
             Arc::new(EndpointState {
-                limiters: Limiters::new(rate_limit.clone()),
+                limiters: Mutex::new(Limiters::new(rate_limit.clone())),
                 calendar: Calendar::new(time_zone),
                 usage: Mutex::new(usage),
             })
@@ -300,10 +439,15 @@ impl Ledger {
         let state = endpoints
             .entry(endpoint.name.clone())
             .or_insert_with(|| fresh(Usage::default()));
-        if state.limiters.rate_limit != rate_limit || state.calendar.name.as_deref() != time_zone {
-            // New limits or calendar: new limiters, same usage.
+        if state.calendar.name.as_deref() != time_zone {
+            // A new calendar: new state, same usage (the limiters start afresh, rarely).
             let usage = lock(&state.usage).clone();
             *state = fresh(usage);
+        } else {
+            let mut limiters = lock(&state.limiters);
+            if limiters.rate_limit != rate_limit {
+                limiters.update(rate_limit);
+            }
         }
         Arc::clone(state)
     }
@@ -345,55 +489,57 @@ impl Ledger {
         worst_case_cost: Decimal,
     ) -> Result<Admission, ApiError> {
         let state = self.state(endpoint);
-        // Every request that reaches the limits is demand, whether it is admitted or not.
-        lock(&state.usage).count_demand();
-        let limiters = &state.limiters;
-        let refuse = |code: &'static str, message: String, wait: Duration| {
+        let mut limiters = lock(&state.limiters);
+        let checked = limiters.requests.check(Instant::now());
+        // Every request that reaches the limits is demand, whether it is admitted or not; tokens
+        // count as demand when they are refused (used ones are counted at settlement).
+        let refuse = |code: &'static str, message: String, wait: Duration, tokens: u64| {
+            lock(&state.usage).demand.add(1, tokens);
             self.reject(endpoint, code);
             Err(ApiError::rate_limited(code, message, wait))
         };
-        if let Err(not_until) = limiters.requests.check() {
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+        if let Err(wait) = checked {
+            let limit = limiters.rate_limit.requests_per_minute;
+            drop(limiters);
             return refuse(
                 "rate_limited",
-                format!(
-                    "{} allows {} requests per minute",
-                    endpoint.name, limiters.rate_limit.requests_per_minute
-                ),
+                format!("{} allows {limit} requests per minute", endpoint.name),
                 wait,
+                0,
             );
         }
         let permit = match &limiters.concurrency {
             Some(semaphore) => match Arc::clone(semaphore).try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
+                    let limit = limiters.rate_limit.max_concurrency.unwrap_or_default();
+                    drop(limiters);
                     return refuse(
                         "concurrency_limited",
-                        format!(
-                            "{} allows {} calls in flight",
-                            endpoint.name,
-                            limiters.rate_limit.max_concurrency.unwrap_or_default()
-                        ),
+                        format!("{} allows {limit} calls in flight", endpoint.name),
                         Duration::from_secs(1),
+                        0,
                     );
                 }
             },
             None => None,
         };
-        let reserved_tokens = match &limiters.tokens {
-            Some(bucket) => match lock(bucket).take(max_tokens) {
-                Ok(taken) => taken,
-                Err(wait) => {
-                    let limit = limiters.rate_limit.tokens_per_minute.unwrap_or_default();
-                    return refuse(
-                        "tokens_rate_limited",
-                        format!("{} allows {limit} tokens per minute", endpoint.name),
-                        wait,
-                    );
-                }
-            },
+        let reserved_tokens = match limiters.tokens.as_mut().map(|b| b.take(max_tokens)) {
+            Some(Ok(taken)) => taken,
+            Some(Err(wait)) => {
+                let limit = limiters.rate_limit.tokens_per_minute.unwrap_or_default();
+                drop(limiters);
+                return refuse(
+                    "tokens_rate_limited",
+                    format!("{} allows {limit} tokens per minute", endpoint.name),
+                    wait,
+                    max_tokens,
+                );
+            }
             None => 0,
         };
+        drop(limiters);
+        lock(&state.usage).demand.add(1, 0);
         let admission = Admission {
             state: Arc::clone(&state),
             reserved_cost: Decimal::ZERO,
@@ -501,6 +647,73 @@ mod tests {
         assert_eq!(
             Calendar::default().until_next("monthly", at),
             Duration::from_secs(5 * 86_400 + 8 * 3600 + 37 * 60)
+        );
+    }
+
+    #[test]
+    fn minute_window_admits_a_whole_minute_at_once_and_no_more_in_any_rolling_minute() {
+        let mut window = MinuteWindow::new(60);
+        let start = window.origin;
+        for _ in 0..60 {
+            assert_eq!(window.check(start), Ok(()));
+        }
+        let wait = window.check(start).unwrap_err();
+        assert_eq!(
+            wait,
+            Duration::from_secs(61),
+            "room again when second 0 leaves the window"
+        );
+        // A steady 2 requests a second for 5 minutes: at most 60 in any 60 s.
+        let mut window = MinuteWindow::new(60);
+        let admitted: Vec<u64> = (0..600)
+            .filter(|half| {
+                window
+                    .check(start + Duration::from_millis(half * 500))
+                    .is_ok()
+            })
+            .map(|half| half * 500)
+            .collect();
+        for (i, at) in admitted.iter().enumerate() {
+            let in_minute = admitted[i..]
+                .iter()
+                .take_while(|t| **t < at + 60_000)
+                .count();
+            assert!(in_minute <= 60, "{in_minute} in the minute from {at} ms");
+        }
+        assert!(admitted.len() >= 5 * 60 - 60, "{} admitted", admitted.len());
+    }
+
+    #[test]
+    fn minute_window_limit_change_keeps_what_was_sent() {
+        let mut window = MinuteWindow::new(30);
+        let start = window.origin;
+        for _ in 0..30 {
+            assert_eq!(window.check(start), Ok(()));
+        }
+        // A bigger share adds only the difference; a smaller one waits the sent ones out.
+        window.set_per_minute(40);
+        let more = (0..30).filter(|_| window.check(start).is_ok()).count();
+        assert_eq!(more, 10);
+        window.set_per_minute(10);
+        assert!(window.check(start + Duration::from_secs(30)).is_err());
+        assert_eq!(window.check(start + Duration::from_secs(61)), Ok(()));
+    }
+
+    #[test]
+    fn demand_is_recent_and_per_minute() {
+        let mut window = DemandWindow::default();
+        for _ in 0..7 {
+            window.add(1, 100);
+        }
+        assert_eq!(window.per_minute(), (7, 700), "the last minute's demand");
+        window
+            .buckets
+            .iter_mut()
+            .for_each(|(bucket, _, _)| *bucket -= 12);
+        assert_eq!(
+            window.per_minute(),
+            (0, 0),
+            "older than the window: forgotten"
         );
     }
 

@@ -50,13 +50,14 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64) -> us
     let api: Api<ModelUsage> = Api::namespaced(client.clone(), state.catalog.namespace());
     let mut written = 0;
     for (endpoint, usage) in state.ledger.all_usage() {
+        let (requests_per_minute, tokens_per_minute) = usage.demand_per_minute();
         let status = ModelUsageStatus {
             day: Some(period(&usage.day)),
             month: Some(period(&usage.month)),
             lifetime: Some(period(&usage.lifetime)),
             demand: Some(Demand {
-                requests_per_minute: usage.recent_requests_per_minute,
-                tokens_per_minute: 0,
+                requests_per_minute,
+                tokens_per_minute,
             }),
             reserved: Some(ledger_money(usage.reserved)),
             sequence,

@@ -61,9 +61,11 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("token");
     std::fs::write(&token_file, token()).unwrap();
+    // Requests as fast as they go for 7 s: more than the seed's 60 a minute.
+    let manifests = seed_manifests().replace("requestsPerMinute: 60", "requestsPerMinute: 100000");
     let sc = sidecar(
         &emu,
-        &seed_manifests(),
+        &manifests,
         &[
             ("AI_SIDECAR_TOKEN_FILE", token_file.to_str().unwrap()),
             ("AI_SIDECAR_CREDENTIAL_REFRESH_BEFORE", "1s"),
