@@ -661,11 +661,12 @@ async fn lead(
     });
     let controllers = Box::pin(async move {
         tracing::info!(
-            "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger, fold, sidecar RBAC"
+            "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger, fold, allocation, sidecar RBAC"
         );
         tokio::join!(
             controllers::ledger::run(Arc::clone(&ctx)),
             controllers::fold::run(Arc::clone(&ctx)),
+            controllers::allocation::run(Arc::clone(&ctx)),
             controllers::guardrail_policy::run(Arc::clone(&ctx)),
             controllers::model_endpoint::run(Arc::clone(&ctx)),
             controllers::prompt_template::run(Arc::clone(&ctx)),

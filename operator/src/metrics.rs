@@ -74,6 +74,8 @@ pub struct Metrics {
     pub leader: Gauge,
     pub certificate_expiry: Gauge,
     pub certificate_rotations: Family<RotationLabels, Counter>,
+    /// Ledger shares rewritten by the allocation rebalance.
+    pub allocation_writes: Counter,
 }
 
 fn reconcile_buckets() -> Histogram {
@@ -100,6 +102,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             certificate_expiry: Gauge::default(),
             certificate_rotations: Family::default(),
+            allocation_writes: Counter::default(),
         };
         let sub = m.registry.sub_registry_with_prefix("k8s_ai_operator");
         sub.register(
@@ -152,6 +155,11 @@ impl Default for Metrics {
             "Steps taken by the self-managed certificate rotation",
             m.certificate_rotations.clone(),
         );
+        sub.register(
+            "allocation_writes",
+            "Pods' shares of endpoint limits rewritten by the rebalance (ModelUsage spec.allocation)",
+            m.allocation_writes.clone(),
+        );
         m
     }
 }
@@ -184,6 +192,11 @@ impl Metrics {
             labels,
             started: Instant::now(),
         }
+    }
+
+    /// Counts one ledger share written.
+    pub fn allocation_written(&self) {
+        self.allocation_writes.inc();
     }
 
     pub fn reconcile_failed(&self, controller: &str, error: &str) {

@@ -439,15 +439,15 @@ impl Ledger {
         let state = endpoints
             .entry(endpoint.name.clone())
             .or_insert_with(|| fresh(Usage::default()));
-        if state.calendar.name.as_deref() != time_zone {
-            // A new calendar: new state, same usage (the limiters start afresh, rarely).
-            let usage = lock(&state.usage).clone();
-            *state = fresh(usage);
-        } else {
+        if state.calendar.name.as_deref() == time_zone {
             let mut limiters = lock(&state.limiters);
             if limiters.rate_limit != rate_limit {
                 limiters.update(rate_limit);
             }
+        } else {
+            // A new calendar: new state, same usage (the limiters start afresh, rarely).
+            let usage = lock(&state.usage).clone();
+            *state = fresh(usage);
         }
         Arc::clone(state)
     }
@@ -509,9 +509,10 @@ impl Ledger {
             );
         }
         let permit = match &limiters.concurrency {
-            Some(semaphore) => match Arc::clone(semaphore).try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
+            Some(semaphore) => {
+                if let Ok(p) = Arc::clone(semaphore).try_acquire_owned() {
+                    Some(p)
+                } else {
                     let limit = limiters.rate_limit.max_concurrency.unwrap_or_default();
                     drop(limiters);
                     return refuse(
@@ -521,7 +522,7 @@ impl Ledger {
                         0,
                     );
                 }
-            },
+            }
             None => None,
         };
         let reserved_tokens = match limiters.tokens.as_mut().map(|b| b.take(max_tokens)) {

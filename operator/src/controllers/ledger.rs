@@ -2,8 +2,8 @@
 //! `ModelUsage` owned by the pod, which its sidecar fills in; and the sums of the live ledgers
 //! folded into each ModelEndpoint's status (cost today and this month, invocations, tokens).
 //!
-//! Deleted pods' counters are folded into the endpoint's retired totals by `fold`.
-//! Not yet: allocations and budget grants.
+//! Deleted pods' counters are folded into the endpoint's retired totals by `fold`; each ledger's
+//! share of the endpoint's limits is set by `allocation`. Not yet: budget grants.
 
 use std::sync::Arc;
 

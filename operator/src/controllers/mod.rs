@@ -1,6 +1,7 @@
 //! The reconcilers: one module per kind, the same shape each (`reconcile` → `apply` on the
 //! object, `error_policy` with backoff), sharing one [`Context`] and one [`Error`].
 
+pub mod allocation;
 pub mod conditions;
 pub mod fold;
 pub mod guardrail_policy;
