@@ -182,6 +182,10 @@ pub struct RetiredUsage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10_000))]
     pub folded: Vec<String>,
+    /// US dollars retired pods may have spent without reporting it (they vanished holding a
+    /// budget grant): counted as spent in the figures above, since the endpoint was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreconciled: Option<Money>,
 }
 
 /// Prices in US dollars per million tokens, as decimal strings such as `"3.00"`.

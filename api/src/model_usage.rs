@@ -129,6 +129,14 @@ pub struct ModelUsageStatus {
     /// Budget reserved by calls still in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved: Option<Money>,
+    /// The worst-case cost of the last call refused today for want of budget grant: the
+    /// operator grants that much first, when the budget allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_wanted: Option<Money>,
+    /// The sidecar has stopped and these counters are all it used (its last report on shutdown).
+    /// A ledger retired without it may hide unreported use up to its budget grant.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closed: bool,
     /// Increases with every report; the operator ignores reports older than one it has seen.
     #[serde(default)]
     pub sequence: u64,

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from decimal import Decimal
 
 import pytest
 
@@ -42,7 +43,7 @@ def wait_until(what, check, timeout):
 class Fleet:
     """The operator, five pods and their sidecars, in a namespace of their own."""
 
-    def __init__(self, cluster, tmp_path):
+    def __init__(self, cluster, tmp_path, edit_endpoint=lambda yaml: yaml):
         self.kubectl = cluster["kubectl"]
         self.ns = f"alloc-{uuid.uuid4().hex[:6]}"
         self.procs = {}
@@ -57,7 +58,7 @@ class Fleet:
         endpoint = endpoint.replace("namespace: ai-workloads", f"namespace: {self.ns}")
         endpoint = "".join(l for l in endpoint.splitlines(True) if "irsaRoleArn" not in l and "guardrailPolicyRef" not in l)
         assert f"requestsPerMinute: {LIMIT}" in endpoint
-        self.apply(endpoint)
+        self.apply(edit_endpoint(endpoint))
         self.emulator = start_emulator(tmp_path)
         self.cluster = cluster
         self.aws_env = {
@@ -114,6 +115,8 @@ spec:
                  "AI_SIDECAR_REPORT_INTERVAL": "1s", "AI_SIDECAR_LOG_FORMAT": "text", **self.aws_env},
             stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"))
         self.urls[name] = f"http://127.0.0.1:{port}/invoke/{self.ns}/claude-haiku"
+        self.admin = getattr(self, "admin", {})
+        self.admin[name] = f"http://127.0.0.1:{admin}"
 
         def ready():
             try:
@@ -124,6 +127,13 @@ spec:
                 return False
 
         wait_until(f"{name}'s sidecar to be ready", ready, 30)
+
+    def ledgers(self) -> dict:
+        items = json.loads(self.kubectl("get", "modelusages", "-n", self.ns, "-o", "json"))["items"]
+        return {i["spec"]["podName"]: i for i in items if not i["metadata"].get("deletionTimestamp")}
+
+    def endpoint(self) -> dict:
+        return json.loads(self.kubectl("get", "modelendpoint", "claude-haiku", "-n", self.ns, "-o", "json"))
 
     def shares(self) -> dict:
         items = json.loads(self.kubectl("get", "modelusages", "-n", self.ns, "-o", "json"))["items"]
@@ -193,13 +203,31 @@ def most_in_a_rolling_minute(times) -> int:
 
 
 @pytest.fixture
-def fleet(cluster, tmp_path):
+def make_fleet(cluster, tmp_path):
     for binary in (OPERATOR, SIDECAR):
         assert binary.exists(), f"{binary} not built: run `cargo build --workspace` first"
-    f = Fleet(cluster, tmp_path)
-    yield f
-    f.close()
-    f.kubectl("delete", "namespace", f.ns, "--wait=false")
+    made = []
+
+    def make(edit_endpoint=lambda yaml: yaml):
+        made.append(Fleet(cluster, tmp_path, edit_endpoint))
+        return made[-1]
+
+    yield make
+    for f in made:
+        # No namespace controller here: retire the pods while the operator runs, so their ledgers
+        # are folded and go, then the rest.
+        f.kubectl("delete", "pods", "--all", "-n", f.ns, "--wait=false")
+        try:
+            wait_until("the ledgers to be folded", lambda: not f.ledgers(), 30)
+        finally:
+            f.close()
+            f.kubectl("delete", "modelendpoints", "--all", "-n", f.ns, "--wait=false")
+            f.kubectl("delete", "namespace", f.ns, "--wait=false")
+
+
+@pytest.fixture
+def fleet(make_fleet):
+    return make_fleet()
 
 
 def test_five_pods_share_one_limit_and_idle_shares_move(fleet):
@@ -246,3 +274,107 @@ def test_five_pods_share_one_limit_and_idle_shares_move(fleet):
     print(f"shares at start {shares}; accepted in the busiest minute {busy}, overall {overall}; "
           f"moved after {moved_after:.0f} s to {moved}; pod-0 alone {busy_alone} in 20 s; after a departure {after}; "
           f"run {time.monotonic() - started:.0f} s")
+
+
+def post(url):
+    req = urllib.request.Request(url, data=INVOKE, headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+BUDGET = Decimal("0.01")
+# Two zones 26 hours apart: their dates always differ, so switching from one to the other starts
+# the next budget day, through the same code a real midnight goes through (a controllable clock
+# with no test hook in the binaries).
+TODAY_ZONE, TOMORROW_ZONE = "Etc/GMT+12", "Etc/GMT-14"
+
+
+def condition(endpoint, kind):
+    return next((c for c in endpoint.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def test_five_pods_racing_on_a_cent_budget_never_pass_it(make_fleet):
+    def budget_endpoint(yaml):
+        yaml = yaml.replace("maxTokens: 4096", "maxTokens: 100").replace("requestsPerMinute: 60", "requestsPerMinute: 6000")
+        yaml = yaml.replace('daily: "10.00"', f'daily: "{BUDGET}"').replace('monthly: "200.00"', f'monthly: "200.00"\n    timeZone: {TODAY_ZONE}')
+        assert f'daily: "{BUDGET}"' in yaml and TODAY_ZONE in yaml, yaml
+        return yaml
+
+    fleet = make_fleet(budget_endpoint)
+    pods = [f"pod-{i}" for i in range(PODS)]
+    for pod in pods:
+        fleet.add_pod(pod)
+
+    def granted():
+        ledgers = fleet.ledgers()
+        return len(ledgers) == PODS and all((l["spec"].get("budgetGrant") or {}).get("daily") for l in ledgers.values()) and ledgers
+
+    first = wait_until("every pod to get a budget grant", granted, 30)
+    grants = [Decimal(l["spec"]["budgetGrant"]["daily"]) for l in first.values()]
+    assert sum(grants) <= BUDGET, grants
+
+    # The race: every sidecar as fast as it goes until the budget is gone.
+    answers = {pod: [] for pod in pods}
+
+    def race(pod):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            status, body = post(fleet.urls[pod])
+            answers[pod].append((status, body))
+            tail = answers[pod][-3:]
+            if len(tail) == 3 and all(s == 429 and b["error"]["code"] == "budget_exceeded" for s, b in tail):
+                if condition(fleet.endpoint(), "BudgetExceeded").get("status") == "True":
+                    return
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=race, args=(pod,)) for pod in pods]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    settled = sum(Decimal(b["costUSD"]) for pod in pods for s, b in answers[pod] if s == 200)
+    calls = sum(1 for pod in pods for s, _ in answers[pod] if s == 200)
+    codes = {b.get("error", {}).get("code") for pod in pods for s, b in answers[pod] if s != 200}
+    assert codes <= {"budget_exceeded"}, codes
+    assert calls > PODS, f"only {calls} calls before the budget ran out"
+    assert settled <= BUDGET, f"${settled} settled against a ${BUDGET} budget"
+    exceeded = condition(fleet.endpoint(), "BudgetExceeded")
+    assert exceeded.get("status") == "True" and exceeded.get("reason") == "DailyBudgetExceeded", exceeded
+    for pod in pods:
+        status, body = post(fleet.urls[pod])
+        assert status == 429 and body["error"]["code"] == "budget_exceeded", (pod, status, body)
+    # What the endpoint shows is exactly what was settled (after the 1-second reports).
+    wait_until("the endpoint's cost to show every settled call",
+               lambda: Decimal(fleet.endpoint()["status"].get("costToday", "0")) == settled, 30)
+
+    # Midnight: the next budget day (see TOMORROW_ZONE) serves again.
+    fleet.kubectl("patch", "modelendpoint", "claude-haiku", "-n", fleet.ns, "--type=merge",
+                  "-p", json.dumps({"spec": {"costBudget": {"timeZone": TOMORROW_ZONE}}}))
+    for pod in pods:
+        wait_until(f"{pod} to serve again the next day", lambda: post(fleet.urls[pod])[0] == 200, 30)
+    wait_until("BudgetExceeded to clear", lambda: condition(fleet.endpoint(), "BudgetExceeded").get("status") == "False", 30)
+
+    # A pod that vanishes without its closing report: its unspent grant counts as spent
+    # (unreconciledCost); one that shuts down cleanly leaves nothing unreconciled.
+    time.sleep(2)  # both have reported their calls
+    fleet.procs.pop("pod-3").terminate()
+    fleet.procs.pop("pod-4").kill()
+    time.sleep(1)
+    before = fleet.ledgers()
+    assert before["pod-3"]["status"].get("closed") is True
+    assert not before["pod-4"]["status"].get("closed")
+    fleet.kubectl("delete", "pod", "pod-3", "pod-4", "-n", fleet.ns)
+    wait_until("both ledgers to be folded", lambda: not {"pod-3", "pod-4"} & set(fleet.ledgers()), 60)
+    status = wait_until("the unreconciled cost to show",
+                        lambda: (s := fleet.endpoint()["status"]) and Decimal(s.get("unreconciledCost", "0")) > 0 and s, 30)
+    unreconciled = Decimal(status["unreconciledCost"])
+    assert status["retired"]["unreconciled"] == status["unreconciledCost"]
+    grant4 = Decimal(before["pod-4"]["spec"]["budgetGrant"]["daily"])
+    spent4 = Decimal(before["pod-4"]["status"]["day"]["cost"])
+    assert Decimal(0) < unreconciled <= grant4 - spent4 + BUDGET, (unreconciled, grant4, spent4)
+    live = sum(Decimal(l["status"]["day"]["cost"]) for l in fleet.ledgers().values() if l["status"]["day"]["period"] == status["retired"]["day"]["period"])
+    assert Decimal(status["costToday"]) >= live + unreconciled, "cost reads high by the unreconciled amount, never low"
+    print(f"grants at start {grants}; {calls} calls settled ${settled} of ${BUDGET}; unreconciled after a SIGKILL ${unreconciled}")

@@ -195,6 +195,18 @@ async fn totals_stay_exact_while_the_operator_is_killed_during_folds() {
         let gone: Vec<String> = alive.drain(..leaving).collect();
         last_batch = gone.len();
         for pod in &gone {
+            // A sidecar's last report on a clean shutdown closes its ledger: nothing unreported.
+            cluster.kubectl_ok(&[
+                "patch",
+                "modelusage",
+                &format!("{pod}.claude-haiku"),
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"closed":true}}"#,
+            ]);
             cluster.kubectl_ok(&["delete", "pod", pod, "-n", &ns, "--wait=false"]);
         }
         // Folds take milliseconds: kill within the first tens of them.

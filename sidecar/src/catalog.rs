@@ -33,6 +33,8 @@ pub struct EndpointConfig {
     pub reported_cost_this_month: Decimal,
     /// This pod's share of the endpoint's limits (its ModelUsage's spec), if the operator set one.
     pub allocation: Option<k8s_ai_api::model_usage::Allocation>,
+    /// What this pod may spend per day and month (its ModelUsage's spec), if the operator granted it.
+    pub budget_grant: Option<k8s_ai_api::model_usage::BudgetGrant>,
 }
 
 impl EndpointConfig {
@@ -171,6 +173,9 @@ impl Catalog {
                 }))
             });
             let status = endpoint.status.as_ref();
+            let own_ledger = usages.iter().find(|u| {
+                u.spec.endpoint == name && (self.pod.is_empty() || u.spec.pod_name == self.pod)
+            });
             let config = EndpointConfig {
                 price: pricing::price_for(&endpoint.spec),
                 spec: endpoint.spec.clone(),
@@ -183,14 +188,10 @@ impl Catalog {
                     .and_then(|s| s.cost_this_month)
                     .map(k8s_ai_api::Money::amount)
                     .unwrap_or_default(),
-                // The operator's share of the endpoint's limits for this pod, when it has written one.
-                allocation: usages
-                    .iter()
-                    .find(|u| {
-                        u.spec.endpoint == name
-                            && (self.pod.is_empty() || u.spec.pod_name == self.pod)
-                    })
-                    .and_then(|u| u.spec.allocation.clone()),
+                // The operator's share of the endpoint's limits and budget for this pod, when it has
+                // written them.
+                allocation: own_ledger.and_then(|u| u.spec.allocation.clone()),
+                budget_grant: own_ledger.and_then(|u| u.spec.budget_grant.clone()),
                 name: name.clone(),
             };
             snapshot.endpoints.insert(name, Arc::new(config));

@@ -171,7 +171,7 @@ pub async fn serve(
     let (a, b) = tokio::join!(data.into_future(), admin.into_future());
     // Drained: write the final counters so nothing used is lost.
     if let Some(client) = flush_state.kube.clone() {
-        report::report_once(&flush_state, &client, u64::MAX / 2).await;
+        report::report_once(&flush_state, &client, u64::MAX / 2, true).await;
     }
     a.and(b)
 }

@@ -286,6 +286,9 @@ pub struct Usage {
     pub reserved: Decimal,
     /// Recent requests and tokens: the demand the operator balances shares on.
     demand: DemandWindow,
+    /// The worst case of the last call refused today for want of budget grant (reported, so the
+    /// operator grants it first).
+    pub budget_wanted: Option<Decimal>,
 }
 
 impl Usage {
@@ -560,9 +563,15 @@ impl Ledger {
         let budget = endpoint.spec.cost_budget.clone().unwrap_or_default();
         let (day, month) = admission.state.calendar.periods(SystemTime::now());
         let mut usage = lock(&admission.state.usage);
+        if usage.day.period != day {
+            usage.budget_wanted = None;
+        }
         usage.day.roll(&day);
         usage.month.roll(&month);
-        let exceeded = exceeded(&budget, &usage, endpoint, worst_case);
+        let exceeded = exceeded(&budget, &usage, endpoint, worst_case, (&day, &month));
+        if exceeded.is_some() && granted(endpoint, (&day, &month)) {
+            usage.budget_wanted = Some(worst_case);
+        }
         if let Some(which) = exceeded {
             drop(usage);
             let retry = admission
@@ -587,24 +596,51 @@ impl Ledger {
     }
 }
 
+/// Whether the operator has granted this pod a slice of the endpoint's budget for these periods.
+fn granted(endpoint: &EndpointConfig, (day, month): (&str, &str)) -> bool {
+    endpoint
+        .budget_grant
+        .as_ref()
+        .is_some_and(|g| g.day.as_deref() == Some(day) || g.month.as_deref() == Some(month))
+}
+
 /// Which budget (`daily` or `monthly`) a call costing up to `worst_case` would pass.
+///
+/// With a grant for the period (the operator's slice of the budget for this pod), this pod's own
+/// spend and calls in flight must stay within it: exact, whatever the number of pods. Without one
+/// (no operator yet, or a period just begun), the endpoint's reported spend and this pod's own.
 fn exceeded(
     budget: &CostBudget,
     usage: &Usage,
     endpoint: &EndpointConfig,
     worst_case: Decimal,
+    (day, month): (&str, &str),
 ) -> Option<&'static str> {
+    let grant = endpoint.budget_grant.clone().unwrap_or_default();
+    let daily_grant = grant.daily.filter(|_| grant.day.as_deref() == Some(day));
+    let monthly_grant = grant
+        .monthly
+        .filter(|_| grant.month.as_deref() == Some(month));
+    let own_today = usage.day.cost + usage.reserved + worst_case;
+    let own_month = usage.month.cost + usage.reserved + worst_case;
     // Spend the operator has folded in (all pods) plus this pod's own, plus calls in flight.
     let today = endpoint.reported_cost_today.max(usage.day.cost) + usage.reserved + worst_case;
-    let month =
+    let month_total =
         endpoint.reported_cost_this_month.max(usage.month.cost) + usage.reserved + worst_case;
-    if budget.daily.is_some_and(|d| today > d.amount()) {
+    let over_day = match (budget.daily, daily_grant) {
+        (Some(_), Some(g)) => own_today > g.amount(),
+        (Some(d), None) => today > d.amount(),
+        (None, _) => false,
+    };
+    if over_day {
         return Some("daily");
     }
-    if budget.monthly.is_some_and(|m| month > m.amount()) {
-        return Some("monthly");
-    }
-    None
+    let over_month = match (budget.monthly, monthly_grant) {
+        (Some(_), Some(g)) => own_month > g.amount(),
+        (Some(m), None) => month_total > m.amount(),
+        (None, _) => false,
+    };
+    over_month.then_some("monthly")
 }
 
 #[cfg(test)]

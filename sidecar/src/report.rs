@@ -45,7 +45,8 @@ fn period(c: &Counters) -> PeriodUsage {
 }
 
 /// Writes every endpoint's counters once. Returns how many ledgers were written.
-pub async fn report_once(state: &AppState, client: &Client, sequence: u64) -> usize {
+/// `closing`: the sidecar is stopping and these are its last counters.
+pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closing: bool) -> usize {
     let pod = &state.settings.pod_name;
     let api: Api<ModelUsage> = Api::namespaced(client.clone(), state.catalog.namespace());
     let mut written = 0;
@@ -60,6 +61,8 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64) -> us
                 tokens_per_minute,
             }),
             reserved: Some(ledger_money(usage.reserved)),
+            budget_wanted: usage.budget_wanted.map(ledger_money),
+            closed: closing,
             sequence,
             reported_at: Some(crate::limits::rfc3339_now()),
         };
@@ -92,6 +95,6 @@ pub async fn run(state: Arc<AppState>, client: Client, interval: Duration) {
     loop {
         tick.tick().await;
         sequence += 1;
-        report_once(&state, &client, sequence).await;
+        report_once(&state, &client, sequence, false).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Limit allocation: each endpoint's `rateLimit` split into per-pod shares, max-min fair by the
 //! demand the sidecars report, written to each live ledger's `spec.allocation`, which the pod's
-//! sidecar enforces on its own (nothing shared on the request path).
+//! sidecar enforces on its own (nothing shared on the request path); and, in the same rounds,
+//! each pod's budget grant (`spec.budgetGrant`, see `budget`).
 //!
 //! Rebalanced every [`INTERVAL`], and at once when a ledger appears or goes, so a new pod gets a
 //! share within a moment and a departed pod's share is returned. The shares of an endpoint never
@@ -191,6 +192,67 @@ async fn write(ctx: &Context, changes: Vec<Change>) -> Result<(), Error> {
     Ok(())
 }
 
+/// Tops up the budget grants of `endpoint`'s pods (see `budget`). The endpoint is read afresh,
+/// after the ledgers were taken, so a pod retired meanwhile counts once (as in the ledger totals).
+async fn grant(
+    ctx: &Context,
+    endpoint: &ModelEndpoint,
+    snapshot: &[Arc<ModelUsage>],
+) -> Result<(), Error> {
+    let ns = endpoint.namespace().unwrap_or_default();
+    let name = endpoint.name_any();
+    let own: Vec<&ModelUsage> = snapshot
+        .iter()
+        .filter(|l| l.namespace().as_deref() == Some(ns.as_str()) && l.spec.endpoint == name)
+        .map(AsRef::as_ref)
+        .collect();
+    if own.is_empty() {
+        return Ok(());
+    }
+    let api: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(fresh) = api.get_opt(&name).await.map_err(|source| Error::Kube {
+        kind: "ModelEndpoint",
+        name: format!("{ns}/{name}"),
+        source,
+    })?
+    else {
+        return Ok(());
+    };
+    let tz = fresh
+        .spec
+        .cost_budget
+        .as_ref()
+        .and_then(|b| b.time_zone.clone());
+    let (day, month) = super::ledger::periods(tz.as_deref());
+    let plan = super::budget::plan(&fresh, &own, &day, &month);
+    let ledgers: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &ns);
+    for (ledger, grant) in plan.grants {
+        let current = own
+            .iter()
+            .find(|l| l.metadata.name.as_deref() == Some(ledger.as_str()));
+        let leaving = current.is_some_and(|l| l.metadata.deletion_timestamp.is_some());
+        if leaving || current.and_then(|l| l.spec.budget_grant.as_ref()) == Some(&grant) {
+            continue;
+        }
+        let patch = json!({ "spec": { "budgetGrant": grant } });
+        match ledgers
+            .patch(&ledger, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    kind: "ModelUsage",
+                    name: format!("{ns}/{ledger}"),
+                    source,
+                });
+            }
+            Ok(_) => ctx.metrics.allocation_written(),
+        }
+    }
+    Ok(())
+}
+
 /// Keeps every live ledger's share up to date until the process ends.
 pub async fn run(ctx: Arc<Context>) {
     let (ledgers, ledger_writer) = reflector::store::<ModelUsage>();
@@ -256,10 +318,18 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
         let _timer = ctx.metrics.reconcile_started("Allocation");
-        let changes = plan(&endpoints.state(), &ledgers.state());
+        let snapshot = ledgers.state();
+        let budgeted = endpoints.state();
+        let changes = plan(&budgeted, &snapshot);
         if let Err(e) = write(&ctx, changes).await {
             ctx.metrics.reconcile_failed("Allocation", e.category());
             tracing::warn!(error = %e, "writing allocations failed; retrying at the next rebalance");
+        }
+        for endpoint in budgeted.iter().filter(|e| e.spec.cost_budget.is_some()) {
+            if let Err(e) = grant(&ctx, endpoint, &snapshot).await {
+                ctx.metrics.reconcile_failed("Allocation", e.category());
+                tracing::warn!(error = %e, "writing budget grants failed; retrying at the next rebalance");
+            }
         }
     }
 }

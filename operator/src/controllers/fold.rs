@@ -12,7 +12,7 @@
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use k8s_ai_api::{
-    ModelEndpoint, ModelUsage, ModelUsageStatus,
+    ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
     model_endpoint::RetiredUsage,
     model_usage::{PeriodUsage, ledger_name},
 };
@@ -45,6 +45,39 @@ pub fn fold_into(retired: &mut RetiredUsage, ledger: &ModelUsageStatus, day: &st
             .get_or_insert_with(PeriodUsage::default)
             .add(lifetime);
     }
+}
+
+/// Counts `amount` of possible unreported spend in the current periods, the lifetime and
+/// `unreconciled`.
+fn add_unreported(
+    retired: &mut RetiredUsage,
+    amount: rust_decimal::Decimal,
+    day: &str,
+    month: &str,
+) {
+    let Some(amount) = Money::new(amount) else {
+        return;
+    };
+    let extra = PeriodUsage {
+        cost: amount,
+        ..PeriodUsage::default()
+    };
+    for (into, period) in [(&mut retired.day, day), (&mut retired.month, month)] {
+        fold_period(
+            into,
+            Some(&PeriodUsage {
+                period: period.to_owned(),
+                ..extra.clone()
+            }),
+            period,
+        );
+    }
+    retired
+        .lifetime
+        .get_or_insert_with(PeriodUsage::default)
+        .add(&extra);
+    let before = retired.unreconciled.unwrap_or(Money::ZERO);
+    retired.unreconciled = Some(before.checked_add(amount).unwrap_or(before));
 }
 
 fn fold_period(into: &mut Option<PeriodUsage>, from: Option<&PeriodUsage>, current: &str) {
@@ -138,6 +171,13 @@ async fn fold_once(ledger: &ModelUsage, ctx: &Context) -> Result<Action, Error> 
     let (day, month) = periods(tz.as_deref());
     if let Some(counters) = &ledger.status {
         fold_into(&mut retired, counters, &day, &month);
+    }
+    // A sidecar that vanished without its closing report may have spent up to its grant: that
+    // counts as spent, so cost reads high by at most it, never low.
+    let unreported = super::budget::unreported_bound(ledger, &day, &month);
+    if unreported > rust_decimal::Decimal::ZERO {
+        add_unreported(&mut retired, unreported, &day, &month);
+        tracing::warn!(namespace = %ns, endpoint = %name, ledger = %ledger.name_any(), %unreported, "a retired pod may have spent this much unreported; counted as spent (unreconciledCost)");
     }
     retired.folded.push(uid);
     status.retired = Some(retired);

@@ -3,7 +3,7 @@
 //! folded into each ModelEndpoint's status (cost today and this month, invocations, tokens).
 //!
 //! Deleted pods' counters are folded into the endpoint's retired totals by `fold`; each ledger's
-//! share of the endpoint's limits is set by `allocation`. Not yet: budget grants.
+//! share of the endpoint's limits is set by `allocation`, its share of the budget by `budget`.
 
 use std::sync::Arc;
 
@@ -95,6 +95,11 @@ pub struct Totals {
     pub output_tokens: u64,
     /// Lifetime cost, live and retired.
     pub cost_total: Decimal,
+    /// Retired pods' possible unreported spend (included in the costs above).
+    pub unreconciled: Decimal,
+    /// The daily / monthly budget can no longer pay for a call a pod wants (see `budget`).
+    pub day_exhausted: bool,
+    pub month_exhausted: bool,
 }
 
 /// Sums the live ledgers of `endpoint` and what retired pods used (`retired`), counting day and
@@ -181,7 +186,20 @@ pub async fn endpoint_usage(
         .as_ref()
         .and_then(|e| e.status.as_ref())
         .and_then(|s| s.retired.as_ref());
-    let t = totals(&ledgers.items, &endpoint.name_any(), &day, &month, retired);
+    let mut t = totals(&ledgers.items, &endpoint.name_any(), &day, &month, retired);
+    t.unreconciled = retired
+        .and_then(|r| r.unreconciled)
+        .map_or(Decimal::ZERO, Money::amount);
+    if let Some(fresh) = &fresh {
+        let own: Vec<&ModelUsage> = ledgers
+            .items
+            .iter()
+            .filter(|l| l.spec.endpoint == endpoint.name_any())
+            .collect();
+        let plan = super::budget::plan(fresh, &own, &day, &month);
+        t.day_exhausted = plan.day_exhausted;
+        t.month_exhausted = plan.month_exhausted;
+    }
     let money = |d: Decimal| Money::new(d).map_or_else(|| d.to_string(), |m| m.to_string());
     let fields = json!({
         "costToday": money(t.cost_today),
@@ -192,6 +210,7 @@ pub async fn endpoint_usage(
         "totalInputTokens": t.input_tokens,
         "totalOutputTokens": t.output_tokens,
         "totalCost": money(t.cost_total),
+        "unreconciledCost": money(t.unreconciled),
     });
     Ok((t, fields))
 }

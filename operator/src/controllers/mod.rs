@@ -2,6 +2,7 @@
 //! object, `error_policy` with backoff), sharing one [`Context`] and one [`Error`].
 
 pub mod allocation;
+pub mod budget;
 pub mod conditions;
 pub mod fold;
 pub mod guardrail_policy;

@@ -230,10 +230,13 @@ async fn resolve_guardrail(
 /// Informational (the endpoint stays Ready): sidecars refuse calls over budget themselves.
 pub fn budget_condition(budget: Option<&CostBudget>, totals: &Totals) -> Option<Wanted> {
     let budget = budget?;
+    // Spent in full, or what is left cannot pay for a call a pod wants (see `budget`).
     let over_month = budget
         .monthly
-        .filter(|m| totals.cost_this_month >= m.amount());
-    let over_day = budget.daily.filter(|d| totals.cost_today >= d.amount());
+        .filter(|m| totals.cost_this_month >= m.amount() || totals.month_exhausted);
+    let over_day = budget
+        .daily
+        .filter(|d| totals.cost_today >= d.amount() || totals.day_exhausted);
     Some(match (over_month, over_day) {
         (Some(monthly), _) => Wanted {
             type_: "BudgetExceeded",

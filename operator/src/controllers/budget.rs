@@ -1,0 +1,292 @@
+//! Budget grants: each pod may spend, per day and per month, up to its grant in its ledger's
+//! `spec.budgetGrant`, which its sidecar checks before every call (reserving the call's worst
+//! case) with no network call on the request path.
+//!
+//! Grants only grow within a period, and all of them together with what retired pods spent never
+//! pass the budget, so the endpoint's spend cannot pass it either, whatever the number of pods.
+//! A pod refused for want of grant reports the worst case it needed (`budgetWanted`) and is served
+//! first; the rest of the budget is shared out evenly, a slice always kept back for new pods.
+
+use k8s_ai_api::{
+    MONEY_MAX_SCALE, ModelEndpoint, ModelUsage, Money,
+    model_usage::{BudgetGrant, PeriodUsage},
+};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+/// A pod's unspent grant is topped up to at most this fraction of the budget (1/20) per round.
+pub const HEADROOM_PARTS: u32 = 20;
+
+/// One pod's position in one period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    /// Spent (reported) plus reserved by calls in flight.
+    pub spent: Decimal,
+    /// Its grant for this period, if it has one.
+    pub grant: Option<Decimal>,
+    /// The worst case of a call it refused for want of grant (zero: none).
+    pub wanted: Decimal,
+}
+
+/// New grants for one period's `budget`, of which retired pods used `retired`, pods in the order
+/// of `holders`; and whether the budget can no longer pay for a call a pod wants.
+pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Decimal>, bool) {
+    // A grant never shrinks, and never sits below what its pod has spent.
+    let mut grants: Vec<Decimal> = holders
+        .iter()
+        .map(|h| h.grant.unwrap_or(h.spent).max(h.spent))
+        .collect();
+    let mut pool = (budget - retired - grants.iter().sum::<Decimal>()).max(Decimal::ZERO);
+    // First the calls pods were refused, smallest first so most of them get served.
+    let mut order: Vec<usize> = (0..holders.len()).collect();
+    order.sort_by_key(|&i| holders[i].wanted);
+    for &i in &order {
+        let h = &holders[i];
+        let need = h.spent + h.wanted - grants[i];
+        if h.wanted > Decimal::ZERO && need > Decimal::ZERO && need <= pool {
+            grants[i] += need;
+            pool -= need;
+        }
+    }
+    // Then headroom for each pod: an even slice of what is unspent (one slice kept back for a
+    // newcomer), at most a twentieth of the budget. Grants never shrink, so small ones renewed at
+    // every round keep an idle pod from sitting on budget a busy one needs.
+    let unspent = budget - retired - holders.iter().map(|h| h.spent).sum::<Decimal>();
+    let pods = Decimal::from(holders.len() + 1);
+    let slice = (unspent.max(Decimal::ZERO) / pods)
+        .min(budget / Decimal::from(HEADROOM_PARTS))
+        .round_dp_with_strategy(MONEY_MAX_SCALE, RoundingStrategy::ToZero);
+    for (i, h) in holders.iter().enumerate() {
+        let raise = (h.spent + slice - grants[i]).max(Decimal::ZERO).min(pool);
+        grants[i] += raise;
+        pool -= raise;
+    }
+    // Exhausted: nothing is left, or no pod could pay for the smallest call one was refused,
+    // not even with all that is left added to the largest headroom.
+    let headroom = |i: usize| grants[i] - holders[i].spent;
+    let largest_headroom = (0..holders.len()).map(headroom).max().unwrap_or_default();
+    let smallest_unmet = (0..holders.len())
+        .filter(|&i| holders[i].wanted > headroom(i))
+        .map(|i| holders[i].wanted)
+        .min();
+    let exhausted = unspent <= Decimal::ZERO
+        || smallest_unmet.is_some_and(|want| pool + largest_headroom < want);
+    (grants, exhausted)
+}
+
+/// What the budget says for an endpoint: each ledger's grant, and which periods are exhausted.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// (ledger name, its grant), for every live ledger of the endpoint.
+    pub grants: Vec<(String, BudgetGrant)>,
+    pub day_exhausted: bool,
+    pub month_exhausted: bool,
+}
+
+fn period_cost(usage: Option<&PeriodUsage>, period: &str) -> Decimal {
+    usage
+        .filter(|u| u.period == period)
+        .map_or(Decimal::ZERO, |u| u.cost.amount())
+}
+
+/// Grants for the ledgers of `endpoint` (all of them, those being deleted included: they still
+/// hold what they spent) in the periods `day` and `month`. `endpoint` must have been read after
+/// `ledgers` (see `ledger::endpoint_usage`), so a ledger folded meanwhile counts once.
+pub fn plan(endpoint: &ModelEndpoint, ledgers: &[&ModelUsage], day: &str, month: &str) -> Plan {
+    let Some(budget) = endpoint.spec.cost_budget.as_ref() else {
+        return Plan::default();
+    };
+    let retired = endpoint.status.as_ref().and_then(|s| s.retired.as_ref());
+    let folded = |l: &ModelUsage| {
+        retired.is_some_and(|r| {
+            l.metadata
+                .uid
+                .as_ref()
+                .is_some_and(|u| r.folded.contains(u))
+        })
+    };
+    let ledgers: Vec<&ModelUsage> = ledgers.iter().copied().filter(|l| !folded(l)).collect();
+    let holders = |period: &str, is_day: bool| -> Vec<Holder> {
+        ledgers
+            .iter()
+            .map(|l| {
+                let status = l.status.clone().unwrap_or_default();
+                let used = if is_day {
+                    status.day.as_ref()
+                } else {
+                    status.month.as_ref()
+                };
+                let reserved = status.reserved.map_or(Decimal::ZERO, Money::amount);
+                let grant = l.spec.budget_grant.as_ref().and_then(|g| {
+                    if is_day {
+                        g.daily.filter(|_| g.day.as_deref() == Some(period))
+                    } else {
+                        g.monthly.filter(|_| g.month.as_deref() == Some(period))
+                    }
+                });
+                // What a pod wanted counts in the day it was refused (the day counters' period).
+                let wanted = status
+                    .budget_wanted
+                    .filter(|_| status.day.as_ref().is_some_and(|d| d.period == day))
+                    .map_or(Decimal::ZERO, Money::amount);
+                Holder {
+                    spent: period_cost(used, period) + reserved,
+                    grant: grant.map(Money::amount),
+                    wanted,
+                }
+            })
+            .collect()
+    };
+    let retired_cost = |is_day: bool, period: &str| {
+        retired.map_or(Decimal::ZERO, |r| {
+            period_cost(
+                if is_day {
+                    r.day.as_ref()
+                } else {
+                    r.month.as_ref()
+                },
+                period,
+            )
+        })
+    };
+    let mut plan = Plan {
+        grants: ledgers
+            .iter()
+            .map(|l| {
+                (
+                    l.metadata.name.clone().unwrap_or_default(),
+                    BudgetGrant::default(),
+                )
+            })
+            .collect(),
+        ..Plan::default()
+    };
+    if let Some(daily) = budget.daily {
+        let (grants, exhausted) =
+            share(daily.amount(), retired_cost(true, day), &holders(day, true));
+        for ((_, g), amount) in plan.grants.iter_mut().zip(grants) {
+            g.day = Some(day.to_owned());
+            g.daily = Money::new(amount);
+        }
+        plan.day_exhausted = exhausted;
+    }
+    if let Some(monthly) = budget.monthly {
+        let (grants, exhausted) = share(
+            monthly.amount(),
+            retired_cost(false, month),
+            &holders(month, false),
+        );
+        for ((_, g), amount) in plan.grants.iter_mut().zip(grants) {
+            g.month = Some(month.to_owned());
+            g.monthly = Money::new(amount);
+        }
+        plan.month_exhausted = exhausted;
+    }
+    plan
+}
+
+/// The most a retiring ledger may have spent beyond what it reported: nothing if its sidecar
+/// closed it, else what was left of its grant (the smaller of the day's and the month's).
+pub fn unreported_bound(ledger: &ModelUsage, day: &str, month: &str) -> Decimal {
+    let status = ledger.status.clone().unwrap_or_default();
+    if status.closed {
+        return Decimal::ZERO;
+    }
+    let Some(grant) = &ledger.spec.budget_grant else {
+        return Decimal::ZERO;
+    };
+    let left =
+        |granted: Option<Money>, period: Option<&str>, now: &str, used: Option<&PeriodUsage>| {
+            granted
+                .filter(|_| period == Some(now))
+                .map(|g| (g.amount() - period_cost(used, now)).max(Decimal::ZERO))
+        };
+    let day_left = left(grant.daily, grant.day.as_deref(), day, status.day.as_ref());
+    let month_left = left(
+        grant.monthly,
+        grant.month.as_deref(),
+        month,
+        status.month.as_ref(),
+    );
+    match (day_left, month_left) {
+        (Some(d), Some(m)) => d.min(m),
+        (Some(x), None) | (None, Some(x)) => x,
+        (None, None) => Decimal::ZERO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    fn holder(spent: &str, grant: Option<&str>, wanted: &str) -> Holder {
+        Holder {
+            spent: d(spent),
+            grant: grant.map(d),
+            wanted: d(wanted),
+        }
+    }
+
+    #[test]
+    fn grants_never_pass_the_budget_and_keep_a_slice_back() {
+        let (grants, exhausted) = share(d("0.01"), Decimal::ZERO, &vec![holder("0", None, "0"); 5]);
+        assert_eq!(
+            grants,
+            vec![d("0.0005"); 5],
+            "a twentieth of the budget each"
+        );
+        let (grants, _) = share(d("0.01"), Decimal::ZERO, &vec![holder("0", None, "0"); 30]);
+        assert_eq!(
+            grants,
+            vec![d("0.000322"); 30],
+            "an even slice when that is less"
+        );
+        assert!(!exhausted);
+        assert!(grants.iter().sum::<Decimal>() <= d("0.01"));
+    }
+
+    #[test]
+    fn grants_only_grow_and_follow_spend() {
+        let holders = [
+            holder("0.0015", Some("0.001666"), "0"),
+            holder("0", Some("0.001666"), "0"),
+        ];
+        let (grants, _) = share(d("0.01"), Decimal::ZERO, &holders);
+        // Each pod's headroom grows back to a twentieth of the budget.
+        assert_eq!(grants, vec![d("0.002"), d("0.001666")]);
+        let shrinking = [holder("0", Some("0.009"), "0"), holder("0", None, "0")];
+        let (grants, _) = share(d("0.01"), Decimal::ZERO, &shrinking);
+        assert_eq!(grants[0], d("0.009"), "a grant never shrinks");
+        assert_eq!(grants[1], d("0.0005"), "the other gets its headroom");
+    }
+
+    #[test]
+    fn a_refused_call_is_served_first_and_exhaustion_is_reported() {
+        let holders = [
+            holder("0.004", Some("0.0045"), "0.002"),
+            holder("0.004", Some("0.0045"), "0"),
+        ];
+        let (grants, exhausted) = share(d("0.02"), Decimal::ZERO, &holders);
+        assert_eq!(grants[0], d("0.006"), "spent plus the call it wanted");
+        assert!(!exhausted);
+        let (_, exhausted) = share(d("0.01"), Decimal::ZERO, &holders);
+        assert!(exhausted, "0.001 unheld cannot pay for a 0.002 call");
+        let holders = [
+            holder("0.0095", Some("0.0095"), "0.002"),
+            holder("0", None, "0"),
+        ];
+        let (grants, exhausted) = share(d("0.01"), Decimal::ZERO, &holders);
+        assert!(exhausted, "0.0005 left cannot pay for a 0.002 call");
+        assert!(grants.iter().sum::<Decimal>() <= d("0.01"), "{grants:?}");
+    }
+
+    #[test]
+    fn retired_spend_counts_against_the_budget() {
+        let (grants, exhausted) = share(d("1.00"), d("1.00"), &[holder("0", None, "0")]);
+        assert_eq!(grants, vec![Decimal::ZERO]);
+        assert!(exhausted);
+    }
+}
