@@ -96,6 +96,10 @@ metadata:
 spec:
   containers: [{{name: app, image: example.com/app:1}}]
 """)
+        self.start_sidecar(name)
+
+    def start_sidecar(self, name: str):
+        """The pod's sidecar, signed in to the API server with a token bound to the pod."""
         token = self.kubectl("create", "token", "default", "-n", self.ns, "--bound-object-kind", "Pod",
                              "--bound-object-name", name, "--duration", "1h").strip()
         state = json.loads((ROOT / "e2e" / ".run" / "cluster.json").read_text())
@@ -113,7 +117,7 @@ spec:
                  "AI_SIDECAR_NAMESPACE": self.ns, "AI_SIDECAR_ENDPOINTS": "claude-haiku",
                  "AI_SIDECAR_LISTEN": f"127.0.0.1:{port}", "AI_SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}",
                  "AI_SIDECAR_REPORT_INTERVAL": "1s", "AI_SIDECAR_LOG_FORMAT": "text", **self.aws_env},
-            stdout=subprocess.DEVNULL, stderr=open(self.tmp / f"{name}.log", "w"))
+            stdout=open(self.tmp / f"{name}.log", "a"), stderr=subprocess.STDOUT)
         self.urls[name] = f"http://127.0.0.1:{port}/invoke/{self.ns}/claude-haiku"
         self.admin = getattr(self, "admin", {})
         self.admin[name] = f"http://127.0.0.1:{admin}"
@@ -378,3 +382,19 @@ def test_five_pods_racing_on_a_cent_budget_never_pass_it(make_fleet):
     live = sum(Decimal(l["status"]["day"]["cost"]) for l in fleet.ledgers().values() if l["status"]["day"]["period"] == status["retired"]["day"]["period"])
     assert Decimal(status["costToday"]) >= live + unreconciled, "cost reads high by the unreconciled amount, never low"
     print(f"grants at start {grants}; {calls} calls settled ${settled} of ${BUDGET}; unreconciled after a SIGKILL ${unreconciled}")
+
+
+def test_a_restarted_sidecar_keeps_counting_from_its_ledger(fleet):
+    """The sidecar container crashes and restarts in a running pod: what it used before is kept."""
+    fleet.add_pod("pod-0")
+    costs = [Decimal(post(fleet.urls["pod-0"])[1]["costUSD"]) for _ in range(3)]
+    wait_until("the first run's report", lambda: (fleet.ledgers()["pod-0"].get("status") or {}).get("lifetime", {}).get("invocations") == 3, 20)
+    fleet.procs.pop("pod-0").kill()  # a crash: no closing report
+    fleet.start_sidecar("pod-0")
+    costs += [Decimal(post(fleet.urls["pod-0"])[1]["costUSD"]) for _ in range(2)]
+    status = wait_until("the second run's report",
+                        lambda: (s := fleet.ledgers()["pod-0"].get("status") or {}).get("lifetime", {}).get("invocations") == 5 and s, 20)
+    assert status["day"]["invocations"] == 5
+    assert Decimal(status["day"]["cost"]) == Decimal(status["lifetime"]["cost"]) == sum(costs)
+    log = (fleet.tmp / "pod-0.log").read_text()
+    assert "taking over the counters of an earlier run" in log

@@ -262,10 +262,22 @@ pub struct Counters {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cost: Decimal,
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<String, u64>,
 }
 
 impl Counters {
+    /// Adds counters stored in the ledger (by an earlier run of this sidecar).
+    fn add_stored(&mut self, stored: &k8s_ai_api::model_usage::PeriodUsage) {
+        self.invocations = self.invocations.saturating_add(stored.invocations);
+        self.input_tokens = self.input_tokens.saturating_add(stored.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(stored.output_tokens);
+        self.cost += stored.cost.amount();
+        for (reason, count) in &stored.rejected {
+            let total = self.rejected.entry(reason.clone()).or_default();
+            *total = total.saturating_add(*count);
+        }
+    }
+
     fn roll(&mut self, period: &str) {
         if self.period != period {
             *self = Counters {
@@ -313,6 +325,8 @@ struct EndpointState {
 #[derive(Default)]
 pub struct Ledger {
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
+    /// Endpoints whose stored counters have been taken over (see [`Ledger::resume`]).
+    resumed: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A call admitted against an endpoint's limits: settle it with the real usage, or drop it to
@@ -455,6 +469,40 @@ impl Ledger {
         Arc::clone(state)
     }
 
+    /// Whether `endpoint`'s counters stored in the ledger still need taking over.
+    pub fn needs_resume(&self, endpoint: &str) -> bool {
+        !lock(&self.resumed).contains(endpoint)
+    }
+
+    /// Takes over the counters an earlier run of this sidecar stored in the pod's ledger (the
+    /// container restarted; the pod did not): they are added to what this run has counted, so
+    /// reports stay cumulative and nothing used before the restart is lost.
+    pub fn resume(&self, endpoint: &EndpointConfig, stored: Option<&k8s_ai_api::ModelUsageStatus>) {
+        if !lock(&self.resumed).insert(endpoint.name.clone()) {
+            return;
+        }
+        let Some(stored) = stored else { return };
+        let state = self.state(endpoint);
+        let (day, month) = state.calendar.periods(SystemTime::now());
+        let mut guard = lock(&state.usage);
+        let usage = &mut *guard;
+        usage.day.roll(&day);
+        usage.month.roll(&month);
+        for (counters, from, period) in [
+            (&mut usage.day, stored.day.as_ref(), Some(day.as_str())),
+            (
+                &mut usage.month,
+                stored.month.as_ref(),
+                Some(month.as_str()),
+            ),
+            (&mut usage.lifetime, stored.lifetime.as_ref(), None),
+        ] {
+            if let Some(from) = from.filter(|f| period.is_none_or(|p| f.period == p)) {
+                counters.add_stored(from);
+            }
+        }
+    }
+
     /// This pod's usage of `endpoint` so far.
     pub fn usage(&self, endpoint: &str) -> Option<Usage> {
         lock(&self.endpoints)
@@ -479,7 +527,7 @@ impl Ledger {
         usage.day.roll(&day);
         usage.month.roll(&month);
         for counters in [&mut usage.day, &mut usage.month, &mut usage.lifetime] {
-            *counters.rejected.entry(reason).or_default() += 1;
+            *counters.rejected.entry(reason.to_owned()).or_default() += 1;
         }
     }
 

@@ -49,8 +49,12 @@ fn period(c: &Counters) -> PeriodUsage {
 pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closing: bool) -> usize {
     let pod = &state.settings.pod_name;
     let api: Api<ModelUsage> = Api::namespaced(client.clone(), state.catalog.namespace());
+    resume(state, &api).await;
     let mut written = 0;
     for (endpoint, usage) in state.ledger.all_usage() {
+        if state.ledger.needs_resume(&endpoint) {
+            continue; // its stored counters could not be read yet: reporting now would lose them
+        }
         let (requests_per_minute, tokens_per_minute) = usage.demand_per_minute();
         let status = ModelUsageStatus {
             day: Some(period(&usage.day)),
@@ -85,6 +89,33 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closi
         }
     }
     written
+}
+
+/// Before the first report of each endpoint, takes over what an earlier run of this sidecar (the
+/// container restarted, the pod did not) stored in the ledger.
+async fn resume(state: &AppState, api: &Api<ModelUsage>) {
+    let snapshot = state.catalog.snapshot();
+    for (endpoint, _) in state.ledger.all_usage() {
+        if !state.ledger.needs_resume(&endpoint) {
+            continue;
+        }
+        let Some(config) = snapshot.endpoints.get(&endpoint) else {
+            continue;
+        };
+        let name = ledger_name(&state.settings.pod_name, &endpoint);
+        match api.get_opt(&name).await {
+            Ok(ledger) => {
+                let stored = ledger.and_then(|l| l.status);
+                if stored.as_ref().is_some_and(|s| s.sequence > 0) {
+                    tracing::info!(ledger = %name, "taking over the counters of an earlier run of this sidecar");
+                }
+                state.ledger.resume(config, stored.as_ref());
+            }
+            Err(e) => {
+                tracing::warn!(ledger = %name, error = %e, "cannot read the ledger; will retry")
+            }
+        }
+    }
 }
 
 /// Reports every `interval` until the process ends.
