@@ -5,6 +5,7 @@
 #   make cluster-down  stop it
 #   make crds          regenerate manifests/crds from the Rust types
 #   make bench         benchmark the sidecar side by side with LiteLLM; writes docs/benchmarks.md
+#   make bench-ledger  the ledger at scale (5,000 ModelUsages); writes its section of docs/benchmarks.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -79,6 +80,10 @@ bench-sidecar: ## Benchmark the sidecar against the emulator called directly
 .PHONY: bench-operator
 bench-operator: ## Benchmark the webhook (AdmissionReviews/s, p99) and reconciling 1,000 ModelEndpoints
 	e2e/bench/operator.sh
+
+.PHONY: bench-ledger
+bench-ledger: ## 5,000 ModelUsages across 100 endpoints: status lag, operator RSS, API writes/s
+	e2e/bench/ledger.sh
 
 .PHONY: bench
 bench: ## Sidecar vs LiteLLM (and emulator floor) in one run; writes docs/benchmarks.md
