@@ -103,3 +103,28 @@ def test_the_operator_reports_the_cost_metric(demo):
         json.loads((state / "render.json").read_text())["costUSD"]
     )
     assert Decimal(lines[0].rsplit(" ", 1)[1]) == spent
+
+
+def test_no_secret_token_or_prompt_reaches_the_logs(demo):
+    """The operator's and the sidecar's logs of the whole quick start, at their default level
+    (info), hold no credential, no token and no prompt or answer text."""
+    state, urls, _ = demo
+    with urllib.request.urlopen(urls["EMULATOR_URL"] + "/_emulator/credentials") as resp:
+        issued = json.loads(resp.read())
+    assert len(issued) >= 2, "the sidecar signed in with IRSA: a secret key and a session token"
+    kubeconfig = (state / "pod" / "kubeconfig").read_text()
+    api_token = re.search(r"token: \"([^\"]+)\"", kubeconfig).group(1)
+    secrets = {
+        "static secret key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "IRSA token": (state / "pod" / "irsa-token").read_text().strip(),
+        "API token": api_token,
+        **{f"issued secret {i}": s for i, s in enumerate(issued)},
+        "prompt": "Explain Kubernetes operators in two sentences.",
+        "template variable": "hunter2",
+        "answer": json.loads((state / "invoke.json").read_text())["content"][:60],
+    }
+    logs = {name: (state / "logs" / f"{name}.log").read_text() for name in ("operator", "sidecar")}
+    assert all(len(text) > 200 for text in logs.values()), "the logs were written"
+    for log, text in logs.items():
+        for what, secret in secrets.items():
+            assert secret and secret not in text, f"the {what} appears in the {log} log"

@@ -19,7 +19,7 @@ use e2e::emulator::{
 /// accepts the static test credentials below, and lets them assume the role below.
 #[derive(Parser, Debug)]
 #[command(name = "bedrock-emulator", version, about, long_about,
-    after_help = format!("Static test credentials: AWS_ACCESS_KEY_ID={TEST_ACCESS_KEY_ID} AWS_SECRET_ACCESS_KEY={TEST_SECRET_ACCESS_KEY}\nTest role: {TEST_ROLE_ARN}\nAdmin API: GET /_emulator/requests, GET|PUT /_emulator/config, POST /_emulator/reset"))]
+    after_help = format!("Static test credentials: AWS_ACCESS_KEY_ID={TEST_ACCESS_KEY_ID} AWS_SECRET_ACCESS_KEY={TEST_SECRET_ACCESS_KEY}\nTest role: {TEST_ROLE_ARN}\nAdmin API: GET /_emulator/requests, GET /_emulator/credentials, GET|PUT /_emulator/config, POST /_emulator/reset"))]
 struct Cli {
     /// Address to listen on (loopback by default: the emulator has no real security).
     #[arg(

@@ -296,6 +296,7 @@ impl Emulator {
                 get(control::get_foundation_model),
             )
             .route("/_emulator/requests", get(admin_requests))
+            .route("/_emulator/credentials", get(admin_credentials))
             .route("/_emulator/reset", post(admin_reset))
             .route(
                 "/_emulator/config",
@@ -558,6 +559,22 @@ async fn admin_requests(
         records.retain(|r| &r.operation == op);
     }
     Json(records)
+}
+
+/// The secrets of the temporary credentials issued so far (secret keys and session tokens), so a
+/// test can check they appear in no log.
+async fn admin_credentials(State(emulator): State<Emulator>) -> Json<Vec<String>> {
+    let secrets = emulator.0.keys.read().map_or_else(
+        |_| Vec::new(),
+        |keys| {
+            keys.values()
+                .filter(|k| matches!(k.principal, Principal::AssumedRole { .. }))
+                .flat_map(|k| [Some(k.secret.clone()), k.session_token.clone()])
+                .flatten()
+                .collect()
+        },
+    );
+    Json(secrets)
 }
 
 async fn admin_reset(State(emulator): State<Emulator>) -> StatusCode {
