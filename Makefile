@@ -33,6 +33,14 @@ fmt-check:
 clippy:
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
+.PHONY: deny
+deny: ## cargo deny: licences, banned and duplicate crates, sources (deny.toml)
+	cargo deny check licenses bans sources
+
+.PHONY: deny-advisories
+deny-advisories: ## cargo deny: RustSec advisories (needs github.com for the database)
+	cargo deny check advisories
+
 .PHONY: build
 build: ## Build every binary (debug)
 	cargo build --workspace --locked
@@ -93,5 +101,6 @@ bench: ## Sidecar vs LiteLLM (and emulator floor) in one run; writes docs/benchm
 test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the real control plane
 	$(MAKE) fmt-check
 	$(MAKE) clippy
+	$(MAKE) deny
 	e2e/cluster.sh up
 	scripts/run-tests.sh; status=$$?; e2e/cluster.sh down; exit $$status

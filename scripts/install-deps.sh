@@ -29,6 +29,8 @@ if command -v rustup >/dev/null; then
   rustup target list --installed 2>/dev/null | grep -qx "$musl" || rustup target add "$musl"
 fi
 command -v cargo >/dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
+# cargo deny checks licences, bans and sources in `make test` (built once into ~/.cargo/bin).
+command -v cargo-deny >/dev/null || { log "cargo install cargo-deny"; cargo install --locked cargo-deny@0.20.2; }
 command -v go >/dev/null || { log "Go is required to build the test control plane"; exit 1; }
 
 # Python clients for the end-to-end tests, in their own virtualenv (cached).
