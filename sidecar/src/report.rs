@@ -36,11 +36,7 @@ fn period(c: &Counters) -> PeriodUsage {
         input_tokens: c.input_tokens,
         output_tokens: c.output_tokens,
         cost: ledger_money(c.cost),
-        rejected: c
-            .rejected
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect(),
+        rejected: c.rejected.iter().map(|(k, v)| (k.clone(), *v)).collect(),
     }
 }
 
@@ -112,7 +108,7 @@ async fn resume(state: &AppState, api: &Api<ModelUsage>) {
                 state.ledger.resume(config, stored.as_ref());
             }
             Err(e) => {
-                tracing::warn!(ledger = %name, error = %e, "cannot read the ledger; will retry")
+                tracing::warn!(ledger = %name, error = %e, "cannot read the ledger; will retry");
             }
         }
     }
