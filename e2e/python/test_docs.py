@@ -44,7 +44,7 @@ def test_alert_rules_pass_their_unit_tests():
 
 # --- Sidecar error codes -------------------------------------------------------------------------
 
-STRING = r'"(?:[^"\\]|\\.)*"'
+STRING = r'"(?:[^"\\]|\\[\s\S])*"'  # escapes include a backslash-newline continuation
 
 
 def rust_sources() -> dict[pathlib.Path, str]:

@@ -7,8 +7,9 @@ use aws_sdk_bedrockruntime::types::ConversationRole;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State},
-    http::{StatusCode, header},
+    extract::{DefaultBodyLimit, FromRequestParts, Path, Request, State},
+    http::{HeaderValue, StatusCode, header, request::Parts},
+    middleware::{self, Next},
     response::{
         IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -44,7 +45,59 @@ pub fn data_router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(refuse_web_pages))
         .with_state(state)
+}
+
+/// Refuses requests a web browser sends on behalf of a site (a cross-site form or fetch, or a page
+/// that rebinds its DNS name to 127.0.0.1): browsers name the page's origin, other clients don't.
+async fn refuse_web_pages(request: Request, next: Next) -> Response {
+    match request.headers().get(header::ORIGIN) {
+        Some(origin) if !is_loopback_origin(origin) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "requests from web pages are refused: the Origin header names a site other than \
+             localhost (see docs/security.md)",
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
+fn is_loopback_origin(origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let Some(authority) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = match authority.strip_prefix("[::1]") {
+        Some(rest) => return rest.is_empty() || rest.starts_with(':'),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let port_ok = authority[host.len()..]
+        .strip_prefix(':')
+        .is_none_or(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    port_ok && (host.eq_ignore_ascii_case("localhost") || host == "127.0.0.1")
+}
+
+/// A route's two path names (namespace and endpoint or template), or our JSON 400 when the path
+/// cannot be decoded (invalid UTF-8 after percent-decoding).
+pub struct Names(String, String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Names {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map(|Path((namespace, name))| Names(namespace, name))
+            .map_err(|e| ApiError::invalid(format!("invalid path: {}", e.body_text())))
+    }
 }
 
 /// The admin API, for the kubelet and Prometheus.
@@ -78,24 +131,41 @@ async fn metrics(State(state): Shared, headers: axum::http::HeaderMap) -> Respon
 /// The request body, or our JSON error when it cannot be read (413 over the size limit).
 pub struct Body(Bytes);
 
-impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+impl axum::extract::FromRequest<Arc<AppState>> for Body {
     type Rejection = ApiError;
 
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        <Bytes as axum::extract::FromRequest<S>>::from_request(req, state)
-            .await
-            .map(Body)
-            .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        "the request body is over the size limit (AI_SIDECAR_MAX_BODY_BYTES)",
-                    )
-                } else {
-                    ApiError::invalid(format!("cannot read the request body: {e}"))
-                }
-            })
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let timeout = state.settings.client_read_timeout;
+        let read = <Bytes as axum::extract::FromRequest<_>>::from_request(req, state);
+        let Ok(read) = tokio::time::timeout(timeout, read).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the request body was not received within {} s (AI_SIDECAR_CLIENT_READ_TIMEOUT)",
+                    timeout.as_secs_f64()
+                ),
+            ));
+        };
+        read.map(Body).map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is over the size limit (AI_SIDECAR_MAX_BODY_BYTES)",
+                )
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {e}"))
+            }
+        })
+    }
+}
+
+/// At most `max` characters of `text`, with an ellipsis when cut: user text echoed in an error.
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
     }
 }
 
@@ -143,7 +213,8 @@ fn role(name: &str, index: usize) -> Result<ConversationRole, ApiError> {
         "user" => Ok(ConversationRole::User),
         "assistant" => Ok(ConversationRole::Assistant),
         other => Err(ApiError::invalid(format!(
-            "messages[{index}].role must be \"user\" or \"assistant\", not {other:?}"
+            "messages[{index}].role must be \"user\" or \"assistant\", not {:?}",
+            truncated(other, 64)
         ))),
     }
 }
@@ -206,11 +277,7 @@ fn seed_answer(result: &CallResult) -> Value {
     })
 }
 
-async fn invoke(
-    State(state): Shared,
-    Path((namespace, name)): Path<(String, String)>,
-    Body(body): Body,
-) -> Response {
+async fn invoke(State(state): Shared, Names(namespace, name): Names, Body(body): Body) -> Response {
     let outcome = async {
         let endpoint = state.endpoint(&namespace, &name)?;
         let (request, max_tokens, streaming) =
@@ -279,11 +346,7 @@ struct RenderBody {
     stream: bool,
 }
 
-async fn render(
-    State(state): Shared,
-    Path((namespace, name)): Path<(String, String)>,
-    Body(body): Body,
-) -> Response {
+async fn render(State(state): Shared, Names(namespace, name): Names, Body(body): Body) -> Response {
     let outcome = async {
         let body: RenderBody = parse(&body, state.settings.max_body_bytes)?;
         check_sampling(body.temperature, body.top_p, body.max_tokens)?;
@@ -545,4 +608,43 @@ async fn models(State(state): Shared) -> Json<Value> {
         .map(|n| json!({ "id": n, "object": "model", "created": 0, "owned_by": format!("{}/{}", state.catalog.namespace(), n) }))
         .collect();
     Json(json!({ "object": "list", "data": data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_origins_pass() {
+        let pass = |o: &str| is_loopback_origin(&HeaderValue::from_str(o).unwrap());
+        for ok in [
+            "http://localhost",
+            "http://LOCALHOST:3000",
+            "https://127.0.0.1:8443",
+            "http://[::1]",
+            "http://[::1]:8090",
+        ] {
+            assert!(pass(ok), "{ok} should pass");
+        }
+        for refused in [
+            "null",
+            "file://",
+            "http://attacker.example",
+            "http://localhost.attacker.example",
+            "http://127.0.0.1.attacker.example:80",
+            "http://localhost:",
+            "http://localhost:80x",
+            "http://[::1].attacker.example",
+            "http://user@localhost",
+            "localhost",
+        ] {
+            assert!(!pass(refused), "{refused} should be refused");
+        }
+    }
+
+    #[test]
+    fn echoed_text_is_cut_at_a_character_boundary() {
+        assert_eq!(truncated("ééé", 2), "éé…");
+        assert_eq!(truncated("ab", 2), "ab");
+    }
 }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod pii;
 pub mod report;
+pub mod server;
 pub mod settings;
 pub mod watch;
 
@@ -141,37 +142,25 @@ pub async fn serve(
     state: Arc<AppState>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+) {
     let state_for_flush = Arc::clone(&state);
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let data = axum::serve(
-        listeners.data.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
+    let read_timeout = state.settings.client_read_timeout;
+    let data = server::serve(
+        listeners.data,
         api::data_router(Arc::clone(&state)),
-    )
-    .with_graceful_shutdown({
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    });
-    let admin = axum::serve(listeners.admin, api::admin_router(state)).with_graceful_shutdown({
-        let mut rx = rx;
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    });
+        read_timeout,
+        rx.clone(),
+    );
+    let admin = server::serve(listeners.admin, api::admin_router(state), read_timeout, rx);
     tokio::spawn(async move {
         shutdown.await;
         tx.send_replace(true);
     });
     let flush_state = Arc::clone(&state_for_flush);
-    let (a, b) = tokio::join!(data.into_future(), admin.into_future());
+    tokio::join!(data, admin);
     // Drained: write the final counters so nothing used is lost.
     if let Some(client) = flush_state.kube.clone() {
         report::report_once(&flush_state, &client, u64::MAX / 2, true).await;
     }
-    a.and(b)
 }

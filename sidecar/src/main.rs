@@ -57,13 +57,7 @@ async fn main() -> ExitCode {
         }
     };
     tokio::select! {
-        served = &mut serving => match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "server failed");
-                ExitCode::FAILURE
-            }
-        },
+        () = &mut serving => ExitCode::SUCCESS,
         () = grace_over => {
             tracing::warn!("grace period over with requests still in flight; exiting");
             ExitCode::SUCCESS

@@ -69,6 +69,11 @@ pub struct Settings {
     #[arg(long, env = "AI_SIDECAR_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Longest a client may take to send its request headers, and then its body. Clients are in the
+    /// pod, on loopback: a request still half-sent after this is dropped (408 for a body).
+    #[arg(long, env = "AI_SIDECAR_CLIENT_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub client_read_timeout: Duration,
+
     /// Most calls in flight to Bedrock at once from this pod, whatever the endpoints' limits.
     #[arg(long, env = "AI_SIDECAR_MAX_IN_FLIGHT", default_value_t = 256)]
     pub max_in_flight: usize,
