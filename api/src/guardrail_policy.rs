@@ -122,7 +122,15 @@ pub struct RegexRule {
     #[schemars(length(max = 1000))]
     pub description: Option<String>,
     /// The regular expression (Rust `regex` syntax: linear time, no look-around or backreferences).
-    #[schemars(length(min = 1, max = 500))]
+    /// The API server refuses one that does not compile as RE2, the same family.
+    #[schemars(
+        length(min = 1, max = 500),
+        // Compiling the pattern is the check: an invalid one makes the rule fail with the parse error.
+        extend("x-kubernetes-validations" = [{
+            "rule": "\"\".matches(self) || !\"\".matches(self)",
+            "message": "not a valid regular expression (RE2 syntax: no look-around or backreferences)"
+        }])
+    )]
     pub pattern: String,
     /// `BLOCK` or `ANONYMIZE`.
     pub action: PiiAction,

@@ -128,7 +128,12 @@ pub struct CostBudget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 64),
-        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+/-]*$")
+        regex(pattern = r"^[A-Za-z][A-Za-z0-9_+/-]*$"),
+        // The API server's own time zone database decides (it embeds Go's): an unknown zone is an error.
+        extend("x-kubernetes-validations" = [{
+            "rule": "self != 'Local' && timestamp('2000-01-01T00:00:00Z').getHours(self) >= 0",
+            "message": "not a known IANA time zone, e.g. Europe/Berlin or UTC"
+        }])
     )]
     pub time_zone: Option<String>,
 }
