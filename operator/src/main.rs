@@ -20,13 +20,18 @@ use axum::{
 };
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
+use k8s_ai_api::ModelUsage;
 use k8s_ai_api::model_endpoint::ModelEndpoint;
 use k8s_ai_operator::{
     certs::{self, SelfManaged},
-    controllers::{self, Context},
+    controllers::{self, Context, cache::Shared},
     metrics::Metrics,
-    webhook::{inject::InjectSettings, server},
+    webhook::{
+        inject::{INJECTED_LABEL, InjectSettings},
+        server,
+    },
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
     runtime::{
@@ -651,6 +656,9 @@ async fn lead(
         controller: "k8s-ai-operator".into(),
         instance: Some(leadership.identity.clone()),
     };
+    // One watch of ModelUsages and one of injected Pods, shared by every controller.
+    let mut ledgers = Shared::<ModelUsage>::default();
+    let mut pods = Shared::<Pod>::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
@@ -658,20 +666,44 @@ async fn lead(
         aws_checks: std::sync::Mutex::default(),
         metrics: Arc::clone(&metrics),
         backoff: controllers::Backoff::default(),
+        ledgers: ledgers.cached(),
+        pods: pods.cached(),
     });
+    let (pods_for_ledgers, pods_for_fold, pods_for_rbac) =
+        (pods.subscribe(), pods.subscribe(), pods.subscribe());
+    let (ledgers_for_fold, ledgers_for_endpoints, ledgers_for_allocation) = (
+        ledgers.subscribe(),
+        ledgers.subscribe(),
+        ledgers.subscribe(),
+    );
+    let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
+    let watch_client = client.clone();
     let controllers = Box::pin(async move {
         tracing::info!(
             "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger, fold, allocation, sidecar RBAC"
         );
-        tokio::join!(
-            controllers::ledger::run(Arc::clone(&ctx)),
-            controllers::fold::run(Arc::clone(&ctx)),
-            controllers::allocation::run(Arc::clone(&ctx)),
-            controllers::guardrail_policy::run(Arc::clone(&ctx)),
-            controllers::model_endpoint::run(Arc::clone(&ctx)),
-            controllers::prompt_template::run(Arc::clone(&ctx)),
-            controllers::sidecar_rbac::run(ctx),
-        );
+        let watches = async {
+            tokio::join!(
+                ledgers.run(Api::all(watch_client.clone()), watcher::Config::default()),
+                pods.run(Api::all(watch_client), injected),
+            );
+        };
+        let controllers = async {
+            tokio::join!(
+                controllers::ledger::run(Arc::clone(&ctx), pods_for_ledgers),
+                controllers::fold::run(Arc::clone(&ctx), ledgers_for_fold, pods_for_fold),
+                controllers::allocation::run(Arc::clone(&ctx), ledgers_for_allocation),
+                controllers::guardrail_policy::run(Arc::clone(&ctx)),
+                controllers::model_endpoint::run(Arc::clone(&ctx), ledgers_for_endpoints),
+                controllers::prompt_template::run(Arc::clone(&ctx)),
+                controllers::sidecar_rbac::run(Arc::clone(&ctx), pods_for_rbac),
+            );
+        };
+        // The watches run as long as any controller does (they end at shutdown).
+        tokio::select! {
+            () = watches => {}
+            () = controllers => {}
+        }
     });
     if !leadership.enabled {
         metrics.leader.set(1);

@@ -9,9 +9,16 @@
 //! sidecars hold never do either (but for a write in flight). Sidecars keep their last allocation
 //! while the operator is away.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt, stream};
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage,
     model_endpoint::RateLimit,
@@ -23,14 +30,18 @@ use kube::{
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use serde_json::json;
+use tokio::sync::Notify;
 
-use super::{Context, Error};
+use super::{Context, Error, cache};
 
 /// How often shares are rebalanced on the demand the sidecars reported.
 pub const INTERVAL: Duration = Duration::from_secs(5);
 /// A new or departed ledger is acted on after this pause, so a burst of pods is one rebalance.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 const MANAGER: &str = "k8s-ai-operator/allocation";
+/// Shares and grants written at once: a round at thousands of pods takes seconds, not minutes,
+/// and the API server is not flooded.
+const WRITES_IN_FLIGHT: usize = 16;
 
 /// Max-min fair shares of `limit` among pods with these demands (`None`: not reported yet,
 /// counted as an equal share). Every pod keeps one unit when the limit allows, so an idle pod's
@@ -165,40 +176,70 @@ pub struct Change {
     pub shrinks: bool,
 }
 
-async fn write(ctx: &Context, changes: Vec<Change>) -> Result<(), Error> {
-    for change in changes {
-        let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &change.namespace);
-        let patch = json!({ "spec": { "allocation": change.allocation } });
-        match api
-            .patch(
-                &change.ledger,
-                &PatchParams::apply(MANAGER),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            // Gone meanwhile: its share is handed out at the next rebalance.
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Kube {
-                    kind: "ModelUsage",
-                    name: format!("{}/{}", change.namespace, change.ledger),
-                    source,
-                });
-            }
-            Ok(_) => ctx.metrics.allocation_written(),
-        }
-    }
-    Ok(())
+/// One merge patch of a ledger's spec (a share or a grant).
+struct Write {
+    namespace: String,
+    ledger: String,
+    patch: serde_json::Value,
 }
 
-/// Tops up the budget grants of `endpoint`'s pods (see `budget`). The endpoint is read afresh,
+/// Writes `patches`, [`WRITES_IN_FLIGHT`] at a time; the first failure, once all are done.
+async fn write_all(ctx: &Context, patches: Vec<Write>) -> Result<(), Error> {
+    let results: Vec<Result<(), Error>> = stream::iter(patches)
+        .map(|w| async move {
+            let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &w.namespace);
+            match api
+                .patch(
+                    &w.ledger,
+                    &PatchParams::apply(MANAGER),
+                    &Patch::Merge(&w.patch),
+                )
+                .await
+            {
+                // Gone meanwhile: its share is handed out at the next rebalance.
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(source) => Err(Error::Kube {
+                    kind: "ModelUsage",
+                    name: format!("{}/{}", w.namespace, w.ledger),
+                    source,
+                }),
+                Ok(_) => {
+                    ctx.metrics.allocation_written();
+                    Ok(())
+                }
+            }
+        })
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Writes the shares: every shrinking one first (all of them done), then the others, so the
+/// shares held never add up to more than the limit. A failed shrink holds the growths back.
+async fn write(ctx: &Context, changes: Vec<Change>) -> Result<(), Error> {
+    let (shrinks, grows): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| c.shrinks);
+    let patches = |changes: Vec<Change>| -> Vec<Write> {
+        changes
+            .into_iter()
+            .map(|c| Write {
+                patch: json!({ "spec": { "allocation": c.allocation } }),
+                namespace: c.namespace,
+                ledger: c.ledger,
+            })
+            .collect()
+    };
+    write_all(ctx, patches(shrinks)).await?;
+    write_all(ctx, patches(grows)).await
+}
+
+/// The budget grants of `endpoint`'s pods to top up (see `budget`). The endpoint is read afresh,
 /// after the ledgers were taken, so a pod retired meanwhile counts once (as in the ledger totals).
-async fn grant(
+async fn grants(
     ctx: &Context,
     endpoint: &ModelEndpoint,
     snapshot: &[Arc<ModelUsage>],
-) -> Result<(), Error> {
+) -> Result<Vec<Write>, Error> {
     let ns = endpoint.namespace().unwrap_or_default();
     let name = endpoint.name_any();
     let own: Vec<&ModelUsage> = snapshot
@@ -207,7 +248,7 @@ async fn grant(
         .map(AsRef::as_ref)
         .collect();
     if own.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let api: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(fresh) = api.get_opt(&name).await.map_err(|source| Error::Kube {
@@ -216,7 +257,7 @@ async fn grant(
         source,
     })?
     else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let tz = fresh
         .spec
@@ -225,7 +266,7 @@ async fn grant(
         .and_then(|b| b.time_zone.clone());
     let (day, month) = super::ledger::periods(tz.as_deref());
     let plan = super::budget::plan(&fresh, &own, &day, &month);
-    let ledgers: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut writes = Vec::new();
     for (ledger, grant) in plan.grants {
         let current = own
             .iter()
@@ -234,49 +275,82 @@ async fn grant(
         if leaving || current.and_then(|l| l.spec.budget_grant.as_ref()) == Some(&grant) {
             continue;
         }
-        let patch = json!({ "spec": { "budgetGrant": grant } });
-        match ledgers
-            .patch(&ledger, &PatchParams::apply(MANAGER), &Patch::Merge(&patch))
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Kube {
-                    kind: "ModelUsage",
-                    name: format!("{ns}/{ledger}"),
-                    source,
-                });
+        writes.push(Write {
+            namespace: ns.clone(),
+            ledger,
+            patch: json!({ "spec": { "budgetGrant": grant } }),
+        });
+    }
+    Ok(writes)
+}
+
+/// Tops up the budget grants of every budgeted endpoint: the endpoints read [`WRITES_IN_FLIGHT`]
+/// at a time, then the grants written as many at a time (grants only grow, so in any order).
+async fn write_grants(
+    ctx: &Context,
+    endpoints: &[Arc<ModelEndpoint>],
+    snapshot: &[Arc<ModelUsage>],
+) {
+    let planned: Vec<Result<Vec<Write>, Error>> =
+        stream::iter(endpoints.iter().filter(|e| e.spec.cost_budget.is_some()))
+            .map(|endpoint| grants(ctx, endpoint, snapshot))
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+    let mut writes = Vec::new();
+    for plan in planned {
+        match plan {
+            Ok(w) => writes.extend(w),
+            Err(e) => {
+                ctx.metrics.reconcile_failed("Allocation", e.category());
+                tracing::warn!(error = %e, "planning budget grants failed; retrying at the next rebalance");
             }
-            Ok(_) => ctx.metrics.allocation_written(),
         }
     }
-    Ok(())
+    if let Err(e) = write_all(ctx, writes).await {
+        ctx.metrics.reconcile_failed("Allocation", e.category());
+        tracing::warn!(error = %e, "writing budget grants failed; retrying at the next rebalance");
+    }
 }
 
 /// Keeps every live ledger's share up to date until the process ends.
-pub async fn run(ctx: Arc<Context>) {
-    let (ledgers, ledger_writer) = reflector::store::<ModelUsage>();
-    let (endpoints, endpoint_writer) = reflector::store::<ModelEndpoint>();
-    let ledger_events = reflector(
-        ledger_writer,
-        watcher(
-            Api::<ModelUsage>::all(ctx.client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .map(|event| match event {
-        Ok(watcher::Event::InitDone) => Signal::Listed(0),
-        // Only a ledger that needs a share or gives one back calls for an early rebalance;
-        // status reports (demand) are picked up at the next interval.
-        Ok(watcher::Event::Apply(l) | watcher::Event::Delete(l))
-            if l.spec.allocation.is_none() || l.metadata.deletion_timestamp.is_some() =>
-        {
-            Signal::Changed
+pub async fn run(
+    ctx: Arc<Context>,
+    ledger_changes: impl Stream<Item = cache::Change<ModelUsage>> + Send + 'static,
+) {
+    // The shared watch waits for its slowest subscriber: the changes are taken as they come,
+    // apart from the rounds (which last seconds at thousands of pods), and only remembered.
+    let wake = Notify::new();
+    let ledgers_listed = AtomicBool::new(false);
+    let follow = async {
+        futures_util::pin_mut!(ledger_changes);
+        while let Some(change) = ledger_changes.next().await {
+            match change {
+                cache::Change::Listed => {
+                    ledgers_listed.store(true, Ordering::Release);
+                    wake.notify_one();
+                }
+                // Only a ledger that needs a share or gives one back calls for an early
+                // rebalance; status reports (demand) are picked up at the next interval.
+                cache::Change::Applied(l) | cache::Change::Deleted(l)
+                    if l.spec.allocation.is_none() || l.metadata.deletion_timestamp.is_some() =>
+                {
+                    wake.notify_one();
+                }
+                cache::Change::Applied(_) | cache::Change::Deleted(_) => {}
+            }
         }
-        _ => Signal::Nothing,
-    });
-    let endpoint_events = reflector(
+    };
+    tokio::select! {
+        () = follow => {}
+        () = rebalance(&ctx, &wake, &ledgers_listed) => {}
+    }
+}
+
+/// The rebalancing rounds: at every [`INTERVAL`] and when woken.
+async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
+    let (endpoints, endpoint_writer) = reflector::store::<ModelEndpoint>();
+    let events = reflector(
         endpoint_writer,
         watcher(
             Api::<ModelEndpoint>::all(ctx.client.clone()),
@@ -285,27 +359,27 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .default_backoff()
     .map(|event| match event {
-        Ok(watcher::Event::InitDone) => Signal::Listed(1),
+        Ok(watcher::Event::InitDone) => Signal::Listed,
         Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
         _ => Signal::Nothing,
     });
-    let events = futures_util::stream::select(ledger_events, endpoint_events);
     futures_util::pin_mut!(events);
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Nothing is decided before both lists are complete (an absent ledger would mean nothing).
-    let mut listed = [false, false];
+    let mut endpoints_listed = false;
     loop {
         tokio::select! {
             event = events.next() => match event {
                 None => return,
-                Some(Signal::Listed(which)) => listed[which] = true,
+                Some(Signal::Listed) => endpoints_listed = true,
                 Some(Signal::Changed) => {}
                 Some(Signal::Nothing) => continue,
             },
+            () = wake.notified() => {}
             _ = tick.tick() => {}
         }
-        if listed != [true, true] {
+        if !endpoints_listed || !ledgers_listed.load(Ordering::Acquire) {
             continue;
         }
         // A burst of new pods is one rebalance; the stores keep filling meanwhile.
@@ -318,26 +392,21 @@ pub async fn run(ctx: Arc<Context>) {
             }
         }
         let _timer = ctx.metrics.reconcile_started("Allocation");
-        let snapshot = ledgers.state();
+        let snapshot = ctx.ledgers.state();
         let budgeted = endpoints.state();
         let changes = plan(&budgeted, &snapshot);
-        if let Err(e) = write(&ctx, changes).await {
+        if let Err(e) = write(ctx, changes).await {
             ctx.metrics.reconcile_failed("Allocation", e.category());
             tracing::warn!(error = %e, "writing allocations failed; retrying at the next rebalance");
         }
-        for endpoint in budgeted.iter().filter(|e| e.spec.cost_budget.is_some()) {
-            if let Err(e) = grant(&ctx, endpoint, &snapshot).await {
-                ctx.metrics.reconcile_failed("Allocation", e.category());
-                tracing::warn!(error = %e, "writing budget grants failed; retrying at the next rebalance");
-            }
-        }
+        write_grants(ctx, &budgeted, &snapshot).await;
     }
 }
 
-/// What a watch event means for the rebalance.
+/// What a ModelEndpoint watch event means for the rebalance.
 enum Signal {
-    /// The first complete list of ledgers (0) or endpoints (1) is in.
-    Listed(usize),
+    /// The first complete list of endpoints is in.
+    Listed,
     /// Something that calls for a rebalance now.
     Changed,
     Nothing,

@@ -6,10 +6,18 @@
 //! with its UID, in **one** status write guarded by the endpoint's `resourceVersion`. Only then is
 //! the finalizer released. A crash anywhere leaves one of three states, each retried safely:
 //! nothing written (fold again), folded but finalizer held (the UID is found: release only), or
-//! done. The list of UIDs is pruned of ledgers that no longer exist, so it holds only deletions in
-//! flight.
+//! done. The list of UIDs is pruned of ledgers the operator's cache no longer holds, so it holds
+//! only deletions in flight.
+//!
+//! Pruning by the cache, not by a fresh list, keeps the endpoint's sums exact: they take the
+//! ledgers from the same cache, then read `retired`. A ledger leaves the cache only once deleted
+//! (folded, so in `retired`), and never comes back; its UID is pruned only after it has left. So
+//! the sums never count a ledger both live and retired, but for a prune written in the moment
+//! between taking the ledgers and reading `retired` (high by that ledger, for one reconcile).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
+
+use futures_util::Stream;
 
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
@@ -19,18 +27,21 @@ use k8s_ai_api::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, PostParams},
     runtime::{
         Controller,
         controller::Action,
         finalizer::{Event, finalizer},
         reflector::ObjectRef,
-        watcher,
     },
 };
 
-use super::{Context, Error, RECHECK, ledger::periods};
-use crate::webhook::inject::{INJECTED_LABEL, requested_endpoints};
+use super::{
+    Context, Error, RECHECK,
+    cache::{Change, triggers},
+    ledger::periods,
+};
+use crate::webhook::inject::requested_endpoints;
 
 /// Holds a ledger until its counters are folded into the endpoint.
 pub const FINALIZER: &str = "ai.kernelpanic09.io/fold";
@@ -101,6 +112,13 @@ fn kube_error(kind: &'static str, name: String) -> impl FnOnce(kube::Error) -> E
 /// A live ledger: deleted when its pod is gone (or is another pod of the same name).
 async fn release_if_orphaned(ledger: &ModelUsage, ctx: &Context) -> Result<Action, Error> {
     let ns = ledger.namespace().ok_or(Error::NoNamespace)?;
+    let cached = ctx
+        .pods
+        .get(&ObjectRef::new(&ledger.spec.pod_name).within(&ns));
+    if cached.is_some_and(|p| p.uid().as_deref() == Some(ledger.spec.pod_uid.as_str())) {
+        return Ok(Action::requeue(RECHECK));
+    }
+    // The cache may lag, or hold only labelled pods: a deletion is decided by the API server.
     let pod = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&ledger.spec.pod_name)
         .await
@@ -154,15 +172,15 @@ async fn fold_once(ledger: &ModelUsage, ctx: &Context) -> Result<Action, Error> 
     if retired.folded.contains(&uid) {
         return Ok(Action::await_change());
     }
-    let live: HashSet<String> = Api::<ModelUsage>::namespaced(ctx.client.clone(), &ns)
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(kube_error("ModelUsage", ns.clone()))?
-        .items
-        .into_iter()
-        .filter_map(|m| m.metadata.uid)
+    // An incomplete cache would prune UIDs of ledgers still held, so counted twice (see above).
+    ctx.ledgers.listed().await?;
+    let cached: std::collections::HashSet<String> = ctx
+        .ledgers
+        .state_filter(|l| l.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .iter()
+        .filter_map(|l| l.metadata.uid.clone())
         .collect();
-    retired.folded.retain(|u| live.contains(u));
+    retired.folded.retain(|u| cached.contains(u));
     let tz = endpoint
         .spec
         .cost_budget
@@ -211,13 +229,14 @@ async fn reconcile(ledger: Arc<ModelUsage>, ctx: Arc<Context>) -> Result<Action,
 }
 
 /// Runs the fold controller until the process ends: every ledger, re-checked when its pod changes.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    ledgers: impl Stream<Item = Change<ModelUsage>> + Send + 'static,
+    pods: impl Stream<Item = Change<Pod>> + Send + 'static,
+) {
     let ctx_for_results = Arc::clone(&ctx);
-    let ledgers = Api::<ModelUsage>::all(ctx.client.clone());
-    let pods = Api::<Pod>::all(ctx.client.clone());
-    let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
-    let results = Controller::new(ledgers, watcher::Config::default())
-        .watches(pods, injected, |pod: Pod| {
+    let results = Controller::for_stream(triggers(ledgers, false), ctx.ledgers.store())
+        .watches_stream(triggers(pods, true), |pod: Pod| {
             let ns = pod.namespace().unwrap_or_default();
             let name = pod.name_any();
             requested_endpoints(&pod)

@@ -7,6 +7,8 @@
 
 use std::sync::Arc;
 
+use futures_util::Stream;
+
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
     model_endpoint::RetiredUsage,
@@ -15,14 +17,21 @@ use k8s_ai_api::{
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    runtime::{Controller, controller::Action, watcher},
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+    },
 };
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use super::{Context, Error, RECHECK};
-use crate::webhook::inject::{INJECTED_LABEL, requested_endpoints};
+use super::{
+    Context, Error, RECHECK,
+    cache::{Change, triggers},
+};
+use crate::webhook::inject::requested_endpoints;
 
 const MANAGER: &str = "k8s-ai-operator/ledger";
 
@@ -47,6 +56,11 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &ns);
     for endpoint in endpoints {
         let name = ledger_name(&pod.name_any(), &endpoint);
+        // The periodic re-check writes only what is missing or wrong, not every ledger again.
+        let cached = ctx.ledgers.get(&ObjectRef::new(&name).within(&ns));
+        if cached.is_some_and(|l| is_complete(&l, &pod.name_any(), &uid, &endpoint)) {
+            continue;
+        }
         let ledger = json!({
             "apiVersion": "ai.kernelpanic09.io/v1alpha1",
             "kind": "ModelUsage",
@@ -69,16 +83,25 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
     Ok(Action::requeue(RECHECK))
 }
 
+/// Whether `ledger` is already what the ledger controller would write for this pod and endpoint.
+fn is_complete(ledger: &ModelUsage, pod: &str, uid: &str, endpoint: &str) -> bool {
+    ledger.metadata.deletion_timestamp.is_none()
+        && ledger.spec.pod_name == pod
+        && ledger.spec.pod_uid == uid
+        && ledger.spec.endpoint == endpoint
+        && ledger
+            .finalizers()
+            .iter()
+            .any(|f| f == super::fold::FINALIZER)
+        && ledger.owner_references().iter().any(|o| o.uid == uid)
+}
+
 /// Runs the ledger controller (injected pods → their ModelUsages) until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, pods: impl Stream<Item = Change<Pod>> + Send + 'static) {
     let ctx_for_results = Arc::clone(&ctx);
-    let pods = Api::<Pod>::all(ctx.client.clone());
-    let selector = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
-    let results = Controller::new(pods, selector).shutdown_on_signal().run(
-        reconcile,
-        super::error_policy,
-        ctx,
-    );
+    let results = Controller::for_stream(triggers(pods, false), ctx.pods.store())
+        .shutdown_on_signal()
+        .run(reconcile, super::error_policy, ctx);
     super::drive(&ctx_for_results, results).await;
 }
 
@@ -151,51 +174,50 @@ pub fn totals<'a>(
     t
 }
 
-/// The totals of an endpoint's usage, and them as status fields, from its namespace's ledgers.
+/// The totals of an endpoint's usage, and them as status fields, from the operator's cache of
+/// ledgers and the endpoint's retired totals.
 pub async fn endpoint_usage(
     ctx: &Context,
     endpoint: &ModelEndpoint,
 ) -> Result<(Totals, serde_json::Value), Error> {
     let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
-    let ledgers = Api::<ModelUsage>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Kube {
-            kind: "ModelUsage",
-            name: ns.clone(),
-            source,
-        })?;
+    let name = endpoint.name_any();
+    // An incomplete cache would read as ledgers that do not exist: low totals.
+    ctx.ledgers.listed().await?;
+    let ledgers = own_ledgers(&ctx.ledgers, &ns, &name);
     let tz = endpoint
         .spec
         .cost_budget
         .as_ref()
         .and_then(|b| b.time_zone.clone());
     let (day, month) = periods(tz.as_deref());
-    // `retired` is read from the API server after the ledgers were listed, never from the cache:
-    // a ledger folded in between is then both listed and in `retired`, and its recorded UID makes
-    // it count once; a cached, older `retired` could miss a ledger that is no longer listed.
+    // `retired` is read from the API server after the ledgers were taken from the cache, never
+    // from a cache: a ledger the cache no longer holds was deleted, so folded before this read;
+    // one folded since is both taken and in `retired`, and its recorded UID makes it count once.
     let fresh = Api::<ModelEndpoint>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&endpoint.name_any())
+        .get_opt(&name)
         .await
         .map_err(|source| Error::Kube {
             kind: "ModelEndpoint",
-            name: format!("{ns}/{}", endpoint.name_any()),
+            name: format!("{ns}/{name}"),
             source,
         })?;
     let retired = fresh
         .as_ref()
         .and_then(|e| e.status.as_ref())
         .and_then(|s| s.retired.as_ref());
-    let mut t = totals(&ledgers.items, &endpoint.name_any(), &day, &month, retired);
+    let mut t = totals(
+        ledgers.iter().map(AsRef::as_ref),
+        &name,
+        &day,
+        &month,
+        retired,
+    );
     t.unreconciled = retired
         .and_then(|r| r.unreconciled)
         .map_or(Decimal::ZERO, Money::amount);
     if let Some(fresh) = &fresh {
-        let own: Vec<&ModelUsage> = ledgers
-            .items
-            .iter()
-            .filter(|l| l.spec.endpoint == endpoint.name_any())
-            .collect();
+        let own: Vec<&ModelUsage> = ledgers.iter().map(AsRef::as_ref).collect();
         let plan = super::budget::plan(fresh, &own, &day, &month);
         t.day_exhausted = plan.day_exhausted;
         t.month_exhausted = plan.month_exhausted;
@@ -213,6 +235,12 @@ pub async fn endpoint_usage(
         "unreconciledCost": money(t.unreconciled),
     });
     Ok((t, fields))
+}
+
+/// The cached ledgers of endpoint `name` in `ns`: a scan of the cache (microseconds per thousand
+/// ledgers), so no index to keep in step with it.
+pub fn own_ledgers(ledgers: &Store<ModelUsage>, ns: &str, name: &str) -> Vec<Arc<ModelUsage>> {
+    ledgers.state_filter(|l| l.metadata.namespace.as_deref() == Some(ns) && l.spec.endpoint == name)
 }
 
 /// Today's and this month's period names in `tz` (UTC by default), as the sidecars write them.

@@ -3,6 +3,7 @@
 
 pub mod allocation;
 pub mod budget;
+pub mod cache;
 pub mod conditions;
 pub mod fold;
 pub mod guardrail_policy;
@@ -14,6 +15,8 @@ pub mod sidecar_rbac;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt};
+use k8s_ai_api::ModelUsage;
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Client, ResourceExt,
     runtime::{controller::Action, reflector::ObjectRef},
@@ -31,6 +34,10 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Consecutive failures per object, for growing retry delays.
     pub backoff: Backoff,
+    /// Every ModelUsage, from the operator's one watch of them (see `cache`).
+    pub ledgers: cache::Cached<ModelUsage>,
+    /// Every injected Pod, from the operator's one watch of them.
+    pub pods: cache::Cached<Pod>,
 }
 
 /// Why a reconcile failed; each is retried with backoff.
@@ -51,6 +58,8 @@ pub enum Error {
     },
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("the operator's cache of {0}s has stopped")]
+    CacheGone(String),
 }
 
 impl Error {
@@ -66,6 +75,7 @@ impl Error {
             Error::NoNamespace => "NoNamespace",
             Error::Bedrock { .. } => "BedrockError",
             Error::Finalizer(_) => "FinalizerError",
+            Error::CacheGone(_) => "CacheGone",
         }
     }
 }

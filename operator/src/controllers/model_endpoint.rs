@@ -4,21 +4,29 @@
 //! `PriceKnown` and `Ready` (all of them), the `available` column and `observedGeneration`.
 //! Re-checked periodically, and when a GuardrailPolicy changes.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
+use futures_util::{Stream, StreamExt, stream};
 use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, model_endpoint::CostBudget, pricing};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{
+        Config, Controller, PredicateConfig, WatchStreamExt,
+        controller::Action,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use serde_json::json;
+use tokio::sync::mpsc;
 
 use super::ledger::Totals;
 use super::{
     Context, Error, RECHECK,
+    cache::Change,
     conditions::{self, Wanted},
 };
 
@@ -290,6 +298,7 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     ];
     // Usage totals from the namespace's ledgers and retired pods (cost, invocations, tokens).
     let (totals, usage) = super::ledger::endpoint_usage(&ctx, &endpoint).await?;
+    tracing::debug!(namespace = %ns, endpoint = %name, cost_this_month = %totals.cost_this_month, invocations_this_month = totals.invocations_this_month, "summed the ledgers");
     let budget = budget_condition(endpoint.spec.cost_budget.as_ref(), &totals);
     let failing: Vec<&str> = checks
         .iter()
@@ -358,21 +367,61 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     Ok(Action::requeue(RECHECK))
 }
 
+/// At most one reconcile of an endpoint per this period on its ledgers' changes and on writes of
+/// its status: sidecars report every few seconds each, and one sum covers every report that came
+/// in meanwhile.
+pub const THROTTLE: Duration = Duration::from_secs(1);
+/// Endpoints reconciled at once (each is a GET and a status write, and a scan of the cache).
+const CONCURRENCY: u16 = 8;
+
 /// Runs the ModelEndpoint controller until the process ends.
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(
+    ctx: Arc<Context>,
+    ledgers: impl Stream<Item = Change<ModelUsage>> + Send + 'static,
+) {
     let ctx_for_results = Arc::clone(&ctx);
-    let endpoints = Api::<ModelEndpoint>::all(ctx.client.clone());
+    let (store, writer) = reflector::store::<ModelEndpoint>();
+    // A spec change (a new generation, or a new object of the same name) is acted on at once.
+    // Status writes, its own (the totals) among them, go through the throttle with the ledgers:
+    // a write by anyone else (a fold, or an older leader's late one) is put right within it.
+    let (status_writes, written) = mpsc::unbounded_channel();
+    let endpoints = watcher(
+        Api::<ModelEndpoint>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|e: &mut ModelEndpoint| e.metadata.managed_fields = None)
+    .reflect(writer)
+    .applied_objects()
+    .inspect(move |e| {
+        if let Ok(e) = e {
+            let _ = status_writes.send(ObjectRef::from_obj(e));
+        }
+    })
+    .predicate_filter(super::cache::spec_version, PredicateConfig::default());
+    let ledger_endpoints = ledgers.filter_map(|change| {
+        std::future::ready(match change {
+            Change::Applied(l) | Change::Deleted(l) => l
+                .namespace()
+                .map(|ns| ObjectRef::<ModelEndpoint>::new(&l.spec.endpoint).within(&ns)),
+            Change::Listed => None,
+        })
+    });
+    let written = stream::unfold(
+        written,
+        |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+    );
     let policies = Api::<GuardrailPolicy>::all(ctx.client.clone());
-    let controller = Controller::new(endpoints, watcher::Config::default());
-    let store = controller.store();
-    let results = controller
+    let by_policy = store.clone();
+    let results = Controller::for_stream(endpoints, store)
+        .with_config(Config::default().concurrency(CONCURRENCY))
         // A GuardrailPolicy appearing, changing or going away re-checks the endpoints that name it.
         .watches(
             policies,
             watcher::Config::default(),
             move |policy: GuardrailPolicy| {
                 let name = policy.name_any();
-                store
+                by_policy
                     .state()
                     .into_iter()
                     .filter(move |e| e.spec.guardrail_policy_ref.as_deref() == Some(name.as_str()))
@@ -380,19 +429,40 @@ pub async fn run(ctx: Arc<Context>) {
                     .collect::<Vec<_>>()
             },
         )
-        // A ledger changing updates its endpoint's usage totals.
-        .watches(
-            Api::<ModelUsage>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            |usage: ModelUsage| {
-                usage
-                    .namespace()
-                    .map(|ns| ObjectRef::<ModelEndpoint>::new(&usage.spec.endpoint).within(&ns))
-            },
-        )
+        // A ledger changing (or going) updates its endpoint's usage totals.
+        .reconcile_on(throttled(
+            stream::select(ledger_endpoints, written),
+            THROTTLE,
+        ))
         .shutdown_on_signal()
         .run(reconcile, super::error_policy, ctx);
     super::drive(&ctx_for_results, results).await;
+}
+
+/// Each endpoint of `changed` at most once per `period`: the first change after a quiet period
+/// goes at once, later ones are gathered until the period is over.
+fn throttled(
+    changed: impl Stream<Item = ObjectRef<ModelEndpoint>> + Send + 'static,
+    period: Duration,
+) -> impl Stream<Item = ObjectRef<ModelEndpoint>> + Send + 'static {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = (changed.boxed(), HashSet::new(), tick);
+    stream::unfold(state, |(mut changed, mut dirty, mut tick)| async move {
+        loop {
+            tokio::select! {
+                next = changed.next() => match next {
+                    None => return None,
+                    Some(endpoint) => { dirty.insert(endpoint); }
+                },
+                _ = tick.tick(), if !dirty.is_empty() => {
+                    let batch: Vec<_> = dirty.drain().collect();
+                    return Some((stream::iter(batch), (changed, dirty, tick)));
+                }
+            }
+        }
+    })
+    .flatten()
 }
 
 #[cfg(test)]

@@ -8,15 +8,16 @@
 //!   GuardrailPolicies (cluster-scoped, so a RoleBinding cannot grant them).
 //!
 //! Not a kube-runtime `Controller`: the object reconciled is a namespace's set of pods, which
-//! has no object of its own (and its binding may not exist yet), so a pod watch drives it.
+//! has no object of its own (and its binding may not exist yet), so the operator's shared watch
+//! of injected pods drives it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::{
     core::v1::Pod,
     rbac::v1::{ClusterRoleBinding, RoleBinding},
@@ -24,12 +25,11 @@ use k8s_openapi::api::{
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
-    runtime::{WatchStreamExt, reflector, watcher},
 };
 use serde_json::json;
+use tokio::sync::Notify;
 
-use super::{Context, Error, RECHECK};
-use crate::webhook::inject::INJECTED_LABEL;
+use super::{Context, Error, RECHECK, cache::Change};
 
 /// The namespaced ClusterRole, and the name of each namespace's RoleBinding to it.
 pub const SIDECAR_ROLE: &str = "k8s-ai-operator-sidecar";
@@ -133,14 +133,41 @@ async fn bound_namespaces(ctx: &Context) -> Result<BTreeSet<String>, Error> {
         .collect())
 }
 
-/// Watches injected pods and keeps the bindings in step until the process ends.
-pub async fn run(ctx: Arc<Context>) {
-    let (store, writer) = reflector::store::<Pod>();
-    let config = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
-    let events = reflector(writer, watcher(Api::<Pod>::all(ctx.client.clone()), config))
-        .default_backoff()
-        .ready_chunks(256);
-    futures_util::pin_mut!(events);
+/// What the pod changes have said so far, taken as they come (the shared watch waits for its
+/// slowest subscriber) and acted on in the loop below.
+#[derive(Default)]
+struct Heard {
+    /// Namespaces whose injected pods changed.
+    dirty: BTreeSet<String>,
+    /// A complete list of pods is in (again).
+    listed: bool,
+}
+
+/// Follows injected pods and keeps the bindings in step until the process ends.
+pub async fn run(ctx: Arc<Context>, pods: impl Stream<Item = Change<Pod>> + Send + 'static) {
+    let heard = Mutex::new(Heard::default());
+    let wake = Notify::new();
+    let follow = async {
+        futures_util::pin_mut!(pods);
+        while let Some(change) = pods.next().await {
+            if let Ok(mut heard) = heard.lock() {
+                match change {
+                    Change::Applied(pod) | Change::Deleted(pod) => {
+                        heard.dirty.extend(pod.namespace());
+                    }
+                    Change::Listed => heard.listed = true,
+                }
+            }
+            wake.notify_one();
+        }
+    };
+    tokio::select! {
+        () = follow => {}
+        () = keep_in_step(&ctx, &heard, &wake) => {}
+    }
+}
+
+async fn keep_in_step(ctx: &Context, heard: &Mutex<Heard>, wake: &Notify) {
     // Every namespace is looked at after the first list and on each periodic re-check.
     let mut full_sync_due = true;
     let mut recheck = tokio::time::interval(RECHECK);
@@ -149,33 +176,26 @@ pub async fn run(ctx: Arc<Context>) {
     let mut listed = false;
     loop {
         tokio::select! {
-            batch = events.next() => {
-                let Some(batch) = batch else { return };
-                for event in batch {
-                    match event {
-                        Ok(watcher::Event::Apply(pod) | watcher::Event::Delete(pod)) => {
-                            dirty.extend(pod.namespace());
-                        }
-                        Ok(watcher::Event::InitDone) => {
-                            listed = true;
-                            full_sync_due = true;
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!(error = %e, "pod watch interrupted; retrying"),
-                    }
-                }
-            }
+            () = wake.notified() => {}
             _ = recheck.tick() => full_sync_due = true,
             // A failed sync is retried even when nothing else happens.
             () = tokio::time::sleep(super::RETRY_AFTER_ERROR), if !dirty.is_empty() => {}
         }
+        // Changes arriving within the debounce window are handled together.
+        tokio::time::sleep(DEBOUNCE).await;
+        if let Ok(mut heard) = heard.lock() {
+            dirty.append(&mut heard.dirty);
+            if std::mem::take(&mut heard.listed) {
+                listed = true;
+                full_sync_due = true;
+            }
+        }
         if !listed {
             continue;
         }
-        tokio::time::sleep(DEBOUNCE).await;
-        let pods = store.state();
+        let pods = ctx.pods.state();
         if full_sync_due {
-            match bound_namespaces(&ctx).await {
+            match bound_namespaces(ctx).await {
                 Ok(bound) => {
                     dirty.extend(bound);
                     dirty.extend(accounts(&pods).into_keys());
@@ -184,7 +204,7 @@ pub async fn run(ctx: Arc<Context>) {
                 Err(e) => tracing::warn!(error = %e, "cannot list sidecar RoleBindings; retrying"),
             }
         }
-        match sync(&ctx, &pods, &dirty).await {
+        match sync(ctx, &pods, &dirty).await {
             Ok(()) => dirty.clear(),
             Err(e) => {
                 ctx.metrics.reconcile_failed("SidecarRBAC", e.category());
