@@ -340,8 +340,12 @@ pub fn patch_for(
     if !opted_in(pod)? {
         return Ok(None);
     }
-    let default_spec = PodSpec::default();
-    let spec = pod.spec.as_ref().unwrap_or(&default_spec);
+    // The API server always sends a spec; without one no patch path would exist (found by fuzzing).
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(Denial(
+            "the pod has no spec: the AI sidecar is injected into spec.initContainers".to_owned(),
+        ));
+    };
     let already = annotation(pod, INJECTED_ANNOTATION).is_some()
         || spec
             .containers
@@ -427,6 +431,18 @@ mod tests {
             .unwrap()
             .extend(extra_spec.as_object().unwrap().clone());
         serde_json::from_value(json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "p", "annotations": annotations }, "spec": spec })).unwrap()
+    }
+
+    #[test]
+    fn an_opted_in_pod_without_a_spec_is_denied_not_patched() {
+        // Found by fuzz/fuzz_targets/admission_review.rs: the patch pointed into a missing spec.
+        let mut p = pod(
+            &json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku" }),
+            &json!({}),
+        );
+        p.spec = None;
+        let denial = patch_for(&p, &settings()).unwrap_err();
+        assert!(denial.0.contains("no spec"), "{}", denial.0);
     }
 
     fn apply(p: &Pod, patch: &json_patch::Patch) -> Pod {
