@@ -765,3 +765,175 @@ spec:
         "{v}"
     );
 }
+
+/// The named events of an SSE body, each with its JSON data.
+fn sse(text: &str) -> Vec<(String, Value)> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// The value of the first sample whose line starts with `prefix` (0 when there is none).
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_stream_that_dies_mid_answer_ends_with_an_error_event_and_is_charged() {
+    // Bedrock's two ways of failing mid-answer: an in-stream modelStreamErrorException, and the
+    // connection dropped. Either way the app gets the text so far, then one clean `error` event.
+    for (fault, code) in [("error", "upstream_error"), ("drop", "upstream_error")] {
+        let emu = emulator(Config {
+            output: e2e::emulator::config::OutputMode::Filler { tokens: 200 },
+            faults: Faults {
+                stream_error_after_tokens: (fault == "error").then_some(40),
+                stream_drop_after_tokens: (fault == "drop").then_some(40),
+                ..Faults::default()
+            },
+            ..Config::default()
+        })
+        .await;
+        let sc = sidecar(&emu, &seed_with_static_keys(), &[]).await;
+        let r = reqwest::Client::new()
+            .post(format!("{}/invoke/ai-workloads/claude-haiku", sc.url))
+            .body(r#"{"messages":[{"role":"user","content":"go"}],"stream":true}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{fault}: the stream had started");
+        let events = sse(&r.text().await.unwrap());
+        let (last, deltas) = events.split_last().unwrap();
+        assert_eq!(last.0, "error", "{fault}: {events:?}");
+        assert_eq!(last.1["error"]["code"], code, "{fault}: {}", last.1);
+        assert!(
+            last.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+        let text: String = deltas
+            .iter()
+            .map(|(name, v)| {
+                assert_eq!(name, "delta", "{fault}: only deltas before the error");
+                v["text"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(
+            text,
+            "tok ".repeat(40),
+            "{fault}: the text Bedrock sent before failing"
+        );
+
+        // Bedrock sent no usage: what was used is charged from the text (4 bytes a token), not zero.
+        let metrics = reqwest::get(format!("{}/metrics", sc.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let output = sample(&metrics, "k8s_ai_operator_bedrock_tokens_total{");
+        let cost = sample(
+            &metrics,
+            "k8s_ai_operator_bedrock_invocation_cost_dollars_total{",
+        );
+        assert!(
+            output >= 40.0,
+            "{fault}: {output} tokens counted\n{metrics}"
+        );
+        assert!(cost > 0.0, "{fault}: the broken stream was charged {cost}");
+        let failed = format!(
+            "k8s_ai_operator_bedrock_invocations_total{{namespace=\"ai-workloads\",endpoint=\"claude-haiku\",model=\"anthropic.claude-haiku-4-5-20251001-v1:0\",outcome=\"{code}\"}}"
+        );
+        assert!(
+            (sample(&metrics, &failed) - 1.0).abs() < f64::EPSILON,
+            "{fault}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_throttling_storm_is_retried_charged_once_and_counted() {
+    // Every 2nd call Bedrock receives is throttled, 48 requests from 8 connections at once. Each
+    // request gets an answer or a 429 with Retry-After; the cost counted equals the sum of the
+    // answers' costs: a retried call is never charged twice.
+    let emu = emulator(Config {
+        faults: Faults {
+            throttle_every_n: Some(2),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let manifests =
+        seed_with_static_keys().replace("requestsPerMinute: 60", "requestsPerMinute: 1000");
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let mut answered = Decimal::ZERO;
+    let (mut ok, mut throttled) = (0, 0);
+    for _ in 0..6 {
+        let calls: Vec<_> = (0..8).map(|_| post(&url, SEED_INVOKE)).collect();
+        for (status, v, headers) in futures_util::future::join_all(calls).await {
+            match status {
+                200 => {
+                    ok += 1;
+                    answered += v["costUSD"].as_str().unwrap().parse::<Decimal>().unwrap();
+                }
+                429 => {
+                    throttled += 1;
+                    assert_eq!(v["error"]["code"], "upstream_throttled", "{v}");
+                    assert!(headers.contains_key("retry-after"), "{v}");
+                }
+                other => panic!("{other}: {v}"),
+            }
+        }
+    }
+    assert_eq!(ok + throttled, 48);
+    assert!(
+        ok >= 24,
+        "retries rescued most calls: {ok} answered, {throttled} throttled"
+    );
+    let converse = emu
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.operation == "Converse")
+        .count();
+    assert!(
+        converse > 48,
+        "throttled attempts were retried: {converse} calls to Bedrock"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", sc.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let charged = sample(
+        &metrics,
+        "k8s_ai_operator_bedrock_invocation_cost_dollars_total{",
+    );
+    let answered: f64 = answered.to_string().parse().unwrap();
+    assert!(
+        (charged - answered).abs() < 1e-9,
+        "charged {charged}, answered {answered}"
+    );
+    let counted = sample(
+        &metrics,
+        "k8s_ai_operator_proxy_rate_limited_total{namespace=\"ai-workloads\",endpoint=\"claude-haiku\",reason=\"upstream_throttled\"}",
+    );
+    assert!(
+        (counted - f64::from(throttled)).abs() < f64::EPSILON,
+        "{counted} counted, {throttled} throttled"
+    );
+}
