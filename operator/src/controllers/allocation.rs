@@ -272,7 +272,8 @@ async fn grants(
             .iter()
             .find(|l| l.metadata.name.as_deref() == Some(ledger.as_str()));
         let leaving = current.is_some_and(|l| l.metadata.deletion_timestamp.is_some());
-        if leaving || current.and_then(|l| l.spec.budget_grant.as_ref()) == Some(&grant) {
+        let due = current.is_none_or(|l| super::budget::top_up_due(l, &grant, &day, &month));
+        if leaving || !due {
             continue;
         }
         writes.push(Write {

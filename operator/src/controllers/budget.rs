@@ -184,6 +184,47 @@ pub fn plan(endpoint: &ModelEndpoint, ledgers: &[&ModelUsage], day: &str, month:
     plan
 }
 
+/// Whether `planned` is worth writing over `ledger`'s current grant. Grants are topped up every
+/// round, but a write (and the watch events it brings) is spent only when it matters: a new
+/// period, a call the pod was refused, or headroom below half of what the top-up would give.
+/// Not writing keeps a grant lower than planned, never higher, so the budget still holds.
+pub fn top_up_due(ledger: &ModelUsage, planned: &BudgetGrant, day: &str, month: &str) -> bool {
+    let Some(current) = ledger.spec.budget_grant.as_ref() else {
+        return true;
+    };
+    if current == planned {
+        return false;
+    }
+    if current.day != planned.day || current.month != planned.month {
+        return true;
+    }
+    let status = ledger.status.clone().unwrap_or_default();
+    let refused = status
+        .budget_wanted
+        .filter(|_| status.day.as_ref().is_some_and(|d| d.period == day))
+        .is_some_and(|w| w.amount() > Decimal::ZERO);
+    if refused {
+        return true;
+    }
+    let reserved = status.reserved.map_or(Decimal::ZERO, Money::amount);
+    let low =
+        |now: Option<Money>, then: Option<Money>, used: Option<&PeriodUsage>, period: &str| {
+            let spent = period_cost(used, period) + reserved;
+            let (now, then) = (
+                now.map_or(Decimal::ZERO, Money::amount),
+                then.map_or(Decimal::ZERO, Money::amount),
+            );
+            then > now && (now - spent) * Decimal::TWO < then - spent
+        };
+    low(current.daily, planned.daily, status.day.as_ref(), day)
+        || low(
+            current.monthly,
+            planned.monthly,
+            status.month.as_ref(),
+            month,
+        )
+}
+
 /// The most a retiring ledger may have spent beyond what it reported: nothing if its sidecar
 /// closed it, else what was left of its grant (the smaller of the day's and the month's).
 pub fn unreported_bound(ledger: &ModelUsage, day: &str, month: &str) -> Decimal {
@@ -281,6 +322,48 @@ mod tests {
         let (grants, exhausted) = share(d("0.01"), Decimal::ZERO, &holders);
         assert!(exhausted, "0.0005 left cannot pay for a 0.002 call");
         assert!(grants.iter().sum::<Decimal>() <= d("0.01"), "{grants:?}");
+    }
+
+    fn ledger(grant: Option<(&str, &str)>, spent: &str, wanted: Option<&str>) -> ModelUsage {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelUsage",
+            "metadata": { "name": "p.e", "namespace": "ns" },
+            "spec": { "podName": "p", "podUid": "u", "endpoint": "e",
+                      "budgetGrant": grant.map(|(day, daily)| serde_json::json!({ "day": day, "daily": daily })) },
+            "status": { "day": { "period": "2026-11-26", "invocations": 1, "cost": spent }, "budgetWanted": wanted },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_top_up_is_written_when_headroom_runs_low_or_a_call_was_refused() {
+        let planned = BudgetGrant {
+            day: Some("2026-11-26".into()),
+            daily: Money::new(d("0.30")),
+            ..BudgetGrant::default()
+        };
+        let due = |l: &ModelUsage| top_up_due(l, &planned, "2026-11-26", "2026-11");
+        assert!(due(&ledger(None, "0", None)), "a pod without a grant");
+        assert!(
+            due(&ledger(Some(("2026-11-25", "0.30")), "0", None)),
+            "yesterday's grant"
+        );
+        assert!(
+            !due(&ledger(Some(("2026-11-26", "0.30")), "0.10", None)),
+            "already that"
+        );
+        assert!(
+            !due(&ledger(Some(("2026-11-26", "0.25")), "0.10", None)),
+            "0.15 of headroom left, the top-up would give 0.20"
+        );
+        assert!(
+            due(&ledger(Some(("2026-11-26", "0.19")), "0.10", None)),
+            "0.09 left: under half of 0.20"
+        );
+        assert!(
+            due(&ledger(Some(("2026-11-26", "0.25")), "0.10", Some("0.01"))),
+            "a refused call is served at once"
+        );
     }
 
     #[test]
