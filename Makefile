@@ -5,6 +5,7 @@
 #   make cluster-down  stop it
 #   make crds          regenerate manifests/crds from the Rust types
 #   make bench         benchmark the sidecar side by side with LiteLLM; writes docs/benchmarks.md
+#   make fuzz          fuzz each target for FUZZ_SECONDS (default 300); `make test` runs a short smoke pass
 #   make bench-ledger  the ledger at scale (5,000 ModelUsages); writes its section of docs/benchmarks.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -76,6 +77,10 @@ demo-down: ## Stop what `make demo KEEP=1` left running
 .PHONY: emulator
 emulator: ## Run the Bedrock/STS emulator on 127.0.0.1:4566 (see e2e/README.md)
 	cargo run --locked -q -p e2e --bin bedrock-emulator -- --listen 127.0.0.1:4566
+
+.PHONY: fuzz
+fuzz: ## Coverage-guided fuzzing: each target in fuzz/ for FUZZ_SECONDS (default 300); grows fuzz/corpus
+	scripts/fuzz.sh run $(FUZZ_SECONDS)
 
 .PHONY: bench-emulator
 bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one core

@@ -31,6 +31,12 @@ fi
 command -v cargo >/dev/null || { log "cargo is required (https://rustup.rs)"; exit 1; }
 # cargo deny checks licences, bans and sources in `make test` (built once into ~/.cargo/bin).
 command -v cargo-deny >/dev/null || { log "cargo install cargo-deny"; cargo install --locked cargo-deny@0.20.2; }
+# Fuzzing (scripts/fuzz.sh, smoke run in `make test`): cargo fuzz needs a nightly toolchain for
+# its sanitizer flags; the nightly is used for nothing else.
+if command -v rustup >/dev/null; then
+  rustup run nightly rustc --version >/dev/null 2>&1 || { log "rustup toolchain install nightly"; rustup toolchain install nightly --profile minimal; }
+fi
+command -v cargo-fuzz >/dev/null || { log "cargo install cargo-fuzz"; cargo install --locked cargo-fuzz@0.13.2; }
 command -v go >/dev/null || { log "Go is required to build the test control plane"; exit 1; }
 
 # Python clients for the end-to-end tests, in their own virtualenv (cached).
