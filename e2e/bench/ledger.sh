@@ -28,7 +28,8 @@
 # measured load lasts that long and until the last probe is answered, each waiting up to 120 s),
 # BENCH_IDLE_PROBES (5), BENCH_WRITER_PROCESSES (2) x BENCH_WRITER_THREADS (32): writes in flight at
 # most, BENCH_PARALLEL (4 kubectl create), BENCH_BUILD (1; 0 uses the last release build),
-# BENCH_MIN_FREE_MIB (3072: below it the operator is stopped and the run fails), BENCH_KEEP=1.
+# BENCH_MIN_FREE_MIB (3072: below it the operator is stopped and the run fails), BENCH_KEEP=1,
+# BENCH_OPERATOR_LOG (warn: the operator's --log filter).
 # Develop with small numbers, e.g. BENCH_LEDGERS=200 BENCH_ENDPOINTS=4 BENCH_PAGE= (about a minute);
 # the full size takes about 15 minutes on 2 cores and, at the time of writing, 10 GB of memory at
 # the API server's peak.
@@ -114,7 +115,7 @@ wait_http "http://127.0.0.1:$eport/_emulator/requests"
 mport=$(free_port)
 KUBECONFIG=$kubeconfig AWS_ENDPOINT_URL="http://127.0.0.1:$eport" AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
   AWS_ACCESS_KEY_ID="$test_key_id" AWS_SECRET_ACCESS_KEY="$test_secret" \
-  "$operator_bin" run --namespace "$ns-operator" --leader-election=false --log warn --log-format text \
+  "$operator_bin" run --namespace "$ns-operator" --leader-election=false --log "${BENCH_OPERATOR_LOG:-warn}" --log-format text \
   --webhook-listen 127.0.0.1:0 --metrics-listen "127.0.0.1:$mport" --webhook-configuration none \
   >"$work/operator.log" 2>&1 & operator_pid=$!; pids+=("$operator_pid")
 wait_http "http://127.0.0.1:$mport/healthz"

@@ -187,6 +187,7 @@ struct Write {
 async fn write_all(ctx: &Context, patches: Vec<Write>) -> Result<(), Error> {
     let results: Vec<Result<(), Error>> = stream::iter(patches)
         .map(|w| async move {
+            tracing::debug!(namespace = %w.namespace, ledger = %w.ledger, patch = %w.patch, "writing a share or grant");
             let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &w.namespace);
             match api
                 .patch(

@@ -186,7 +186,8 @@ pub fn plan(endpoint: &ModelEndpoint, ledgers: &[&ModelUsage], day: &str, month:
 
 /// Whether `planned` is worth writing over `ledger`'s current grant. Grants are topped up every
 /// round, but a write (and the watch events it brings) is spent only when it matters: a new
-/// period, a call the pod was refused, or headroom below half of what the top-up would give.
+/// period, a call the pod was refused, or headroom below half of what the top-up would give (a
+/// top-up that gives none, the budget being all held, changes nothing the sidecar can use).
 /// Not writing keeps a grant lower than planned, never higher, so the budget still holds.
 pub fn top_up_due(ledger: &ModelUsage, planned: &BudgetGrant, day: &str, month: &str) -> bool {
     let Some(current) = ledger.spec.budget_grant.as_ref() else {
@@ -214,7 +215,8 @@ pub fn top_up_due(ledger: &ModelUsage, planned: &BudgetGrant, day: &str, month: 
                 now.map_or(Decimal::ZERO, Money::amount),
                 then.map_or(Decimal::ZERO, Money::amount),
             );
-            then > now && (now - spent) * Decimal::TWO < then - spent
+            let give = then - spent;
+            then > now && give > Decimal::ZERO && (now - spent) * Decimal::TWO < give
         };
     low(current.daily, planned.daily, status.day.as_ref(), day)
         || low(
@@ -363,6 +365,10 @@ mod tests {
         assert!(
             due(&ledger(Some(("2026-11-26", "0.25")), "0.10", Some("0.01"))),
             "a refused call is served at once"
+        );
+        assert!(
+            !due(&ledger(Some(("2026-11-26", "0.25")), "0.30", None)),
+            "spent past its grant, and the top-up would give no headroom"
         );
     }
 

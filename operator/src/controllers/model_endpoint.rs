@@ -14,14 +14,14 @@ use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Config, Controller, PredicateConfig, WatchStreamExt,
+        Controller, PredicateConfig, WatchStreamExt,
         controller::Action,
         reflector::{self, ObjectRef},
         watcher,
     },
 };
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use super::ledger::Totals;
 use super::{
@@ -372,7 +372,9 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
 /// in meanwhile.
 pub const THROTTLE: Duration = Duration::from_secs(1);
 /// Endpoints reconciled at once (each is a GET and a status write, and a scan of the cache).
-const CONCURRENCY: u16 = 8;
+/// Taken first come, first served: kube-runtime's own limit picks the next of its waiting objects
+/// in hash order, so when it is always busy the same few endpoints wait for ever.
+const CONCURRENCY: usize = 16;
 
 /// Runs the ModelEndpoint controller until the process ends.
 pub async fn run(
@@ -413,8 +415,8 @@ pub async fn run(
     );
     let policies = Api::<GuardrailPolicy>::all(ctx.client.clone());
     let by_policy = store.clone();
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let results = Controller::for_stream(endpoints, store)
-        .with_config(Config::default().concurrency(CONCURRENCY))
         // A GuardrailPolicy appearing, changing or going away re-checks the endpoints that name it.
         .watches(
             policies,
@@ -435,7 +437,17 @@ pub async fn run(
             THROTTLE,
         ))
         .shutdown_on_signal()
-        .run(reconcile, super::error_policy, ctx);
+        .run(
+            move |endpoint, ctx| {
+                let slots = Arc::clone(&slots);
+                async move {
+                    let _slot = slots.acquire_owned().await;
+                    reconcile(endpoint, ctx).await
+                }
+            },
+            super::error_policy,
+            ctx,
+        );
     super::drive(&ctx_for_results, results).await;
 }
 
