@@ -245,10 +245,17 @@ pub fn own_ledgers(ledgers: &Store<ModelUsage>, ns: &str, name: &str) -> Vec<Arc
 
 /// Today's and this month's period names in `tz` (UTC by default), as the sidecars write them.
 pub fn periods(tz: Option<&str>) -> (String, String) {
-    let zone = tz
-        .and_then(|n| k8s_openapi::jiff::tz::TimeZone::get(n).ok())
-        .unwrap_or(k8s_openapi::jiff::tz::TimeZone::UTC);
-    let date = k8s_openapi::jiff::Timestamp::now().to_zoned(zone).date();
+    // The workspace's jiff, with the tz database built in: k8s-openapi's has none, and would
+    // silently count every named zone's days in UTC (the sidecars count them in the zone).
+    let zone = match tz.map(jiff::tz::TimeZone::get) {
+        None => jiff::tz::TimeZone::UTC,
+        Some(Ok(zone)) => zone,
+        Some(Err(e)) => {
+            tracing::warn!(time_zone = tz, error = %e, "unknown time zone; budget periods use UTC");
+            jiff::tz::TimeZone::UTC
+        }
+    };
+    let date = jiff::Timestamp::now().to_zoned_datetime(zone).date();
     (
         format!("{date}"),
         format!("{:04}-{:02}", date.year(), date.month()),
@@ -258,6 +265,15 @@ pub fn periods(tz: Option<&str>) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periods_are_counted_in_the_named_time_zone() {
+        // 26 hours apart: whatever the time, the day in Kiribati is later than on Baker Island.
+        let (east, _) = periods(Some("Etc/GMT-14"));
+        let (west, _) = periods(Some("Etc/GMT+12"));
+        assert!(east > west, "{east} vs {west}");
+        assert_eq!(periods(Some("Mars/Olympus_Mons")), periods(None));
+    }
 
     fn ledger(
         endpoint: &str,
