@@ -10,7 +10,9 @@ source "$(dirname "$0")/lib.sh"
 
 need_commands wrk:wrk
 scripts/install-deps.sh >/dev/null
-build_release -p e2e --bin bedrock-emulator -p ai-sidecar --bin ai-sidecar
+# Apart: built together, features would unify and the sidecar would carry the emulator's TLS stack.
+build_release -p ai-sidecar --bin ai-sidecar
+build_release -p e2e --bin bedrock-emulator
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -70,13 +70,23 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         tokio::spawn(watch::run(client.clone(), Arc::clone(&catalog)));
         Some(client)
     };
-    let base = aws_config::defaults(BehaviorVersion::latest()).load().await;
+    // HTTPS to STS and Bedrock on ring (see Cargo.toml), with the system's CA certificates.
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https.clone())
+        .load()
+        .await;
     let region = base
         .region()
         .cloned()
         .unwrap_or_else(|| aws_config::Region::new("us-east-1"));
     // AssumeRoleWithWebIdentity is unsigned: its client needs no credentials of its own.
     let sts_config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https)
         .region(region.clone())
         .no_credentials()
         .load()
