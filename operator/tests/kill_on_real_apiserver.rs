@@ -21,6 +21,10 @@ use std::{
 use e2e::{Cluster, Process, emulator::Running};
 use serde_json::{Value, json};
 
+/// The tests of this file one at a time: each runs an operator, and every operator syncs every
+/// GuardrailPolicy (cluster-scoped) into its own emulator and writes the policy's status.
+static ONE_OPERATOR_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A small deterministic generator (xorshift), seeded from the clock; the seed is printed so a
 /// failing run can be replayed with KILL_SEED.
 struct Rng(u64);
@@ -127,6 +131,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guardrail_sync_converges_to_one_guardrail_after_kills() {
+    let _alone = ONE_OPERATOR_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
     let emulator = e2e::emulator::Emulator::start(
         e2e::emulator::config::Config::default(),
@@ -139,17 +144,20 @@ async fn guardrail_sync_converges_to_one_guardrail_after_kills() {
     let log = format!("operator-{name}.log");
     let mut rng = Rng::from_env();
     let bedrock = bedrock(&emulator);
+    // Every page: the shared cluster's other policies fill the emulator too.
     let ours = || async {
-        bedrock
-            .list_guardrails()
-            .send()
-            .await
-            .unwrap()
-            .guardrails()
-            .iter()
-            .filter(|g| g.name() == format!("k8s-ai-{name}"))
-            .map(|g| g.id().to_owned())
-            .collect::<Vec<_>>()
+        let mut ids = Vec::new();
+        let mut pages = bedrock.list_guardrails().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.unwrap();
+            ids.extend(
+                page.guardrails()
+                    .iter()
+                    .filter(|g| g.name() == format!("k8s-ai-{name}"))
+                    .map(|g| g.id().to_owned()),
+            );
+        }
+        ids
     };
     // The policy's status once synced at its current generation.
     let synced = || async {
@@ -197,17 +205,17 @@ async fn guardrail_sync_converges_to_one_guardrail_after_kills() {
     // Converged: exactly one guardrail, its synced version holding the last spec.
     let final_digits = 4 + trials - 1;
     let status = synced().await;
-    let ours = ours().await;
+    let found = ours().await;
     assert_eq!(
-        ours.len(),
+        found.len(),
         1,
-        "one guardrail per policy after {trials} kills: {ours:?}"
+        "one guardrail per policy after {trials} kills: {found:?}"
     );
-    assert_eq!(status["guardrailId"], ours[0].as_str());
+    assert_eq!(status["guardrailId"], found[0].as_str());
     let version = status["version"].as_str().unwrap();
     let synced = bedrock
         .get_guardrail()
-        .guardrail_identifier(&ours[0])
+        .guardrail_identifier(&found[0])
         .guardrail_version(version)
         .send()
         .await
@@ -227,21 +235,14 @@ async fn guardrail_sync_converges_to_one_guardrail_after_kills() {
     );
     // Deleted: the guardrail goes with the policy (finalizer), however many kills came before.
     cluster.kubectl_ok(&["delete", "gp", &name, "--wait=true", "--timeout=60s"]);
-    let left = bedrock
-        .list_guardrails()
-        .send()
-        .await
-        .unwrap()
-        .guardrails()
-        .iter()
-        .filter(|g| g.name() == format!("k8s-ai-{name}"))
-        .count();
+    let left = ours().await.len();
     assert_eq!(left, 0, "the guardrail outlived its policy");
     kill(&mut operator);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shares_never_pass_the_limit_while_the_operator_is_killed_mid_rebalance() {
+    let _alone = ONE_OPERATOR_AT_A_TIME.lock().await;
     let cluster = Cluster::get();
     let emulator = e2e::emulator::Emulator::start(
         e2e::emulator::config::Config::default(),

@@ -336,16 +336,16 @@ async fn existing(
             Err(e) => return Err(bedrock_error("GetGuardrail", &e)),
         }
     }
-    let list = bedrock
-        .list_guardrails()
-        .send()
-        .await
-        .map_err(|e| bedrock_error("ListGuardrails", &e))?;
-    Ok(list
-        .guardrails()
-        .iter()
-        .find(|g| g.name() == name)
-        .map(|g| g.id().to_owned()))
+    // Every page: an account may hold more guardrails than one page lists, and a guardrail not
+    // found here would be created a second time.
+    let mut pages = bedrock.list_guardrails().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| bedrock_error("ListGuardrails", &e))?;
+        if let Some(g) = page.guardrails().iter().find(|g| g.name() == name) {
+            return Ok(Some(g.id().to_owned()));
+        }
+    }
+    Ok(None)
 }
 
 /// The id of this policy's guardrail, created if there is none.
