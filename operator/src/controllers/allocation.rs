@@ -347,15 +347,6 @@ pub async fn run(
                 {
                     wake.notify_one();
                 }
-                // A pod refused a call for want of grant is served at the next round, not 5 s on.
-                cache::Change::Applied(l)
-                    if l.status
-                        .as_ref()
-                        .and_then(|s| s.budget_wanted)
-                        .is_some_and(|w| w.amount() > rust_decimal::Decimal::ZERO) =>
-                {
-                    wake.notify_one();
-                }
                 cache::Change::Applied(_) | cache::Change::Deleted(_) => {}
             }
         }
