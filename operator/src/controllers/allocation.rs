@@ -10,7 +10,7 @@
 //! while the operator is away.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -22,12 +22,12 @@ use futures_util::{Stream, StreamExt, stream};
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage,
     model_endpoint::RateLimit,
-    model_usage::{Allocation, BudgetGrant, Demand},
+    model_usage::{Allocation, Demand},
 };
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{WatchStreamExt, reflector, reflector::ObjectRef, watcher},
+    runtime::{WatchStreamExt, reflector, watcher},
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -234,10 +234,8 @@ async fn write(ctx: &Context, changes: Vec<Change>) -> Result<(), Error> {
     write_all(ctx, patches(grows)).await
 }
 
-/// The budget grants of `endpoint`'s pods to top up (see `budget`). Planned first on the cached
-/// endpoint, which costs no request: most rounds change no grant. When one is due, the endpoint
-/// is read afresh, after the ledgers were taken, and planned again, so a pod retired meanwhile
-/// counts once (as in the ledger totals); only that plan is written.
+/// The budget grants of `endpoint`'s pods to top up (see `budget`). The endpoint is read afresh,
+/// after the ledgers were taken, so a pod retired meanwhile counts once (as in the ledger totals).
 async fn grants(
     ctx: &Context,
     endpoint: &ModelEndpoint,
@@ -250,7 +248,7 @@ async fn grants(
         .filter(|l| l.namespace().as_deref() == Some(ns.as_str()) && l.spec.endpoint == name)
         .map(AsRef::as_ref)
         .collect();
-    if own.is_empty() || due_grants(endpoint, &own).is_empty() {
+    if own.is_empty() {
         return Ok(Vec::new());
     }
     let api: Api<ModelEndpoint> = Api::namespaced(ctx.client.clone(), &ns);
@@ -262,36 +260,30 @@ async fn grants(
     else {
         return Ok(Vec::new());
     };
-    Ok(due_grants(&fresh, &own)
-        .into_iter()
-        .map(|(ledger, grant)| Write {
-            namespace: ns.clone(),
-            ledger,
-            patch: json!({ "spec": { "budgetGrant": grant } }),
-        })
-        .collect())
-}
-
-/// The grants of `endpoint`'s budget plan worth writing over the ledgers' current ones.
-fn due_grants(endpoint: &ModelEndpoint, own: &[&ModelUsage]) -> Vec<(String, BudgetGrant)> {
-    let tz = endpoint
+    let tz = fresh
         .spec
         .cost_budget
         .as_ref()
         .and_then(|b| b.time_zone.clone());
     let (day, month) = super::ledger::periods(tz.as_deref());
-    let plan = super::budget::plan(endpoint, own, &day, &month);
-    plan.grants
-        .into_iter()
-        .filter(|(ledger, grant)| {
-            let current = own
-                .iter()
-                .find(|l| l.metadata.name.as_deref() == Some(ledger.as_str()));
-            let leaving = current.is_some_and(|l| l.metadata.deletion_timestamp.is_some());
-            let due = current.is_none_or(|l| super::budget::top_up_due(l, grant, &day, &month));
-            !leaving && due
-        })
-        .collect()
+    let plan = super::budget::plan(&fresh, &own, &day, &month);
+    let mut writes = Vec::new();
+    for (ledger, grant) in plan.grants {
+        let current = own
+            .iter()
+            .find(|l| l.metadata.name.as_deref() == Some(ledger.as_str()));
+        let leaving = current.is_some_and(|l| l.metadata.deletion_timestamp.is_some());
+        let due = current.is_none_or(|l| super::budget::top_up_due(l, &grant, &day, &month));
+        if leaving || !due {
+            continue;
+        }
+        writes.push(Write {
+            namespace: ns.clone(),
+            ledger,
+            patch: json!({ "spec": { "budgetGrant": grant } }),
+        });
+    }
+    Ok(writes)
 }
 
 /// Tops up the budget grants of every budgeted endpoint: the endpoints read [`WRITES_IN_FLIGHT`]
@@ -365,31 +357,12 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
         watcher(
             Api::<ModelEndpoint>::all(ctx.client.clone()),
             watcher::Config::default(),
-        )
-        .modify(|e: &mut ModelEndpoint| e.metadata.managed_fields = None),
+        ),
     )
-    .default_backoff();
-    // Only a new spec (limits, budget) calls for a rebalance now: the endpoint's status is written
-    // up to once a second under load, and the next round comes within the interval anyway.
-    let mut specs: HashMap<ObjectRef<ModelEndpoint>, Option<u64>> = HashMap::new();
-    let events = events.map(move |event| match event {
+    .default_backoff()
+    .map(|event| match event {
         Ok(watcher::Event::InitDone) => Signal::Listed,
-        Ok(watcher::Event::InitApply(e)) => {
-            specs.insert(ObjectRef::from_obj(&e), super::cache::spec_version(&e));
-            Signal::Nothing
-        }
-        Ok(watcher::Event::Apply(e)) => {
-            let spec = super::cache::spec_version(&e);
-            if specs.insert(ObjectRef::from_obj(&e), spec) == Some(spec) {
-                Signal::Nothing
-            } else {
-                Signal::Changed
-            }
-        }
-        Ok(watcher::Event::Delete(e)) => {
-            specs.remove(&ObjectRef::from_obj(&e));
-            Signal::Changed
-        }
+        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
         _ => Signal::Nothing,
     });
     futures_util::pin_mut!(events);
