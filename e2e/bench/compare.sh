@@ -36,7 +36,7 @@ ensure_venv "$cache/bench-venv" e2e/bench/requirements.txt
 litellm_venv="$cache/litellm-venv"
 ensure_venv "$litellm_venv" e2e/bench/litellm-requirements.txt
 log "building the release binaries"
-build_release -p ai-sidecar --bin ai-sidecar
+build_sidecar
 build_release -p e2e --bin bedrock-emulator
 
 work=$(mktemp -d)

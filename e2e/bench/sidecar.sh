@@ -2,7 +2,9 @@
 # Benchmark: the sidecar in front of the Bedrock emulator versus the emulator called directly, in
 # one run. The measured server is pinned to core 0, wrk to core 1 (with the emulator, when the
 # sidecar is measured). Prints requests/s and latency p50/p99 at 1 and 16 connections (median of
-# RUNS runs), the sidecar's RSS idle and under load, and its time to ready.
+# RUNS runs), the sidecar's RSS idle and under load, and its time to ready. The latencies are
+# measured twice: with the cores as they are, and kept awake (see keep_cores_awake in lib.sh).
+# The sidecar measured is the image's build (static, musl, the `sidecar` profile).
 # `make bench` (compare.sh) measures the same and more, side by side with LiteLLM.
 set -euo pipefail
 # shellcheck source=e2e/bench/lib.sh
@@ -10,12 +12,12 @@ source "$(dirname "$0")/lib.sh"
 
 need_commands wrk:wrk
 scripts/install-deps.sh >/dev/null
-# Apart: built together, features would unify and the sidecar would carry the emulator's TLS stack.
-build_release -p ai-sidecar --bin ai-sidecar
+build_sidecar
 build_release -p e2e --bin bedrock-emulator
 work=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+spinners=()
+trap 'kill "${pids[@]}" "${spinners[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # Measures URL with the wrk script $2 at $3 connections; prints "rps p50 p99".
 measure() {
@@ -48,17 +50,27 @@ curl -sf -X POST -H 'content-type: application/json' -d '{"messages":[{"role":"u
 
 echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Converse straight to the emulator"
 echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk on core 1"
-printf '%-26s %6s %12s %10s %10s\n' target conns requests/s p50_ms p99_ms
-for conns in 1 16; do
-  direct=$(measure "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")
-  read -r drps dp50 dp99 <<<"$direct"
-  # The emulator moves to core 1 (with wrk) so the sidecar has core 0 to itself.
-  pin_tree "${pids[0]}" 1
-  proxied=$(measure "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")
-  read -r srps sp50 sp99 <<<"$proxied"
-  pin_tree "${pids[0]}" 0
-  printf '%-26s %6s %12s %10s %10s\n' "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
-  printf '%-26s %6s %12s %10s %10s\n' "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
-  printf '%-26s %6s %12s %10s %10s\n' "added by the sidecar" "$conns" "" "$(awk -v a="$sp50" -v b="$dp50" 'BEGIN{printf "%+.3f", a-b}')" "$(awk -v a="$sp99" -v b="$dp99" 'BEGIN{printf "%+.3f", a-b}')"
-done
+# Both systems at 1 and 16 connections; prints one table.
+compare() {
+  local conns direct proxied drps dp50 dp99 srps sp50 sp99
+  printf '%-26s %6s %12s %10s %10s\n' target conns requests/s p50_ms p99_ms
+  for conns in 1 16; do
+    direct=$(measure "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")
+    read -r drps dp50 dp99 <<<"$direct"
+    # The emulator moves to core 1 (with wrk) so the sidecar has core 0 to itself.
+    pin_tree "${pids[0]}" 1
+    proxied=$(measure "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")
+    read -r srps sp50 sp99 <<<"$proxied"
+    pin_tree "${pids[0]}" 0
+    printf '%-26s %6s %12s %10s %10s\n' "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
+    printf '%-26s %6s %12s %10s %10s\n' "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
+    printf '%-26s %6s %12s %10s %10s\n' "added by the sidecar" "$conns" "" "$(awk -v a="$sp50" -v b="$dp50" 'BEGIN{printf "%+.3f", a-b}')" "$(awk -v a="$sp99" -v b="$dp99" 'BEGIN{printf "%+.3f", a-b}')"
+  done
+}
+echo "cores as they are (an idle vCPU halts; waking it is part of every hop):"
+compare
+keep_cores_awake
+echo "cores kept awake (SCHED_IDLE spinners on every core; both systems alike):"
+compare
+stop_keeping_awake
 echo "sidecar RSS: idle ${idle_rss} MiB, peak under load $(rss_mib "$spid" VmHWM) MiB; ready ${ready_ms} ms after start"

@@ -52,7 +52,7 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     if !settings.listen.ip().is_loopback() {
         return Err(StartError::NotLoopback(settings.listen));
     }
-    // The AWS SDK brings aws-lc-rs and kube brings ring; rustls needs to be told which to use.
+    // One crypto provider for every TLS client here (kube, STS, Bedrock): ring, see Cargo.toml.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let catalog = Arc::new(Catalog::new(
         settings.namespace.clone(),

@@ -107,6 +107,37 @@ async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
 }
 
 #[tokio::test]
+async fn more_worker_threads_serve_when_asked_and_zero_is_refused() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_with_static_keys();
+    let sc = sidecar(&emu, &manifests, &[("AI_SIDECAR_WORKER_THREADS", "3")]).await;
+    let (status, answer, _) = post(
+        &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
+        SEED_INVOKE,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    // The main thread waits on the runtime; the three workers serve.
+    let threads = std::fs::read_dir(format!("/proc/{}/task", sc.pid()))
+        .unwrap()
+        .count();
+    assert!(threads >= 4, "{threads} threads for 3 workers");
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_ai-sidecar"))
+        .env_clear()
+        .env("AI_SIDECAR_WORKER_THREADS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("AI_SIDECAR_WORKER_THREADS") || message.contains("--worker-threads"),
+        "{message}"
+    );
+    assert!(message.contains("1..=256"), "{message}");
+}
+
+#[tokio::test]
 async fn bad_requests_get_stable_error_codes() {
     let emu = emulator(Config::default()).await;
     let manifests = seed_with_static_keys();

@@ -58,6 +58,11 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// The process id, to look at the process from /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM, as the kubelet does, and waits for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
