@@ -13,7 +13,10 @@ fn main() -> ExitCode {
     let settings = Settings::parse();
     let runtime = match runtime(settings.worker_threads) {
         Ok(r) => r,
-        Err(e) => return fail(&e),
+        Err(e) => {
+            eprintln!("ai-sidecar: cannot start the runtime's threads and event loop: {e}");
+            return ExitCode::from(2);
+        }
     };
     runtime.block_on(run(settings))
 }
