@@ -9,7 +9,7 @@ use std::{
 
 use aws_sdk_bedrockruntime::{
     Client,
-    config::timeout::TimeoutConfig,
+    config::{StalledStreamProtectionConfig, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata, SdkError},
     types::{
         ContentBlock, ConversationRole, GuardrailConfiguration, InferenceConfiguration, Message,
@@ -130,7 +130,12 @@ impl Upstream {
                         TimeoutConfig::builder()
                             .operation_timeout(self.timeout)
                             .build(),
-                    );
+                    )
+                    // The operation timeout bounds a whole call and the stream pump a silent stream
+                    // (the SDK's stall check never cut one off). The check armed a 100 ms timer per
+                    // call, and tokio wakes its own event loop for a timer due before all others
+                    // (an eventfd write and one more epoll_wait a call: tokio-rs/tokio#5207).
+                    .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
                 if let Some(role) = role {
                     config = config
                         .credentials_provider(SharedRole(self.roles.for_role(role)))

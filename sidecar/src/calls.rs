@@ -365,8 +365,22 @@ impl AppState {
         let (mut text, mut stop_reason, mut usage, mut first) =
             (String::new(), String::new(), None, true);
         let mut failure = None;
+        // A stream silent for a whole upstream timeout is over: Bedrock sends a token, a metadata
+        // or a stop event long before that, and a stalled connection would otherwise hang forever.
+        let silence = self.settings.upstream_timeout;
         loop {
-            match stream.recv().await {
+            let Ok(received) = tokio::time::timeout(silence, stream.recv()).await else {
+                failure = Some(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "upstream_timeout",
+                    format!(
+                        "Bedrock's stream sent nothing for {} s (AI_SIDECAR_UPSTREAM_TIMEOUT)",
+                        silence.as_secs_f64()
+                    ),
+                ));
+                break;
+            };
+            match received {
                 Ok(Some(ConverseStreamOutput::ContentBlockDelta(d))) => {
                     let Some(delta) = d.delta().and_then(|d| d.as_text().ok()).cloned() else {
                         continue;

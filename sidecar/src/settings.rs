@@ -61,7 +61,7 @@ pub struct Settings {
     #[arg(long, env = "AI_SIDECAR_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Deadline for one call to Bedrock, retries included.
+    /// Deadline for one call to Bedrock, retries included; a stream's longest silence between events.
     #[arg(long, env = "AI_SIDECAR_UPSTREAM_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 

@@ -823,22 +823,34 @@ fn sample(metrics: &str, prefix: &str) -> f64 {
 
 #[tokio::test]
 async fn a_stream_that_dies_mid_answer_ends_with_an_error_event_and_is_charged() {
-    // Bedrock's two ways of failing mid-answer: an in-stream modelStreamErrorException, and the
-    // connection dropped. Either way the app gets the text so far, then one clean `error` event.
-    for (fault, code) in [("error", "upstream_error"), ("drop", "upstream_error")] {
+    // Bedrock's ways of failing mid-answer: an in-stream modelStreamErrorException, the connection
+    // dropped, and the connection left open with nothing more on it (cut off after an upstream
+    // timeout of silence). Each way the app gets the text so far, then one clean `error` event.
+    for (fault, code) in [
+        ("error", "upstream_error"),
+        ("drop", "upstream_error"),
+        ("stall", "upstream_timeout"),
+    ] {
         let emu = emulator(Config {
             output: e2e::emulator::config::OutputMode::Filler { tokens: 200 },
             faults: Faults {
                 stream_error_after_tokens: (fault == "error").then_some(40),
                 stream_drop_after_tokens: (fault == "drop").then_some(40),
+                stream_stall_after_tokens: (fault == "stall").then_some(40),
                 ..Faults::default()
             },
             ..Config::default()
         })
         .await;
-        let sc = sidecar(&emu, &seed_with_static_keys(), &[]).await;
+        let sc = sidecar(
+            &emu,
+            &seed_with_static_keys(),
+            &[("AI_SIDECAR_UPSTREAM_TIMEOUT", "2s")],
+        )
+        .await;
         let r = reqwest::Client::new()
             .post(format!("{}/invoke/ai-workloads/claude-haiku", sc.url))
+            .timeout(Duration::from_secs(30))
             .body(r#"{"messages":[{"role":"user","content":"go"}],"stream":true}"#)
             .send()
             .await
