@@ -49,7 +49,12 @@ async fn run(settings: Settings) -> ExitCode {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let grace = settings.shutdown_grace;
-    tokio::spawn(keep_a_timer_due_soon());
+    tokio::spawn(keep_a_timer_due_before_request_timers(
+        settings
+            .client_read_timeout
+            .min(settings.upstream_timeout)
+            .max(std::time::Duration::from_secs(1)),
+    ));
     let started = std::time::Instant::now();
     let listeners = match Listeners::bind(&settings).await {
         Ok(l) => l,
@@ -93,12 +98,13 @@ async fn run(settings: Settings) -> ExitCode {
     }
 }
 
-/// Keeps a timer due within a second. Tokio wakes its own event loop (an eventfd write and one more
-/// `epoll_wait`) whenever a new timer is due before all others, even from the loop's own thread
-/// (tokio-rs/tokio#5207): each answer arms the connection's header-read timeout, due before the
-/// upstream timeout still pending, so every request paid that. One tick a second costs far less.
-async fn keep_a_timer_due_soon() {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+/// Keeps a timer due within `period`, the shortest timeout a request sets. Tokio wakes its own
+/// event loop (an eventfd write and one more `epoll_wait`) whenever a new timer is due before all
+/// others, even from the loop's own thread (tokio-rs/tokio#5207): each answer arms the connection's
+/// header-read timeout ahead of the upstream timeout still pending, so every request paid that.
+/// Idle, this costs two wake-ups a period.
+async fn keep_a_timer_due_before_request_timers(period: std::time::Duration) {
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
