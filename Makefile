@@ -90,6 +90,10 @@ bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one
 bench-sidecar: ## Benchmark the sidecar against the emulator called directly
 	e2e/bench/sidecar.sh
 
+.PHONY: sidecar-symbol-order
+sidecar-symbol-order: ## Profile the sidecar (valgrind) and rewrite sidecar/symbol-order.txt, its hot-code layout
+	e2e/bench/sidecar-symbol-order.sh
+
 .PHONY: bench-operator
 bench-operator: ## Benchmark the webhook (AdmissionReviews/s, p99) and reconciling 1,000 ModelEndpoints
 	e2e/bench/operator.sh

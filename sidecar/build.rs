@@ -1,10 +1,71 @@
 //! Link-time settings for the static (musl) image binary.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=symbol-order.txt");
+    println!("cargo:rerun-if-env-changed=AI_SIDECAR_KEEP_SYMBOLS");
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
+        return;
+    }
     // A static-pie binary relocates itself at start: packed relative relocations (DT_RELR, musl
     // 1.2.4+) are ~8 KiB instead of ~650 KiB of RELA entries read into memory on every start.
-    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl") {
-        println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,-z,pack-relative-relocs");
+    println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,-z,pack-relative-relocs");
+    // Stripped here, not by the profile (see its `strip`); `make sidecar-symbol-order` keeps them.
+    if std::env::var_os("AI_SIDECAR_KEEP_SYMBOLS").is_none() {
+        println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,--strip-all");
     }
+    // The kernel maps code 64 KiB or more around each page run: the functions a sidecar runs,
+    // spread over 13 MB by default, would keep ~9 MiB resident; rust-lld lays them out together.
+    match (rust_lld_dir(), symbol_order()) {
+        (Some(dir), Some(order)) => {
+            println!("cargo:rustc-link-arg-bin=ai-sidecar=-B{}", dir.display());
+            println!("cargo:rustc-link-arg-bin=ai-sidecar=-fuse-ld=lld");
+            println!(
+                "cargo:rustc-link-arg-bin=ai-sidecar=-Wl,--symbol-ordering-file={}",
+                order.display()
+            );
+            println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,--no-warn-symbol-ordering");
+        }
+        (None, _) => {
+            println!("cargo:warning=rust-lld not found: ai-sidecar links in default order");
+        }
+        (_, None) => {
+            println!(
+                "cargo:warning=no sidecar/symbol-order.txt: ai-sidecar links in default order"
+            );
+        }
+    }
+}
+
+/// A copy of symbol-order.txt named by its content: cargo relinks when a link argument changes,
+/// not when a file one names does.
+fn symbol_order() -> Option<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let order =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("symbol-order.txt")).ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    order.hash(&mut hasher);
+    let copy = Path::new(&std::env::var_os("OUT_DIR")?)
+        .join(format!("symbol-order-{:016x}.txt", hasher.finish()));
+    std::fs::write(&copy, order).ok()?;
+    Some(copy)
+}
+
+/// The toolchain's `ld.lld` for `cc -fuse-ld=lld` (the way rustc links with its own rust-lld).
+fn rust_lld_dir() -> Option<PathBuf> {
+    let rustc = std::env::var("RUSTC").ok()?;
+    let host = std::env::var("HOST").ok()?;
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    let sysroot = String::from_utf8(out.stdout).ok()?;
+    let dir = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/gcc-ld");
+    dir.join("ld.lld").exists().then_some(dir)
 }

@@ -119,6 +119,77 @@ sidecar_command() {
     "$sidecar_bin" --standalone --config "$1")
 }
 
+# Plays the platform team and the operator in the test control plane (e2e/cluster.sh, up): the
+# seed's objects in namespace NS (IRSA included), a service account `app` with the access the
+# webhook grants a sidecar, the ModelUsage of pod POD, and in DIR: `kubeconfig` (the account's
+# token), `irsa-token` (its projected token for STS) and `emulator-irsa.yaml` (an emulator that
+# trusts it). Sets tenant_env to the sidecar's environment for that pod. Usage: NS POD DIR
+cluster_tenant() {
+  local kubectl=(e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig) issuer api_token sample
+  issuer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["issuer"])' e2e/.run/cluster.json)
+  "${kubectl[@]}" apply --server-side -k manifests/crds >/dev/null
+  "${kubectl[@]}" wait --for=condition=Established crd -l app.kubernetes.io/part-of=k8s-ai-operator >/dev/null
+  "${kubectl[@]}" create namespace "$1" >/dev/null
+  for sample in guardrailpolicy modelendpoint prompttemplate; do
+    echo ---; sed "s/namespace: ai-workloads/namespace: $1/" "manifests/samples/$sample.yaml"
+  done | "${kubectl[@]}" apply -f - >/dev/null
+  # The service account and the least-privilege access the operator's webhook grants a pod's sidecar.
+  "${kubectl[@]}" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: app, namespace: $1}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: ai-sidecar, namespace: $1}
+rules:
+- {apiGroups: [ai.kernelpanic09.io], resources: [modelendpoints], resourceNames: [claude-haiku], verbs: [get, list, watch]}
+- {apiGroups: [ai.kernelpanic09.io], resources: [prompttemplates], verbs: [get, list, watch]}
+- {apiGroups: [ai.kernelpanic09.io], resources: [modelusages], resourceNames: [$2.claude-haiku], verbs: [get, list, watch]}
+- {apiGroups: [ai.kernelpanic09.io], resources: [modelusages/status], resourceNames: [$2.claude-haiku], verbs: [get, patch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ai-sidecar, namespace: $1}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ai-sidecar}
+subjects: [{kind: ServiceAccount, name: app, namespace: $1}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: ai-sidecar-$1}
+rules:
+- {apiGroups: [ai.kernelpanic09.io], resources: [guardrailpolicies], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ai-sidecar-$1}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ai-sidecar-$1}
+subjects: [{kind: ServiceAccount, name: app, namespace: $1}]
+---
+apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelUsage
+metadata: {name: $2.claude-haiku, namespace: $1}
+spec: {podName: $2, podUid: 00000000-0000-0000-0000-000000000001, endpoint: claude-haiku}
+EOF
+  api_token=$("${kubectl[@]}" create token app -n "$1")
+  "${kubectl[@]}" config view --raw --minify >"$3/kubeconfig"
+  e2e/.bin/kubectl --kubeconfig "$3/kubeconfig" config set-credentials app --token "$api_token" >/dev/null
+  e2e/.bin/kubectl --kubeconfig "$3/kubeconfig" config set-context --current --user app --namespace "$1" >/dev/null
+  "${kubectl[@]}" create token app -n "$1" --audience sts.amazonaws.com >"$3/irsa-token"
+  cat >"$3/emulator-irsa.yaml" <<EOF
+oidc: {issuer: "$issuer", caFile: "$PWD/e2e/.run/pki/ca.crt", audience: sts.amazonaws.com}
+roles:
+- {arn: "arn:aws:iam::123456789012:role/bedrock-invoker", trustedSubjects: ["system:serviceaccount:$1:app"], allowedModels: ["*"]}
+EOF
+  tenant_env=(KUBECONFIG="$3/kubeconfig" AI_SIDECAR_NAMESPACE="$1" AI_SIDECAR_POD_NAME="$2"
+    AI_SIDECAR_ENDPOINTS=claude-haiku AI_SIDECAR_TOKEN_FILE="$3/irsa-token" AI_SIDECAR_REPORT_INTERVAL=1s)
+}
+# Deletes what cluster_tenant NS made (without waiting for the namespace to go).
+delete_cluster_tenant() {
+  e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig delete namespace "$1" --wait=false >/dev/null 2>&1 || true
+  e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig delete clusterrole,clusterrolebinding "ai-sidecar-$1" >/dev/null 2>&1 || true
+}
+
 # Makes the virtualenv DIR hold REQUIREMENTS (a pip requirements file); reinstalls only when the
 # file changed since the last install, so a changed pin takes effect and an unchanged one costs
 # nothing.

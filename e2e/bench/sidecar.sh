@@ -4,6 +4,9 @@
 # sidecar is measured). Prints requests/s and latency p50/p99 at 1 and 16 connections (median of
 # RUNS runs), the sidecar's RSS idle and under load, and its time to ready. The latencies are
 # measured twice: with the cores as they are, and kept awake (see keep_cores_awake in lib.sh).
+# Then its RSS as a pod runs it, in the test control plane (e2e/cluster.sh: started and stopped
+# here unless it is up): configuration watched over TLS, credentials by IRSA, usage reported to its
+# ModelUsage. BENCH_CLUSTER=0 skips that part.
 # The sidecar measured is the image's build (static, musl, the `sidecar` profile).
 # `make bench` (compare.sh) measures the same and more, side by side with LiteLLM.
 set -euo pipefail
@@ -17,7 +20,14 @@ build_release -p e2e --bin bedrock-emulator
 work=$(mktemp -d)
 pids=()
 spinners=()
-trap 'kill "${pids[@]}" "${spinners[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
+tenant=""
+started_cluster=0
+cleanup() {
+  kill "${pids[@]}" "${spinners[@]}" 2>/dev/null || true
+  if ((started_cluster)); then e2e/cluster.sh down || true; elif [[ -n $tenant ]]; then delete_cluster_tenant "$tenant"; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 # Measures URL with the wrk script $2 at $3 connections; prints "rps p50 p99".
 measure() {
@@ -78,3 +88,26 @@ compare
 stop_keeping_awake
 sleep 1
 echo "sidecar RSS: idle ${idle_rss} MiB from start, ${served_rss} MiB after one request, $(rss_mib "$spid" VmRSS) MiB after the load; peak $(rss_mib "$spid" VmHWM) MiB; ready ${ready_ms} ms after start"
+
+[[ ${BENCH_CLUSTER:-1} == 1 ]] || exit 0
+e2e/cluster.sh status || started_cluster=1
+e2e/cluster.sh up >&2
+tenant="bench-sidecar-$$"
+cluster_tenant "$tenant" bench-pod "$work"
+iport=$(free_port)
+"$emulator_bin" --listen "127.0.0.1:$iport" --config "$work/emulator-irsa.yaml" >/dev/null & pids+=($!)
+wait_http "http://127.0.0.1:$iport/_emulator/requests"
+sport=$(free_port); aport=$(free_port)
+env -i AI_SIDECAR_LISTEN="127.0.0.1:$sport" AI_SIDECAR_ADMIN_LISTEN="127.0.0.1:$aport" AI_SIDECAR_LOG=warn \
+  AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true AWS_ENDPOINT_URL="http://127.0.0.1:$iport" "${tenant_env[@]}" \
+  "$sidecar_bin" & cpid=$!; pids+=("$cpid")
+wait_http "http://127.0.0.1:$aport/readyz"
+sleep 0.5
+cluster_ready_rss=$(rss_mib "$cpid" VmRSS)
+for body in '{"messages":[{"role":"user","content":"Hello"}]}' '{"messages":[{"role":"user","content":"Hello"}],"stream":true}'; do
+  curl -sf -X POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$sport/invoke/$tenant/claude-haiku" >/dev/null
+done
+curl -sf -X POST -H 'content-type: application/json' -d '{"model":"claude-haiku","messages":[{"role":"user","content":"Hi"}]}' "http://127.0.0.1:$sport/v1/chat/completions" >/dev/null
+sleep 3 # a usage report or two (every second here)
+used=$(e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig get modelusage bench-pod.claude-haiku -n "$tenant" -o jsonpath='{.status.lifetime.invocations}')
+echo "sidecar RSS in a cluster (watches over TLS, IRSA, $used calls reported to its ModelUsage): ${cluster_ready_rss} MiB ready, $(rss_mib "$cpid" VmRSS) MiB after calls and usage reports"

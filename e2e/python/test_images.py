@@ -95,6 +95,12 @@ def test_binary_is_static(binaries, binary):
     if binary == "ai-sidecar":
         dynamic = subprocess.run(["readelf", "-dW", str(binaries[binary])], capture_output=True, text=True, check=True).stdout
         assert "(RELR)" in dynamic, f"the sidecar's relocations are not packed (sidecar/build.rs):\n{dynamic}"
+        # Linked by rust-lld, which lays out the functions of sidecar/symbol-order.txt together, and
+        # stripped at link time (both sidecar/build.rs).
+        comment = subprocess.run(["readelf", "-p", ".comment", str(binaries[binary])], capture_output=True, text=True, check=True).stdout
+        assert "Linker: LLD" in comment, f"the sidecar was not linked by rust-lld (sidecar/build.rs):\n{comment}"
+        sections = subprocess.run(["readelf", "-SW", str(binaries[binary])], capture_output=True, text=True, check=True).stdout
+        assert ".symtab" not in sections, "the sidecar's symbols are not stripped (sidecar/build.rs)"
 
 
 def jailed(binary, binds=(), env=None) -> list[str]:
