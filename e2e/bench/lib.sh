@@ -130,8 +130,11 @@ cluster_tenant() {
   "${kubectl[@]}" apply --server-side -k manifests/crds >/dev/null
   "${kubectl[@]}" wait --for=condition=Established crd -l app.kubernetes.io/part-of=k8s-ai-operator >/dev/null
   "${kubectl[@]}" create namespace "$1" >/dev/null
+  # GuardrailPolicies are cluster-wide: the tenant's is named after it, not the seed's.
   for sample in guardrailpolicy modelendpoint prompttemplate; do
-    echo ---; sed "s/namespace: ai-workloads/namespace: $1/" "manifests/samples/$sample.yaml"
+    echo ---
+    sed -e "s/namespace: ai-workloads/namespace: $1/" -e "s/name: pii-and-safety/name: $1/" \
+      -e "s/guardrailPolicyRef: pii-and-safety/guardrailPolicyRef: $1/" "manifests/samples/$sample.yaml"
   done | "${kubectl[@]}" apply -f - >/dev/null
   # The service account and the least-privilege access the operator's webhook grants a pod's sidecar.
   "${kubectl[@]}" apply -f - >/dev/null <<EOF
@@ -188,6 +191,7 @@ EOF
 delete_cluster_tenant() {
   e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig delete namespace "$1" --wait=false >/dev/null 2>&1 || true
   e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig delete clusterrole,clusterrolebinding "ai-sidecar-$1" >/dev/null 2>&1 || true
+  e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig delete guardrailpolicy "$1" >/dev/null 2>&1 || true
 }
 
 # Makes the virtualenv DIR hold REQUIREMENTS (a pip requirements file); reinstalls only when the

@@ -96,7 +96,7 @@ python3 - "$ns" "$ENDPOINTS" >"$work/endpoints.yaml" <<'PY'
 import sys
 ns, n = sys.argv[1], int(sys.argv[2])
 seed = open("manifests/samples/modelendpoint.yaml").read()
-seed = seed.replace("namespace: ai-workloads", f"namespace: {ns}").replace("name: pii-and-safety", f"name: {ns}")
+seed = seed.replace("namespace: ai-workloads", f"namespace: {ns}").replace("guardrailPolicyRef: pii-and-safety", f"guardrailPolicyRef: {ns}")
 for i in range(n):
     print("---")
     print(seed.replace("name: claude-haiku", f"name: endpoint-{i:04d}", 1))
