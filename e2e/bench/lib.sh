@@ -120,10 +120,11 @@ sidecar_command() {
 }
 
 # Plays the platform team and the operator in the test control plane (e2e/cluster.sh, up): the
-# seed's objects in namespace NS (IRSA included), a service account `app` with the access the
-# webhook grants a sidecar, the ModelUsage of pod POD, and in DIR: `kubeconfig` (the account's
-# token), `irsa-token` (its projected token for STS) and `emulator-irsa.yaml` (an emulator that
-# trusts it). Sets tenant_env to the sidecar's environment for that pod. Usage: NS POD DIR
+# seed's objects in namespace NS (IRSA included; the GuardrailPolicy named NS), a service account
+# `app` with the least-privilege access a sidecar needs, the ModelUsage of pod POD, and in DIR:
+# `kubeconfig` (the account's token), `irsa-token` (its projected token for STS) and
+# `emulator-irsa.yaml` (an emulator that trusts it). Sets tenant_env to the sidecar's environment
+# for that pod. Usage: NS POD DIR
 cluster_tenant() {
   local kubectl=(e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig) issuer api_token sample
   issuer=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["issuer"])' e2e/.run/cluster.json)
@@ -136,7 +137,7 @@ cluster_tenant() {
     sed -e "s/namespace: ai-workloads/namespace: $1/" -e "s/name: pii-and-safety/name: $1/" \
       -e "s/guardrailPolicyRef: pii-and-safety/guardrailPolicyRef: $1/" "manifests/samples/$sample.yaml"
   done | "${kubectl[@]}" apply -f - >/dev/null
-  # The service account and the least-privilege access the operator's webhook grants a pod's sidecar.
+  # The service account, and exactly the access a pod's sidecar needs.
   "${kubectl[@]}" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: ServiceAccount
