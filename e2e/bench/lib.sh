@@ -188,6 +188,24 @@ EOF
   tenant_env=(KUBECONFIG="$3/kubeconfig" AI_SIDECAR_NAMESPACE="$1" AI_SIDECAR_POD_NAME="$2"
     AI_SIDECAR_ENDPOINTS=claude-haiku AI_SIDECAR_TOKEN_FILE="$3/irsa-token" AI_SIDECAR_REPORT_INTERVAL=1s)
 }
+# Every kind of call a pod makes to its sidecar at URL, for the endpoint and template of the seed in
+# namespace NS; fails, saying which, unless each is answered 2xx.
+sidecar_calls() {
+  local url=$1 ns=$2
+  post() {
+    local answer
+    answer=$(curl -sS -w '\n%{http_code}' -X POST -H 'content-type: application/json' -d "$2" "$url$1")
+    [[ ${answer##*$'\n'} == 2* ]] || { echo "POST $1 answered ${answer//$'\n'/ }" >&2; return 1; }
+  }
+  for _ in 1 2 3; do
+    post "/invoke/$ns/claude-haiku" '{"messages":[{"role":"user","content":"Hello"}]}'
+    post "/invoke/$ns/claude-haiku" '{"messages":[{"role":"user","content":"Mail jane@example.com"}],"stream":true}'
+    post "/render/$ns/code-review" '{"variables":{"Diff":"- a\n+ b"}}'
+    post "/v1/chat/completions" '{"model":"claude-haiku","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":64}'
+    post "/v1/chat/completions" '{"model":"claude-haiku","messages":[{"role":"user","content":"Hi"}],"stream":true,"stream_options":{"include_usage":true}}'
+    curl -sfS -o /dev/null "$url/v1/models"
+  done
+}
 # Deletes what cluster_tenant NS made (without waiting for the namespace to go).
 delete_cluster_tenant() {
   e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig delete namespace "$1" --wait=false >/dev/null 2>&1 || true

@@ -28,6 +28,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 log() { printf '[symbol-order] %s\n' "$*" >&2; }
 
 need_commands valgrind:valgrind wrk:wrk nm:binutils
+scripts/install-deps.sh >/dev/null
 symbols_target="$cache/target-sidecar-symbols"
 log "building the sidecar with symbols into $symbols_target and the emulator"
 CARGO_TARGET_DIR=$symbols_target AI_SIDECAR_KEEP_SYMBOLS=1 \
@@ -76,24 +77,6 @@ stop_profiled() {
   kill -TERM "$sidecar_pid"
   wait "$sidecar_pid" || { log "the sidecar exited with $? under valgrind"; tail -20 "$work/valgrind.log" >&2; return 1; }
 }
-# Every kind of call a pod makes, each answered 2xx.
-calls() {
-  local url=$1 ns=$2
-  post() {
-    local answer
-    answer=$(curl -sS -w '\n%{http_code}' -X POST -H 'content-type: application/json' -d "$2" "$url$1")
-    [[ ${answer##*$'\n'} == 2* ]] || { log "POST $1 answered ${answer//$'\n'/ }"; return 1; }
-  }
-  for _ in 1 2 3; do
-    post "/invoke/$ns/claude-haiku" '{"messages":[{"role":"user","content":"Hello"}]}'
-    post "/invoke/$ns/claude-haiku" '{"messages":[{"role":"user","content":"Mail jane@example.com"}],"stream":true}'
-    post "/render/$ns/code-review" '{"variables":{"Diff":"- a\n+ b"}}'
-    post "/v1/chat/completions" '{"model":"claude-haiku","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":64}'
-    post "/v1/chat/completions" '{"model":"claude-haiku","messages":[{"role":"user","content":"Hi"}],"stream":true,"stream_options":{"include_usage":true}}'
-    curl -sfS -o /dev/null "$url/v1/models"
-  done
-}
-
 log "1/2: in a cluster, with IRSA"
 e2e/cluster.sh up >&2
 cluster_tenant "$ns" profile-pod "$work"
@@ -104,7 +87,7 @@ wait_http "$url/_emulator/requests"
 sport=$(free_port) aport=$(free_port)
 sidecar_args=() profile=callgrind.cluster
 profiled "$sport" "$aport" "${tenant_env[@]}" AWS_ENDPOINT_URL="$url"
-calls "http://127.0.0.1:$sport" "$ns"
+sidecar_calls "http://127.0.0.1:$sport" "$ns"
 curl -sfS -o /dev/null "http://127.0.0.1:$aport/metrics"
 sleep 3 # a usage report or two
 stop_profiled
@@ -123,14 +106,9 @@ sport=$(free_port) aport=$(free_port)
 sidecar_args=(--standalone --config "$work/sidecar.yaml") profile=callgrind.standalone
 profiled "$sport" "$aport" AI_SIDECAR_NAMESPACE=ai-workloads AWS_ENDPOINT_URL="$url" \
   AWS_ACCESS_KEY_ID="$test_key_id" AWS_SECRET_ACCESS_KEY="$test_secret"
-calls "http://127.0.0.1:$sport" ai-workloads
-cat >"$work/invoke.lua" <<'EOF'
-wrk.method = "POST"
-wrk.path = "/invoke/ai-workloads/claude-haiku"
-wrk.headers["content-type"] = "application/json"
-wrk.body = '{"messages":[{"role":"user","content":"Hello"}]}'
-EOF
-wrk -t1 -c16 -d3s -s "$work/invoke.lua" "http://127.0.0.1:$sport" >/dev/null
+sidecar_calls "http://127.0.0.1:$sport" ai-workloads
+"$cache/venv/bin/python" e2e/bench/clients.py lua sidecar-invoke "http://127.0.0.1:$sport" "$work/sidecar.lua"
+wrk -t1 -c16 -d3s -s "$work/sidecar.lua" "http://127.0.0.1:$sport" >/dev/null
 stop_profiled
 
 python3 e2e/bench/symbol_order.py "$bin" "$work/callgrind.cluster" "$work/callgrind.standalone" >sidecar/symbol-order.txt

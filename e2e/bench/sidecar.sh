@@ -104,11 +104,8 @@ env -i AI_SIDECAR_LISTEN="127.0.0.1:$sport" AI_SIDECAR_ADMIN_LISTEN="127.0.0.1:$
 wait_http "http://127.0.0.1:$aport/readyz"
 sleep 0.5
 cluster_ready_rss=$(rss_mib "$cpid" VmRSS)
-for body in '{"messages":[{"role":"user","content":"Hello"}]}' '{"messages":[{"role":"user","content":"Hello"}],"stream":true}'; do
-  curl -sf -X POST -H 'content-type: application/json' -d "$body" "http://127.0.0.1:$sport/invoke/$tenant/claude-haiku" >/dev/null
-done
-curl -sf -X POST -H 'content-type: application/json' -d '{"model":"claude-haiku","messages":[{"role":"user","content":"Hi"}]}' "http://127.0.0.1:$sport/v1/chat/completions" >/dev/null
+sidecar_calls "http://127.0.0.1:$sport" "$tenant"
 sleep 3 # a usage report or two (every second here)
 used=$(e2e/.bin/kubectl --kubeconfig e2e/.run/kubeconfig get modelusage bench-pod.claude-haiku -n "$tenant" -o jsonpath='{.status.lifetime.invocations}')
 [[ -n $used ]] || { echo "the sidecar in the cluster reported no usage to its ModelUsage" >&2; exit 1; }
-echo "sidecar RSS in a cluster (watches over TLS, IRSA, $used calls reported to its ModelUsage): ${cluster_ready_rss} MiB ready, $(rss_mib "$cpid" VmRSS) MiB after calls and usage reports"
+echo "sidecar RSS in a cluster (watches over TLS, IRSA, every kind of call, $used reported to its ModelUsage): ${cluster_ready_rss} MiB ready, $(rss_mib "$cpid" VmRSS) MiB after calls and usage reports"
