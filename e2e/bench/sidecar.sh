@@ -2,8 +2,9 @@
 # Benchmark: the sidecar in front of the Bedrock emulator versus the emulator called directly, in
 # one run. The measured server is pinned to core 0, wrk to core 1 (with the emulator, when the
 # sidecar is measured). Prints requests/s and latency p50/p99 at 1 and 16 connections (median of
-# RUNS runs), the sidecar's RSS idle and under load, and its time to ready. The latencies are
-# measured twice: with the cores as they are, and kept awake (see keep_cores_awake in lib.sh).
+# RUNS runs, the two targets taking turns), the sidecar's RSS idle and under load, and its time to
+# ready. The latencies are measured twice: with the cores as they are, and kept awake (see
+# keep_cores_awake in lib.sh).
 # Then its RSS as a pod runs it, in the test control plane (e2e/cluster.sh: started and stopped
 # here unless it is up): configuration watched over TLS, credentials by IRSA, usage reported to its
 # ModelUsage. BENCH_CLUSTER=0 skips that part.
@@ -29,15 +30,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Measures URL with the wrk script $2 at $3 connections; prints "rps p50 p99".
-measure() {
-  local rps=() p50=() p99=() out f
-  for _ in $(seq "$RUNS"); do
-    out=$(wrk_once "$1" "$2" "$3" "$SECONDS_PER_RUN")
-    read -r -a f <<<"$(wrk_figures "$out")"
-    rps+=("${f[0]}"); p50+=("${f[2]}"); p99+=("${f[5]}")
-  done
-  echo "$(printf '%s\n' "${rps[@]}" | median) $(printf '%s\n' "${p50[@]}" | median) $(printf '%s\n' "${p99[@]}" | median)"
+# One wrk run of URL with the Lua script $2 at $3 connections; prints "rps p50 p99".
+measure_once() {
+  local f
+  read -r -a f <<<"$(wrk_figures "$(wrk_once "$1" "$2" "$3" "$SECONDS_PER_RUN")")"
+  echo "${f[0]} ${f[2]} ${f[5]}"
+}
+# Prints the median of each column of "rps p50 p99" lines on stdin.
+medians() {
+  local lines i
+  lines=$(cat)
+  for i in 1 2 3; do printf '%s ' "$(awk -v i="$i" '{print $i}' <<<"$lines" | median)"; done
+  echo
 }
 
 # The emulator, on core 0 for the direct measurement.
@@ -63,18 +67,22 @@ served_rss=$(rss_mib "$spid" VmRSS)
 
 echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Converse straight to the emulator"
 echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk on core 1"
-# Both systems at 1 and 16 connections; prints one table.
+# Both systems at 1 and 16 connections; prints one table. The two take turns run by run, so a
+# noisy moment of the machine lands on both rather than on one of them.
 compare() {
   local conns direct proxied drps dp50 dp99 srps sp50 sp99
   printf '%-26s %6s %12s %10s %10s\n' target conns requests/s p50_ms p99_ms
   for conns in 1 16; do
-    direct=$(measure "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")
-    read -r drps dp50 dp99 <<<"$direct"
-    # The emulator moves to core 1 (with wrk) so the sidecar has core 0 to itself.
-    pin_tree "${pids[0]}" 1
-    proxied=$(measure "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")
-    read -r srps sp50 sp99 <<<"$proxied"
-    pin_tree "${pids[0]}" 0
+    direct=() proxied=()
+    for _ in $(seq "$RUNS"); do
+      direct+=("$(measure_once "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")")
+      # The emulator moves to core 1 (with wrk) so the sidecar has core 0 to itself.
+      pin_tree "${pids[0]}" 1
+      proxied+=("$(measure_once "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")")
+      pin_tree "${pids[0]}" 0
+    done
+    read -r drps dp50 dp99 <<<"$(printf '%s\n' "${direct[@]}" | medians)"
+    read -r srps sp50 sp99 <<<"$(printf '%s\n' "${proxied[@]}" | medians)"
     printf '%-26s %6s %12s %10s %10s\n' "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
     printf '%-26s %6s %12s %10s %10s\n' "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
     printf '%-26s %6s %12s %10s %10s\n' "added by the sidecar" "$conns" "" "$(awk -v a="$sp50" -v b="$dp50" 'BEGIN{printf "%+.3f", a-b}')" "$(awk -v a="$sp99" -v b="$dp99" 'BEGIN{printf "%+.3f", a-b}')"
