@@ -87,7 +87,7 @@ bench-emulator: ## Benchmark the emulator: Converse with SigV4 verification, one
 	e2e/bench/emulator.sh
 
 .PHONY: bench-sidecar
-bench-sidecar: ## Benchmark the sidecar against the emulator called directly, and its RSS in a cluster
+bench-sidecar: ## Benchmark the sidecar against the emulator called directly and through nginx, and its RSS in a cluster
 	e2e/bench/sidecar.sh
 
 .PHONY: sidecar-symbol-order

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: the sidecar in front of the Bedrock emulator versus the emulator called directly, in
-# one run. The measured server is pinned to core 0, wrk to core 1 (with the emulator, when the
-# sidecar is measured). Prints requests/s and latency p50/p99 at 1 and 16 connections (median of
-# RUNS runs, the two targets taking turns), the sidecar's RSS idle and under load, and its time to
-# ready. The latencies are measured twice: with the cores as they are, and kept awake (see
-# keep_cores_awake in lib.sh).
+# one run, with nginx passing the same call through as the floor of any extra hop. The measured
+# server is pinned to core 0, wrk to core 1 (with the emulator, when a proxy is measured). Prints
+# requests/s and latency p50/p99 at 1 and 16 connections (median of RUNS runs, the three taking
+# turns), the sidecar's RSS idle and under load, and its time to ready. The latencies are measured
+# twice: with the cores as they are, and kept awake (see keep_cores_awake in lib.sh).
 # Then its RSS as a pod runs it, in the test control plane (e2e/cluster.sh: started and stopped
 # here unless it is up): configuration watched over TLS, credentials by IRSA, usage reported to its
 # ModelUsage. BENCH_CLUSTER=0 skips that part.
@@ -14,7 +14,7 @@ set -euo pipefail
 # shellcheck source=e2e/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-need_commands wrk:wrk
+need_commands wrk:wrk nginx:nginx-light
 scripts/install-deps.sh >/dev/null
 build_sidecar
 build_release -p e2e --bin bedrock-emulator
@@ -32,9 +32,15 @@ trap cleanup EXIT
 
 # One wrk run of URL with the Lua script $2 at $3 connections; prints "rps p50 p99".
 measure_once() {
-  local f
-  read -r -a f <<<"$(wrk_figures "$(wrk_once "$1" "$2" "$3" "$SECONDS_PER_RUN")")"
+  local out f
+  out=$(wrk_once "$1" "$2" "$3" "$SECONDS_PER_RUN") || return 1
+  read -r -a f <<<"$(wrk_figures "$out")"
   echo "${f[0]} ${f[2]} ${f[5]}"
+}
+# (Re)writes direct.lua: a Converse call signed now. A signature is good for 5 minutes (the
+# emulator, like AWS, refuses older ones) and the whole comparison takes longer.
+sign_direct() {
+  "$cache/venv/bin/python" e2e/bench/clients.py lua direct "http://127.0.0.1:$eport" "$work/direct.lua"
 }
 # Prints the median of each column of "rps p50 p99" lines on stdin.
 medians() {
@@ -48,7 +54,37 @@ medians() {
 eport=$(free_port)
 taskset -c 0 "$emulator_bin" --listen "127.0.0.1:$eport" >/dev/null & pids+=($!)
 wait_http "http://127.0.0.1:$eport/_emulator/requests"
-"$cache/venv/bin/python" e2e/bench/clients.py lua direct "http://127.0.0.1:$eport" "$work/direct.lua"
+
+# The floor of any extra hop: nginx passing the signed Converse through to the emulator (one
+# process, kept-alive upstream connections, no buffering), on core 0 like the sidecar.
+nport=$(free_port)
+mkdir -p "$work/nginx"
+cat >"$work/nginx.conf" <<NGINX
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  upstream emulator { server 127.0.0.1:$eport; keepalive 32; }
+  server {
+    listen 127.0.0.1:$nport;
+    location / {
+      proxy_pass http://emulator;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      # The request is signed for the emulator's address.
+      proxy_set_header Host 127.0.0.1:$eport;
+      proxy_buffering off;
+    }
+  }
+}
+NGINX
+taskset -c 0 nginx -p "$work/nginx" -e "$work/nginx/error.log" -c "$work/nginx.conf" & pids+=($!)
+wait_http "http://127.0.0.1:$nport/_emulator/requests"
 
 # The sidecar: the seed's objects, limits lifted so the benchmark measures the path, not the limiter.
 sidecar_config "$work/sidecar.yaml"
@@ -67,31 +103,38 @@ served_rss=$(rss_mib "$spid" VmRSS)
 
 echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Converse straight to the emulator"
 echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk on core 1"
-# Both systems at 1 and 16 connections; prints one table. The two take turns run by run, so a
-# noisy moment of the machine lands on both rather than on one of them.
+# The three at 1 and 16 connections; prints one table. They take turns run by run, so a noisy
+# moment of the machine lands on all of them rather than on one.
 compare() {
-  local conns direct proxied drps dp50 dp99 srps sp50 sp99
-  printf '%-26s %6s %12s %10s %10s\n' target conns requests/s p50_ms p99_ms
+  local conns direct hop proxied drps dp50 dp99 nrps np50 np99 srps sp50 sp99
+  row target conns requests/s p50_ms p99_ms
   for conns in 1 16; do
-    direct=() proxied=()
+    direct=() hop=() proxied=()
     for _ in $(seq "$RUNS"); do
+      sign_direct
       direct+=("$(measure_once "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")")
-      # The emulator moves to core 1 (with wrk) so the sidecar has core 0 to itself.
+      # The emulator moves to core 1 (with wrk) so nginx and the sidecar have core 0 to themselves.
       pin_tree "${pids[0]}" 1
+      hop+=("$(measure_once "http://127.0.0.1:$nport" "$work/direct.lua" "$conns")")
       proxied+=("$(measure_once "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")")
       pin_tree "${pids[0]}" 0
     done
     read -r drps dp50 dp99 <<<"$(printf '%s\n' "${direct[@]}" | medians)"
+    read -r nrps np50 np99 <<<"$(printf '%s\n' "${hop[@]}" | medians)"
     read -r srps sp50 sp99 <<<"$(printf '%s\n' "${proxied[@]}" | medians)"
-    printf '%-26s %6s %12s %10s %10s\n' "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
-    printf '%-26s %6s %12s %10s %10s\n' "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
-    printf '%-26s %6s %12s %10s %10s\n' "added by the sidecar" "$conns" "" "$(awk -v a="$sp50" -v b="$dp50" 'BEGIN{printf "%+.3f", a-b}')" "$(awk -v a="$sp99" -v b="$dp99" 'BEGIN{printf "%+.3f", a-b}')"
+    row "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
+    row "nginx -> emulator" "$conns" "$nrps" "$np50" "$np99"
+    row "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
+    row "added by nginx" "$conns" "" "$(added "$np50" "$dp50")" "$(added "$np99" "$dp99")"
+    row "added by the sidecar" "$conns" "" "$(added "$sp50" "$dp50")" "$(added "$sp99" "$dp99")"
   done
 }
+row() { printf '%-26s %6s %12s %10s %10s\n' "$@"; }
+added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%+.3f", a-b}'; }
 echo "cores as they are (an idle vCPU halts; waking it is part of every hop):"
 compare
 keep_cores_awake
-echo "cores kept awake (SCHED_IDLE spinners on every core; both systems alike):"
+echo "cores kept awake (SCHED_IDLE spinners on every core; all three alike):"
 compare
 stop_keeping_awake
 sleep 1
