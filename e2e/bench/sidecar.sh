@@ -101,7 +101,7 @@ curl -sf -X POST -H 'content-type: application/json' -d '{"messages":[{"role":"u
 sleep 0.5
 served_rss=$(rss_mib "$spid" VmRSS)
 
-echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Converse straight to the emulator"
+echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Converse straight to the emulator, and through nginx"
 echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk on core 1"
 # The three at 1 and 16 connections; prints one table. They take turns run by run, so a noisy
 # moment of the machine lands on all of them rather than on one.
