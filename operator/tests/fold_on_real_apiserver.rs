@@ -1,9 +1,9 @@
 //! Exactly-once folding, tried hard: pods come and go while the operator is SIGKILLed at random
-//! moments (in the middle of folds, between the endpoint write and the finalizer release, ...),
-//! at least 50 times, and until at least 5 kills left a fold unfinished. After every trial the endpoint's totals equal, to the micro-dollar, the sum of what
-//! the "sidecars" reported (the test writes ledger status as sidecars would), living pods and
-//! dead ones alike. No garbage collector runs here, so the operator's own orphan cleanup deletes
-//! the ledgers of deleted pods.
+//! moments (in the middle of folds, between the endpoint write and the finalizer release, ...), at
+//! least 50 times, and until at least 5 kills left a fold unfinished. After every trial the
+//! endpoint's totals equal, to the micro-dollar, the sum of what the "sidecars" reported (the test
+//! writes ledger status as sidecars would), living pods and dead ones alike. No garbage collector
+//! runs here, so the operator's own orphan cleanup deletes the ledgers of deleted pods.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a panic is a failure report
 #![allow(clippy::too_many_lines)] // one scenario, read top to bottom
