@@ -1,4 +1,5 @@
-//! Calls to Bedrock Runtime: one SDK client per (region, role), Converse and ConverseStream,
+//! Calls to Bedrock Runtime: Converse through the sidecar's own client (`converse.rs`),
+//! ConverseStream through one SDK client per (region, role), the credentials both sign with,
 //! and the mapping of Bedrock's errors to the sidecar's.
 
 use std::{
@@ -11,14 +12,15 @@ use aws_sdk_bedrockruntime::{
     Client,
     config::{StalledStreamProtectionConfig, timeout::TimeoutConfig},
     error::{ProvideErrorMetadata, SdkError},
-    types::{
-        ContentBlock, ConversationRole, GuardrailConfiguration, InferenceConfiguration, Message,
-        SystemContentBlock,
-    },
+    types::{ContentBlock, ConversationRole, InferenceConfiguration, Message, SystemContentBlock},
 };
 use axum::http::StatusCode;
 
-use crate::{credentials::RoleCredentialsRegistry, errors::ApiError};
+use crate::{
+    converse::{ConverseClient, Signer},
+    credentials::{ChainCredentials, RoleCredentialsRegistry},
+    errors::ApiError,
+};
 
 /// What the app asked the model, normalised from any of the sidecar's APIs.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +43,7 @@ impl ModelRequest {
             + self.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
     }
 
-    fn messages(&self) -> Result<Vec<Message>, ApiError> {
+    fn sdk_messages(&self) -> Result<Vec<Message>, ApiError> {
         self.messages
             .iter()
             .map(|(role, text)| {
@@ -66,15 +68,6 @@ impl ModelRequest {
         b.set_stop_sequences((!self.stop_sequences.is_empty()).then(|| self.stop_sequences.clone()))
             .build()
     }
-
-    fn guardrail(&self) -> Option<GuardrailConfiguration> {
-        self.guardrail.as_ref().map(|(id, version)| {
-            GuardrailConfiguration::builder()
-                .guardrail_identifier(id)
-                .guardrail_version(version)
-                .build()
-        })
-    }
 }
 
 /// The model's answer.
@@ -85,10 +78,14 @@ pub struct ModelAnswer {
     pub usage: k8s_ai_api::pricing::TokenUsage,
 }
 
-/// Bedrock Runtime clients, one per (region, role), sharing the process's HTTP connection pool.
+/// Bedrock Runtime: the Converse client, and SDK clients for streams, one per (region, role).
 pub struct Upstream {
     base: aws_config::SdkConfig,
     roles: Arc<RoleCredentialsRegistry>,
+    chain: ChainCredentials,
+    direct: ConverseClient,
+    /// A Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`): preferred to SigV4, as by the SDK.
+    bearer: Option<String>,
     timeout: Duration,
     clients: Mutex<HashMap<(String, Option<String>), Client>>,
 }
@@ -98,8 +95,13 @@ impl Upstream {
         base: aws_config::SdkConfig,
         roles: Arc<RoleCredentialsRegistry>,
         timeout: Duration,
+        refresh_before: Duration,
     ) -> Self {
+        let direct = ConverseClient::new(base.clone());
         Upstream {
+            chain: ChainCredentials::new(direct.default_credentials(), refresh_before),
+            bearer: direct.bearer_token(),
+            direct,
             base,
             roles,
             timeout,
@@ -158,40 +160,33 @@ impl Upstream {
             .map_err(|e| ApiError::unavailable("credentials_unavailable", e.to_string()))
     }
 
+    /// Converse through the sidecar's own client, signed with the role's credentials (or the
+    /// base chain's), retried within the upstream timeout.
     pub async fn converse(
         &self,
-        client: &Client,
+        region: &str,
+        role: Option<&str>,
         model_id: &str,
         request: &ModelRequest,
     ) -> Result<ModelAnswer, ApiError> {
-        let mut call = client
-            .converse()
-            .model_id(model_id)
-            .set_messages(Some(request.messages()?))
-            .inference_config(request.inference());
-        if let Some(system) = &request.system {
-            call = call.system(SystemContentBlock::Text(system.clone()));
-        }
-        if let Some(g) = request.guardrail() {
-            call = call.guardrail_config(g);
-        }
-        let out = call.send().await.map_err(|e| upstream_error(&e))?;
-        let text = out
-            .output()
-            .and_then(|o| o.as_message().ok())
-            .map(|m| {
-                m.content()
-                    .iter()
-                    .filter_map(|c| c.as_text().ok())
-                    .map(String::as_str)
-                    .collect::<String>()
-            })
-            .unwrap_or_default();
-        Ok(ModelAnswer {
-            text,
-            stop_reason: out.stop_reason().as_str().to_owned(),
-            usage: token_usage(out.usage()),
-        })
+        let unavailable = |e: crate::credentials::CredentialsError| {
+            ApiError::unavailable("credentials_unavailable", e.to_string())
+        };
+        let credentials;
+        let signer = match (&self.bearer, role) {
+            (Some(token), _) => Signer::Bearer(token),
+            (None, Some(role)) => {
+                credentials = self.roles.for_role(role).get().await.map_err(unavailable)?;
+                Signer::SigV4(&credentials)
+            }
+            (None, None) => {
+                credentials = self.chain.get().await.map_err(unavailable)?;
+                Signer::SigV4(&credentials)
+            }
+        };
+        self.direct
+            .converse(region, &signer, model_id, request, self.timeout)
+            .await
     }
 
     pub async fn converse_stream(
@@ -209,7 +204,7 @@ impl Upstream {
         let mut call = client
             .converse_stream()
             .model_id(model_id)
-            .set_messages(Some(request.messages()?))
+            .set_messages(Some(request.sdk_messages()?))
             .inference_config(request.inference());
         if let Some(system) = &request.system {
             call = call.system(SystemContentBlock::Text(system.clone()));
@@ -261,25 +256,10 @@ pub fn upstream_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::De
     match e {
         SdkError::ServiceError(s) => {
             let err = s.err();
-            let code = err.code().unwrap_or("UnknownError");
-            let message = format!("Bedrock {code}: {}", err.message().unwrap_or_default());
-            match code {
-                "ThrottlingException" | "ServiceQuotaExceededException" => {
-                    ApiError::rate_limited("upstream_throttled", message, Duration::from_secs(1))
-                }
-                "ModelTimeoutException" => {
-                    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
-                }
-                "ValidationException" => {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "upstream_rejected", message)
-                }
-                "AccessDeniedException"
-                | "UnrecognizedClientException"
-                | "ExpiredTokenException" => {
-                    ApiError::new(StatusCode::BAD_GATEWAY, "upstream_access_denied", message)
-                }
-                _ => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message),
-            }
+            service_error(
+                err.code().unwrap_or("UnknownError"),
+                err.message().unwrap_or_default(),
+            )
         }
         SdkError::TimeoutError(_) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -300,5 +280,26 @@ pub fn upstream_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::De
             "upstream_error",
             format!("cannot reach Bedrock: {other}"),
         ),
+    }
+}
+
+/// Bedrock's error code and message as the app sees them: 429 for throttling, 504 for a model
+/// timeout, 502 for the rest, with Bedrock's code and message kept in ours.
+pub fn service_error(code: &str, message: &str) -> ApiError {
+    let message = format!("Bedrock {code}: {message}");
+    match code {
+        "ThrottlingException" | "ServiceQuotaExceededException" => {
+            ApiError::rate_limited("upstream_throttled", message, Duration::from_secs(1))
+        }
+        "ModelTimeoutException" => {
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+        }
+        "ValidationException" => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_rejected", message)
+        }
+        "AccessDeniedException" | "UnrecognizedClientException" | "ExpiredTokenException" => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "upstream_access_denied", message)
+        }
+        _ => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message),
     }
 }

@@ -303,14 +303,16 @@ impl AppState {
 
     /// Calls the model and waits for the whole answer.
     pub async fn call(&self, prepared: Prepared) -> Result<CallResult, ApiError> {
-        let client = self.upstream.client(
-            &prepared.endpoint.spec.region,
-            prepared.endpoint.spec.irsa_role_arn.as_deref(),
-        );
         self.metrics.in_flight.inc();
+        let spec = &prepared.endpoint.spec;
         let result = self
             .upstream
-            .converse(&client, &prepared.endpoint.spec.model_id, &prepared.request)
+            .converse(
+                &spec.region,
+                spec.irsa_role_arn.as_deref(),
+                &spec.model_id,
+                &prepared.request,
+            )
             .await;
         self.metrics.in_flight.dec();
         self.metrics

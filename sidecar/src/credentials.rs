@@ -23,6 +23,8 @@ pub enum CredentialsError {
     Sts { role: String, reason: String },
     #[error("STS did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("no AWS credentials from the default chain: {0}")]
+    Chain(String),
 }
 
 /// Temporary credentials for one role, shared by every endpoint that names it.
@@ -205,4 +207,91 @@ impl RoleCredentialsRegistry {
             .map(|r| r.values().map(|c| c.refreshes()).sum())
             .unwrap_or_default()
     }
+}
+
+/// Credentials from the base chain (environment, profile, web identity variables, ECS, IMDS)
+/// for endpoints that name no role: cached, refreshed `refresh_before` ahead of expiry,
+/// single-flight. Credentials without an expiry (static keys) are re-read every 15 minutes, as
+/// the SDK's identity cache does.
+#[derive(Debug)]
+pub struct ChainCredentials {
+    provider: Option<provider::SharedCredentialsProvider>,
+    refresh_before: Duration,
+    cached: Mutex<Option<(Credentials, SystemTime)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// How long credentials without an expiry are kept before the chain is asked again.
+const UNDATED_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+impl ChainCredentials {
+    pub fn new(
+        provider: Option<provider::SharedCredentialsProvider>,
+        refresh_before: Duration,
+    ) -> Self {
+        ChainCredentials {
+            provider,
+            refresh_before,
+            cached: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
+            return Ok(fresh);
+        }
+        let _turn = self.refreshing.lock().await;
+        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
+            return Ok(fresh);
+        }
+        let Some(chain) = &self.provider else {
+            return Err(CredentialsError::Chain(
+                "no credentials provider configured".into(),
+            ));
+        };
+        let deadline = Duration::from_secs(10);
+        let loaded = tokio::time::timeout(deadline, chain.provide_credentials())
+            .await
+            .map_err(|_| CredentialsError::Timeout(deadline))
+            .and_then(|r| r.map_err(|e| CredentialsError::Chain(error_chain(&e))));
+        match loaded {
+            Ok(credentials) => {
+                let expiry = credentials
+                    .expiry()
+                    .unwrap_or_else(|| SystemTime::now() + UNDATED_CREDENTIALS_LIFETIME);
+                if let Ok(mut cached) = self.cached.lock() {
+                    *cached = Some((credentials.clone(), expiry));
+                }
+                Ok(credentials)
+            }
+            Err(e) => {
+                if let Some(still_valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
+                    tracing::warn!(error = %e, "credential refresh failed; using cached credentials until they expire");
+                    return Ok(still_valid);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn cached_if(&self, ok: impl Fn(Duration) -> bool) -> Option<Credentials> {
+        let (credentials, expiry) = self.cached.lock().ok()?.clone()?;
+        let remaining = expiry
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        ok(remaining).then_some(credentials)
+    }
+}
+
+/// An error with its sources: the chain's own message is often only "an error occurred".
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

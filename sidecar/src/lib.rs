@@ -4,6 +4,7 @@ pub mod api;
 pub mod bedrock;
 pub mod calls;
 pub mod catalog;
+pub mod converse;
 pub mod credentials;
 pub mod errors;
 pub mod limits;
@@ -108,7 +109,12 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         settings.credential_refresh_before,
     ));
     let base = base.into_builder().region(region).build();
-    let upstream = Upstream::new(base, roles, settings.upstream_timeout);
+    let upstream = Upstream::new(
+        base,
+        roles,
+        settings.upstream_timeout,
+        settings.credential_refresh_before,
+    );
     let state = Arc::new(AppState {
         settings,
         catalog,
