@@ -44,8 +44,10 @@ fn main() {
 /// not when a file one names does.
 fn symbol_order() -> Option<PathBuf> {
     use std::hash::{Hash, Hasher};
-    let order =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("symbol-order.txt")).ok()?;
+    // The directory at run time, not `env!` at compile time: cargo reuses a compiled build
+    // script across checkouts of the same source (a CI clone's binary named the clone's file).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")?;
+    let order = std::fs::read(Path::new(&manifest_dir).join("symbol-order.txt")).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     order.hash(&mut hasher);
     let copy = Path::new(&std::env::var_os("OUT_DIR")?)
