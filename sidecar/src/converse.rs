@@ -114,6 +114,21 @@ struct Target {
     host: HeaderValue,
 }
 
+impl Target {
+    /// HTTPS, or plain HTTP to this host (a local emulator): nothing crosses a network in clear.
+    fn may_carry_a_bearer_key(&self) -> bool {
+        if self.base.starts_with("https://") {
+            return true;
+        }
+        let host = self.host.to_str().unwrap_or_default();
+        let name = host
+            .rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(host, |(name, _)| name);
+        matches!(name, "localhost" | "[::1]") || name.starts_with("127.")
+    }
+}
+
 /// Why one attempt failed.
 #[derive(Debug)]
 enum AttemptError {
@@ -151,6 +166,16 @@ impl AttemptError {
 
     fn into_api_error(self) -> ApiError {
         match self {
+            // Bedrock's authentication front end answers a bad API key with no code at all.
+            AttemptError::Service {
+                status: StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN,
+                code,
+                message,
+            } if code.starts_with("Http") => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_access_denied",
+                format!("Bedrock {code}: {message}"),
+            ),
             AttemptError::Service { code, message, .. } => {
                 crate::bedrock::service_error(&code, &message)
             }
@@ -320,6 +345,16 @@ impl ConverseClient {
     ) -> Result<ModelAnswer, ApiError> {
         let attempts = async {
             let target = self.target(region).await?;
+            if matches!(signer, Signer::Bearer(_)) && !target.may_carry_a_bearer_key() {
+                // An API key is a long-term secret: like botocore, never send it in clear text.
+                return Err(ApiError::unavailable(
+                    "credentials_unavailable",
+                    format!(
+                        "AWS_BEARER_TOKEN_BEDROCK is only sent over HTTPS (or to this host), not to {}",
+                        target.base
+                    ),
+                ));
+            }
             let url = format!("{}/model/{}/converse", target.base, label(model_id));
             let body = Bytes::from(
                 serde_json::to_vec(&ConverseBody::from(request))
@@ -735,6 +770,41 @@ mod tests {
             let cap = Duration::from_secs(1 << (retry - 1)).min(Duration::from_secs(20));
             assert!(p.backoff(retry) <= cap, "retry {retry}");
         }
+    }
+
+    #[tokio::test]
+    async fn endpoints_resolve_as_the_sdks_resolver_does() {
+        let resolve = |config: aws_types::SdkConfig, region: &'static str| async move {
+            let t = ConverseClient::new(config).target(region).await.unwrap();
+            (t.base, t.host.to_str().unwrap().to_owned())
+        };
+        let plain = aws_types::SdkConfig::builder().build();
+        assert_eq!(
+            resolve(plain.clone(), "eu-west-1").await,
+            (
+                "https://bedrock-runtime.eu-west-1.amazonaws.com".to_owned(),
+                "bedrock-runtime.eu-west-1.amazonaws.com".to_owned()
+            )
+        );
+        assert_eq!(
+            resolve(plain, "cn-north-1").await.0,
+            "https://bedrock-runtime.cn-north-1.amazonaws.com.cn"
+        );
+        let fips = aws_types::SdkConfig::builder().use_fips(true).build();
+        assert_eq!(
+            resolve(fips, "us-east-1").await.0,
+            "https://bedrock-runtime-fips.us-east-1.amazonaws.com"
+        );
+        let custom = aws_types::SdkConfig::builder()
+            .endpoint_url("http://127.0.0.1:4566/")
+            .build();
+        assert_eq!(
+            resolve(custom, "us-east-1").await,
+            (
+                "http://127.0.0.1:4566".to_owned(),
+                "127.0.0.1:4566".to_owned()
+            )
+        );
     }
 
     #[test]

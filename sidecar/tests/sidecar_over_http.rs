@@ -980,3 +980,94 @@ async fn a_throttling_storm_is_retried_charged_once_and_counted() {
         "{counted} counted, {throttled} throttled"
     );
 }
+
+#[tokio::test]
+async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credentials_are_a_503() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_with_static_keys();
+    let invoke = "/invoke/ai-workloads/claude-haiku";
+    let no_keys = [("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")];
+
+    // AWS_BEARER_TOKEN_BEDROCK alone is enough: no access keys anywhere.
+    let mut env = no_keys.to_vec();
+    env.push((
+        "AWS_BEARER_TOKEN_BEDROCK",
+        e2e::emulator::config::TEST_API_KEY,
+    ));
+    let sc = sidecar(&emu, &manifests, &env).await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 200, "{v}");
+    let converse: Vec<_> = emu
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == "Converse")
+        .collect();
+    assert_eq!(converse.len(), 1);
+    assert!(
+        converse[0]
+            .principal
+            .as_deref()
+            .is_some_and(|p| p.ends_with(":user/emulator-admin")),
+        "{:?}",
+        converse[0].principal
+    );
+
+    // A wrong key is Bedrock's bare 403, refused without retries; valid access keys beside it
+    // are not used instead (the SDK prefers the API key too).
+    let sc = sidecar(
+        &emu,
+        &manifests,
+        &[("AWS_BEARER_TOKEN_BEDROCK", "ABSKbm90LWEta2V5")],
+    )
+    .await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_access_denied", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Please make sure your API Key is valid"),
+        "{v}"
+    );
+    let converse = || {
+        emu.emulator
+            .requests()
+            .into_iter()
+            .filter(|r| r.operation == "Converse")
+            .count()
+    };
+    assert_eq!(converse(), 2, "a refused key is not retried");
+
+    // An API key never crosses a network in clear text: plain HTTP is for this host only.
+    let sc = sidecar(
+        &emu,
+        &manifests,
+        &[
+            (
+                "AWS_BEARER_TOKEN_BEDROCK",
+                e2e::emulator::config::TEST_API_KEY,
+            ),
+            ("AWS_ENDPOINT_URL", "http://bedrock.example.internal"),
+        ],
+    )
+    .await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "credentials_unavailable", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only sent over HTTPS"),
+        "{v}"
+    );
+
+    // No role, no key and an empty default chain: a clear 503, not a hang or a 502.
+    let sc = sidecar(&emu, &manifests, &no_keys).await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "credentials_unavailable", "{v}");
+    assert_eq!(converse(), 2, "the unsigned call never left the pod");
+}

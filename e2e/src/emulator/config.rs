@@ -12,6 +12,8 @@ pub const TEST_ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 /// The secret of [`TEST_ACCESS_KEY_ID`].
 pub const TEST_SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 /// The role of the default config, the one the seed README's `ModelEndpoint` names.
+/// The default user's Bedrock API key (the `ABSK` prefix of Bedrock's long-term keys).
+pub const TEST_API_KEY: &str = "ABSKZW11bGF0b3ItYWRtaW4tYXBpLWtleQ==";
 pub const TEST_ROLE_ARN: &str = "arn:aws:iam::123456789012:role/bedrock-invoker";
 
 /// Everything the emulator can be told.
@@ -94,6 +96,16 @@ pub struct User {
     /// Models this user may invoke directly (`*` wildcards allowed).
     #[serde(default = "all")]
     pub allowed_models: Vec<String>,
+    /// A Bedrock API key of this user (`Authorization: Bearer <key>`, Bedrock Runtime only),
+    /// valid in `apiKeyRegion`; Bedrock derives a key's region from the endpoint's host.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default = "default_api_key_region")]
+    pub api_key_region: String,
+}
+
+fn default_api_key_region() -> String {
+    "us-east-1".to_owned()
 }
 
 /// An IAM role: who may assume it (trust policy) and what it may invoke (permission policy).
@@ -243,6 +255,8 @@ fn default_users() -> Vec<User> {
         access_key_id: TEST_ACCESS_KEY_ID.to_owned(),
         secret_access_key: TEST_SECRET_ACCESS_KEY.to_owned(),
         allowed_models: all(),
+        api_key: Some(TEST_API_KEY.to_owned()),
+        api_key_region: default_api_key_region(),
     }]
 }
 

@@ -102,7 +102,13 @@ impl IntoResponse for AwsError {
         let request_id = super::request_id();
         let mut response = match self.protocol {
             Protocol::RestJson => {
-                let body = serde_json::json!({ "message": self.message }).to_string();
+                // Bedrock's authentication front end answers without a code, with `Message`.
+                let body = if self.code.is_empty() {
+                    serde_json::json!({ "Message": self.message })
+                } else {
+                    serde_json::json!({ "message": self.message })
+                }
+                .to_string();
                 let mut r = (self.status, body).into_response();
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -127,7 +133,9 @@ impl IntoResponse for AwsError {
                 r
             }
         };
-        if let Ok(v) = HeaderValue::from_str(self.code) {
+        if let Ok(v) = HeaderValue::from_str(self.code)
+            && !self.code.is_empty()
+        {
             response.headers_mut().insert("x-amzn-errortype", v);
         }
         if let Ok(v) = HeaderValue::from_str(&request_id) {

@@ -430,10 +430,40 @@ impl Emulator {
         method: &str,
         uri: &Uri,
     ) -> Result<Caller, AwsError> {
+        if let Some(key) = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            return self.authenticate_api_key(key.trim());
+        }
         let path_and_query = uri
             .path_and_query()
             .map_or("/", axum::http::uri::PathAndQuery::as_str);
         self.authenticate(headers, body, method, path_and_query, "bedrock")
+    }
+
+    /// A Bedrock API key: Bedrock answers an unknown one with 403 and only a `Message`.
+    fn authenticate_api_key(&self, key: &str) -> Result<Caller, AwsError> {
+        let config = self.config();
+        let user = config
+            .users
+            .iter()
+            .find(|u| u.api_key.as_deref() == Some(key))
+            .ok_or_else(|| {
+                AwsError::new(
+                    StatusCode::FORBIDDEN,
+                    "",
+                    "Authentication failed: Please make sure your API Key is valid.",
+                )
+            })?;
+        Ok(Caller {
+            principal: Principal::User {
+                name: user.name.clone(),
+                allowed_models: user.allowed_models.clone(),
+            },
+            region: user.api_key_region.clone(),
+        })
     }
 
     fn issue_role_credentials(
