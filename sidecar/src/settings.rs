@@ -10,7 +10,10 @@ use clap::Parser;
 /// The data port binds loopback only, so only containers of this pod can spend its budget.
 /// Every option can be set from the environment variable shown; the operator's webhook sets them.
 /// The standard AWS variables apply as well: AWS_REGION, AWS_ENDPOINT_URL,
-/// AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_ENDPOINT_URL_STS, AWS_ACCESS_KEY_ID, AWS_PROFILE, ...
+/// AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_ENDPOINT_URL_STS, AWS_USE_FIPS_ENDPOINT,
+/// AWS_MAX_ATTEMPTS (retries of a throttled or failed call; default 3 attempts),
+/// AWS_BEARER_TOKEN_BEDROCK (a Bedrock API key, used instead of any role; HTTPS only),
+/// AWS_ACCESS_KEY_ID, AWS_PROFILE, ...
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ai-sidecar", version, about, long_about)]
 pub struct Settings {

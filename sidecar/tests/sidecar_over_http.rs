@@ -454,7 +454,7 @@ async fn bedrock_errors_are_mapped_and_never_charged() {
         .count();
     assert!(
         tries >= 2,
-        "throttling is retried by the SDK ({tries} tries)"
+        "throttling is retried ({tries} tries)"
     );
     let metrics = reqwest::get(format!("{}/metrics", sc.admin))
         .await
@@ -618,7 +618,7 @@ async fn timeouts_and_disconnects() {
 
 #[tokio::test]
 async fn a_throttled_attempt_is_retried_and_charged_once() {
-    // Every 2nd runtime call is throttled: the sidecar's second request meets a 429 and the SDK's retry succeeds.
+    // Every 2nd runtime call is throttled: the sidecar's second request meets a 429 and the retry succeeds.
     let emu = emulator(Config {
         faults: Faults {
             throttle_every_n: Some(2),
@@ -714,7 +714,7 @@ async fn every_other_error_code() {
         }
     }
 
-    // Bedrock keeps failing with 500 after the SDK's retries: a 502 with Bedrock's code kept in the message.
+    // Bedrock keeps failing with 500 after the retries: a 502 with Bedrock's code kept in the message.
     let failing = emulator(Config {
         faults: Faults {
             error_every_n: Some(1),
