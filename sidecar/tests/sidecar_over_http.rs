@@ -452,10 +452,7 @@ async fn bedrock_errors_are_mapped_and_never_charged() {
         .iter()
         .filter(|r| r.operation == "Converse")
         .count();
-    assert!(
-        tries >= 2,
-        "throttling is retried ({tries} tries)"
-    );
+    assert!(tries >= 2, "throttling is retried ({tries} tries)");
     let metrics = reqwest::get(format!("{}/metrics", sc.admin))
         .await
         .unwrap()
@@ -1070,4 +1067,97 @@ async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credential
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "credentials_unavailable", "{v}");
     assert_eq!(converse(), 2, "the unsigned call never left the pod");
+}
+
+/// A TLS front for the emulator (which speaks plain HTTP): a real TLS hop with `cert`, whose
+/// bytes go through to `backend` untouched, so the signature still checks. Returns its port.
+async fn tls_front(
+    backend: std::net::SocketAddr,
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+) -> u16 {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await
+                    && let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn bedrock_over_https_is_verified_against_the_systems_roots() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_with_static_keys();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let port = tls_front(emu.addr, &cert).await;
+    let dir = TempDir::new();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let endpoint = format!("https://localhost:{port}");
+    let invoke = "/invoke/ai-workloads/claude-haiku";
+
+    // Trusted (SSL_CERT_FILE replaces the system's roots): Converse and a stream, over TLS.
+    let sc = sidecar(
+        &emu,
+        &manifests,
+        &[
+            ("AWS_ENDPOINT_URL", &endpoint),
+            ("SSL_CERT_FILE", ca.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 200, "{v}");
+    let streamed = reqwest::Client::new()
+        .post(format!("{}{invoke}", sc.url))
+        .header("content-type", "application/json")
+        .body(r#"{"messages":[{"role":"user","content":"over TLS"}],"stream":true}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.contains("over"), "{streamed}");
+    assert!(streamed.contains("costUSD"), "{streamed}");
+
+    // Not trusted: the certificate is refused and nothing is sent (the emulator saw 2 calls).
+    let sc = sidecar(&emu, &manifests, &[("AWS_ENDPOINT_URL", &endpoint)]).await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{v}"
+    );
+    let calls = emu
+        .emulator
+        .requests()
+        .iter()
+        .filter(|r| r.operation.starts_with("Converse"))
+        .count();
+    assert_eq!(calls, 2);
 }

@@ -82,7 +82,7 @@ impl Drop for Sidecar {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let dir = std::env::temp_dir().join(format!(
             "ai-sidecar-test-{}-{}",
             std::process::id(),
@@ -90,6 +90,10 @@ impl TempDir {
         ));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
 }
 
