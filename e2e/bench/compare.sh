@@ -121,7 +121,7 @@ place() { local s; for s in "${!pid[@]}"; do pin_tree "${pid[$s]}" "$([[ $s == "
 core_ticks() { awk -v c="cpu$1" '$1 == c {t=0; for (i=2; i<=9; i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 clk_tck=$(getconf CLK_TCK)
 # "sum count" of the sidecar's own histogram of its calls to Bedrock (from its preparation done to
-# the answer parsed: the AWS SDK and the emulator), over every label; empty if it has none.
+# the answer parsed: its Bedrock client and the emulator), over every label; empty if it has none.
 sidecar_upstream() {
   curl -sf "http://127.0.0.1:$saport/metrics" | awk '
     $1 ~ /^k8s_ai_operator_bedrock_invocation_duration_seconds_sum/ {s += $2; n++}

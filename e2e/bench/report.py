@@ -135,11 +135,11 @@ def where_the_time_goes(fig):
                          f"request prepared to the answer accounted): {fmt_ms(total)} ms a request through the "
                          f"sidecar, {fmt_ms(upstream)} ms of it in the call to Bedrock, which takes the emulator "
                          f"{fmt_ms(floor)} ms when called directly; so about {fmt_ms(upstream - floor)} ms goes to "
-                         f"the AWS SDK's client (signing, the second HTTP hop, parsing) and about "
+                         f"the sidecar's Bedrock client (signing, the second HTTP hop, parsing) and about "
                          f"{fmt_ms(total - upstream)} ms to the sidecar's server side (HTTP, JSON, the local "
                          f"guardrail, limits, cost accounting).")
             else:
-                line += (f" No split between the AWS SDK's client and the sidecar's server side in this run: it "
+                line += (f" No split between the sidecar's Bedrock client and its server side in this run: it "
                          f"needs means, and the tails moved them out of order (through the sidecar "
                          f"{fmt_ms(total)} ms, its calls to Bedrock {fmt_ms(upstream)} ms, the emulator directly "
                          f"{fmt_ms(floor)} ms).")
