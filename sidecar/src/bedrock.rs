@@ -96,9 +96,9 @@ impl Upstream {
         roles: Arc<RoleCredentialsRegistry>,
         timeout: Duration,
         refresh_before: Duration,
-    ) -> Self {
-        let direct = ConverseClient::new(base.clone());
-        Upstream {
+    ) -> Result<Self, rustls::Error> {
+        let direct = ConverseClient::new(base.clone())?;
+        Ok(Upstream {
             chain: ChainCredentials::new(direct.default_credentials(), refresh_before),
             bearer: direct.bearer_token(),
             direct,
@@ -106,7 +106,7 @@ impl Upstream {
             roles,
             timeout,
             clients: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     pub fn roles(&self) -> &RoleCredentialsRegistry {

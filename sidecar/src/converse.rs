@@ -142,6 +142,8 @@ enum AttemptError {
     Io(String),
     /// Bedrock answered 200 with a body we cannot read.
     Malformed(String),
+    /// The request could not be built or signed; sending it again would not help.
+    Request(String),
 }
 
 impl AttemptError {
@@ -160,7 +162,7 @@ impl AttemptError {
                 (throttled || transient).then_some(RETRY_COST)
             }
             AttemptError::Io(_) => Some(TIMEOUT_RETRY_COST),
-            AttemptError::Malformed(_) => None,
+            AttemptError::Malformed(_) | AttemptError::Request(_) => None,
         }
     }
 
@@ -188,6 +190,11 @@ impl AttemptError {
                 StatusCode::BAD_GATEWAY,
                 "upstream_error",
                 format!("Bedrock's answer could not be read: {reason}"),
+            ),
+            AttemptError::Request(reason) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                format!("cannot make the request to Bedrock: {reason}"),
             ),
         }
     }
@@ -228,7 +235,8 @@ pub struct ConverseClient {
 }
 
 impl ConverseClient {
-    pub fn new(base: aws_types::SdkConfig) -> Self {
+    /// Fails only if rustls cannot offer its default protocol versions with ring (it always can).
+    pub fn new(base: aws_types::SdkConfig) -> Result<Self, rustls::Error> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -236,42 +244,26 @@ impl ConverseClient {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
-        .with_safe_default_protocol_versions();
-        let https = match tls {
-            Ok(tls) => hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    tls.with_root_certificates(native_roots())
-                        .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(tcp),
-            // ring supports rustls' default versions; this branch only keeps startup panic-free.
-            Err(e) => {
-                tracing::error!(error = %e, "TLS setup failed; HTTPS calls to Bedrock will fail");
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(
-                        rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth(),
-                    )
-                    .https_or_http()
-                    .enable_http1()
-                    .wrap_connector(HttpConnector::new())
-            }
-        };
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(native_roots())
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         let retry = RetryPolicy::from_sdk(base.retry_config());
-        ConverseClient {
+        Ok(ConverseClient {
             http,
             base,
             targets: Mutex::new(HashMap::new()),
             retry,
             quota: RetryQuota(AtomicU32::new(QUOTA_CAPACITY)),
             user_agent: HeaderValue::from_static(concat!("ai-sidecar/", env!("CARGO_PKG_VERSION"))),
-        }
+        })
     }
 
     /// A Bedrock API key from `AWS_BEARER_TOKEN_BEDROCK`, which the SDK prefers to SigV4 too.
@@ -411,12 +403,18 @@ impl ConverseClient {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::USER_AGENT, self.user_agent.clone())
             .body(Full::new(body.clone()))
-            .map_err(|e| AttemptError::Malformed(format!("request: {e}")))?;
+            .map_err(|e| AttemptError::Request(e.to_string()))?;
         match signer {
             Signer::SigV4(credentials) => sign_v4(&mut req, region, credentials, &body)?,
             Signer::Bearer(token) => {
-                let value = HeaderValue::try_from(format!("Bearer {token}"))
-                    .map_err(|_| AttemptError::Malformed("AWS_BEARER_TOKEN_BEDROCK".into()))?;
+                let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+                    AttemptError::Request(
+                        "AWS_BEARER_TOKEN_BEDROCK holds characters an HTTP header cannot carry"
+                            .into(),
+                    )
+                })?;
+                // Kept out of any debug output of the request.
+                value.set_sensitive(true);
                 req.headers_mut().insert(header::AUTHORIZATION, value);
             }
         }
@@ -465,7 +463,7 @@ fn sign_v4(
         .time(SystemTime::now())
         .settings(SigningSettings::default())
         .build()
-        .map_err(|e| AttemptError::Malformed(format!("signing: {e}")))?
+        .map_err(|e| AttemptError::Request(format!("signing: {e}")))?
         .into();
     let headers = req
         .headers()
@@ -477,9 +475,9 @@ fn sign_v4(
         headers,
         SignableBody::Bytes(body),
     )
-    .map_err(|e| AttemptError::Malformed(format!("signing: {e}")))?;
+    .map_err(|e| AttemptError::Request(format!("signing: {e}")))?;
     let (instructions, _) = sign(signable, &params)
-        .map_err(|e| AttemptError::Malformed(format!("signing: {e}")))?
+        .map_err(|e| AttemptError::Request(format!("signing: {e}")))?
         .into_parts();
     instructions.apply_to_request_http1x(req);
     Ok(())
@@ -775,7 +773,8 @@ mod tests {
     #[tokio::test]
     async fn endpoints_resolve_as_the_sdks_resolver_does() {
         let resolve = |config: aws_types::SdkConfig, region: &'static str| async move {
-            let t = ConverseClient::new(config).target(region).await.unwrap();
+            let client = ConverseClient::new(config).unwrap();
+            let t = client.target(region).await.unwrap();
             (t.base, t.host.to_str().unwrap().to_owned())
         };
         let plain = aws_types::SdkConfig::builder().build();

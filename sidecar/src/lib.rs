@@ -40,6 +40,8 @@ pub enum StartError {
         "cannot reach the Kubernetes API server (not in a cluster? use --standalone --config FILE)"
     )]
     Kube(#[from] kube::Error),
+    #[error("cannot set up TLS for Bedrock")]
+    Tls(#[source] rustls::Error),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -114,7 +116,8 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         roles,
         settings.upstream_timeout,
         settings.credential_refresh_before,
-    );
+    )
+    .map_err(StartError::Tls)?;
     let state = Arc::new(AppState {
         settings,
         catalog,
