@@ -113,8 +113,9 @@ impl Upstream {
         &self.roles
     }
 
-    /// The client for an endpoint. With a role, its credentials come from the role's cache, so
-    /// they are resolved (or the failure reported) before the call: see [`Self::check_credentials`].
+    /// The SDK client for an endpoint's streams. With a role, its credentials come from the role's
+    /// cache, so they are resolved (or the failure reported) before the call: see
+    /// [`Self::check_credentials`].
     pub fn client(&self, region: &str, role: Option<&str>) -> Client {
         let key = (region.to_owned(), role.map(str::to_owned));
         let mut clients = match self.clients.lock() {
@@ -150,8 +151,11 @@ impl Upstream {
     }
 
     /// Resolves the role's credentials now, so a failure is a clear 503, never a hang or a 502.
+    /// With an API key there is nothing to resolve: the key is used instead of the role.
     pub async fn check_credentials(&self, role: Option<&str>) -> Result<(), ApiError> {
-        let Some(role) = role else { return Ok(()) };
+        let Some(role) = role.filter(|_| self.bearer.is_none()) else {
+            return Ok(());
+        };
         self.roles
             .for_role(role)
             .get()

@@ -1010,6 +1010,15 @@ async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credential
         converse[0].principal
     );
 
+    // With a role named (the seed's irsaRoleArn) the key is used instead: no STS call, no token.
+    let sc = sidecar(&emu, &seed_manifests(), &env).await;
+    let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        emu.emulator.requests().iter().all(|r| r.service != "sts"),
+        "no STS call"
+    );
+
     // A wrong key is Bedrock's bare 403, refused without retries; valid access keys beside it
     // are not used instead (the SDK prefers the API key too).
     let sc = sidecar(
@@ -1035,7 +1044,7 @@ async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credential
             .filter(|r| r.operation == "Converse")
             .count()
     };
-    assert_eq!(converse(), 2, "a refused key is not retried");
+    assert_eq!(converse(), 3, "a refused key is not retried");
 
     // An API key never crosses a network in clear text: plain HTTP is for this host only.
     let sc = sidecar(
@@ -1066,7 +1075,7 @@ async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credential
     let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "credentials_unavailable", "{v}");
-    assert_eq!(converse(), 2, "the unsigned call never left the pod");
+    assert_eq!(converse(), 3, "the unsigned call never left the pod");
 }
 
 /// A TLS front for the emulator (which speaks plain HTTP): a real TLS hop with `cert`, whose
