@@ -169,4 +169,3 @@ credentialLifetimeSeconds: 900
     with pytest.raises(ClientError) as err:
         sts.assume_role_with_web_identity(RoleArn=role, RoleSessionName="pod", WebIdentityToken=wrong_audience)
     assert err.value.response["Error"]["Code"] == "InvalidIdentityToken"
-
