@@ -33,17 +33,43 @@ pub struct RoleCredentials {
     role_arn: String,
     session_name: String,
     token_file: PathBuf,
-    refresh_before: Duration,
     sts: aws_sdk_sts::Client,
-    cached: Mutex<Option<Credentials>>,
-    /// Held while one task refreshes; the others wait for its result instead of calling STS too.
-    refreshing: tokio::sync::Mutex<()>,
+    cache: CredentialCache,
     refreshes: std::sync::atomic::AtomicU64,
 }
 
-impl RoleCredentials {
-    /// Credentials valid for at least `refresh_before` more, refreshing them if needed.
-    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+/// Credentials held between refreshes: served while more than `refresh_before` is left, refreshed
+/// single-flight (the other tasks wait for that one result), and kept until they expire when a
+/// refresh fails. Credentials without an expiry (static keys) are re-read every 15 minutes, as the
+/// SDK's identity cache does.
+#[derive(Debug)]
+struct CredentialCache {
+    refresh_before: Duration,
+    cached: Mutex<Option<(Credentials, SystemTime)>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+/// How long credentials without an expiry are kept before their source is asked again.
+const UNDATED_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+impl CredentialCache {
+    fn new(refresh_before: Duration) -> Self {
+        CredentialCache {
+            refresh_before,
+            cached: Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The cached credentials, or `load`'s (`source` names it in the log when it fails).
+    async fn get_or_load<F>(
+        &self,
+        source: &str,
+        load: impl FnOnce() -> F,
+    ) -> Result<Credentials, CredentialsError>
+    where
+        F: std::future::Future<Output = Result<Credentials, CredentialsError>>,
+    {
         if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
             return Ok(fresh);
         }
@@ -52,17 +78,20 @@ impl RoleCredentials {
         if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
             return Ok(fresh);
         }
-        match self.assume().await {
+        match load().await {
             Ok(credentials) => {
+                let expiry = credentials
+                    .expiry()
+                    .unwrap_or_else(|| SystemTime::now() + UNDATED_CREDENTIALS_LIFETIME);
                 if let Ok(mut cached) = self.cached.lock() {
-                    *cached = Some(credentials.clone());
+                    *cached = Some((credentials.clone(), expiry));
                 }
                 Ok(credentials)
             }
             Err(e) => {
-                // STS is down but what we hold is still valid: keep using it until it expires.
+                // The source is down but what we hold is still valid: use it until it expires.
                 if let Some(still_valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
-                    tracing::warn!(role = %self.role_arn, error = %e, "credential refresh failed; using cached credentials until they expire");
+                    tracing::warn!(source, error = %e, "credential refresh failed; using cached credentials until they expire");
                     return Ok(still_valid);
                 }
                 Err(e)
@@ -70,18 +99,26 @@ impl RoleCredentials {
         }
     }
 
+    fn cached_if(&self, ok: impl Fn(Duration) -> bool) -> Option<Credentials> {
+        let (credentials, expiry) = self.cached.lock().ok()?.clone()?;
+        let remaining = expiry
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        ok(remaining).then_some(credentials)
+    }
+}
+
+impl RoleCredentials {
+    /// Credentials valid for at least `refresh_before` more, refreshing them if needed.
+    pub async fn get(&self) -> Result<Credentials, CredentialsError> {
+        self.cache
+            .get_or_load(&self.role_arn, || self.assume())
+            .await
+    }
+
     /// How many times STS was called (for metrics and tests).
     pub fn refreshes(&self) -> u64 {
         self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn cached_if(&self, ok: impl Fn(Duration) -> bool) -> Option<Credentials> {
-        let cached = self.cached.lock().ok()?.clone()?;
-        let remaining = cached.expiry().map_or(Duration::MAX, |e| {
-            e.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
-        });
-        ok(remaining).then_some(cached)
     }
 
     async fn assume(&self) -> Result<Credentials, CredentialsError> {
@@ -191,10 +228,8 @@ impl RoleCredentialsRegistry {
                 role_arn: role_arn.to_owned(),
                 session_name: self.session_name.clone(),
                 token_file: self.token_file.clone(),
-                refresh_before: self.refresh_before,
                 sts: self.sts.clone(),
-                cached: Mutex::new(None),
-                refreshing: tokio::sync::Mutex::new(()),
+                cache: CredentialCache::new(self.refresh_before),
                 refreshes: std::sync::atomic::AtomicU64::new(0),
             })
         }))
@@ -210,19 +245,12 @@ impl RoleCredentialsRegistry {
 }
 
 /// Credentials from the base chain (environment, profile, web identity variables, ECS, IMDS)
-/// for endpoints that name no role: cached, refreshed `refresh_before` ahead of expiry,
-/// single-flight. Credentials without an expiry (static keys) are re-read every 15 minutes, as
-/// the SDK's identity cache does.
+/// for endpoints that name no role, cached as a role's are.
 #[derive(Debug)]
 pub struct ChainCredentials {
     provider: Option<provider::SharedCredentialsProvider>,
-    refresh_before: Duration,
-    cached: Mutex<Option<(Credentials, SystemTime)>>,
-    refreshing: tokio::sync::Mutex<()>,
+    cache: CredentialCache,
 }
-
-/// How long credentials without an expiry are kept before the chain is asked again.
-const UNDATED_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 impl ChainCredentials {
     pub fn new(
@@ -231,56 +259,27 @@ impl ChainCredentials {
     ) -> Self {
         ChainCredentials {
             provider,
-            refresh_before,
-            cached: Mutex::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
+            cache: CredentialCache::new(refresh_before),
         }
     }
 
     pub async fn get(&self) -> Result<Credentials, CredentialsError> {
-        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
-            return Ok(fresh);
-        }
-        let _turn = self.refreshing.lock().await;
-        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
-            return Ok(fresh);
-        }
+        self.cache
+            .get_or_load("the default chain", || self.load())
+            .await
+    }
+
+    async fn load(&self) -> Result<Credentials, CredentialsError> {
         let Some(chain) = &self.provider else {
             return Err(CredentialsError::Chain(
                 "no credentials provider configured".into(),
             ));
         };
         let deadline = Duration::from_secs(10);
-        let loaded = tokio::time::timeout(deadline, chain.provide_credentials())
+        tokio::time::timeout(deadline, chain.provide_credentials())
             .await
-            .map_err(|_| CredentialsError::Timeout(deadline))
-            .and_then(|r| r.map_err(|e| CredentialsError::Chain(error_chain(&e))));
-        match loaded {
-            Ok(credentials) => {
-                let expiry = credentials
-                    .expiry()
-                    .unwrap_or_else(|| SystemTime::now() + UNDATED_CREDENTIALS_LIFETIME);
-                if let Ok(mut cached) = self.cached.lock() {
-                    *cached = Some((credentials.clone(), expiry));
-                }
-                Ok(credentials)
-            }
-            Err(e) => {
-                if let Some(still_valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
-                    tracing::warn!(error = %e, "credential refresh failed; using cached credentials until they expire");
-                    return Ok(still_valid);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn cached_if(&self, ok: impl Fn(Duration) -> bool) -> Option<Credentials> {
-        let (credentials, expiry) = self.cached.lock().ok()?.clone()?;
-        let remaining = expiry
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
-        ok(remaining).then_some(credentials)
+            .map_err(|_| CredentialsError::Timeout(deadline))?
+            .map_err(|e| CredentialsError::Chain(error_chain(&e)))
     }
 }
 
