@@ -106,31 +106,39 @@ echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, m
 # The three at 1 and 16 connections; prints one table. They take turns run by run, so a noisy
 # moment of the machine lands on all of them rather than on one.
 compare() {
-  local conns direct hop proxied drps dp50 dp99 nrps np50 np99 srps sp50 sp99
+  local conns direct shared hop proxied drps dp50 dp99 erps ep50 ep99 nrps np50 np99 srps sp50 sp99
   row target conns requests/s p50_ms p99_ms
   for conns in 1 16; do
-    direct=() hop=() proxied=()
+    direct=() shared=() hop=() proxied=()
     for _ in $(seq "$RUNS"); do
       sign_direct
       direct+=("$(measure_once "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")")
       # The emulator moves to core 1 (with wrk) so nginx and the sidecar have core 0 to themselves.
       pin_tree "${pids[0]}" 1
+      # The same call with the emulator where it is while a proxy is measured: nothing on core 0.
+      shared+=("$(measure_once "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")")
       hop+=("$(measure_once "http://127.0.0.1:$nport" "$work/direct.lua" "$conns")")
       proxied+=("$(measure_once "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")")
       pin_tree "${pids[0]}" 0
     done
     read -r drps dp50 dp99 <<<"$(printf '%s\n' "${direct[@]}" | medians)"
+    read -r erps ep50 ep99 <<<"$(printf '%s\n' "${shared[@]}" | medians)"
     read -r nrps np50 np99 <<<"$(printf '%s\n' "${hop[@]}" | medians)"
     read -r srps sp50 sp99 <<<"$(printf '%s\n' "${proxied[@]}" | medians)"
     row "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
+    row "emulator on wrk's core" "$conns" "$erps" "$ep50" "$ep99"
     row "nginx -> emulator" "$conns" "$nrps" "$np50" "$np99"
     row "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
     row "added by nginx" "$conns" "" "$(added "$np50" "$dp50")" "$(added "$np99" "$dp99")"
     row "added by the sidecar" "$conns" "" "$(added "$sp50" "$dp50")" "$(added "$sp99" "$dp99")"
+    row "  of which wrk's core" "$conns" "" "$(bound "$ep50" "$dp50")" "$(bound "$ep99" "$dp99")"
   done
 }
 row() { printf '%-26s %6s %12s %10s %10s\n' "$@"; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%+.3f", a-b}'; }
+# What sharing wrk's core costs the emulator alone: the part of a proxy's added latency that no
+# proxy can remove on two cores (none when it is faster there, as at one connection).
+bound() { awk -v a="$1" -v b="$2" 'BEGIN{d = a - b; printf "%+.3f", (d > 0 ? d : 0)}'; }
 echo "cores as they are (an idle vCPU halts; waking it is part of every hop):"
 compare
 keep_cores_awake
