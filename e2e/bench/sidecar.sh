@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark: the sidecar in front of the Bedrock emulator versus the emulator called directly, in
 # one run, with nginx passing the same call through as the floor of any extra hop. The measured
-# server is pinned to core 0, wrk to core 1 (with the emulator, when a proxy is measured). Prints
-# requests/s and latency p50/p99 at 1 and 16 connections (median of RUNS runs, the three taking
-# turns), the sidecar's RSS idle and under load, and its time to ready. The latencies are measured
+# server is pinned to core 0, wrk to core 1 (with the emulator, when a proxy is measured; so the
+# emulator is also measured there, directly, with core 0 idle: how much of a proxy's added latency
+# is only the emulator sharing wrk's core). Prints requests/s and latency p50/p99 at 1 and 16
+# connections (median of RUNS runs, all taking turns), the sidecar's RSS idle and under load, and
+# its time to ready. The latencies are measured
 # twice: with the cores as they are, and kept awake (see keep_cores_awake in lib.sh).
 # Then its RSS as a pod runs it, in the test control plane (e2e/cluster.sh: started and stopped
 # here unless it is up): configuration watched over TLS, credentials by IRSA, usage reported to its
@@ -131,7 +133,7 @@ compare() {
     row "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
     row "added by nginx" "$conns" "" "$(added "$np50" "$dp50")" "$(added "$np99" "$dp99")"
     row "added by the sidecar" "$conns" "" "$(added "$sp50" "$dp50")" "$(added "$sp99" "$dp99")"
-    row "  of which wrk's core" "$conns" "" "$(bound "$ep50" "$dp50")" "$(bound "$ep99" "$dp99")"
+    row "  of which core 1 shared" "$conns" "" "$(bound "$ep50" "$dp50")" "$(bound "$ep99" "$dp99")"
   done
 }
 row() { printf '%-26s %6s %12s %10s %10s\n' "$@"; }
@@ -142,7 +144,7 @@ bound() { awk -v a="$1" -v b="$2" 'BEGIN{d = a - b; printf "%+.3f", (d > 0 ? d :
 echo "cores as they are (an idle vCPU halts; waking it is part of every hop):"
 compare
 keep_cores_awake
-echo "cores kept awake (SCHED_IDLE spinners on every core; all three alike):"
+echo "cores kept awake (SCHED_IDLE spinners on every core; all alike):"
 compare
 stop_keeping_awake
 sleep 1
