@@ -2,7 +2,7 @@
 //!
 //! The SDK spent ~60 % of a call's CPU outside SHA-256 on its orchestrator (type-erased config
 //! layers, interceptors, user-agent strings built twice a call). This client makes the same
-//! request with the crates the SDK is built on: the body by `serde_json`, SigV4 by `aws-sigv4`,
+//! request with the crates the SDK is built on: the body by `serde_json`, SigV4 by `sigv4.rs` (ring),
 //! HTTP/1.1 by hyper on rustls/ring with native roots and pooled keep-alive connections. It keeps
 //! the SDK's behaviour where an operator would notice: the endpoint comes from the SDK's own
 //! resolver (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, `AWS_ENDPOINT_URL`, FIPS, dual-stack, partitions),
@@ -21,10 +21,6 @@ use std::{
 
 use aws_credential_types::Credentials;
 use aws_sdk_bedrockruntime::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-use aws_sigv4::{
-    http_request::{SignableBody, SignableRequest, SigningSettings, sign},
-    sign::v4,
-};
 use aws_types::service_config::ServiceConfigKey;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
@@ -40,6 +36,7 @@ use crate::{
     bedrock::{ModelAnswer, ModelRequest},
     credentials::error_chain,
     errors::ApiError,
+    sigv4::SigV4Signer,
 };
 
 /// Where a call's credentials come from.
@@ -232,6 +229,7 @@ pub struct ConverseClient {
     retry: RetryPolicy,
     quota: RetryQuota,
     user_agent: HeaderValue,
+    sigv4: SigV4Signer,
 }
 
 impl ConverseClient {
@@ -263,6 +261,7 @@ impl ConverseClient {
             retry,
             quota: RetryQuota(AtomicU32::new(QUOTA_CAPACITY)),
             user_agent: HeaderValue::from_static(concat!("ai-sidecar/", env!("CARGO_PKG_VERSION"))),
+            sigv4: SigV4Signer::default(),
         })
     }
 
@@ -405,7 +404,10 @@ impl ConverseClient {
             .body(Full::new(body.clone()))
             .map_err(|e| AttemptError::Request(e.to_string()))?;
         match signer {
-            Signer::SigV4(credentials) => sign_v4(&mut req, region, credentials, &body)?,
+            Signer::SigV4(credentials) => self
+                .sigv4
+                .sign(&mut req, region, credentials, &body, SystemTime::now())
+                .map_err(|e| AttemptError::Request(format!("signing: {e}")))?,
             Signer::Bearer(token) => {
                 let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
                     AttemptError::Request(
@@ -447,40 +449,6 @@ impl ConverseClient {
             message: fields.message.or(fields.message_upper).unwrap_or_default(),
         })
     }
-}
-
-fn sign_v4(
-    req: &mut Request<Full<Bytes>>,
-    region: &str,
-    credentials: &Credentials,
-    body: &[u8],
-) -> Result<(), AttemptError> {
-    let identity: aws_smithy_runtime_api::client::identity::Identity = credentials.clone().into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name("bedrock")
-        .time(SystemTime::now())
-        .settings(SigningSettings::default())
-        .build()
-        .map_err(|e| AttemptError::Request(format!("signing: {e}")))?
-        .into();
-    let headers = req
-        .headers()
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
-    let signable = SignableRequest::new(
-        "POST",
-        req.uri().to_string(),
-        headers,
-        SignableBody::Bytes(body),
-    )
-    .map_err(|e| AttemptError::Request(format!("signing: {e}")))?;
-    let (instructions, _) = sign(signable, &params)
-        .map_err(|e| AttemptError::Request(format!("signing: {e}")))?
-        .into_parts();
-    instructions.apply_to_request_http1x(req);
-    Ok(())
 }
 
 /// restJson1's error code: the `x-amzn-errortype` header, else the body's `code` or `__type`,

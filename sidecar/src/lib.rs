@@ -13,6 +13,7 @@ pub mod pii;
 pub mod report;
 pub mod server;
 pub mod settings;
+pub mod sigv4;
 pub mod watch;
 
 use std::{future::Future, sync::Arc};
