@@ -6,7 +6,8 @@
 # /invoke and /v1/chat/completions, LiteLLM's /v1/chat/completions and its Bedrock pass-through
 # /bedrock/model/{model}/converse (the same Converse body as the floor). The requests are defined
 # once, in clients.py. The server measured is pinned to core 0; wrk, the other clients and the
-# emulator (when a proxy is measured) to core 1; idle servers wait on core 1 too.
+# emulator (when a proxy is measured) to core 1; idle servers wait on core 1 too. The emulator is
+# also measured on core 1 with core 0 idle (direct-shared): where it is while a proxy is measured.
 #
 # Figures: requests/s and latency percentiles (wrk) at 1 and 16 connections, RUNS runs of
 # SECONDS_PER_RUN seconds, interleaved across the systems; the server's CPU time per request and
@@ -111,12 +112,19 @@ taskset -c 1 "${litellm_cmd[@]}" >"$work/litellm.log" 2>&1 & pid[litellm]=$!
 wait_http "http://127.0.0.1:$saport/readyz"
 for _ in $(seq 1800); do curl -sf -o /dev/null "http://127.0.0.1:$lport/health/liveliness" && break; sleep 0.1; done
 
-targets=(direct sidecar-invoke sidecar-openai litellm-bedrock litellm-openai)
-declare -A server=([direct]=emulator [sidecar-invoke]=sidecar [sidecar-openai]=sidecar [litellm-bedrock]=litellm [litellm-openai]=litellm)
+targets=(direct direct-shared sidecar-invoke sidecar-openai litellm-bedrock litellm-openai)
+declare -A server=([direct]=emulator [direct-shared]=emulator [sidecar-invoke]=sidecar [sidecar-openai]=sidecar [litellm-bedrock]=litellm [litellm-openai]=litellm)
 declare -A base=([emulator]="$emulator_url" [sidecar]="http://127.0.0.1:$sport" [litellm]="http://127.0.0.1:$lport")
-for t in "${targets[@]}"; do clients lua "$t" "${base[${server[$t]}]}" "$work/$t.lua"; done
-# The measured server alone on core 0, everything else on core 1.
+# The request clients.py makes for target T (direct-shared sends the floor's).
+request_of() { if [[ $1 == direct-shared ]]; then echo direct; else echo "$1"; fi; }
+# (Re)writes target T's wrk script. The floor's is signed, and a signature is good for 5 minutes
+# (the emulator, like AWS, refuses older ones): it is signed again before each of its runs.
+write_lua() { clients lua "$(request_of "$1")" "${base[${server[$1]}]}" "$work/$1.lua"; }
+for t in "${targets[@]}"; do write_lua "$t"; done
+# The measured server alone on core 0, everything else on core 1 (`place none`: all on core 1).
 place() { local s; for s in "${!pid[@]}"; do pin_tree "${pid[$s]}" "$([[ $s == "$1" ]] && echo 0 || echo 1)"; done; }
+# Where target T is measured: its server on core 0, but direct-shared with core 0 idle.
+place_for() { if [[ $1 == direct-shared ]]; then place none; else place "${server[$1]}"; fi; }
 # Busy and total clock ticks of core N so far (/proc/stat; guest time is already in user time).
 core_ticks() { awk -v c="cpu$1" '$1 == c {t=0; for (i=2; i<=9; i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 clk_tck=$(getconf CLK_TCK)
@@ -137,7 +145,7 @@ background=$(awk -v b=$((a0e - a0 + a1e - a1)) -v t=$((t0e - t0 + t1e - t1)) 'BE
 
 log "warming up"
 for t in "${targets[@]}"; do
-  place "${server[$t]}"
+  place_for "$t"
   wrk_once "${base[${server[$t]}]}" "$work/$t.lua" 16 2 >/dev/null
 done
 for s in emulator sidecar litellm; do record rss_idle_mib "$s" - "$(tree_mib "${pid[$s]}" VmRSS)"; done
@@ -148,7 +156,8 @@ for conns in 1 16; do
     for t in "${targets[@]}"; do
       log "$t, $conns connection(s), run $run of $RUNS"
       s=${server[$t]}
-      place "$s"
+      place_for "$t"
+      [[ $s != emulator ]] || write_lua "$t"
       up0=""; [[ $s != sidecar ]] || up0=$(sidecar_upstream)
       cpu0=$(tree_cpu_ticks "${pid[$s]}"); read -r b0 t0 <<<"$(core_ticks 0)"; read -r b1 t1 <<<"$(core_ticks 1)"
       out=$(wrk_once "${base[$s]}" "$work/$t.lua" "$conns" "$SECONDS_PER_RUN")
@@ -177,6 +186,7 @@ c["latency"] = {"fixedMs": 0, "perOutputTokenMs": int(sys.argv[2])}
 print(json.dumps(c))' "$STREAM_TOKENS" "$TOKEN_MS")
 curl -sf -X PUT -H 'content-type: application/json' --data-binary "$config" "$emulator_url/_emulator/config"
 for t in "${targets[@]}"; do
+  [[ $t != direct-shared ]] || continue # one floor for streams: the emulator on its own core
   log "$t, time to first token ($TTFT_SAMPLES streams)"
   place "${server[$t]}"
   clients ttft "$t" "${base[${server[$t]}]}" 2 "$STREAM_TOKENS" >/dev/null
