@@ -116,7 +116,9 @@ def sidecar_targets(fig):
             added = fig.added(metric, "sidecar-invoke", conns)
             rows.append((f"at most +{limit} ms {metric} over the emulator direct ({conns} conn.)",
                          f"{added:+.3f} ms", added <= limit))
-            if fig.has(metric, "direct-shared", conns):
+            # At one connection wrk and the emulator on one core hand a request over without waking
+            # the other core: a floor no extra hop can come near, so it is compared at 16 only.
+            if conns != "1" and fig.has(metric, "direct-shared", conns):
                 shared = fig.added(metric, "sidecar-invoke", conns, floor="direct-shared")
                 rows.append((f"the same over the emulator on wrk's core ({conns} conn.)",
                              f"{shared:+.3f} ms", shared <= limit))
@@ -337,7 +339,9 @@ Servers (the emulator's figures are the floor's):
 {server_table}
 
 The sidecar's own targets (from its issue, see [sidecar.md](sidecar.md#benchmark)), in this run,
-over the emulator on its own core and, below each, over the emulator on wrk's core:
+over the emulator on its own core and, at 16 connections, also over the emulator on wrk's core. (At
+one connection wrk and the emulator on one core hand each request over without waking the other:
+a floor no extra hop can come near.)
 
 {own_table}
 
