@@ -2,9 +2,9 @@
 //!
 //! The SDK spent ~60 % of a call's CPU outside SHA-256 on its orchestrator (type-erased config
 //! layers, interceptors, user-agent strings built twice a call). This client makes the same
-//! request with the crates the SDK is built on: the body by `serde_json`, SigV4 by `sigv4.rs` (ring),
-//! HTTP/1.1 by hyper on rustls/ring with native roots and pooled keep-alive connections. It keeps
-//! the SDK's behaviour where an operator would notice: the endpoint comes from the SDK's own
+//! request with the crates the SDK is built on: the body by `serde_json`, SigV4 by `sigv4.rs` on
+//! ring, HTTP/1.1 by hyper on rustls/ring with native roots and pooled keep-alive connections. It
+//! keeps the SDK's behaviour where an operator would notice: the endpoint comes from the SDK's own
 //! resolver (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, `AWS_ENDPOINT_URL`, FIPS, dual-stack, partitions),
 //! `AWS_BEARER_TOKEN_BEDROCK` sends a Bedrock API key instead of a signature, and retries follow
 //! the standard mode (`AWS_MAX_ATTEMPTS`, jittered exponential backoff, a retry quota). Streaming
