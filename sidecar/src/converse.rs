@@ -471,16 +471,7 @@ fn error_code(header: Option<&str>, body: &ErrorBody, status: StatusCode) -> Str
 /// so an ARN's `:` and `/` stay inside one path segment.
 fn label(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 8);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xF)]));
-        }
-    }
+    crate::sigv4::uri_encode(&mut out, value);
     out
 }
 

@@ -219,15 +219,26 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Appends `path` URI-encoded (RFC 3986 unreserved characters and `/` kept, upper-case escapes).
+/// Appends `path` URI-encoded as SigV4's canonical path wants it (`/` kept; empty is `/`).
 fn encode_path(out: &mut String, path: &str) {
-    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
     if path.is_empty() {
         out.push('/');
         return;
     }
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        uri_encode(out, segment);
+    }
+}
+
+/// Appends `value` URI-encoded: RFC 3986's unreserved characters kept, every other byte `%XX`
+/// (upper case), as AWS encodes both a path label and a canonical path segment.
+pub(crate) fn uri_encode(out: &mut String, value: &str) {
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(b));
         } else {
             out.push('%');
