@@ -14,7 +14,7 @@ use crate::{
     catalog::{Catalog, EndpointConfig},
     errors::ApiError,
     limits::{Admission, Ledger},
-    metrics::{CallLabels, CostLabels, Metrics, RejectLabels, TokenLabels},
+    metrics::{CallLabels, Metrics, RejectLabels, TokenLabels},
     settings::Settings,
 };
 
@@ -75,9 +75,9 @@ fn estimated_tokens(bytes: usize) -> u64 {
 impl AppState {
     fn reject(&self, endpoint: &EndpointConfig, err: ApiError) -> ApiError {
         let labels = RejectLabels {
-            namespace: self.catalog.namespace().to_owned(),
-            endpoint: endpoint.name.clone(),
-            reason: err.code.to_owned(),
+            namespace: Arc::clone(&endpoint.metric_labels.namespace),
+            endpoint: Arc::clone(&endpoint.metric_labels.endpoint),
+            reason: err.code,
         };
         if err.status == StatusCode::TOO_MANY_REQUESTS && err.code != "budget_exceeded" {
             self.metrics.rate_limited.get_or_create(&labels).inc();
@@ -190,17 +190,8 @@ impl AppState {
         })
     }
 
-    fn labels(&self, endpoint: &EndpointConfig, outcome: &str) -> CallLabels {
-        CallLabels {
-            namespace: self.catalog.namespace().to_owned(),
-            endpoint: endpoint.name.clone(),
-            model: endpoint.spec.model_id.clone(),
-            outcome: outcome.to_owned(),
-        }
-    }
-
     /// Accounts for a finished call: ledger, metrics; returns the exact cost.
-    fn account(&self, prepared: Prepared, usage: &TokenUsage, outcome: &str) -> Decimal {
+    fn account(&self, prepared: Prepared, usage: &TokenUsage, outcome: &'static str) -> Decimal {
         let Prepared {
             endpoint,
             price,
@@ -214,20 +205,18 @@ impl AppState {
             usage.output_tokens,
             cost,
         );
-        let labels = self.labels(&endpoint, outcome);
+        let labels = CallLabels {
+            endpoint: endpoint.metric_labels.clone(),
+            outcome,
+        };
         self.metrics
             .duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
         self.metrics.invocations.get_or_create(&labels).inc();
-        let cost_labels = CostLabels {
-            namespace: labels.namespace.clone(),
-            endpoint: labels.endpoint.clone(),
-            model: labels.model.clone(),
-        };
         self.metrics
             .cost
-            .get_or_create(&cost_labels)
+            .get_or_create(&labels.endpoint)
             .inc_by(decimal_to_f64(cost));
         for (direction, n) in [
             ("input", usage.input_tokens),
@@ -237,10 +226,8 @@ impl AppState {
         ] {
             if n > 0 {
                 let l = TokenLabels {
-                    namespace: labels.namespace.clone(),
                     endpoint: labels.endpoint.clone(),
-                    model: labels.model.clone(),
-                    direction: direction.to_owned(),
+                    direction,
                 };
                 self.metrics.tokens.get_or_create(&l).inc_by(n);
             }
@@ -250,7 +237,10 @@ impl AppState {
 
     #[allow(clippy::needless_pass_by_value)] // taking it drops it: that is what gives the reservations back
     fn failed(&self, prepared: Prepared, err: ApiError) -> ApiError {
-        let labels = self.labels(&prepared.endpoint, err.code);
+        let labels = CallLabels {
+            endpoint: prepared.endpoint.metric_labels.clone(),
+            outcome: err.code,
+        };
         self.metrics
             .duration
             .get_or_create(&labels)
@@ -258,9 +248,9 @@ impl AppState {
         self.metrics.invocations.get_or_create(&labels).inc();
         if err.code == "upstream_throttled" {
             let l = RejectLabels {
-                namespace: labels.namespace,
-                endpoint: labels.endpoint,
-                reason: err.code.to_owned(),
+                namespace: labels.endpoint.namespace,
+                endpoint: labels.endpoint.endpoint,
+                reason: err.code,
             };
             self.metrics.rate_limited.get_or_create(&l).inc();
         }
@@ -389,15 +379,9 @@ impl AppState {
                     };
                     if first {
                         first = false;
-                        let e = &prepared.endpoint;
-                        let labels = CostLabels {
-                            namespace: self.catalog.namespace().to_owned(),
-                            endpoint: e.name.clone(),
-                            model: e.spec.model_id.clone(),
-                        };
                         self.metrics
                             .time_to_first_token
-                            .get_or_create(&labels)
+                            .get_or_create(&prepared.endpoint.metric_labels)
                             .observe(prepared.started.elapsed().as_secs_f64());
                     }
                     text.push_str(&delta);

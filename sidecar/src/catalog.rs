@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use rust_decimal::Decimal;
 use tokio::sync::watch;
 
-use crate::pii::PiiFilter;
+use crate::{metrics::EndpointLabels, pii::PiiFilter};
 
 /// One endpoint as the sidecar serves it.
 #[derive(Debug)]
@@ -35,6 +35,8 @@ pub struct EndpointConfig {
     pub allocation: Option<k8s_ai_api::model_usage::Allocation>,
     /// What this pod may spend per day and month (its ModelUsage's spec), if the operator granted it.
     pub budget_grant: Option<k8s_ai_api::model_usage::BudgetGrant>,
+    /// Its metrics' labels: namespace, name, model.
+    pub metric_labels: EndpointLabels,
 }
 
 impl EndpointConfig {
@@ -192,6 +194,11 @@ impl Catalog {
                 // written them.
                 allocation: own_ledger.and_then(|u| u.spec.allocation.clone()),
                 budget_grant: own_ledger.and_then(|u| u.spec.budget_grant.clone()),
+                metric_labels: EndpointLabels {
+                    namespace: self.namespace.as_str().into(),
+                    endpoint: name.as_str().into(),
+                    model: endpoint.spec.model_id.as_str().into(),
+                },
                 name: name.clone(),
             };
             snapshot.endpoints.insert(name, Arc::new(config));

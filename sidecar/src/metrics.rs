@@ -1,45 +1,47 @@
 //! Prometheus metrics on the admin port, with the original operator's names.
 
+use std::sync::Arc;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
+/// The endpoint a metric is about. Each endpoint's configuration holds its own, built once, so
+/// labelling a call copies three pointers rather than allocating three strings.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub namespace: Arc<str>,
+    pub endpoint: Arc<str>,
+    pub model: Arc<str>,
+}
+
 /// Labels of a call to a model.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
-    pub namespace: String,
-    pub endpoint: String,
-    pub model: String,
+    #[prometheus(flatten)]
+    pub endpoint: EndpointLabels,
     /// `success`, or the error code answered.
-    pub outcome: String,
+    pub outcome: &'static str,
 }
 
 /// Labels of token counts.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
-    pub namespace: String,
-    pub endpoint: String,
-    pub model: String,
+    #[prometheus(flatten)]
+    pub endpoint: EndpointLabels,
     /// `input`, `output`, `cache_read` or `cache_write`.
-    pub direction: String,
+    pub direction: &'static str,
 }
 
 /// Labels of a refusal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectLabels {
-    pub namespace: String,
-    pub endpoint: String,
-    pub reason: String,
-}
-
-/// Labels of cost.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CostLabels {
-    pub namespace: String,
-    pub endpoint: String,
-    pub model: String,
+    pub namespace: Arc<str>,
+    pub endpoint: Arc<str>,
+    /// The error code answered.
+    pub reason: &'static str,
 }
 
 fn latency_buckets() -> Histogram {
@@ -53,10 +55,10 @@ pub struct Metrics {
     registry: Registry,
     pub duration: Family<CallLabels, Histogram>,
     pub invocations: Family<CallLabels, Counter>,
-    pub time_to_first_token: Family<CostLabels, Histogram>,
+    pub time_to_first_token: Family<EndpointLabels, Histogram>,
     pub tokens: Family<TokenLabels, Counter>,
     /// US dollars; a float only here, for Prometheus. Accounting itself is exact decimals.
-    pub cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub cost: Family<EndpointLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub rate_limited: Family<RejectLabels, Counter>,
     pub rejected: Family<RejectLabels, Counter>,
     pub credential_refreshes: Gauge,
@@ -67,7 +69,7 @@ impl Default for Metrics {
     fn default() -> Self {
         let duration = Family::<CallLabels, Histogram>::new_with_constructor(latency_buckets);
         let time_to_first_token =
-            Family::<CostLabels, Histogram>::new_with_constructor(latency_buckets);
+            Family::<EndpointLabels, Histogram>::new_with_constructor(latency_buckets);
         let mut m = Metrics {
             duration,
             invocations: Family::default(),
@@ -158,7 +160,7 @@ mod tests {
         let labels = RejectLabels {
             namespace: "ns".into(),
             endpoint: "e".into(),
-            reason: "rate_limited".into(),
+            reason: "rate_limited",
         };
         m.rate_limited.get_or_create(&labels).inc();
         let text = m.render_text();
@@ -167,6 +169,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("k8s_ai_operator_proxy_rate_limited_total{namespace=\"ns\",endpoint=\"e\",reason=\"rate_limited\"} 1"), "{text}");
+        // The endpoint's labels come first, in their order, flattened into each metric's own.
+        let endpoint = EndpointLabels {
+            namespace: "ns".into(),
+            endpoint: "e".into(),
+            model: "m".into(),
+        };
+        m.tokens
+            .get_or_create(&TokenLabels {
+                endpoint: endpoint.clone(),
+                direction: "input",
+            })
+            .inc_by(3);
+        m.invocations
+            .get_or_create(&CallLabels {
+                endpoint,
+                outcome: "success",
+            })
+            .inc();
+        let text = m.render_text();
+        assert!(text.contains("k8s_ai_operator_bedrock_tokens_total{namespace=\"ns\",endpoint=\"e\",model=\"m\",direction=\"input\"} 3"), "{text}");
+        assert!(text.contains("k8s_ai_operator_bedrock_invocations_total{namespace=\"ns\",endpoint=\"e\",model=\"m\",outcome=\"success\"} 1"), "{text}");
         assert!(!text.contains("# EOF"));
         assert!(m.render().ends_with("# EOF\n"));
     }
