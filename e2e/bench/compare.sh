@@ -8,6 +8,8 @@
 # once, in clients.py. The server measured is pinned to core 0; wrk, the other clients and the
 # emulator (when a proxy is measured) to core 1; idle servers wait on core 1 too. The emulator is
 # also measured on core 1 with core 0 idle (direct-shared): where it is while a proxy is measured.
+# And /invoke once more with the sidecar beside wrk on core 1 and the emulator alone on core 0
+# (sidecar-beside): where the direct call has it, as a sidecar shares its app's cores.
 #
 # Figures: requests/s and latency percentiles (wrk) at 1 and 16 connections, RUNS runs of
 # SECONDS_PER_RUN seconds, interleaved across the systems; the server's CPU time per request and
@@ -112,19 +114,24 @@ taskset -c 1 "${litellm_cmd[@]}" >"$work/litellm.log" 2>&1 & pid[litellm]=$!
 wait_http "http://127.0.0.1:$saport/readyz"
 for _ in $(seq 1800); do curl -sf -o /dev/null "http://127.0.0.1:$lport/health/liveliness" && break; sleep 0.1; done
 
-targets=(direct direct-shared sidecar-invoke sidecar-openai litellm-bedrock litellm-openai)
-declare -A server=([direct]=emulator [direct-shared]=emulator [sidecar-invoke]=sidecar [sidecar-openai]=sidecar [litellm-bedrock]=litellm [litellm-openai]=litellm)
+targets=(direct direct-shared sidecar-invoke sidecar-beside sidecar-openai litellm-bedrock litellm-openai)
+declare -A server=([direct]=emulator [direct-shared]=emulator [sidecar-invoke]=sidecar [sidecar-beside]=sidecar [sidecar-openai]=sidecar [litellm-bedrock]=litellm [litellm-openai]=litellm)
 declare -A base=([emulator]="$emulator_url" [sidecar]="http://127.0.0.1:$sport" [litellm]="http://127.0.0.1:$lport")
-# The request clients.py makes for target T (direct-shared sends the floor's).
-request_of() { if [[ $1 == direct-shared ]]; then echo direct; else echo "$1"; fi; }
+# The request clients.py makes for target T (the floor's and /invoke's are measured twice).
+request_of() {
+  case $1 in direct-shared) echo direct ;; sidecar-beside) echo sidecar-invoke ;; *) echo "$1" ;; esac
+}
 # (Re)writes target T's wrk script. The floor's is signed, and a signature is good for 5 minutes
 # (the emulator, like AWS, refuses older ones): it is signed again before each of its runs.
 write_lua() { clients lua "$(request_of "$1")" "${base[${server[$1]}]}" "$work/$1.lua"; }
 for t in "${targets[@]}"; do write_lua "$t"; done
 # The measured server alone on core 0, everything else on core 1 (`place none`: all on core 1).
 place() { local s; for s in "${!pid[@]}"; do pin_tree "${pid[$s]}" "$([[ $s == "$1" ]] && echo 0 || echo 1)"; done; }
-# Where target T is measured: its server on core 0, but direct-shared with core 0 idle.
-place_for() { if [[ $1 == direct-shared ]]; then place none; else place "${server[$1]}"; fi; }
+# Where target T is measured: its server on core 0, but direct-shared with core 0 idle and
+# sidecar-beside on core 1 with the emulator on core 0.
+place_for() {
+  case $1 in direct-shared) place none ;; sidecar-beside) place emulator ;; *) place "${server[$1]}" ;; esac
+}
 # Busy and total clock ticks of core N so far (/proc/stat; guest time is already in user time).
 core_ticks() { awk -v c="cpu$1" '$1 == c {t=0; for (i=2; i<=9; i++) t+=$i; print t-$5-$6, t}' /proc/stat; }
 clk_tck=$(getconf CLK_TCK)
@@ -186,7 +193,8 @@ c["latency"] = {"fixedMs": 0, "perOutputTokenMs": int(sys.argv[2])}
 print(json.dumps(c))' "$STREAM_TOKENS" "$TOKEN_MS")
 curl -sf -X PUT -H 'content-type: application/json' --data-binary "$config" "$emulator_url/_emulator/config"
 for t in "${targets[@]}"; do
-  [[ $t != direct-shared ]] || continue # one floor for streams: the emulator on its own core
+  # Streams in one placement: the servers on core 0, the emulator on its own core as the floor.
+  [[ $t != direct-shared && $t != sidecar-beside ]] || continue
   log "$t, time to first token ($TTFT_SAMPLES streams)"
   place "${server[$t]}"
   clients ttft "$t" "${base[${server[$t]}]}" 2 "$STREAM_TOKENS" >/dev/null

@@ -21,6 +21,7 @@ LABEL = {
     "direct": "emulator direct (floor)",
     "direct-shared": "emulator direct, on wrk's core",
     "sidecar-invoke": "sidecar /invoke",
+    "sidecar-beside": "sidecar /invoke, beside wrk",
     "sidecar-openai": "sidecar /v1/chat/completions",
     "litellm-bedrock": "LiteLLM /bedrock pass-through",
     "litellm-openai": "LiteLLM /v1/chat/completions",
@@ -122,6 +123,10 @@ def sidecar_targets(fig):
                 shared = fig.added(metric, "sidecar-invoke", conns, floor="direct-shared")
                 rows.append((f"the same over the emulator on wrk's core ({conns} conn.)",
                              f"{shared:+.3f} ms", shared <= limit))
+            if fig.has(metric, "sidecar-beside", conns):
+                beside = fig.added(metric, "sidecar-beside", conns)
+                rows.append((f"the same, the sidecar beside wrk and the emulator on its own core "
+                             f"({conns} conn.)", f"{beside:+.3f} ms", beside <= limit))
     for metric, what, limit in (("rss_idle_mib", "idle", 10), ("rss_peak_mib", "loaded (peak)", 15)):
         rows.append((f"RSS ≤ {limit} MiB {what}", f"{fig(metric, 'sidecar'):.1f} MiB", fig(metric, "sidecar") <= limit))
     return rows
@@ -157,6 +162,17 @@ def where_the_time_goes(fig):
         line += (f" LiteLLM adds {fmt_ms(their_added)} ms and spends {fmt_ms(their_cpu)} ms of CPU a request "
                  f"({100 * their_cpu / their_added:.0f}% of what it adds): its time is its own Python code.")
         out.append(line)
+    if fig.has("p50", "sidecar-beside", "1"):
+        p50 = {c: fig.added("p50", "sidecar-beside", c) for c in CONNS}
+        p99 = {c: fig.added("p99", "sidecar-beside", c) for c in CONNS}
+        out.append(
+            f"- **Placement** (/invoke): beside wrk on core 1, with the emulator alone on core 0 as when called "
+            f"directly (a sidecar shares its app's cores; only the hop differs from the direct call), the sidecar "
+            f"adds {p50['1']:+.3f} ms p50 and {p99['1']:+.3f} ms p99 at one connection, against "
+            f"{fig.added('p50', 'sidecar-invoke', '1'):+.3f} and {fig.added('p99', 'sidecar-invoke', '1'):+.3f} on a "
+            f"core of its own, where each request also wakes a third core. At 16 connections it adds "
+            f"{p50['16']:+.3f} ms p50 and {p99['16']:+.3f} ms p99 there: wrk and the sidecar then share one core, "
+            f"{fig('rps', 'sidecar-beside', '16'):,.0f} requests/s, and the latency is the queue for it.")
     for ours, theirs, what in PAIRS:
         c_ours, c_theirs = fig("cpu_us_per_request", ours, "16"), fig("cpu_us_per_request", theirs, "16")
         core0, core1 = fig("core0_busy_pct", ours, "16"), fig("core1_busy_pct", ours, "16")
@@ -193,6 +209,7 @@ STYLE = {
     "direct": ("tab:gray", ":"),
     "direct-shared": ("tab:gray", "-."),
     "sidecar-invoke": ("tab:blue", "-"),
+    "sidecar-beside": ("tab:cyan", "-."),
     "sidecar-openai": ("tab:green", "-"),
     "litellm-bedrock": ("tab:red", "--"),
     "litellm-openai": ("tab:orange", "--"),
@@ -323,6 +340,7 @@ of {m['seconds_per_run']} s per figure. *Added p50* is the system's p50 minus th
 server's process tree during the run divided by the requests it answered. The emulator is measured
 twice: on core 0 as every server is, and on core 1 beside wrk with core 0 idle, which is where it
 runs while a proxy is measured (two cores cannot give wrk, the emulator and a proxy one each).
+*Sidecar /invoke, beside wrk* is the sidecar on core 1 with wrk, the emulator alone on core 0.
 
 {main_table}
 
@@ -339,9 +357,11 @@ Servers (the emulator's figures are the floor's):
 {server_table}
 
 The sidecar's own targets (from its issue, see [sidecar.md](sidecar.md#benchmark)), in this run,
-over the emulator on its own core and, at 16 connections, also over the emulator on wrk's core. (At
+over the emulator on its own core and, at 16 connections, also over the emulator on wrk's core (at
 one connection wrk and the emulator on one core hand each request over without waking the other:
-a floor no extra hop can come near.)
+a floor no extra hop can come near); and with the sidecar beside wrk, the emulator where the direct
+call has it. Two cores cannot hold wrk, the emulator and a proxy apart, so each placement favours
+one side: see *Placement* above.
 
 {own_table}
 
@@ -362,7 +382,8 @@ rest as fractions (1/N: the sidecar's is N times smaller).
 - **Cores**: the server measured is pinned to core 0 with `taskset` (every thread of its process
   tree); wrk, the Python clients, the emulator (when a proxy is measured) and the idle servers to
   core 1. The floor is measured in both places the emulator runs: alone on core 0, and on core 1
-  with core 0 idle (*emulator direct, on wrk's core*).
+  with core 0 idle (*emulator direct, on wrk's core*). /invoke is measured once more with the
+  sidecar on core 1 beside wrk and the emulator on core 0 (*sidecar /invoke, beside wrk*).
 - **Load**: wrk, one thread, 1 and 16 keep-alive connections, {m['seconds_per_run']} s a run, after a
   2 s warm-up of every system. Any non-2xx answer or socket error fails the run.
 - **Requests**: the floor is Converse signed with SigV4 (botocore) and verified by the emulator; the

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark: the sidecar in front of the Bedrock emulator versus the emulator called directly, in
-# one run, with nginx passing the same call through as the floor of any extra hop. The measured
-# server is pinned to core 0, wrk to core 1 (with the emulator, when a proxy is measured; so the
-# emulator is also measured there, called directly with core 0 idle, the floor placed as a proxied
-# call is). Prints requests/s and latency p50/p99 at 1 and 16 connections (median of RUNS runs, all
-# taking turns), the sidecar's RSS idle and under load, and its time to ready. The latencies are
+# one run, with nginx passing the same call through as the floor of any extra hop. Two cores hold
+# three processes, so each proxy is measured in both placements: on core 0 with the emulator moved
+# to wrk's core 1 (the emulator is also measured there, called directly with core 0 idle: the floor
+# placed as that proxied call is), and beside wrk on core 1 with the emulator on core 0, where the
+# direct call has it (the sidecar shares its app's cores; what differs from the direct call is the
+# hop alone). Prints requests/s and latency p50/p99 at 1 and 16 connections (median of RUNS runs,
+# all taking turns), the sidecar's RSS idle and under load, and its time to ready. The latencies are
 # measured twice: with the cores as they are, and kept awake (see keep_cores_awake in lib.sh).
 # Then its RSS as a pod runs it, in the test control plane (e2e/cluster.sh: started and stopped
 # here unless it is up): configuration watched over TLS, credentials by IRSA, usage reported to its
@@ -103,18 +105,25 @@ sleep 0.5
 served_rss=$(rss_mib "$spid" VmRSS)
 
 echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Converse straight to the emulator, and through nginx"
-echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk on core 1"
-# All four at 1 and 16 connections; prints one table. They take turns run by run, so a noisy
+echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk on core 1 (proxies beside wrk: on core 1 too)"
+# All six at 1 and 16 connections; prints one table. They take turns run by run, so a noisy
 # moment of the machine lands on all of them rather than on one. "added" is over the emulator on
-# its own core; "over wrk's core" over the emulator placed as it is while a proxy is measured.
+# its own core; "over wrk's core" over the emulator placed as it is while a proxy on core 0 is
+# measured; "beside wrk" is a proxy on core 1, over the direct call placed exactly as it is.
 compare() {
-  local conns direct shared hop proxied drps dp50 dp99 erps ep50 ep99 nrps np50 np99 srps sp50 sp99
+  local conns direct shared hop proxied hop_beside proxied_beside
+  local drps dp50 dp99 erps ep50 ep99 nrps np50 np99 srps sp50 sp99 brps bp50 bp99 crps cp50 cp99
   row target conns requests/s p50_ms p99_ms
   for conns in 1 16; do
-    direct=() shared=() hop=() proxied=()
+    direct=() shared=() hop=() proxied=() hop_beside=() proxied_beside=()
     for _ in $(seq "$RUNS"); do
       sign_direct
       direct+=("$(measure_once "http://127.0.0.1:$eport" "$work/direct.lua" "$conns")")
+      # nginx and the sidecar beside wrk on core 1; the emulator stays on core 0.
+      pin_tree "${pids[1]}" 1; pin_tree "$spid" 1
+      hop_beside+=("$(measure_once "http://127.0.0.1:$nport" "$work/direct.lua" "$conns")")
+      proxied_beside+=("$(measure_once "http://127.0.0.1:$sport" "$work/sidecar.lua" "$conns")")
+      pin_tree "${pids[1]}" 0; pin_tree "$spid" 0
       # The emulator moves to core 1 (with wrk) so nginx and the sidecar have core 0 to themselves.
       pin_tree "${pids[0]}" 1
       # The same call with the emulator where it is while a proxy is measured: nothing on core 0.
@@ -127,17 +136,23 @@ compare() {
     read -r erps ep50 ep99 <<<"$(printf '%s\n' "${shared[@]}" | medians)"
     read -r nrps np50 np99 <<<"$(printf '%s\n' "${hop[@]}" | medians)"
     read -r srps sp50 sp99 <<<"$(printf '%s\n' "${proxied[@]}" | medians)"
+    read -r brps bp50 bp99 <<<"$(printf '%s\n' "${hop_beside[@]}" | medians)"
+    read -r crps cp50 cp99 <<<"$(printf '%s\n' "${proxied_beside[@]}" | medians)"
     row "emulator direct" "$conns" "$drps" "$dp50" "$dp99"
     row "emulator on wrk's core" "$conns" "$erps" "$ep50" "$ep99"
     row "nginx -> emulator" "$conns" "$nrps" "$np50" "$np99"
     row "sidecar -> emulator" "$conns" "$srps" "$sp50" "$sp99"
+    row "nginx beside wrk" "$conns" "$brps" "$bp50" "$bp99"
+    row "sidecar beside wrk" "$conns" "$crps" "$cp50" "$cp99"
     row "added by nginx" "$conns" "" "$(added "$np50" "$dp50")" "$(added "$np99" "$dp99")"
     row "added by the sidecar" "$conns" "" "$(added "$sp50" "$dp50")" "$(added "$sp99" "$dp99")"
     row "nginx over wrk's core" "$conns" "" "$(added "$np50" "$ep50")" "$(added "$np99" "$ep99")"
     row "sidecar over wrk's core" "$conns" "" "$(added "$sp50" "$ep50")" "$(added "$sp99" "$ep99")"
+    row "added by nginx beside wrk" "$conns" "" "$(added "$bp50" "$dp50")" "$(added "$bp99" "$dp99")"
+    row "added by the sidecar beside wrk" "$conns" "" "$(added "$cp50" "$dp50")" "$(added "$cp99" "$dp99")"
   done
 }
-row() { printf '%-26s %6s %12s %10s %10s\n' "$@"; }
+row() { printf '%-32s %6s %12s %10s %10s\n' "$@"; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%+.3f", a-b}'; }
 echo "cores as they are (an idle vCPU halts; waking it is part of every hop):"
 compare
