@@ -4,6 +4,10 @@ time what wrk cannot.
   clients.py lua TARGET BASE_URL OUT.lua
       writes a wrk script sending TARGET's request (SigV4-signed by botocore where the target is
       Bedrock itself; a signature stays valid for the emulator's 5-minute clock-skew window)
+  clients.py oha TARGET BASE_URL OUT.args OUT.body
+      the same request for oha (the open-loop load generator): its body to OUT.body, and to OUT.args
+      oha's arguments sending it, one a line, then the request's path (the caller puts a base URL in
+      front: nginx passes the emulator's signed request on from another port)
   clients.py coldstart TARGET BASE_URL RUNS LOG -- COMMAND...
       RUNS times: starts COMMAND (output to LOG), sends TARGET's request until one is answered 2xx,
       prints the milliseconds from the start to that answer, stops COMMAND
@@ -81,6 +85,17 @@ def write_lua(target, base, out):
     lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
     with open(out, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def write_oha(target, base, out_args, out_body):
+    _, path, body, headers, _ = prepared(target, base)
+    with open(out_body, "wb") as f:
+        f.write(body)
+    args = ["-m", "POST", "-D", out_body]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    with open(out_args, "w") as f:
+        f.write("\n".join(args + [path]) + "\n")
 
 
 def post(url, path, body, headers, timeout):
@@ -191,6 +206,8 @@ def ttft(target, base, samples, tokens):
 def main(argv):
     if len(argv) == 4 and argv[0] == "lua":
         write_lua(*argv[1:])
+    elif len(argv) == 5 and argv[0] == "oha":
+        write_oha(*argv[1:])
     elif len(argv) >= 7 and argv[0] == "coldstart" and argv[5] == "--":
         coldstart(argv[1], argv[2], int(argv[3]), argv[4], argv[6:])
     elif len(argv) == 5 and argv[0] == "ttft":

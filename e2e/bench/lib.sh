@@ -94,6 +94,38 @@ wrk_once() {
   fi
   echo "$out"
 }
+# oha, the open-loop load generator (crates.io), built once into the cache: wrk keeps N requests
+# outstanding, so a slower system is also sent fewer; oha sends at a fixed rate whatever the answers.
+oha_version=1.16.0
+oha_bin="$cache/tools/bin/oha"
+need_oha() {
+  [[ -x $oha_bin ]] && [[ $("$oha_bin" --version) == "oha $oha_version" ]] && return 0
+  CARGO_TARGET_DIR="$cache/tools-target" cargo install -q --locked oha --version "$oha_version" --root "$cache/tools"
+  rm -rf "$cache/tools-target"
+}
+# Runs oha once from core 1 at a fixed rate: base URL, the request's arguments file (clients.py
+# oha), connections, requests/s, seconds. Latency counts from when oha released each request, so a
+# request waiting for a free connection counts its wait. oha releases them on tokio's millisecond
+# timer: at 1,000 requests/s one a millisecond, at 10,000 bursts of ~10. Prints "requests/s p50 p99" (ms); fails on
+# any non-2xx answer or error, which would make the figures meaningless.
+oha_once() {
+  local args path out
+  mapfile -t args <"$2"
+  path=${args[-1]}; unset 'args[-1]'
+  out=$(taskset -c 1 "$oha_bin" --no-tui --output-format json --worker-threads 1 --latency-correction -w \
+    -c "$3" -q "$4" -z "$5s" "${args[@]}" "$1$path")
+  python3 -c '
+import json, sys
+run = json.load(sys.stdin)
+bad = {code: n for code, n in run["statusCodeDistribution"].items() if not code.startswith("2")}
+errors = run["errorDistribution"]
+if bad or errors:
+    sys.exit(f"errors while measuring {sys.argv[1]}: {bad} {errors}")
+rps = run["summary"]["requestsPerSec"]
+p50, p99 = run["latencyPercentiles"]["p50"], run["latencyPercentiles"]["p99"]
+print(f"{rps:.0f} {p50 * 1000:.3f} {p99 * 1000:.3f}")
+' "$1" <<<"$out"
+}
 # From wrk's output: "requests/s requests p50 p75 p90 p99 mean" (latencies in ms).
 wrk_figures() {
   local p
