@@ -95,7 +95,8 @@ wrk_once() {
   echo "$out"
 }
 # oha, the open-loop load generator (crates.io), built once into the cache: wrk keeps N requests
-# outstanding, so a slower system is also sent fewer; oha sends at a fixed rate whatever the answers.
+# outstanding, so a slower system is also sent fewer; oha sends at a fixed rate, whatever the
+# answers.
 oha_version=1.16.0
 oha_bin="$cache/tools/bin/oha"
 need_oha() {
@@ -106,8 +107,8 @@ need_oha() {
 # Runs oha once from core 1 at a fixed rate: base URL, the request's arguments file (clients.py
 # oha), connections, requests/s, seconds. Latency counts from when oha released each request, so a
 # request waiting for a free connection counts its wait. oha releases them on tokio's millisecond
-# timer: at 1,000 requests/s one a millisecond, at 10,000 bursts of ~10. Prints "requests/s p50 p99" (ms); fails on
-# any non-2xx answer or error, which would make the figures meaningless.
+# timer: at 1,000 requests/s one a millisecond, at 10,000 bursts of ~10. Prints "requests/s p50
+# p99" (ms); fails on any non-2xx answer or error, which would make the figures meaningless.
 oha_once() {
   local args path out
   mapfile -t args <"$2"

@@ -122,9 +122,9 @@ echo "ai-sidecar benchmark: /invoke (seed body, seed guardrail) vs signed Conver
 echo "machine: $(nproc) cores, $(uname -m); runs: $RUNS x ${SECONDS_PER_RUN}s, median; server on core 0, wrk or oha on core 1 (proxies beside wrk: on core 1 too)"
 # All six at each load of $2 (connections for wrk, or requests/s for oha when $1 is `rate`; see
 # measure_once); prints one table. They take turns run by run, so a noisy moment of the machine
-# lands on all of them rather than on one. "added" is over the emulator on
-# its own core; "over wrk's core" over the emulator placed as it is while a proxy on core 0 is
-# measured; "beside wrk" is a proxy on core 1, over the direct call placed exactly as it is.
+# lands on all of them rather than on one. "added" is over the emulator on its own core; "over
+# wrk's core" (or oha's) over the emulator placed as it is while a proxy on core 0 is measured;
+# "beside wrk" is a proxy on core 1, over the direct call placed exactly as it is.
 compare() {
   local load=$1 loads=$2 client=wrk at direct shared hop proxied hop_beside proxied_beside
   local drps dp50 dp99 erps ep50 ep99 nrps np50 np99 srps sp50 sp99 brps bp50 bp99 crps cp50 cp99
@@ -138,12 +138,12 @@ compare() {
     for _ in $(seq "$RUNS"); do
       sign_direct
       direct+=("$(measure_once "http://127.0.0.1:$eport" direct "$at")")
-      # nginx and the sidecar beside wrk on core 1; the emulator stays on core 0.
+      # nginx and the sidecar beside the load generator on core 1; the emulator stays on core 0.
       pin_tree "${pids[1]}" 1; pin_tree "$spid" 1
       hop_beside+=("$(measure_once "http://127.0.0.1:$nport" direct "$at")")
       proxied_beside+=("$(measure_once "http://127.0.0.1:$sport" sidecar "$at")")
       pin_tree "${pids[1]}" 0; pin_tree "$spid" 0
-      # The emulator moves to core 1 (with wrk) so nginx and the sidecar have core 0 to themselves.
+      # The emulator moves to core 1 (with the load generator): nginx and the sidecar get core 0.
       pin_tree "${pids[0]}" 1
       # The same call with the emulator where it is while a proxy is measured: nothing on core 0.
       shared+=("$(measure_once "http://127.0.0.1:$eport" direct "$at")")
