@@ -12,7 +12,9 @@
 # (sidecar-beside): where the direct call has it, as a sidecar shares its app's cores.
 #
 # Figures: requests/s and latency percentiles (wrk) at 1 and 16 connections, RUNS runs of
-# SECONDS_PER_RUN seconds, interleaved across the systems; the server's CPU time per request and
+# SECONDS_PER_RUN seconds, interleaved across the systems; p50 and p99 at fixed rates over 16
+# connections (oha, open loop): RATE_ALL requests/s for every system (one that LiteLLM's single
+# worker can serve) and RATE for the emulator and the sidecar; the server's CPU time per request and
 # both cores' load during each run; time to first token and to the end of a streamed answer of
 # STREAM_TOKENS tokens (TTFT_SAMPLES samples); cold start to the first successful answer (RUNS
 # starts); RSS idle and peak, summed over the server's process tree. Raw figures go to a TSV,
@@ -26,6 +28,8 @@ set -euo pipefail
 # shellcheck source=e2e/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 TTFT_SAMPLES=${TTFT_SAMPLES:-20}
+RATE_ALL=${RATE_ALL:-50}
+RATE=${RATE:-1000}
 STREAM_TOKENS=${STREAM_TOKENS:-200}
 TOKEN_MS=${TOKEN_MS:-1}
 PAGE=${BENCH_PAGE:-docs/benchmarks.md}
@@ -33,6 +37,7 @@ started=$(date +%s)
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 need_commands wrk:wrk taskset:util-linux curl:curl python3:python3 lscpu:util-linux
+need_oha
 scripts/install-deps.sh >/dev/null   # toolchain, the project venv (botocore signs the floor's requests)
 py="$cache/venv/bin/python"
 ensure_venv "$cache/bench-venv" e2e/bench/requirements.txt
@@ -124,7 +129,9 @@ request_of() {
 # (Re)writes target T's wrk script. The floor's is signed, and a signature is good for 5 minutes
 # (the emulator, like AWS, refuses older ones): it is signed again before each of its runs.
 write_lua() { clients lua "$(request_of "$1")" "${base[${server[$1]}]}" "$work/$1.lua"; }
-for t in "${targets[@]}"; do write_lua "$t"; done
+# The same for oha (the fixed-rate runs): its arguments and body.
+write_oha() { clients oha "$(request_of "$1")" "${base[${server[$1]}]}" "$work/$1.args" "$work/$1.body"; }
+for t in "${targets[@]}"; do write_lua "$t"; write_oha "$t"; done
 # The measured server alone on core 0, everything else on core 1 (`place none`: all on core 1).
 place() { local s; for s in "${!pid[@]}"; do pin_tree "${pid[$s]}" "$([[ $s == "$1" ]] && echo 0 || echo 1)"; done; }
 # Where target T is measured: its server on core 0, but direct-shared with core 0 idle and
@@ -184,6 +191,22 @@ for conns in 1 16; do
   done
 done
 
+# Latency at fixed rates, RUNS runs interleaved across the systems: LiteLLM only at RATE_ALL.
+for rate in "$RATE_ALL" "$RATE"; do
+  for run in $(seq "$RUNS"); do
+    for t in "${targets[@]}"; do
+      s=${server[$t]}
+      [[ $s != litellm || $rate == "$RATE_ALL" ]] || continue
+      log "$t, $rate requests/s, run $run of $RUNS"
+      place_for "$t"
+      [[ $s != emulator ]] || write_oha "$t"
+      out=$(oha_once "${base[$s]}" "$work/$t.args" 16 "$rate" "$SECONDS_PER_RUN")
+      read -r rps p50 p99 <<<"$out"
+      record fixed_rps "$t" "$rate" "$rps"; record fixed_p50 "$t" "$rate" "$p50"; record fixed_p99 "$t" "$rate" "$p99"
+    done
+  done
+done
+
 # Time to first token: the emulator streams STREAM_TOKENS filler tokens, TOKEN_MS apart.
 config=$(curl -sf "$emulator_url/_emulator/config" | python3 -c '
 import json, sys
@@ -228,6 +251,9 @@ meta sidecar "$("$sidecar_bin" --version)"
 meta litellm "$("$litellm_venv/bin/python" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("litellm", "uvicorn", "uvloop")))')"
 meta litellm_python "$("$litellm_venv/bin/python" --version)"
 meta wrk "$(wrk -v 2>&1 | awk 'NR == 1 {print $1, $2}')"
+meta oha "$("$oha_bin" --version)"
+meta rate_all "$RATE_ALL"
+meta rate "$RATE"
 meta runs "$RUNS"
 meta seconds_per_run "$SECONDS_PER_RUN"
 meta ttft_samples "$TTFT_SAMPLES"

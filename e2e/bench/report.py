@@ -105,8 +105,9 @@ def targets(fig):
     return rows
 
 
-def sidecar_targets(fig):
-    """The sidecar's own targets (docs/sidecar.md), from the same run: rows (target, measured, met)."""
+def sidecar_targets(fig, rate=None):
+    """The sidecar's own targets (docs/sidecar.md), from the same run: rows (target, measured, met).
+    RATE: the fixed rate (requests/s) the emulator and the sidecar were also measured at, if any."""
     rps = fig("rps", "sidecar-invoke", "16")
     start = fig("coldstart_ms", "sidecar")
     rows = [("≥ 10,000 requests/s on one core (/invoke, 16 connections)", f"{rps:,.0f}", rps >= 10_000),
@@ -127,12 +128,20 @@ def sidecar_targets(fig):
                 beside = fig.added(metric, "sidecar-beside", conns)
                 rows.append((f"the same, the sidecar beside wrk and the emulator on its own core "
                              f"({conns} conn.)", f"{beside:+.3f} ms", beside <= limit))
+        if rate and fig.has(f"fixed_{metric}", "sidecar-invoke", rate):
+            for system, floor, where in (("sidecar-invoke", "direct", ""),
+                                         ("sidecar-invoke", "direct-shared", ", over the emulator on oha's core"),
+                                         ("sidecar-beside", "direct", ", the sidecar beside oha")):
+                if fig.has(f"fixed_{metric}", system, rate) and fig.has(f"fixed_{metric}", floor, rate):
+                    added = fig.added(f"fixed_{metric}", system, rate, floor=floor)
+                    rows.append((f"the same at a fixed {int(rate):,} requests/s (16 conn.){where}",
+                                 f"{added:+.3f} ms", added <= limit))
     for metric, what, limit in (("rss_idle_mib", "idle", 10), ("rss_peak_mib", "loaded (peak)", 15)):
         rows.append((f"RSS ≤ {limit} MiB {what}", f"{fig(metric, 'sidecar'):.1f} MiB", fig(metric, "sidecar") <= limit))
     return rows
 
 
-def where_the_time_goes(fig):
+def where_the_time_goes(fig, rate=None):
     """Computed sentences on what the sidecar's and LiteLLM's figures are made of."""
     out = []
     floor1, floor16 = fig("p50", "direct", "1"), fig("rps", "direct", "16")
@@ -173,6 +182,14 @@ def where_the_time_goes(fig):
             f"core of its own, where each request also wakes a third core. At 16 connections it adds "
             f"{p50['16']:+.3f} ms p50 and {p99['16']:+.3f} ms p99 there: wrk and the sidecar then share one core, "
             f"{fig('rps', 'sidecar-beside', '16'):,.0f} requests/s, and the latency is the queue for it.")
+    if rate and fig.has("fixed_p50", "sidecar-invoke", rate) and fig.has("fixed_p50", "sidecar-beside", rate):
+        on0 = {m: fig.added(f"fixed_{m}", "sidecar-invoke", rate) for m in ("p50", "p99")}
+        beside = {m: fig.added(f"fixed_{m}", "sidecar-beside", rate) for m in ("p50", "p99")}
+        out.append(
+            f"- **At a fixed rate** (/invoke, {int(rate):,} requests/s over 16 connections, oha; see *Results*): "
+            f"the sidecar adds {on0['p50']:+.3f} ms p50 and "
+            f"{on0['p99']:+.3f} ms p99 on a core of its own, {beside['p50']:+.3f} and {beside['p99']:+.3f} beside "
+            f"oha: each request finds the machine idle, so each hop also wakes a halted core.")
     for ours, theirs, what in PAIRS:
         c_ours, c_theirs = fig("cpu_us_per_request", ours, "16"), fig("cpu_us_per_request", theirs, "16")
         core0, core1 = fig("core0_busy_pct", ours, "16"), fig("core1_busy_pct", ours, "16")
@@ -237,6 +254,22 @@ def plot(fig, path):
     plt.close(figure)
 
 
+def fixed_section(fixed_table, m):
+    """The fixed-rate results and what they are, or nothing for a run without them."""
+    if not fixed_table:
+        return ""
+    return f"""At fixed rates (oha, open loop, 16 connections; medians of {plural(m['runs'], 'run')} of
+{m['seconds_per_run']} s): every system at {int(m['rate_all']):,} requests/s, which LiteLLM's one
+worker can serve, and the emulator and the sidecar at {int(m['rate']):,}, the rate Istio publishes its
+sidecar latency at. wrk keeps every connection busy, so at 16 connections its latencies are each
+system's queue at full load; here each system is sent the same requests at the same times. *Added*
+is over the emulator on its own core at the same rate.
+
+{fixed_table}
+
+"""
+
+
 def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -258,6 +291,16 @@ def main(work, page):
                               f"{fig('core0_busy_pct', s, conns):.0f}% / {fig('core1_busy_pct', s, conns):.0f}%"))
     main_table = table(["system", "conns", "requests/s", "p50 ms", "p99 ms", "added p50 ms", "server CPU µs/request",
                         "core 0 / core 1 busy"], main_rows)
+    rate_all, rate = meta.get("rate_all"), meta.get("rate")
+    fixed_rows = []
+    for at in (r for r in (rate_all, rate) if r):
+        for s in (s for s in SYSTEMS if fig.has("fixed_p50", s, at)):
+            added = ("—", "—") if s in FLOORS else tuple(
+                f"{fig.added(f'fixed_{m}', s, at):+.3f}" for m in ("p50", "p99"))
+            fixed_rows.append((LABEL[s].replace("wrk", "oha"), f"{int(at):,}", f"{fig('fixed_rps', s, at):,.0f}",
+                               fmt_ms(fig("fixed_p50", s, at)), fmt_ms(fig("fixed_p99", s, at)), *added))
+    fixed_table = table(["system", "sent/s", "answered/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms"],
+                        fixed_rows) if fixed_rows else ""
     stream_table = table(
         ["system", "time to first token ms", "added ms", "whole answer ms"],
         [(LABEL[s], fmt_ms(fig("ttft_ms", s)), "—" if s == "direct" else f"{fig.added('ttft_ms', s):+.2f}",
@@ -280,6 +323,12 @@ def main(work, page):
     for ours, theirs, what in PAIRS:
         a, b = fig.added("ttft_ms", ours), fig.added("ttft_ms", theirs)
         other_rows.append((f"added time to first token, {what}", fmt_frac(a, b)))
+    for ours, theirs, what in PAIRS:
+        for metric in ("p50", "p99"):
+            if rate_all and fig.has(f"fixed_{metric}", ours, rate_all) and fig.has(f"fixed_{metric}", theirs, rate_all):
+                other_rows.append((f"added {metric} at {int(rate_all):,} requests/s, {what}",
+                                   fmt_frac(fig.added(f"fixed_{metric}", ours, rate_all),
+                                            fig.added(f"fixed_{metric}", theirs, rate_all))))
     for metric, what in (("rss_peak_mib", "RSS peak, whole server"), ("rss_idle_mib", "RSS idle, whole server"),
                          ("coldstart_ms", "cold start to first answer")):
         other_rows.append((what, fmt_frac(fig(metric, "sidecar"), fig(metric, "litellm"))))
@@ -294,7 +343,7 @@ def main(work, page):
                + "; ".join(f"{t} ({s}: {m})" for t, s, m, _ in missed) + ". *Where the time goes* below says why.")
 
     own_table = table(["target", "measured", "met"],
-                      [(t, m, "met" if ok else "**missed**") for t, m, ok in sidecar_targets(fig)])
+                      [(t, m, "met" if ok else "**missed**") for t, m, ok in sidecar_targets(fig, rate)])
 
     sections = []
     for name in ("operator", "webhook", "ledger"):
@@ -330,7 +379,7 @@ The sidecar against LiteLLM's proxy, pair by pair, in the same run. {verdict}
 
 {target_table}
 """
-    doc += "\n## Where the time goes\n\n" + "\n".join(where_the_time_goes(fig)) + "\n"
+    doc += "\n## Where the time goes\n\n" + "\n".join(where_the_time_goes(fig, rate)) + "\n"
     doc += f"""
 ## Results
 
@@ -346,7 +395,7 @@ runs while a proxy is measured (two cores cannot give wrk, the emulator and a pr
 
 ![Latency percentiles per system at 1 and 16 connections]({os.path.basename(png)})
 
-Streaming: an answer of {m['stream_tokens']} tokens, one every {m['token_ms']} ms as the emulator paces
+{fixed_section(fixed_table, m)}Streaming: an answer of {m['stream_tokens']} tokens, one every {m['token_ms']} ms as the emulator paces
 them (its timer's granularity makes the gaps a little longer); medians of {m['ttft_samples']} streams,
 each on a new connection, from the request sent to the first text received and to the end.
 
@@ -385,7 +434,10 @@ rest as fractions (1/N: the sidecar's is N times smaller).
   with core 0 idle (*emulator direct, on wrk's core*). /invoke is measured once more with the
   sidecar on core 1 beside wrk and the emulator on core 0 (*sidecar /invoke, beside wrk*).
 - **Load**: wrk, one thread, 1 and 16 keep-alive connections, {m['seconds_per_run']} s a run, after a
-  2 s warm-up of every system. Any non-2xx answer or socket error fails the run.
+  2 s warm-up of every system. Any non-2xx answer or socket error fails the run. At fixed rates,
+  oha (open loop, 16 connections, one thread on core 1), its latency counted from when it released
+  each request, so a wait for a free connection counts; it releases them on tokio's millisecond
+  timer (at 1,000 requests/s one each millisecond).
 - **Requests**: the floor is Converse signed with SigV4 (botocore) and verified by the emulator; the
   sidecar's /invoke and LiteLLM's pass-through carry the same prompt and `maxTokens`, the
   OpenAI routes the same prompt and `max_tokens`; the emulator echoes the prompt. The sidecar runs
@@ -415,7 +467,7 @@ rest as fractions (1/N: the sidecar's is N times smaller).
   work on the machine shows there and in the *core busy* column)
 - k8s-ai-operator commit {m['commit']}, {m['sidecar']}; {m['rustc']}
 - LiteLLM: {m['litellm']}; {m['litellm_python']}
-- load: {m['wrk']}
+- load: {m['wrk']}{", " + m["oha"] if "oha" in m else ""}
 - this run took {minutes:.1f} minutes, the release build included
 
 ## Other benchmarks
