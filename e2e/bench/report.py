@@ -258,12 +258,13 @@ def fixed_section(fixed_table, m):
     """The fixed-rate results and what they are, or nothing for a run without them."""
     if not fixed_table:
         return ""
+    istio = ", the rate Istio publishes its sidecar latency at" if int(m["rate"]) == 1000 else ""
     return f"""At fixed rates (oha, open loop, 16 connections; medians of {plural(m['runs'], 'run')} of
 {m['seconds_per_run']} s): every system at {int(m['rate_all']):,} requests/s, which LiteLLM's one worker can
-serve, and the emulator and the sidecar at {int(m['rate']):,}, the rate Istio publishes its sidecar
-latency at. wrk keeps every connection busy, so at 16 connections its latencies are each system's
-queue at full load; here each system is sent the same requests at the same times. *Added* is over
-the emulator on its own core at the same rate.
+serve, and the emulator and the sidecar at {int(m['rate']):,}{istio}.
+wrk keeps every connection busy, so at 16 connections its latencies are each system's queue at full
+load; here each system is sent the same requests at the same times. *Added* is over the emulator on
+its own core at the same rate.
 
 {fixed_table}
 
