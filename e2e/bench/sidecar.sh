@@ -24,8 +24,8 @@ source "$(dirname "$0")/lib.sh"
 RATES=${RATES:-1000 10000}
 
 need_commands wrk:wrk nginx:nginx-light
-need_oha
 scripts/install-deps.sh >/dev/null
+need_oha  # after install-deps.sh: it is built with the toolchain that installs
 build_sidecar
 build_release -p e2e --bin bedrock-emulator
 work=$(mktemp -d)
