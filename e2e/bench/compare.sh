@@ -38,7 +38,7 @@ started=$(date +%s)
 log() { printf '[bench] %s\n' "$*" >&2; }
 need_commands wrk:wrk taskset:util-linux curl:curl python3:python3 lscpu:util-linux
 scripts/install-deps.sh >/dev/null   # toolchain, the project venv (botocore signs the floor's requests)
-need_oha                             # built with that toolchain
+need_oha                             # its build needs what install-deps.sh checks and installs
 py="$cache/venv/bin/python"
 ensure_venv "$cache/bench-venv" e2e/bench/requirements.txt
 litellm_venv="$cache/litellm-venv"

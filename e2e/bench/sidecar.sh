@@ -25,7 +25,7 @@ RATES=${RATES:-1000 10000}
 
 need_commands wrk:wrk nginx:nginx-light
 scripts/install-deps.sh >/dev/null
-need_oha  # after install-deps.sh: it is built with the toolchain that installs
+need_oha  # after install-deps.sh, which checks for cargo and installs the C toolchain oha needs
 build_sidecar
 build_release -p e2e --bin bedrock-emulator
 work=$(mktemp -d)
