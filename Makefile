@@ -1,8 +1,8 @@
 # k8s-ai-operator — one entry point for building and testing.
 #   make demo          the seed README's quick start on a local control plane (KEEP=1 leaves it running)
 #   make test          everything CI runs: deps, fmt, clippy, unit and end-to-end tests
-#   make cluster-up    start the real test control plane (kube-apiserver + etcd), idempotent
-#   make cluster-down  stop it
+#   make cluster-up    start the one-node test cluster where pods run (e2e/node.sh), idempotent
+#   make cluster-down  stop it, leaving nothing behind
 #   make crds          regenerate manifests/crds from the Rust types
 #   make bench         benchmark the sidecar side by side with LiteLLM; writes docs/benchmarks.md
 #   make fuzz          fuzz each target for FUZZ_SECONDS (default 300); `make test` runs a short smoke pass
@@ -15,7 +15,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/k8s-ai-operator/target
 export CARGO_TERM_COLOR ?= never
 # Incremental state is large and of no use to a fresh clone's one build: keep the shared cache small.
 export CARGO_INCREMENTAL ?= 0
-KUBECONFIG_E2E := $(CURDIR)/e2e/.run/kubeconfig
+KUBECONFIG_E2E := $(CURDIR)/e2e/.node/kubeconfig
 KUBECTL := $(CURDIR)/e2e/.bin/kubectl
 
 .PHONY: help
@@ -51,11 +51,19 @@ crds: ## Regenerate manifests/crds/crds.yaml
 	cargo run -q --locked -p k8s-ai-operator -- crdgen > manifests/crds/crds.yaml
 
 .PHONY: cluster-up
-cluster-up: ## Start the test control plane; prints the KUBECONFIG to use
-	e2e/cluster.sh up
+cluster-up: ## Start the one-node test cluster (kubelet, containerd, control plane); prints the KUBECONFIG
+	e2e/node.sh up
 
 .PHONY: cluster-down
-cluster-down: ## Stop the test control plane
+cluster-down: ## Stop the one-node test cluster: no process, mount, cgroup or namespace is left
+	e2e/node.sh down
+
+.PHONY: controlplane-up
+controlplane-up: ## Start the lighter control plane alone (API server + etcd, no node) the other suites use
+	e2e/cluster.sh up
+
+.PHONY: controlplane-down
+controlplane-down: ## Stop the lighter control plane
 	e2e/cluster.sh down
 
 .PHONY: samples
@@ -112,4 +120,4 @@ test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the r
 	$(MAKE) clippy
 	$(MAKE) deny
 	e2e/cluster.sh up
-	scripts/run-tests.sh; status=$$?; e2e/cluster.sh down; exit $$status
+	scripts/run-tests.sh; status=$$?; e2e/cluster.sh down; e2e/node.sh down; exit $$status

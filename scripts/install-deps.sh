@@ -10,11 +10,15 @@ need_apt=()
 # promtool (package prometheus) checks every metrics page in the tests; openssl reads served
 # certificates; jq shapes JSON in `make demo`; musl-gcc, bwrap and file check what the
 # Dockerfiles promise (a static binary serving as a non-root user on a read-only root).
+# The real node (e2e/node.sh) runs containers with runc, proxies Services with nftables, and its
+# app image is busybox (static) with curl.
 for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus" "openssl:openssl" "jq:jq" \
-  "musl-gcc:musl-tools" "bwrap:bubblewrap" "file:file" "setpriv:util-linux"; do
+  "musl-gcc:musl-tools" "bwrap:bubblewrap" "file:file" "setpriv:util-linux" "runc:runc" "nft:nftables" \
+  "conntrack:conntrack" "ip:iproute2" "nsenter:util-linux"; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg#*:}")
 done
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)
+[[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked' || need_apt+=(busybox-static)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
@@ -50,6 +54,7 @@ ministack_venv="${venv%/venv}/ministack-venv"
 [[ -x "$ministack_venv/bin/python" ]] || python3 -m venv "$ministack_venv"
 "$ministack_venv/bin/pip" install -q --disable-pip-version-check -r e2e/python/ministack-requirements.txt
 
-# Go modules of the control plane, and the control plane itself (cached per go.sum).
+# Go modules of the control plane, and the control plane and the node's binaries (cached per go.sum).
 (cd e2e/controlplane && go mod download)
 e2e/cluster.sh build
+e2e/node/build.sh >/dev/null

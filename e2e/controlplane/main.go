@@ -2,8 +2,10 @@
 // etcd, on 127.0.0.1 only, for the project's end-to-end tests. It writes an admin kubeconfig and a
 // state file into its run directory, then serves until SIGTERM/SIGINT.
 //
-// There is no controller-manager, scheduler or kubelet: objects are stored and admitted (RBAC,
-// webhooks, ValidatingAdmissionPolicy, ServiceAccount, TokenRequest) but nothing runs them.
+// On its own (e2e/cluster.sh) there is no controller-manager, scheduler or kubelet: objects are
+// stored and admitted (RBAC, webhooks, ValidatingAdmissionPolicy, ServiceAccount, TokenRequest) but
+// nothing runs them. e2e/node.sh runs it inside the node's network namespace instead (--node-ip),
+// beside a kubelet, and reaches it from the host through a forwarder (--public-server).
 package main
 
 import (
@@ -37,8 +39,13 @@ import (
 
 // state is written to <run-dir>/cluster.json so scripts and tests can find the cluster.
 type state struct {
-	PID        int    `json:"pid"`
-	Server     string `json:"server"`
+	PID    int    `json:"pid"`
+	Server string `json:"server"`
+	// InternalServer is where the API server listens: the same as Server unless a forwarder
+	// publishes it elsewhere (the node's components and pods use this one).
+	InternalServer string `json:"internalServer"`
+	// Token is the admin bearer token (system:masters), for kubeconfigs of the node's components.
+	Token      string `json:"token"`
 	Kubeconfig string `json:"kubeconfig"`
 	CAFile     string `json:"caFile"`
 	Issuer     string `json:"issuer"`
@@ -51,19 +58,25 @@ const kubernetesVersion = "v1.37.2"
 
 func main() {
 	runDir := flag.String("run-dir", "", "directory for certificates, etcd data, kubeconfig and state (required)")
-	port := flag.Int("port", 0, "secure port for kube-apiserver on 127.0.0.1 (0 picks a free one)")
+	port := flag.Int("port", 0, "secure port for kube-apiserver (0 picks a free one)")
+	nodeIP := flag.String("node-ip", "", "serve on this address (all of this network namespace's addresses) and advertise it as the kubernetes Service's endpoint, for a node whose pods call the API server; empty: 127.0.0.1 only, no endpoint")
+	publicServer := flag.String("public-server", "", "the URL clients outside the node's network namespace use (a forwarder's), written to the kubeconfig and used as the service-account issuer; default: the serving address")
 	flag.Parse()
 	if *runDir == "" {
 		fmt.Fprintln(os.Stderr, "controlplane: --run-dir is required")
 		os.Exit(2)
 	}
-	if err := run(*runDir, *port); err != nil {
+	if *nodeIP != "" && (*port == 0 || *publicServer == "") {
+		fmt.Fprintln(os.Stderr, "controlplane: --node-ip needs --port and --public-server")
+		os.Exit(2)
+	}
+	if err := run(*runDir, *port, *nodeIP, *publicServer); err != nil {
 		fmt.Fprintf(os.Stderr, "controlplane: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(runDir string, port int) error {
+func run(runDir string, port int, nodeIP, publicServer string) error {
 	runDir, err := filepath.Abs(runDir)
 	if err != nil {
 		return err
@@ -91,9 +104,18 @@ func run(runDir string, port int) error {
 	if err != nil {
 		return err
 	}
-	server := fmt.Sprintf("https://127.0.0.1:%d", port)
+	bindAddress, advertise, reconciler := "127.0.0.1", "127.0.0.1", "none"
+	if nodeIP != "" {
+		// Inside the node's own network namespace: every address there is the node's.
+		bindAddress, advertise, reconciler = "0.0.0.0", nodeIP, "lease"
+	}
+	internal := fmt.Sprintf("https://%s:%d", advertise, port)
+	server := internal
+	if publicServer != "" {
+		server = publicServer
+	}
 
-	if err := writePKI(pki); err != nil {
+	if err := writePKI(pki, advertise); err != nil {
 		return fmt.Errorf("generating certificates: %w", err)
 	}
 	adminToken, err := randomHex(32)
@@ -115,7 +137,7 @@ func run(runDir string, port int) error {
 	kubeconfig := filepath.Join(runDir, "kubeconfig")
 	caFile := filepath.Join(pki, "ca.crt")
 	go func() {
-		if err := afterReady(server, caFile, adminToken, kubeconfig, runDir, etcdURL); err != nil {
+		if err := afterReady(server, internal, caFile, adminToken, kubeconfig, runDir, etcdURL); err != nil {
 			fmt.Fprintf(os.Stderr, "controlplane: post-start setup failed: %v\n", err)
 			os.Exit(1)
 		}
@@ -124,10 +146,10 @@ func run(runDir string, port int) error {
 	cmd := app.NewAPIServerCommand()
 	cmd.SetArgs([]string{
 		"--etcd-servers=" + etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + bindAddress,
+		"--advertise-address=" + advertise,
 		"--secure-port=" + strconv.Itoa(port),
-		"--endpoint-reconciler-type=none",
+		"--endpoint-reconciler-type=" + reconciler,
 		"--cert-dir=" + pki,
 		"--tls-cert-file=" + filepath.Join(pki, "apiserver.crt"),
 		"--tls-private-key-file=" + filepath.Join(pki, "apiserver.key"),
@@ -140,6 +162,10 @@ func run(runDir string, port int) error {
 		"--authorization-mode=RBAC",
 		"--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
 		"--allow-privileged=true",
+		// kubectl logs/exec: the API server proves itself to the kubelet with a client certificate.
+		"--kubelet-client-certificate=" + filepath.Join(pki, "apiserver-kubelet-client.crt"),
+		"--kubelet-client-key=" + filepath.Join(pki, "apiserver-kubelet-client.key"),
+		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
 		"--v=0",
 	})
@@ -181,12 +207,13 @@ func startEtcd(dir, clientURL, peerURL string) (*embed.Etcd, error) {
 // afterReady waits for /readyz, then writes the kubeconfig, lets anonymous clients read the OIDC
 // discovery documents (the STS emulator fetches the keys as AWS does, without credentials), and
 // finally writes the state file that tells scripts the cluster is usable.
-func afterReady(server, caFile, token, kubeconfigPath, runDir, etcdURL string) error {
+func afterReady(server, internal, caFile, token, kubeconfigPath, runDir, etcdURL string) error {
 	cfg := clientcmdConfig(server, caFile, token)
 	if err := clientcmd.WriteToFile(*cfg, kubeconfigPath); err != nil {
 		return err
 	}
-	rest, err := clientcmd.NewDefaultClientConfig(*cfg, nil).ClientConfig()
+	// Waits on the serving address itself: a forwarder to it may start later.
+	rest, err := clientcmd.NewDefaultClientConfig(*clientcmdConfig(internal, caFile, token), nil).ClientConfig()
 	if err != nil {
 		return err
 	}
@@ -221,7 +248,7 @@ func afterReady(server, caFile, token, kubeconfigPath, runDir, etcdURL string) e
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	st := state{PID: os.Getpid(), Server: server, Kubeconfig: kubeconfigPath, CAFile: caFile, Issuer: server, EtcdURL: etcdURL, Version: kubernetesVersion}
+	st := state{PID: os.Getpid(), Server: server, InternalServer: internal, Token: token, Kubeconfig: kubeconfigPath, CAFile: caFile, Issuer: server, EtcdURL: etcdURL, Version: kubernetesVersion}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
@@ -254,9 +281,10 @@ func randomHex(n int) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// writePKI makes a CA, a serving certificate for 127.0.0.1/localhost signed by it, and the
-// service-account signing key pair. Regenerated on every start; nothing here is a secret worth keeping.
-func writePKI(dir string) error {
+// writePKI makes a CA, a serving certificate for 127.0.0.1/localhost (and the advertised address)
+// signed by it, the client certificate the API server shows kubelets, and the service-account
+// signing key pair. Regenerated on every start; nothing here is a secret worth keeping.
+func writePKI(dir, advertise string) error {
 	caKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return err
@@ -291,9 +319,25 @@ func writePKI(dir string) error {
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1"), net.ParseIP(advertise)},
 	}
 	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	kubeletClientKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return err
+	}
+	kubeletClientTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	kubeletClientDER, err := x509.CreateCertificate(rand.Reader, kubeletClientTmpl, caCert, &kubeletClientKey.PublicKey, caKey)
 	if err != nil {
 		return err
 	}
@@ -306,12 +350,14 @@ func writePKI(dir string) error {
 		return err
 	}
 	files := map[string]*pem.Block{
-		"ca.crt":        {Type: "CERTIFICATE", Bytes: caDER},
-		"ca.key":        {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(caKey)},
-		"apiserver.crt": {Type: "CERTIFICATE", Bytes: srvDER},
-		"apiserver.key": {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(srvKey)},
-		"sa.key":        {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)},
-		"sa.pub":        {Type: "PUBLIC KEY", Bytes: saPub},
+		"ca.crt":                       {Type: "CERTIFICATE", Bytes: caDER},
+		"ca.key":                       {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(caKey)},
+		"apiserver.crt":                {Type: "CERTIFICATE", Bytes: srvDER},
+		"apiserver.key":                {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(srvKey)},
+		"apiserver-kubelet-client.crt": {Type: "CERTIFICATE", Bytes: kubeletClientDER},
+		"apiserver-kubelet-client.key": {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(kubeletClientKey)},
+		"sa.key":                       {Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)},
+		"sa.pub":                       {Type: "PUBLIC KEY", Bytes: saPub},
 	}
 	for name, block := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
