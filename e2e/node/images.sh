@@ -42,7 +42,7 @@ image --name localhost/k8s-ai/ai-sidecar:e2e --out "$out/ai-sidecar.tar" "${dist
 app=(--file /bin/busybox:/bin/busybox --file /usr/bin/curl:/usr/bin/curl --libs-of /usr/bin/curl
   --file /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt --dir /tmp:1777
   --text "/etc/passwd:root:x:0:0:root:/root:/bin/sh\n")
-for tool in sh ash sleep cat echo grep sed tr wc head tail ls env kill date printf test true false seq; do
+for tool in sh ash sleep cat echo grep sed tr wc head tail ls env kill date printf test true false seq touch rm mkdir id ps stat; do
   app+=(--symlink "/bin/$tool:busybox")
 done
 image --name localhost/k8s-ai/app:e2e --name docker.io/curlimages/curl:8.11.1 --out "$out/app.tar" "${app[@]}" --cmd /bin/sh

@@ -1,0 +1,116 @@
+"""The real node for end-to-end tests: `e2e/node.sh up` (kubelet + containerd in a network namespace
+of its own), the images of e2e/node/images.sh imported into it, the Bedrock/STS emulator on the
+host (pods reach it at 10.200.0.2:4566 through the node's forwarder), and the operator installed
+as users install it: `kubectl apply -k` of an overlay of manifests/default that only sets images,
+the emulator's address and the identity EKS would give the operator (e2e/node/overlay)."""
+
+import json
+import subprocess
+import time
+import urllib.request
+
+from conftest import EMULATOR, ROOT, Emulator
+
+NODE_SH = ROOT / "e2e" / "node.sh"
+KUBECTL = ROOT / "e2e" / ".bin" / "kubectl"
+OVERLAY = ROOT / "e2e" / "node" / "overlay"
+OPERATOR_NS = "ai-operator-system"
+
+
+class Node:
+    def __init__(self, state: dict):
+        self.state = state
+        self.kubeconfig = state["kubeconfig"]
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(KUBECTL), "--kubeconfig", self.kubeconfig, *args], input=input,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def out(self, *args: str, **kwargs) -> str:
+        return self.kubectl(*args, **kwargs).stdout
+
+    def json(self, *args: str):
+        return json.loads(self.out(*args, "-o", "json"))
+
+    def apply(self, manifest: str, *args: str) -> str:
+        return self.out("apply", "-f", "-", *args, input=manifest)
+
+    def wait_until(self, what: str, check, timeout: float = 90, interval: float = 0.5):
+        """Polls `check()` until it returns a truthy value, which is returned."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = check()
+                if last:
+                    return last
+            except (AssertionError, KeyError, IndexError, ValueError) as e:
+                last = e
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last}")
+
+    def logs_on_failure(self, namespace: str, selector: str) -> str:
+        return self.kubectl("logs", "-n", namespace, "-l", selector, "--all-containers", "--tail", "40", check=False).stdout
+
+
+def emulator_config(state: dict) -> str:
+    """Roles as a platform team sets them up on AWS (docs/irsa.md): the operator's, trusted by its
+    ServiceAccount, and the seed's invoker role, trusted by app ServiceAccounts and the operator."""
+    return f"""
+oidc: {{ issuer: "{state['issuer']}", caFile: "{state['caFile']}", audience: sts.amazonaws.com }}
+roles:
+- arn: arn:aws:iam::123456789012:role/k8s-ai-operator
+  trustedSubjects: ["system:serviceaccount:{OPERATOR_NS}:k8s-ai-operator"]
+  allowedModels: []
+- arn: arn:aws:iam::123456789012:role/bedrock-invoker
+  trustedSubjects: ["system:serviceaccount:*:*"]
+  trustedPrincipals: ["*"]
+  allowedModels: ["*"]
+output:
+  mode: fixed
+  text: "A Kubernetes operator is a controller that extends the Kubernetes API with custom resources, encoding operational knowledge about a specific application. Operators watch those custom resources and take action to reconcile the actual state of the system toward the desired state you've declared."
+"""
+
+
+def start_node_emulator(state: dict, tmp_dir) -> Emulator:
+    assert EMULATOR.exists(), f"{EMULATOR} not built: run `cargo build -p e2e --bins` first"
+    cfg = tmp_dir / "emulator.yaml"
+    cfg.write_text(emulator_config(state))
+    address = state["emulatorHostAddress"]
+    proc = subprocess.Popen([str(EMULATOR), "--listen", address, "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    assert "listening on" in line, f"emulator did not start: {line}"
+    return Emulator(f"http://{address}", proc)
+
+
+def install_operator(node: Node):
+    """`kubectl apply -k` as docs/installation.md says, then wait for both replicas."""
+    # A CRD is usable a moment after it is created; a second apply covers what referred to it.
+    first = node.kubectl("apply", "-k", str(OVERLAY), check=False)
+    if first.returncode != 0:
+        time.sleep(2)
+        node.out("apply", "-k", str(OVERLAY))
+    node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=180s", timeout=200)
+    # The webhook answers once the operator has written its CA into the configuration.
+    node.wait_until("the webhook's CA bundle", lambda: node.out(
+        "get", "mutatingwebhookconfiguration", "k8s-ai-operator", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"), timeout=60)
+
+
+def bring_up(tmp_dir) -> tuple[Node, Emulator]:
+    """A fresh node each session (down + up take seconds): no test sees another run's objects."""
+    subprocess.run([str(NODE_SH), "down"], check=True)
+    subprocess.run([str(NODE_SH), "up"], check=True)
+    state = json.loads((ROOT / "e2e" / ".node" / "node.json").read_text())
+    images = tmp_dir / "images"
+    subprocess.run([str(ROOT / "e2e" / "node" / "images.sh"), str(images)], check=True)
+    subprocess.run([str(NODE_SH), "import", *map(str, sorted(images.glob("*.tar")))], check=True)
+    node = Node(state)
+    emulator = start_node_emulator(state, tmp_dir)
+    with urllib.request.urlopen(emulator.url + "/_emulator/config") as r:
+        assert r.status == 200
+    install_operator(node)
+    return node, emulator

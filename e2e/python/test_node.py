@@ -1,0 +1,379 @@
+"""On a real node (e2e/node.sh): the pods the webhook injects are scheduled, started by a kubelet
+and run by containerd + runc, with the operator installed from manifests/ as users install it
+(node_cluster.py). What only a kubelet decides is checked here: native-sidecar start order and
+readiness, the projected token as uid 65532 sees it on a read-only root, the app reaching
+127.0.0.1:8090 inside its pod, in-cluster config and RBAC, Jobs that complete, the webhook's
+failure policy, ResourceQuota.
+
+Nothing is mocked but what cannot exist here: AWS (the emulator, over real HTTP) and a registry
+(images are imported; docker.io/curlimages/curl:8.11.1 names a local busybox + curl image)."""
+
+import base64
+import json
+import os
+import pathlib
+import re
+import subprocess
+import time
+
+import pytest
+
+from conftest import ROOT
+from node_cluster import OPERATOR_NS, Node, bring_up
+
+README = ROOT / "README.md"
+APP_IMAGE = "localhost/k8s-ai/app:e2e"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    node, emulator = bring_up(tmp_path_factory.mktemp("node"))
+    node.emulator = emulator
+    yield node
+    emulator.proc.terminate()
+    emulator.proc.wait(timeout=10)
+
+
+def readme_quick_start() -> str:
+    """The README's quick start from step 3 on (steps 1 and 2 install the operator and give it an
+    IAM role: the fixture does both with the overlay), then its prompt-template block."""
+    text = README.read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    quick = next(b for b in blocks if "# 3. Apply a guardrail" in b)
+    template = next(b for b in blocks if "kind: PromptTemplate" in b)
+    return quick[quick.index("# 3. Apply a guardrail"):] + template
+
+
+def kubectl_on_path(node: Node, tmp_path: pathlib.Path) -> dict:
+    """An environment whose `kubectl` is the node's, as a user's shell would have it."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / "kubectl"
+    wrapper.write_text(f"#!/bin/sh\nexec {ROOT / 'e2e' / '.bin' / 'kubectl'} --kubeconfig {node.kubeconfig} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
+def sidecar_of(pod: dict) -> dict:
+    return next(c for c in pod["spec"].get("initContainers", []) if c["name"] == "ai-sidecar")
+
+
+def annotated_pod(name: str, namespace: str, command: list[str], **spec) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": {
+            "ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}},
+        "spec": {"containers": [{"name": "app", "image": APP_IMAGE, "imagePullPolicy": "Never", "command": command}], **spec},
+    })
+
+
+def test_quick_start_runs_verbatim_on_a_real_node(node, tmp_path):
+    """README steps 3-5 and the template call, run by bash with the node's kubectl: the pod starts
+    2/2 (app + native sidecar), the app's curl calls to localhost:8090 get the seed's answer shapes,
+    and the cost reaches `kubectl get modelendpoints` a few seconds later."""
+    script = readme_quick_start()
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=kubectl_on_path(node, tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"the quick start failed:\n{run.stdout}\n{run.stderr}\n" + node.logs_on_failure("ai-workloads", "app=my-app")
+
+    # Both JSON answers in the script's output: the invoke call's object and the render call's string.
+    invoke_json = re.search(r'^\{\n  "content".*?^\}$', run.stdout, re.S | re.M)
+    assert invoke_json, run.stdout
+    answer = json.loads(invoke_json.group(0))
+    assert set(answer) == {"content", "inputTokens", "outputTokens", "stopReason", "costUSD"}, answer
+    assert answer["content"].startswith("A Kubernetes operator is a controller")
+    assert answer["stopReason"] == "end_turn"
+    # Exact: $1 and $5 per million tokens (Claude Haiku 4.5).
+    expected = (answer["inputTokens"] * 1 + answer["outputTokens"] * 5) / 1_000_000
+    assert answer["costUSD"] == f"{expected:.6f}", answer
+    assert run.stdout.rstrip().splitlines()[-1].startswith('"'), "the render call printed no content"
+
+    pods = node.json("get", "pods", "-n", "ai-workloads", "-l", "app=my-app")["items"]
+    assert len(pods) == 1
+    pod = pods[0]
+    statuses = pod["status"]["initContainerStatuses"] + pod["status"]["containerStatuses"]
+    assert {s["name"]: s["ready"] for s in statuses} == {"ai-sidecar": True, "app": True}
+    assert "2/2" in node.out("get", "pods", "-n", "ai-workloads", "-l", "app=my-app")
+
+    def cost_shown():
+        table = node.out("get", "modelendpoints", "-n", "ai-workloads")
+        row = next(line for line in table.splitlines() if line.startswith("claude-haiku"))
+        return row if re.search(r"\s2\s+\S+$", row) and "0.000" in row else None
+
+    row = node.wait_until("the two calls in kubectl get modelendpoints", cost_shown, timeout=60)
+    assert "true" in row
+
+
+@pytest.fixture(scope="module")
+def workloads(node):
+    """ai-workloads with the seed's objects, as the quick start leaves it (applied again if this
+    test runs alone)."""
+    node.apply(node.out("create", "namespace", "ai-workloads", "--dry-run=client", "-o", "yaml"))
+    for sample in ("guardrailpolicy.yaml", "modelendpoint.yaml"):
+        node.out("apply", "-f", str(ROOT / "manifests" / "samples" / sample))
+    node.wait_until("the ModelEndpoint to be Ready", lambda: node.out(
+        "get", "modelendpoint", "claude-haiku", "-n", "ai-workloads", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}") == "True")
+    return "ai-workloads"
+
+
+def test_job_with_a_sidecar_completes(node, workloads):
+    """The native sidecar does not keep a Job alive: the app's call succeeds, the Job completes and
+    its pod terminates, sidecar included."""
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "one-call", "namespace": workloads},
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {"annotations": {"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "app", "image": APP_IMAGE, "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "curl -sf -X POST http://localhost:8090/invoke/ai-workloads/claude-haiku "
+                            "-H 'Content-Type: application/json' -d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"]}]}}},
+    }
+    node.apply(json.dumps(job))
+    node.out("wait", "-n", workloads, "--for=condition=Complete", "job/one-call", "--timeout=120s", timeout=130)
+    pod = node.json("get", "pods", "-n", workloads, "-l", "job-name=one-call")["items"][0]
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    sidecar = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == "ai-sidecar")
+    assert "terminated" in sidecar["state"], sidecar
+    log = node.out("logs", "-n", workloads, pod["metadata"]["name"], "-c", "app")
+    assert json.loads(log)["stopReason"] == "end_turn"
+
+
+def host_process(pod: dict, container: str) -> int:
+    """The host PID of a container's main process (the node shares the host's PID namespace)."""
+    status = next(s for s in pod["status"].get("initContainerStatuses", []) + pod["status"]["containerStatuses"] if s["name"] == container)
+    container_id = status["containerID"].split("//", 1)[1]
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if container_id in (proc / "cgroup").read_text() and (proc / "status").read_text().find("PPid:") >= 0:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")[0]
+                if cmdline.endswith(b"ai-sidecar") or container != "ai-sidecar":
+                    return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no process of container {container} ({container_id})")
+
+
+def test_sidecar_runs_as_nonroot_on_a_read_only_root_with_its_own_identity(node, workloads):
+    """As uid 65532 on a read-only root: the projected token (audience sts.amazonaws.com) is
+    readable and is what STS was given; the API server is reached with in-cluster config and the
+    pod's own RBAC (its ledger is written, other pods' ledgers are not its to write)."""
+    node.apply(annotated_pod("identity", workloads, ["sleep", "infinity"]))
+    node.out("wait", "-n", workloads, "--for=condition=Ready", "pod/identity", "--timeout=90s", timeout=100)
+    pod = node.json("get", "pod", "identity", "-n", workloads)
+    sidecar = sidecar_of(pod)
+    assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
+    assert sidecar["restartPolicy"] == "Always"
+
+    pid = host_process(pod, "ai-sidecar")
+    status = (pathlib.Path("/proc") / str(pid) / "status").read_text()
+    assert re.search(r"^Uid:\s+65532\s+65532\s+65532\s+65532$", status, re.M), status
+    assert re.search(r"^CapEff:\s+0+$", status, re.M), "the sidecar holds capabilities"
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    root_mount = next(l for l in (pathlib.Path("/proc") / str(pid) / "mountinfo").read_text().splitlines() if l.split()[4] == "/")
+    assert "ro" in root_mount.split()[5].split(","), root_mount
+
+    # The token file as the sidecar sees it: what its env names, with the audience STS expects.
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    token_path = pathlib.Path("/proc") / str(pid) / "root" / env["AI_SIDECAR_TOKEN_FILE"].lstrip("/")
+    token = token_path.read_text()
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["aud"] == ["sts.amazonaws.com"], claims
+    assert claims["kubernetes.io"]["pod"]["name"] == "identity"
+    mode = os.stat(token_path).st_mode & 0o777
+    assert mode & 0o004 or os.stat(token_path).st_gid == 65532, oct(mode)
+
+    # A call: credentials from STS for this pod's ServiceAccount, then the ledger written by the pod.
+    node.out("exec", "-n", workloads, "identity", "-c", "app", "--", "curl", "-sf", "-X", "POST",
+             "http://localhost:8090/invoke/ai-workloads/claude-haiku", "-H", "Content-Type: application/json",
+             "-d", '{"messages":[{"role":"user","content":"hello"}]}')
+    requests = node.emulator.admin("/_emulator/requests")
+    web_identity = [r for r in requests if "AssumeRoleWithWebIdentity" in json.dumps(r)]
+    assert web_identity, "the sidecar never called AssumeRoleWithWebIdentity"
+    usage = node.wait_until("the pod's ledger", lambda: next(
+        (u for u in node.json("get", "modelusages", "-n", workloads)["items"]
+         if u["metadata"]["name"].startswith("identity") and u.get("status", {}).get("month", {}).get("invocations", 0) >= 1), None), timeout=30)
+    assert usage["status"]["month"]["inputTokens"] > 0
+
+
+def test_webhook_down_refuses_annotated_pods_and_recovers(node, workloads):
+    """failurePolicy Fail: with both operator pods gone an annotated pod is refused with a message
+    naming the webhook, a plain pod is created untouched; with the operator back, a Deployment's
+    pending pods are created and injected."""
+    node.out("-n", OPERATOR_NS, "scale", "deployment/k8s-ai-operator", "--replicas=0")
+    try:
+        node.wait_until("the operator pods to go", lambda: not node.json(
+            "get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=k8s-ai-operator")["items"], timeout=60)
+        refused = node.kubectl("apply", "-f", "-", input=annotated_pod("refused", workloads, ["sleep", "infinity"]), check=False)
+        assert refused.returncode != 0
+        assert "inject.ai.kernelpanic09.io" in refused.stderr and "failed calling webhook" in refused.stderr, refused.stderr
+
+        plain = json.loads(annotated_pod("plain", workloads, ["sleep", "infinity"]))
+        plain["metadata"]["annotations"] = {}
+        node.apply(json.dumps(plain))
+        stored = node.json("get", "pod", "plain", "-n", workloads)
+        assert [c["name"] for c in stored["spec"]["containers"]] == ["app"] and not stored["spec"].get("initContainers")
+
+        deployment = {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "waits", "namespace": workloads},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "waits"}}, "template": json.loads(
+                annotated_pod("x", workloads, ["sleep", "infinity"])) | {"metadata": {"labels": {"app": "waits"}, "annotations": {
+                    "ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}}}},
+        }
+        del deployment["spec"]["template"]["apiVersion"], deployment["spec"]["template"]["kind"]
+        node.apply(json.dumps(deployment))
+        node.wait_until("the ReplicaSet to report the refusal", lambda: "inject.ai.kernelpanic09.io" in node.out(
+            "get", "events", "-n", workloads, "--field-selector", "reason=FailedCreate"), timeout=60)
+        assert not node.json("get", "pods", "-n", workloads, "-l", "app=waits")["items"]
+    finally:
+        node.out("-n", OPERATOR_NS, "scale", "deployment/k8s-ai-operator", "--replicas=2")
+    node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=120s", timeout=130)
+    node.out("-n", workloads, "rollout", "status", "deployment/waits", "--timeout=180s", timeout=190)
+    pod = node.json("get", "pods", "-n", workloads, "-l", "app=waits")["items"][0]
+    assert sidecar_of(pod)["image"] == "localhost/k8s-ai/ai-sidecar:e2e"
+
+
+def test_injected_pod_runs_in_a_namespace_with_a_resource_quota(node, workloads):
+    """ResourceQuota admission runs after the webhook: the sidecar's requests and limits are
+    counted, and the pod is admitted and runs."""
+    ns = "quota-team"
+    node.apply(node.out("create", "namespace", ns, "--dry-run=client", "-o", "yaml"))
+    for sample in ("modelendpoint.yaml",):
+        node.out("apply", "-n", ns, "-f", "-", input=(ROOT / "manifests" / "samples" / sample).read_text().replace("namespace: ai-workloads", f"namespace: {ns}"))
+    node.apply(json.dumps({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "team", "namespace": ns},
+                           "spec": {"hard": {"pods": "2", "requests.cpu": "1", "requests.memory": "1Gi", "limits.memory": "2Gi"}}}))
+    node.wait_until("the quota's status", lambda: node.json("get", "resourcequota", "team", "-n", ns).get("status", {}).get("hard"))
+    app_resources = {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    pod = json.loads(annotated_pod("quota-app", ns, ["sleep", "infinity"]))
+    pod["spec"]["containers"][0]["resources"] = app_resources
+    node.apply(json.dumps(pod))
+    node.out("wait", "-n", ns, "--for=condition=Ready", "pod/quota-app", "--timeout=90s", timeout=100)
+    stored = node.json("get", "pod", "quota-app", "-n", ns)
+    sidecar_resources = sidecar_of(stored)["resources"]
+    used = node.wait_until("the quota to count the pod", lambda: (lambda u: u if u.get("pods") == "1" else None)(
+        node.json("get", "resourcequota", "team", "-n", ns)["status"].get("used", {})))
+
+    def millicores(q: str) -> int:
+        return int(q[:-1]) if q.endswith("m") else int(float(q) * 1000)
+
+    def mebibytes(q: str) -> int:
+        return int(q[:-2]) if q.endswith("Mi") else int(q[:-2]) * 1024
+
+    assert millicores(used["requests.cpu"]) == 100 + millicores(sidecar_resources["requests"]["cpu"]), used
+    assert mebibytes(used["requests.memory"]) == 64 + mebibytes(sidecar_resources["requests"]["memory"]), used
+    assert mebibytes(used["limits.memory"]) == 128 + mebibytes(sidecar_resources["limits"]["memory"]), used
+
+
+def invocations(node: Node, namespace: str = "ai-workloads") -> int:
+    status = node.json("get", "modelendpoint", "claude-haiku", "-n", namespace).get("status", {})
+    return int(status.get("invocationsThisMonth") or 0)
+
+
+def emulator_latency(node: Node, fixed_ms: int):
+    config = node.emulator.admin("/_emulator/config")
+    config["latency"] = {**config.get("latency", {}), "fixedMs": fixed_ms}
+    node.emulator.admin("/_emulator/config", "PUT", config)
+
+
+def ledgers_of(node: Node, namespace: str, pod: str) -> list[dict]:
+    return [u for u in node.json("get", "modelusages", "-n", namespace)["items"] if u["metadata"]["name"].startswith(pod)]
+
+
+INVOKE = ("curl -sf -X POST http://localhost:8090/invoke/ai-workloads/claude-haiku -H 'Content-Type: application/json' "
+          "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'")
+
+
+def test_sidecar_is_ready_before_the_app_and_outlives_its_last_request(node, workloads):
+    """The app's very first request (no retry) is served: the kubelet starts the app only once the
+    native sidecar's startup probe passes. On deletion the app finishes its in-flight call (it
+    ignores SIGTERM until then), the sidecar serves it, reports its final usage and exits after
+    the app; the operator folds the ledger into the endpoint exactly once."""
+    script = (f"{INVOKE} && echo first-call-ok; trap '' TERM; "
+              "while [ ! -f /tmp/go ]; do sleep 0.2; done; " + INVOKE + " && echo last-call-ok")
+    node.apply(annotated_pod("order", workloads, ["sh", "-c", script]))
+    node.out("wait", "-n", workloads, "--for=condition=Ready", "pod/order", "--timeout=90s", timeout=100)
+    node.wait_until("the first call", lambda: "first-call-ok" in node.out("logs", "-n", workloads, "order", "-c", "app"))
+    pod = node.json("get", "pod", "order", "-n", workloads)
+    assert all(s["restartCount"] == 0 for s in pod["status"]["containerStatuses"]), "the app needed a restart"
+    node.wait_until("the first call in the ledger", lambda: any(
+        u.get("status", {}).get("month", {}).get("invocations") == 1 for u in ledgers_of(node, workloads, "order")), timeout=30)
+    before = node.wait_until("the first call in the endpoint's status", lambda: invocations(node) or None, timeout=30)
+
+    emulator_latency(node, 4000)
+    try:
+        node.out("exec", "-n", workloads, "order", "-c", "app", "--", "touch", "/tmp/go")
+        time.sleep(1)  # the call is now waiting on the emulator's 4 s
+        node.out("delete", "pod", "order", "-n", workloads, "--wait=false")
+        node.wait_until("the pod to be gone", lambda: "NotFound" in node.kubectl(
+            "get", "pod", "order", "-n", workloads, check=False).stderr, timeout=60)
+    finally:
+        emulator_latency(node, 0)
+    node.wait_until("the ledger to be folded and removed", lambda: not ledgers_of(node, workloads, "order"), timeout=60)
+    assert node.wait_until("the last call in the endpoint's status", lambda: invocations(node) == before + 1, timeout=30)
+    time.sleep(6)  # a second fold would show within the sidecars' and operator's next rounds
+    assert invocations(node) == before + 1
+
+
+def test_leader_killed_injection_goes_on_and_no_ledger_is_lost(node, workloads):
+    """SIGKILL to the operator pod holding the Lease: the other replica takes over, annotated pods
+    are injected throughout, and a pod's ledger deleted meanwhile is folded exactly once."""
+    leader = node.out("get", "lease", "k8s-ai-operator", "-n", OPERATOR_NS, "-o", "jsonpath={.spec.holderIdentity}")
+    assert leader
+    node.apply(annotated_pod("spender", workloads, ["sh", "-c", f"{INVOKE}; {INVOKE}; {INVOKE}; sleep infinity"]))
+    node.out("wait", "-n", workloads, "--for=condition=Ready", "pod/spender", "--timeout=90s", timeout=100)
+    node.wait_until("three calls in the ledger", lambda: any(
+        u.get("status", {}).get("month", {}).get("invocations") == 3 for u in ledgers_of(node, workloads, "spender")), timeout=30)
+    before = node.wait_until("the endpoint's status", lambda: invocations(node) or None)
+
+    node.out("delete", "pod", leader, "-n", OPERATOR_NS, "--grace-period=0", "--force")
+    node.out("delete", "pod", "spender", "-n", workloads, "--wait=false")
+    injected = 0
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline:
+        created = json.loads(node.out("create", "--dry-run=server", "-o", "json", "-f", "-",
+                                      input=annotated_pod(f"during-{injected}", workloads, ["sleep", "1"])))
+        assert sidecar_of(created)["image"] == "localhost/k8s-ai/ai-sidecar:e2e"
+        injected += 1
+    assert injected > 5
+    new_leader = node.wait_until("another replica to lead", lambda: (lambda h: h if h and h != leader else None)(
+        node.out("get", "lease", "k8s-ai-operator", "-n", OPERATOR_NS, "-o", "jsonpath={.spec.holderIdentity}")), timeout=60)
+    assert new_leader != leader
+    node.wait_until("the spender's ledger to be folded", lambda: not ledgers_of(node, workloads, "spender"), timeout=90)
+    assert invocations(node) == before, "the fold changed the month's count (lost or doubled)"
+    node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=120s", timeout=130)
+
+
+def test_webhook_certificate_rotation_loses_no_admission(node, workloads):
+    """Serving certificates that last 60 s and are renewed 45 s before expiry (so every ~15 s):
+    over 70 s of pod creations every one is admitted and injected while the certificate changes
+    under the API server's feet."""
+    patch = [{"op": "add", "path": "/spec/template/spec/containers/0/args/-", "value": arg}
+             for arg in ("--cert-serving-lifetime=60s", "--cert-serving-renew-before=45s", "--cert-check-interval=5s")]
+    node.out("-n", OPERATOR_NS, "patch", "deployment/k8s-ai-operator", "--type=json", "-p", json.dumps(patch))
+
+    def injected(name: str) -> bool:
+        pod = json.loads(node.out("create", "--dry-run=server", "-o", "json", "-f", "-",
+                                  input=annotated_pod(name, workloads, ["sleep", "1"])))
+        return sidecar_of(pod)["image"] == "localhost/k8s-ai/ai-sidecar:e2e"
+
+    try:
+        node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=180s", timeout=190)
+        # The install's certificate lasts 90 days: start over so the short lifetime applies now.
+        node.out("delete", "secret", "k8s-ai-operator-webhook-tls", "-n", OPERATOR_NS)
+        node.wait_until("injection with the new CA", lambda: injected("warm-up"), timeout=90, interval=2)
+        certificates = set()
+        created = 0
+        deadline = time.monotonic() + 70
+        while time.monotonic() < deadline:
+            secret = node.json("get", "secret", "k8s-ai-operator-webhook-tls", "-n", OPERATOR_NS)
+            certificates.add(secret["data"].get("tls.crt"))
+            assert injected(f"rotating-{created}"), f"pod {created} was not injected"
+            created += 1
+            time.sleep(0.5)
+        assert len(certificates) >= 3, f"the serving certificate changed only {len(certificates) - 1} times"
+    finally:
+        undo = [{"op": "remove", "path": "/spec/template/spec/containers/0/args/1"} for _ in range(3)]
+        node.out("-n", OPERATOR_NS, "patch", "deployment/k8s-ai-operator", "--type=json", "-p", json.dumps(undo))
+        node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=180s", timeout=190)
