@@ -57,22 +57,9 @@ class Node:
 
 
 def emulator_config(state: dict) -> str:
-    """Roles as a platform team sets them up on AWS (docs/irsa.md): the operator's, trusted by its
-    ServiceAccount, and the seed's invoker role, trusted by app ServiceAccounts and the operator."""
-    return f"""
-oidc: {{ issuer: "{state['issuer']}", caFile: "{state['caFile']}", audience: sts.amazonaws.com }}
-roles:
-- arn: arn:aws:iam::123456789012:role/k8s-ai-operator
-  trustedSubjects: ["system:serviceaccount:{OPERATOR_NS}:k8s-ai-operator"]
-  allowedModels: []
-- arn: arn:aws:iam::123456789012:role/bedrock-invoker
-  trustedSubjects: ["system:serviceaccount:*:*"]
-  trustedPrincipals: ["*"]
-  allowedModels: ["*"]
-output:
-  mode: fixed
-  text: "A Kubernetes operator is a controller that extends the Kubernetes API with custom resources, encoding operational knowledge about a specific application. Operators watch those custom resources and take action to reconcile the actual state of the system toward the desired state you've declared."
-"""
+    """e2e/node/emulator.yaml with this node's issuer and CA."""
+    template = (ROOT / "e2e" / "node" / "emulator.yaml").read_text()
+    return template.replace("ISSUER", state["issuer"]).replace("CA_FILE", state["caFile"])
 
 
 def start_node_emulator(state: dict, tmp_dir) -> Emulator:
