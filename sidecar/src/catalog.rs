@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use k8s_ai_api::{
@@ -95,6 +95,9 @@ pub struct Catalog {
     allowed: Vec<String>,
     current: RwLock<Arc<Snapshot>>,
     loaded: watch::Sender<bool>,
+    /// The endpoints, templates and policies (name and revision) the last info log announced:
+    /// the pod's own ledger changes every report, which must not log a reload each time.
+    announced: Mutex<Vec<String>>,
 }
 
 impl Catalog {
@@ -105,6 +108,7 @@ impl Catalog {
             allowed,
             current: RwLock::new(Arc::new(Snapshot::default())),
             loaded: watch::channel(false).0,
+            announced: Mutex::new(Vec::new()),
         }
     }
 
@@ -140,11 +144,22 @@ impl Catalog {
     /// Replaces the configuration with one built from these objects.
     pub fn update(&self, objects: &Manifests) {
         let snapshot = self.build(objects);
-        tracing::info!(
-            endpoints = snapshot.endpoints.len(),
-            templates = snapshot.templates.len(),
-            "configuration loaded"
-        );
+        let revisions = configuration_revisions(objects);
+        // A poisoned lock only costs a log line: announce.
+        let changed = self.announced.lock().map_or(true, |mut announced| {
+            let changed = *announced != revisions || !self.is_loaded();
+            *announced = revisions;
+            changed
+        });
+        if changed {
+            tracing::info!(
+                endpoints = snapshot.endpoints.len(),
+                templates = snapshot.templates.len(),
+                "configuration loaded"
+            );
+        } else {
+            tracing::debug!("configuration refreshed (ledgers or allocations)");
+        }
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(snapshot);
         }
@@ -288,6 +303,37 @@ pub struct Manifests {
     pub usages: Vec<ModelUsage>,
 }
 
+/// Kind, name and revision of every object that configures endpoints (ledgers left out), sorted.
+fn configuration_revisions(objects: &Manifests) -> Vec<String> {
+    fn revision<K: ResourceExt>(kind: &str, object: &K) -> String {
+        let meta = object.meta();
+        let version = meta.resource_version.clone().unwrap_or_else(|| {
+            meta.generation
+                .map_or_else(String::new, |generation| generation.to_string())
+        });
+        format!("{kind}/{}@{version}", object.name_any())
+    }
+    let mut out: Vec<String> = (objects
+        .endpoints
+        .iter()
+        .map(|o| revision("ModelEndpoint", o)))
+    .chain(
+        objects
+            .templates
+            .iter()
+            .map(|o| revision("PromptTemplate", o)),
+    )
+    .chain(
+        objects
+            .policies
+            .iter()
+            .map(|o| revision("GuardrailPolicy", o)),
+    )
+    .collect();
+    out.sort_unstable();
+    out
+}
+
 /// Parses a multi-document YAML stream of our kinds; other kinds (Namespaces, …) are skipped.
 pub fn parse_manifests(text: &str) -> Result<Manifests, String> {
     use serde::Deserialize;
@@ -365,6 +411,25 @@ mod tests {
             "no guardrail id before the operator syncs it"
         );
         assert!(snap.templates["code-review"].compiled.is_ok());
+    }
+
+    #[test]
+    fn only_configuration_changes_count_as_a_new_configuration() {
+        let mut m = parse_manifests(SEED).unwrap();
+        let before = configuration_revisions(&m);
+        assert_eq!(before.len(), 3, "{before:?}");
+        // The pod's own ledger changes at every report: not a configuration change.
+        let spec = k8s_ai_api::ModelUsageSpec {
+            pod_name: "p".into(),
+            pod_uid: String::new(),
+            endpoint: "claude-haiku".into(),
+            allocation: None,
+            budget_grant: None,
+        };
+        m.usages.push(ModelUsage::new("p.claude-haiku", spec));
+        assert_eq!(configuration_revisions(&m), before);
+        m.endpoints[0].metadata.resource_version = Some("42".into());
+        assert_ne!(configuration_revisions(&m), before);
     }
 
     #[test]
