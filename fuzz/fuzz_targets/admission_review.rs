@@ -18,6 +18,7 @@ fn settings() -> InjectSettings {
         memory_request: "32Mi".into(),
         memory_limit: "64Mi".into(),
         aws_env: vec![],
+        sts_token_lifetime_seconds: 86_400,
         version: "fuzz".into(),
     }
 }

@@ -248,6 +248,21 @@ struct SidecarArgs {
     /// AWS_ENDPOINT_URL_BEDROCK_RUNTIME, AWS_USE_FIPS_ENDPOINT) are passed on too, unless set here.
     #[arg(long = "sidecar-env", value_parser = parse_key_value)]
     sidecar_env: Vec<(String, String)>,
+    /// Lifetime of the service-account token the sidecar gives STS (audience sts.amazonaws.com);
+    /// the kubelet renews it at 80 % of that. At least 10m, the shortest the API server issues.
+    #[arg(long, env = "AI_OPERATOR_SIDECAR_TOKEN_LIFETIME", default_value = "24h", value_parser = parse_token_lifetime)]
+    sidecar_token_lifetime: Duration,
+}
+
+/// A token lifetime the API server will issue: 10 minutes or more.
+fn parse_token_lifetime(s: &str) -> Result<Duration, String> {
+    let lifetime = parse_duration(s)?;
+    if lifetime < Duration::from_secs(600) {
+        return Err(format!(
+            "{s} is shorter than 10m, the shortest service-account token the API server issues"
+        ));
+    }
+    Ok(lifetime)
 }
 
 /// Parses `90d`, `12h`, `30m`, `45s` or plain seconds.
@@ -494,6 +509,8 @@ fn inject_settings(args: SidecarArgs) -> InjectSettings {
         memory_request: args.sidecar_memory_request,
         memory_limit: args.sidecar_memory_limit,
         aws_env,
+        sts_token_lifetime_seconds: i64::try_from(args.sidecar_token_lifetime.as_secs())
+            .unwrap_or(i64::MAX),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }
 }

@@ -101,6 +101,7 @@ mod tests {
             memory_request: "32Mi".into(),
             memory_limit: "64Mi".into(),
             aws_env: Vec::new(),
+            sts_token_lifetime_seconds: 86_400,
             version: "0.1.0".into(),
         }
     }

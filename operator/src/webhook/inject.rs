@@ -49,6 +49,9 @@ pub struct InjectSettings {
     pub memory_limit: String,
     /// AWS settings passed on to the sidecar (e.g. `AWS_ENDPOINT_URL` for tests and private endpoints).
     pub aws_env: Vec<(String, String)>,
+    /// Lifetime of the sidecar's projected STS token (`expirationSeconds`); the kubelet renews it
+    /// at 80 % of that.
+    pub sts_token_lifetime_seconds: i64,
     /// Recorded in the marker annotation.
     pub version: String,
 }
@@ -367,7 +370,7 @@ pub fn patch_for(
     );
     let mut volumes = vec![json!({
         "name": TOKEN_VOLUME,
-        "projected": { "sources": [ { "serviceAccountToken": { "audience": "sts.amazonaws.com", "expirationSeconds": 86_400, "path": "token" } } ] },
+        "projected": { "sources": [ { "serviceAccountToken": { "audience": "sts.amazonaws.com", "expirationSeconds": settings.sts_token_lifetime_seconds, "path": "token" } } ] },
     })];
     if automounted.is_none() {
         volumes.push(kube_api_volume());
@@ -421,6 +424,7 @@ mod tests {
             memory_request: "32Mi".into(),
             memory_limit: "64Mi".into(),
             aws_env: vec![("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:4566".into())],
+            sts_token_lifetime_seconds: 86_400,
             version: "0.1.0".into(),
         }
     }
