@@ -49,3 +49,19 @@ fn help_explains_the_subcommands() {
     );
     assert!(help.contains("webhook"), "{help}");
 }
+
+#[test]
+fn a_sidecar_token_lifetime_the_api_server_would_refuse_is_refused_at_startup() {
+    let out = Command::new(env!("CARGO_BIN_EXE_k8s-ai-operator"))
+        .args(["run", "--sidecar-token-lifetime", "5m"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "5m is shorter than 10m, the shortest service-account token the API server issues"
+        ),
+        "{stderr}"
+    );
+}
