@@ -25,10 +25,32 @@ README = ROOT / "README.md"
 APP_IMAGE = "localhost/k8s-ai/app:e2e"
 
 
+ROTATION_NS = "token-rotation"
+
+
+def start_rotation_pod(node: Node) -> tuple[str, str, str, float]:
+    """A pod whose STS token the kubelet will rotate ~8 minutes from now (the overlay's 10m
+    lifetime); started first so the wait overlaps the other tests. (name, namespace, token, when
+    it was Ready, as a Unix time)."""
+    node.apply(node.out("create", "namespace", ROTATION_NS, "--dry-run=client", "-o", "yaml"))
+    endpoint = (ROOT / "manifests" / "samples" / "modelendpoint.yaml").read_text().replace("namespace: ai-workloads", f"namespace: {ROTATION_NS}")
+    node.out("apply", "-f", "-", input=endpoint.replace("  guardrailPolicyRef: pii-and-safety\n", ""))
+    node.apply(annotated_pod("rotation", ROTATION_NS, ["sleep", "infinity"]))
+    node.out("wait", "-n", ROTATION_NS, "--for=condition=Ready", "pod/rotation", "--timeout=90s", timeout=100)
+    ready_at = time.time()
+    # One call now: the sidecar's credential-refresh gauge is brought up to date by each call.
+    node.out("exec", "-n", ROTATION_NS, "rotation", "-c", "app", "--", "sh", "-c", INVOKE.replace("ai-workloads", ROTATION_NS))
+    pod = node.json("get", "pod", "rotation", "-n", ROTATION_NS)
+    token_file = {e["name"]: e.get("value") for e in sidecar_of(pod)["env"]}["AI_SIDECAR_TOKEN_FILE"]
+    token = (pathlib.Path("/proc") / str(host_process(pod, "ai-sidecar")) / "root" / token_file.lstrip("/")).read_text()
+    return "rotation", ROTATION_NS, token, ready_at
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     node, emulator = bring_up(tmp_path_factory.mktemp("node"))
     node.emulator = emulator
+    node.rotation = start_rotation_pod(node)
     yield node
     emulator.proc.terminate()
     emulator.proc.wait(timeout=10)
@@ -56,6 +78,11 @@ def kubectl_on_path(node: Node, tmp_path: pathlib.Path) -> dict:
 
 def sidecar_of(pod: dict) -> dict:
     return next(c for c in pod["spec"].get("initContainers", []) if c["name"] == "ai-sidecar")
+
+
+@pytest.fixture
+def rotation_pod(node):
+    return node.rotation
 
 
 def annotated_pod(name: str, namespace: str, command: list[str], **spec) -> str:
@@ -373,7 +400,20 @@ def test_webhook_certificate_rotation_loses_no_admission(node, workloads):
     try:
         node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=180s", timeout=190)
         # The install's certificate lasts 90 days: start over so the short lifetime applies now.
+        installed = node.json("get", "secret", "k8s-ai-operator-webhook-tls", "-n", OPERATOR_NS)["data"]["tls.crt"]
         node.out("delete", "secret", "k8s-ai-operator-webhook-tls", "-n", OPERATOR_NS)
+        node.wait_until("a new CA and certificate", lambda: node.kubectl(
+            "get", "secret", "k8s-ai-operator-webhook-tls", "-n", OPERATOR_NS, "-o", "jsonpath={.data.tls\\.crt}",
+            check=False).stdout not in ("", installed), timeout=90, interval=1)
+        # Then the new CA in the webhook's caBundle, and two of the replicas' 5 s checks to load it:
+        # the CA itself has no overlap to offer once its Secret is gone, and that is not measured here.
+        def ca_published() -> bool:
+            ca = base64.b64decode(node.json("get", "secret", "k8s-ai-operator-webhook-tls", "-n", OPERATOR_NS)["data"]["ca.crt"])
+            bundle = base64.b64decode(node.out("get", "mutatingwebhookconfiguration", "k8s-ai-operator",
+                                               "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"))
+            return ca.strip() in bundle
+        node.wait_until("the new CA in the caBundle", ca_published, timeout=90, interval=1)
+        time.sleep(12)
         node.wait_until("injection with the new CA", lambda: injected("warm-up"), timeout=90, interval=2)
         certificates = set()
         created = 0
@@ -389,3 +429,38 @@ def test_webhook_certificate_rotation_loses_no_admission(node, workloads):
         undo = [{"op": "remove", "path": "/spec/template/spec/containers/0/args/1"} for _ in range(3)]
         node.out("-n", OPERATOR_NS, "patch", "deployment/k8s-ai-operator", "--type=json", "-p", json.dumps(undo))
         node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=180s", timeout=190)
+
+
+def test_sidecar_follows_the_kubelets_token_rotation(node, rotation_pod):
+    """The overlay gives the sidecar's STS token the shortest lifetime the API server issues (10m):
+    the kubelet writes a new one at 80 % of it. The emulator's credentials last 900 s (AWS's
+    minimum) and the sidecar refreshes them with 5 minutes left, so its first refresh comes after
+    the first token expired: it must read the new file, or STS refuses the expired token."""
+    name, namespace, first_token, ready_at = rotation_pod
+    pod = node.json("get", "pod", name, "-n", namespace)
+    token_file = {e["name"]: e.get("value") for e in sidecar_of(pod)["env"]}["AI_SIDECAR_TOKEN_FILE"]
+
+    def token() -> str:
+        return (pathlib.Path("/proc") / str(host_process(pod, "ai-sidecar")) / "root" / token_file.lstrip("/")).read_text()
+
+    first = json.loads(base64.urlsafe_b64decode(first_token.split(".")[1] + "=="))
+    second_token = node.wait_until("the kubelet to rotate the token", lambda: (lambda t: t if t != first_token else None)(token()),
+                                   timeout=max(60, first["iat"] + 540 - time.time()), interval=5)
+    second = json.loads(base64.urlsafe_b64decode(second_token.split(".")[1] + "=="))
+    assert second["iat"] > first["iat"] and second["aud"] == ["sts.amazonaws.com"], second
+
+    def refreshes() -> int:
+        page = node.out("exec", "-n", namespace, name, "-c", "app", "--", "curl", "-sf", "http://localhost:8091/metrics")
+        return int(re.search(r"^k8s_ai_operator_sidecar_credential_refreshes (\d+)$", page, re.M).group(1))
+
+    before = refreshes()
+    assert before >= 1, "the call at the start signed in"
+    # Past the first token's expiry and the point where the credentials it bought need a refresh
+    # (the sidecar signed in before it was Ready).
+    time.sleep(max(0, first["exp"] + 10 - time.time(), ready_at + 600 + 10 - time.time()))
+    answer = json.loads(node.out("exec", "-n", namespace, name, "-c", "app", "--", "sh", "-c", INVOKE.replace("ai-workloads", namespace)))
+    assert answer["stopReason"] == "end_turn"
+    assert refreshes() > before, "the call was served without a credential refresh"
+    failed = [r for r in node.emulator.admin("/_emulator/requests?operation=AssumeRoleWithWebIdentity")
+              if r.get("error") and r["at_unix_ms"] / 1000 > first["exp"]]
+    assert not failed, f"STS refused a sign-in after the first token expired (the old token presented?): {failed}"
