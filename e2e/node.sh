@@ -93,11 +93,19 @@ setup_netns() {
   ip netns exec "$netns" sysctl -qw net.ipv4.ip_forward=1
 }
 
-# cgroup v1: the kubelet wants its --cgroup-root to exist in every hierarchy.
+# The cgroup hierarchies: each v1 controller's mount, or the one v2 mount.
+hierarchies() {
+  local mount
+  if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then echo /sys/fs/cgroup/; return; fi
+  for mount in /sys/fs/cgroup/*/; do
+    if mountpoint -q "$mount"; then echo "$mount"; fi
+  done
+}
+
+# The kubelet wants its --cgroup-root to exist in every hierarchy.
 setup_cgroups() {
   local hierarchy
-  for hierarchy in /sys/fs/cgroup/*/; do
-    [[ -e "$hierarchy/cgroup.procs" ]] || continue
+  for hierarchy in $(hierarchies); do
     mkdir -p "$hierarchy$cgroup_root"
     if [[ -e "$hierarchy/cpuset.cpus" ]]; then
       cat "$hierarchy/cpuset.cpus" >"$hierarchy$cgroup_root/cpuset.cpus"
@@ -305,8 +313,10 @@ node_pids() {
       echo "$pid"
     fi
   done
-  cat /sys/fs/cgroup/pids"$cgroup_root"/cgroup.procs 2>/dev/null || true
-  find /sys/fs/cgroup/pids"$cgroup_root" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+  local hierarchy
+  for hierarchy in $(hierarchies); do
+    find "$hierarchy$cgroup_root" -name cgroup.procs -exec cat {} + 2>/dev/null || true
+  done
   local f
   for f in "$run_dir"/pids/*; do
     if [[ -f "$f" ]]; then cat "$f"; fi
@@ -328,7 +338,7 @@ down() {
   done
   # Container cgroups go once their processes are gone; deepest first.
   local hierarchy
-  for hierarchy in /sys/fs/cgroup/*/; do
+  for hierarchy in $(hierarchies); do
     [[ -d "$hierarchy$cgroup_root" ]] || continue
     for _ in 1 2 3 4 5; do
       find "$hierarchy$cgroup_root" -depth -type d -exec rmdir {} + 2>/dev/null || true
