@@ -167,16 +167,17 @@ def test_job_with_a_sidecar_completes(node, workloads):
 
 
 def host_process(pod: dict, container: str) -> int:
-    """The host PID of a container's main process (the node shares the host's PID namespace)."""
+    """The host PID of a container's main process (the node shares the host's PID namespace): the
+    process in the container's cgroup whose program is the sidecar, or any of an app's."""
     status = next(s for s in pod["status"].get("initContainerStatuses", []) + pod["status"]["containerStatuses"] if s["name"] == container)
     container_id = status["containerID"].split("//", 1)[1]
     for proc in pathlib.Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if container_id in (proc / "cgroup").read_text() and (proc / "status").read_text().find("PPid:") >= 0:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")[0]
-                if cmdline.endswith(b"ai-sidecar") or container != "ai-sidecar":
+            if container_id in (proc / "cgroup").read_text():
+                program = (proc / "cmdline").read_bytes().split(b"\0")[0]
+                if container != "ai-sidecar" or program.endswith(b"ai-sidecar"):
                     return int(proc.name)
         except OSError:
             continue
