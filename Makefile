@@ -1,5 +1,5 @@
 # k8s-ai-operator — one entry point for building and testing.
-#   make demo          the seed README's quick start on a local control plane (KEEP=1 leaves it running)
+#   make demo          the seed README's quick start on a local one-node cluster (KEEP=1 leaves it running)
 #   make test          everything CI runs: deps, fmt, clippy, unit and end-to-end tests
 #   make cluster-up    start the one-node test cluster where pods run (e2e/node.sh), idempotent
 #   make cluster-down  stop it, leaving nothing behind
@@ -75,7 +75,7 @@ samples: cluster-up ## Install the CRDs and apply the seed README's objects to t
 	$(KUBECTL) --kubeconfig $(KUBECONFIG_E2E) get modelendpoints -n ai-workloads
 
 .PHONY: demo
-demo: deps ## The quick start end to end on a local control plane; KEEP=1 leaves it running
+demo: deps ## The quick start end to end on a local one-node cluster where pods run; KEEP=1 leaves it running
 	KEEP=$(KEEP) scripts/demo.sh
 
 .PHONY: demo-down
