@@ -5,6 +5,8 @@ as users install it: `kubectl apply -k` of an overlay of manifests/default that 
 the emulator's address and the identity EKS would give the operator (e2e/node/overlay)."""
 
 import json
+import os
+import pathlib
 import subprocess
 import time
 import urllib.request
@@ -12,6 +14,8 @@ import urllib.request
 from conftest import EMULATOR, ROOT, Emulator
 
 NODE_SH = ROOT / "e2e" / "node.sh"
+# Where e2e/node.sh keeps the node (K8S_AI_NODE_DIR picks another, as the script does).
+NODE_DIR = pathlib.Path(os.environ.get("K8S_AI_NODE_DIR") or ROOT / "e2e" / ".node")
 KUBECTL = ROOT / "e2e" / ".bin" / "kubectl"
 OVERLAY = ROOT / "e2e" / "node" / "overlay"
 OPERATOR_NS = "ai-operator-system"
@@ -91,7 +95,7 @@ def bring_up(tmp_dir) -> tuple[Node, Emulator]:
     """A fresh node each session (down + up take seconds): no test sees another run's objects."""
     subprocess.run([str(NODE_SH), "down"], check=True)
     subprocess.run([str(NODE_SH), "up"], check=True)
-    state = json.loads((ROOT / "e2e" / ".node" / "node.json").read_text())
+    state = json.loads((NODE_DIR / "node.json").read_text())
     images = tmp_dir / "images"
     subprocess.run([str(ROOT / "e2e" / "node" / "images.sh"), str(images)], check=True)
     subprocess.run([str(NODE_SH), "import", *map(str, sorted(images.glob("*.tar")))], check=True)
