@@ -7,6 +7,7 @@
 pub mod exposition;
 pub mod guardrail_policy;
 pub mod model_endpoint;
+pub mod model_id;
 pub mod model_usage;
 mod money;
 pub mod pricing;

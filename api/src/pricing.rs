@@ -31,8 +31,9 @@
 //!
 //! # Sources (all read 2026-11-25)
 //!
-//! - `[notes]`: /work/shared/NOTES.md "Bedrock facts", from Anthropic's price page: Haiku 4.5 $1/$5,
-//!   Haiku 3.5 $0.80/$4, Sonnet 4 and 4.5 $3/$15, Opus 4 and 4.1 $15/$75, Opus 4.5 $5/$25.
+//! - `[anthropic]`: Anthropic's price page (claude.com/pricing), which Bedrock's Claude prices
+//!   follow: Haiku 4.5 $1/$5, Haiku 3.5 $0.80/$4, Sonnet 4 and 4.5 $3/$15 (over 200k input tokens
+//!   $6/$22.50), Opus 4 and 4.1 $15/$75, Opus 4.5 $5/$25.
 //! - `[aws-2025-07]`: a copy of aws.amazon.com/bedrock/pricing (us-east-1) dated 2025-07-20, in
 //!   github.com/convo-lang/convo-lang `packages/convo-lang-bedrock/bedrock-pricing.md`. The AWS page
 //!   itself renders its prices client-side; stored copies of it hold no numbers.
@@ -47,15 +48,18 @@
 //! - `[derived]`: a cache-read price not printed for that region, computed with the rule the AWS page
 //!   states for Nova: cache reads cost 25% of the input price (75% less).
 //!
-//! Prices not modelled: batch (50% off), flex/priority tiers, latency-optimised inference, the 1-hour
-//! cache-write rate, and the long-context (> 200k input tokens) rates of Claude Sonnet 4 and 4.5
-//! ($6/$22.50). The table prices those calls at the standard on-demand rate.
+//! - **The prompt's length.** Claude Sonnet 4 and 4.5 charge $6/$22.50 (cache $0.60/$7.50) for
+//!   every token of a call whose input, cached tokens included, passes 200k tokens.
+//!
+//! Prices not modelled: batch (50% off), flex/priority tiers, latency-optimised inference and the
+//! 1-hour cache-write rate. The table prices those calls at the standard on-demand rate.
 
 use std::fmt;
 
 use rust_decimal::Decimal;
 
 use crate::model_endpoint::Pricing;
+use crate::model_id::{self, Route};
 use crate::{ModelEndpointSpec, Money};
 
 /// US dollars per million tokens of one model: what a call costs, by kind of token.
@@ -69,6 +73,19 @@ pub struct ModelPrice {
     pub cache_read_per_million: Option<Decimal>,
     /// Dollars per million input tokens written to the prompt cache; `None`: the input price.
     pub cache_write_per_million: Option<Decimal>,
+    /// The rates of calls whose prompt is longer than a threshold, where the model has such a tier.
+    pub long_context: Option<LongContext>,
+}
+
+/// A long-context tier: a call whose input tokens (cached ones included) pass `above_input_tokens`
+/// is charged these rates for all of its tokens (Anthropic's 1M-context rule for Claude Sonnet 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LongContext {
+    pub above_input_tokens: u64,
+    pub input_per_million: Decimal,
+    pub output_per_million: Decimal,
+    pub cache_read_per_million: Decimal,
+    pub cache_write_per_million: Decimal,
 }
 
 /// The tokens one call used, as Bedrock's Converse `usage` reports them: `input_tokens` excludes
@@ -90,6 +107,22 @@ impl ModelPrice {
     /// beyond any bill; only absurd prices or token counts reach it) comes out as `Decimal::MAX`:
     /// too high, never too low.
     pub fn cost(&self, usage: &TokenUsage) -> Decimal {
+        let prompt_tokens = usage
+            .input_tokens
+            .saturating_add(usage.cache_read_input_tokens)
+            .saturating_add(usage.cache_write_input_tokens);
+        if let Some(long) = self
+            .long_context
+            .filter(|long| prompt_tokens > long.above_input_tokens)
+        {
+            return exact_cost([
+                (usage.input_tokens, long.input_per_million),
+                (usage.output_tokens, long.output_per_million),
+                (usage.cache_read_input_tokens, long.cache_read_per_million),
+                (usage.cache_write_input_tokens, long.cache_write_per_million),
+            ])
+            .map_or(Decimal::MAX, |cost| cost.normalize());
+        }
         let read = self
             .cache_read_per_million
             .unwrap_or(self.input_per_million);
@@ -113,6 +146,13 @@ impl ModelPrice {
             output_per_million: scale(self.output_per_million),
             cache_read_per_million: self.cache_read_per_million.map(scale),
             cache_write_per_million: self.cache_write_per_million.map(scale),
+            long_context: self.long_context.map(|long| LongContext {
+                above_input_tokens: long.above_input_tokens,
+                input_per_million: scale(long.input_per_million),
+                output_per_million: scale(long.output_per_million),
+                cache_read_per_million: scale(long.cache_read_per_million),
+                cache_write_per_million: scale(long.cache_write_per_million),
+            }),
         }
     }
 }
@@ -124,6 +164,7 @@ impl From<&Pricing> for ModelPrice {
             output_per_million: pricing.output_per_million_tokens.amount(),
             cache_read_per_million: pricing.cache_read_per_million_tokens.map(Money::amount),
             cache_write_per_million: pricing.cache_write_per_million_tokens.map(Money::amount),
+            long_context: None,
         }
     }
 }
@@ -146,8 +187,8 @@ fn exact_cost(terms: [(u64, Decimal); 4]) -> Option<Decimal> {
 /// The built-in on-demand price of `model_id` (a base model id, an inference profile id or an
 /// ARN, see the module docs) when called from `region`; `None` when the table does not know it.
 pub fn builtin_price(model_id: &str, region: &str) -> Option<ModelPrice> {
-    let (base_id, endpoint) = parse_model_id(model_id)?;
-    let row = TABLE.iter().find(|row| row.id == base_id)?;
+    let called = model_id::parse(model_id)?;
+    let row = TABLE.iter().find(|row| row.id == called.base)?;
     if let Some(regional) = row.regional.iter().find(|r| {
         r.regions
             .iter()
@@ -155,20 +196,27 @@ pub fn builtin_price(model_id: &str, region: &str) -> Option<ModelPrice> {
     }) {
         return Some(regional.price);
     }
-    Some(if row.geo_premium && endpoint == Endpoint::Geographic {
-        row.price.times(GEO_PREMIUM)
-    } else {
-        row.price
-    })
+    Some(
+        if row.geo_premium && matches!(called.route, Route::Geographic(_)) {
+            row.price.times(GEO_PREMIUM)
+        } else {
+            row.price
+        },
+    )
 }
 
-/// The price of calls through `spec`: its `pricing` override when set, else the built-in table.
-pub fn price_for(spec: &ModelEndpointSpec) -> Result<ModelPrice, UnknownPrice> {
+/// The price of calls through `spec` that call `called_model_id` (the id the operator resolved,
+/// which may be an inference profile of the spec's model): the spec's `pricing` override when set,
+/// else the built-in table's price of that id.
+pub fn price_for(
+    spec: &ModelEndpointSpec,
+    called_model_id: &str,
+) -> Result<ModelPrice, UnknownPrice> {
     if let Some(pricing) = &spec.pricing {
         return Ok(ModelPrice::from(pricing));
     }
-    builtin_price(&spec.model_id, &spec.region).ok_or_else(|| UnknownPrice {
-        model_id: spec.model_id.clone(),
+    builtin_price(called_model_id, &spec.region).ok_or_else(|| UnknownPrice {
+        model_id: called_model_id.to_owned(),
         region: spec.region.clone(),
     })
 }
@@ -208,45 +256,6 @@ impl fmt::Display for UnknownPrice {
 }
 
 impl std::error::Error for UnknownPrice {}
-
-/// How a model id reaches the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
-    /// The base model id: the source region itself.
-    InRegion,
-    /// A geographic cross-region inference profile (`us.`, `eu.`, …).
-    Geographic,
-    /// The `global.` cross-region inference profile.
-    Global,
-}
-
-/// Prefixes of geographic cross-region inference profile ids.
-const GEO_PREFIXES: &[&str] = &["us", "eu", "apac", "jp", "au", "ca", "us-gov"];
-
-/// Splits a model id, profile id or ARN into the base model id and the kind of endpoint.
-fn parse_model_id(model_id: &str) -> Option<(&str, Endpoint)> {
-    let id = match model_id.strip_prefix("arn:") {
-        None => model_id,
-        Some(arn) => {
-            // partition:service:region:account:resource-type/resource-id; the id may hold ':'.
-            let mut parts = arn.splitn(5, ':');
-            let (partition, service) = (parts.next()?, parts.next()?);
-            let (_region, _account, resource) = (parts.next()?, parts.next()?, parts.next()?);
-            let (kind, id) = resource.split_once('/')?;
-            let known_kind = matches!(kind, "foundation-model" | "inference-profile");
-            if !partition.starts_with("aws") || service != "bedrock" || !known_kind {
-                return None;
-            }
-            id
-        }
-    };
-    let endpoint = match id.split_once('.') {
-        Some(("global", base)) => (base, Endpoint::Global),
-        Some((prefix, base)) if GEO_PREFIXES.contains(&prefix) => (base, Endpoint::Geographic),
-        _ => (id, Endpoint::InRegion),
-    };
-    (!endpoint.0.is_empty()).then_some(endpoint)
-}
 
 /// `eu-*` matches every region starting with `eu-`; anything else matches exactly.
 fn region_matches(pattern: &str, region: &str) -> bool {
@@ -323,6 +332,7 @@ const fn rates(input: &str, output: &str) -> ModelPrice {
         output_per_million: usd(output),
         cache_read_per_million: None,
         cache_write_per_million: None,
+        long_context: None,
     }
 }
 
@@ -350,6 +360,24 @@ const fn row(id: &'static str, provider: &'static str, price: ModelPrice) -> Row
         price,
         geo_premium: false,
         regional: &[],
+    }
+}
+
+/// Claude Sonnet 4 and 4.5 past 200k input tokens: $6 / $22.50, cache $0.60 / $7.50 ([anthropic]
+/// "long context pricing"; [litellm] `*_above_200k_tokens`; read 2026-11-25).
+const SONNET_LONG_CONTEXT: LongContext = LongContext {
+    above_input_tokens: 200_000,
+    input_per_million: usd("6"),
+    output_per_million: usd("22.50"),
+    cache_read_per_million: usd("0.60"),
+    cache_write_per_million: usd("7.50"),
+};
+
+/// Standard Sonnet 4 rates with the long-context tier above.
+const fn sonnet_with_long_context() -> ModelPrice {
+    ModelPrice {
+        long_context: Some(SONNET_LONG_CONTEXT),
+        ..cached("3", "15", "0.30", "3.75")
     }
 }
 
@@ -388,7 +416,7 @@ static TABLE: &[Row] = &[
     // GovCloud $0.30 / $1.50 [litellm] bedrock/us-gov-{east,west}-1; read 2026-11-25.
     regional_row("anthropic.claude-3-haiku-20240307-v1:0", ANTHROPIC, rates("0.25", "1.25"),
         &[Regional { regions: GOVCLOUD, price: rates("0.30", "1.50") }]),
-    // Claude 3.5 Haiku: $0.80 / $4, cache $0.08 / $1. [notes], [aws-2025-07], [litellm];
+    // Claude 3.5 Haiku: $0.80 / $4, cache $0.08 / $1. [anthropic], [aws-2025-07], [litellm];
     // read 2026-11-25.
     row("anthropic.claude-3-5-haiku-20241022-v1:0", ANTHROPIC, cached("0.80", "4", "0.08", "1")),
     // Claude 3.5 Sonnet (v1): $3 / $15, no caching. [aws-2025-07], [litellm]; read 2026-11-25.
@@ -405,16 +433,17 @@ static TABLE: &[Row] = &[
     regional_row("anthropic.claude-3-7-sonnet-20250219-v1:0", ANTHROPIC,
         cached("3", "15", "0.30", "3.75"),
         &[Regional { regions: GOVCLOUD, price: cached("3.60", "18", "0.36", "4.50") }]),
-    // Claude Sonnet 4: $3 / $15, cache $0.30 / $3.75. [notes], [aws-2025-07], [litellm];
+    // Claude Sonnet 4: $3 / $15, cache $0.30 / $3.75. [anthropic], [aws-2025-07], [litellm];
     // read 2026-11-25.
-    row("anthropic.claude-sonnet-4-20250514-v1:0", ANTHROPIC, cached("3", "15", "0.30", "3.75")),
-    // Claude Sonnet 4.5: $3 / $15, cache $0.30 / $3.75 (global; geographic +10%). [notes],
+    // Long context (> 200k input tokens): see SONNET_LONG_CONTEXT.
+    row("anthropic.claude-sonnet-4-20250514-v1:0", ANTHROPIC, sonnet_with_long_context()),
+    // Claude Sonnet 4.5: $3 / $15, cache $0.30 / $3.75 (global; geographic +10%). [anthropic],
     // [litellm], [regions]; read 2026-11-25. GovCloud $3.60 / $18, cache $0.36 / $4.50 [litellm];
     // read 2026-11-25.
     Row {
         geo_premium: true,
         ..regional_row("anthropic.claude-sonnet-4-5-20250929-v1:0", ANTHROPIC,
-            cached("3", "15", "0.30", "3.75"),
+            sonnet_with_long_context(),
             &[Regional { regions: GOVCLOUD, price: cached("3.60", "18", "0.36", "4.50") }])
     },
     // Claude Sonnet 4.6: $3 / $15, cache $0.30 / $3.75 (global; geographic +10%). [litellm];
@@ -423,18 +452,18 @@ static TABLE: &[Row] = &[
     // Claude Sonnet 5: $2 / $10, cache $0.20 / $2.50 (global; geographic +10%). [litellm];
     // read 2026-11-25. (Anthropic kept its introductory $2 / $10 as the standard price.)
     premium_row("anthropic.claude-sonnet-5", ANTHROPIC, cached("2", "10", "0.20", "2.50")),
-    // Claude Haiku 4.5: $1 / $5, cache $0.10 / $1.25 (global; geographic +10%). [notes],
+    // Claude Haiku 4.5: $1 / $5, cache $0.10 / $1.25 (global; geographic +10%). [anthropic],
     // [litellm], [regions]; read 2026-11-25. (Not $0.80 / $4: that is Haiku 3.5.)
     premium_row("anthropic.claude-haiku-4-5-20251001-v1:0", ANTHROPIC,
         cached("1", "5", "0.10", "1.25")),
-    // Claude Opus 4: $15 / $75, cache $1.50 / $18.75. [notes], [aws-2025-07], [litellm];
+    // Claude Opus 4: $15 / $75, cache $1.50 / $18.75. [anthropic], [aws-2025-07], [litellm];
     // read 2026-11-25.
     row("anthropic.claude-opus-4-20250514-v1:0", ANTHROPIC, cached("15", "75", "1.50", "18.75")),
-    // Claude Opus 4.1: $15 / $75, cache $1.50 / $18.75. [notes], [litellm], [regions];
+    // Claude Opus 4.1: $15 / $75, cache $1.50 / $18.75. [anthropic], [litellm], [regions];
     // read 2026-11-25.
     row("anthropic.claude-opus-4-1-20250805-v1:0", ANTHROPIC,
         cached("15", "75", "1.50", "18.75")),
-    // Claude Opus 4.5: $5 / $25, cache $0.50 / $6.25 (global; geographic +10%). [notes],
+    // Claude Opus 4.5: $5 / $25, cache $0.50 / $6.25 (global; geographic +10%). [anthropic],
     // [litellm], [regions]; read 2026-11-25.
     premium_row("anthropic.claude-opus-4-5-20251101-v1:0", ANTHROPIC,
         cached("5", "25", "0.50", "6.25")),
@@ -688,7 +717,7 @@ mod tests {
         assert_eq!(cost, dec("0.000279"));
         assert_eq!(cost.to_string(), "0.000279");
         // The same through the endpoint, as the seed's ModelEndpoint declares it.
-        let cost = price_for(&spec(HAIKU_4_5, "us-east-1", None))
+        let cost = price_for(&spec(HAIKU_4_5, "us-east-1", None), HAIKU_4_5)
             .unwrap()
             .cost(&usage(24, 51, 0, 0));
         assert_eq!(cost.to_string(), "0.000279");
@@ -726,6 +755,7 @@ mod tests {
             output_per_million: dec("5.5"),
             cache_read_per_million: Some(dec("0.11")),
             cache_write_per_million: Some(dec("1.375")),
+            long_context: None,
         };
         for prefix in ["us.", "eu.", "apac.", "jp.", "au."] {
             let id = format!("{prefix}{HAIKU_4_5}");
@@ -775,7 +805,11 @@ mod tests {
 
     #[test]
     fn an_unknown_model_is_an_error_that_names_it() {
-        let err = price_for(&spec("acme.unknown-model-v1:0", "eu-west-1", None)).unwrap_err();
+        let err = price_for(
+            &spec("acme.unknown-model-v1:0", "eu-west-1", None),
+            "acme.unknown-model-v1:0",
+        )
+        .unwrap_err();
         assert_eq!(err.model_id(), "acme.unknown-model-v1:0");
         assert_eq!(err.region(), "eu-west-1");
         let message = err.to_string();
@@ -806,14 +840,21 @@ mod tests {
             output_per_million: dec("2.25"),
             cache_read_per_million: None,
             cache_write_per_million: Some(dec("0.75")),
+            long_context: None,
         };
         assert_eq!(
-            price_for(&spec(HAIKU_4_5, "us-east-1", Some(pricing.clone()))),
+            price_for(
+                &spec(HAIKU_4_5, "us-east-1", Some(pricing.clone())),
+                HAIKU_4_5
+            ),
             Ok(expect)
         );
         // It also prices models the table does not know.
         assert_eq!(
-            price_for(&spec("acme.unknown-model-v1:0", "us-east-1", Some(pricing))),
+            price_for(
+                &spec("acme.unknown-model-v1:0", "us-east-1", Some(pricing)),
+                "acme.unknown-model-v1:0"
+            ),
             Ok(expect)
         );
         // Cache reads fall back to the input price, writes use their own.
@@ -859,6 +900,34 @@ mod tests {
         let huge = opus.cost(&usage(0, u64::MAX, 0, 0));
         assert_eq!(huge, Decimal::from(u64::MAX) * dec("75") / dec("1000000"));
         assert_eq!(huge.to_string(), "1383505805528216.371125");
+    }
+
+    #[test]
+    fn the_price_follows_the_id_called_not_the_id_written() {
+        let endpoint = spec(HAIKU_4_5, "us-east-1", None);
+        let geo = price_for(&endpoint, &format!("us.{HAIKU_4_5}")).unwrap();
+        let global = price_for(&endpoint, &format!("global.{HAIKU_4_5}")).unwrap();
+        assert_eq!(geo.input_per_million, dec("1.1"));
+        assert_eq!(global.input_per_million, dec("1"));
+    }
+
+    #[test]
+    fn claude_sonnet_4_charges_its_long_context_rates_past_200k_input_tokens() {
+        let sonnet = builtin_price(SONNET_4, "us-east-1").unwrap();
+        // 200,000 tokens in (cache included) is still standard: 150k × $3 + 50k × $0.30 + 1k × $15.
+        let at_threshold = sonnet.cost(&usage(150_000, 1_000, 50_000, 0));
+        assert_eq!(at_threshold, dec("0.48"));
+        // One more token, and every token is charged the long-context rates:
+        // 150,001 × $6 + 1,000 × $22.50 + 50,000 × $0.60 = $0.952506.
+        let past = sonnet.cost(&usage(150_001, 1_000, 50_000, 0));
+        assert_eq!(past, dec("0.952506"));
+        // A geographic profile of Sonnet 4.5 adds its 10% to the long-context rates too.
+        let sonnet_4_5 = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+        let geo = builtin_price(&format!("us.{sonnet_4_5}"), "us-east-1").unwrap();
+        assert_eq!(geo.cost(&usage(300_000, 0, 0, 0)), dec("1.98"));
+        // Models without the tier keep their rates however long the prompt.
+        let haiku = builtin_price(HAIKU_4_5, "us-east-1").unwrap();
+        assert_eq!(haiku.cost(&usage(1_000_000, 0, 0, 0)), dec("1"));
     }
 
     #[test]
@@ -913,8 +982,8 @@ mod tests {
         for row in TABLE {
             assert!(ids.insert(row.id), "{} appears twice", row.id);
             assert_eq!(
-                parse_model_id(row.id),
-                Some((row.id, Endpoint::InRegion)),
+                model_id::parse(row.id).map(|m| (m.base, m.route)),
+                Some((row.id, Route::InRegion)),
                 "{} is not a base id",
                 row.id
             );
