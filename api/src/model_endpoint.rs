@@ -39,6 +39,12 @@ pub const MODEL_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$";
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Available", type_ = "boolean", json_path = ".status.available"),
     printcolumn(
+        name = "Calls",
+        type_ = "string",
+        json_path = ".status.resolvedModelId",
+        priority = 1
+    ),
+    printcolumn(
         name = "Cost/Month",
         type_ = "string",
         json_path = ".status.costThisMonth"
@@ -60,6 +66,17 @@ pub struct ModelEndpointSpec {
     /// inference profile id (`us.`, `eu.`, `apac.`, `global.` prefixes) or a model or profile ARN.
     #[schemars(length(min = 1, max = 2048), regex(pattern = MODEL_ID_PATTERN))]
     pub model_id: String,
+
+    /// Which inference profile to call when `modelId` is a base model id: `geographic` (the
+    /// cross-region profile of the region's geography, `us.`, `eu.`, `apac.`, `jp.`, `au.`…),
+    /// `global` (the `global.` profile: any commercial region, about 10% cheaper for Claude 4.5
+    /// and later), or the id or ARN of a profile to call as is (e.g. an application inference
+    /// profile). When omitted, the model is called by its id where Bedrock allows on-demand calls,
+    /// and through the geographic profile where it does not (Claude 3.7 and later, Nova Premier,
+    /// Llama 3.2 and later). The id called is published in `status.resolvedModelId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = MODEL_ID_PATTERN))]
+    pub inference_profile: Option<String>,
 
     /// The AWS region whose Bedrock runtime serves this endpoint, e.g. `us-east-1`.
     #[schemars(length(max = 32), regex(pattern = REGION_PATTERN))]
@@ -96,6 +113,61 @@ pub struct ModelEndpointSpec {
     /// negotiated or provisioned pricing, or models the table does not know.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
+}
+
+/// What `spec.inferenceProfile` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileChoice<'a> {
+    /// Not set: the model id where on-demand calls are allowed, else the geographic profile.
+    Automatic,
+    /// `geographic`: the cross-region profile of the region's geography.
+    Geographic,
+    /// `global`: the `global.` cross-region profile.
+    Global,
+    /// The id or ARN of a profile, called as is.
+    Named(&'a str),
+}
+
+impl ModelEndpointSpec {
+    /// What `inferenceProfile` asks for.
+    pub fn profile_choice(&self) -> ProfileChoice<'_> {
+        match self.inference_profile.as_deref() {
+            None => ProfileChoice::Automatic,
+            Some("geographic") => ProfileChoice::Geographic,
+            Some("global") => ProfileChoice::Global,
+            Some(named) => ProfileChoice::Named(named),
+        }
+    }
+}
+
+impl ModelEndpoint {
+    /// The model id, profile id or ARN that calls through this endpoint send to Bedrock: the one
+    /// the operator resolved for the current spec (`status.resolvedModelId`), else the best that
+    /// the spec alone tells (a named profile; the first geographic or the global profile when asked;
+    /// the model id), so a sidecar without an operator (standalone mode) still calls something.
+    pub fn model_to_call(&self) -> String {
+        let status = self.status.as_ref();
+        if let Some(resolved) = status.and_then(|s| s.resolved_model_id.as_deref())
+            && status.and_then(|s| s.observed_generation) == self.metadata.generation
+        {
+            return resolved.to_owned();
+        }
+        let spec = &self.spec;
+        let bare = crate::model_id::parse(&spec.model_id).filter(|m| !m.is_profile());
+        match (spec.profile_choice(), bare) {
+            (ProfileChoice::Named(profile), _) => profile.to_owned(),
+            (ProfileChoice::Global, Some(m)) => {
+                crate::model_id::profile_id(crate::model_id::GLOBAL_PREFIX, m.base)
+            }
+            (ProfileChoice::Geographic, Some(m)) => {
+                match crate::model_id::geographic_prefixes(&spec.region).first() {
+                    Some(prefix) => crate::model_id::profile_id(prefix, m.base),
+                    None => spec.model_id.clone(),
+                }
+            }
+            _ => spec.model_id.clone(),
+        }
+    }
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain).
@@ -217,6 +289,11 @@ pub struct ModelEndpointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<bool>,
 
+    /// The id sidecars send to Bedrock for the spec of `observedGeneration`: `modelId` itself, or
+    /// the inference profile it resolves to (see `spec.inferenceProfile`). Prices follow this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_model_id: Option<String>,
+
     /// Current state: `Ready`, `Available`, `CredentialsValid`, `GuardrailResolved`, `PriceKnown`,
     /// `BudgetExceeded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -272,4 +349,68 @@ pub struct ModelEndpointStatus {
     /// Kept for compatibility with the original operator, which published a proxy Service name here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HAIKU: &str = "anthropic.claude-haiku-4-5-20251001-v1:0";
+
+    fn endpoint(spec: serde_json::Value, status: serde_json::Value) -> ModelEndpoint {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ai.kernelpanic09.io/v1alpha1",
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "e", "namespace": "n", "generation": 2},
+            "spec": spec,
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_operators_resolution_wins_only_for_the_generation_it_saw() {
+        let spec = serde_json::json!({"modelId": HAIKU, "region": "us-east-1"});
+        let current = endpoint(
+            spec.clone(),
+            serde_json::json!({"resolvedModelId": format!("us.{HAIKU}"), "observedGeneration": 2}),
+        );
+        assert_eq!(current.model_to_call(), format!("us.{HAIKU}"));
+        let stale = endpoint(
+            spec,
+            serde_json::json!({"resolvedModelId": "eu.x", "observedGeneration": 1}),
+        );
+        assert_eq!(stale.model_to_call(), HAIKU);
+    }
+
+    #[test]
+    fn without_the_operator_the_spec_alone_decides() {
+        let call = |profile: Option<&str>, region: &str, model: &str| {
+            let mut spec = serde_json::json!({"modelId": model, "region": region});
+            if let Some(p) = profile {
+                spec["inferenceProfile"] = p.into();
+            }
+            endpoint(spec, serde_json::json!({})).model_to_call()
+        };
+        assert_eq!(call(None, "us-east-1", HAIKU), HAIKU);
+        assert_eq!(
+            call(Some("global"), "us-east-1", HAIKU),
+            format!("global.{HAIKU}")
+        );
+        assert_eq!(
+            call(Some("geographic"), "eu-west-1", HAIKU),
+            format!("eu.{HAIKU}")
+        );
+        assert_eq!(
+            call(Some("geographic"), "ap-northeast-1", HAIKU),
+            format!("jp.{HAIKU}")
+        );
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc";
+        assert_eq!(call(Some(arn), "us-east-1", HAIKU), arn);
+        // A model id that already names a profile is called as written.
+        assert_eq!(
+            call(Some("global"), "us-east-1", &format!("eu.{HAIKU}")),
+            format!("eu.{HAIKU}")
+        );
+    }
 }

@@ -132,6 +132,168 @@ fn wait_for_endpoint(
     }
 }
 
+/// What the endpoint resolves to: `(status.resolvedModelId, Available message, PriceKnown message)`.
+fn resolution(me: &Value) -> (String, String, String) {
+    let message = |t: &str| {
+        me["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_default()
+    };
+    (
+        me["status"]["resolvedModelId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        message("Available"),
+        message("PriceKnown"),
+    )
+}
+
+/// Bedrock serves Claude Haiku 4.5 only through inference profiles: each way of writing an
+/// endpoint resolves to an id Bedrock accepts, or is `Available=False` with what to write instead.
+fn endpoints_resolve_to_ids_bedrock_accepts(cluster: &Cluster, seed_ns: &str, ns: &str) {
+    const HAIKU: &str = "anthropic.claude-haiku-4-5-20251001-v1:0";
+    const CLAUDE_3_HAIKU: &str = "anthropic.claude-3-haiku-20240307-v1:0";
+    let endpoint = |name: &str, region: &str, model: &str, profile: Option<&str>| {
+        let profile = profile.map_or(String::new(), |p| format!("  inferenceProfile: \"{p}\"\n"));
+        format!(
+            "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelEndpoint\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  modelId: \"{model}\"\n  region: {region}\n{profile}"
+        )
+    };
+    // The seed's endpoint: the US geographic profile, priced 10% above the list price.
+    let me = wait_for_endpoint(cluster, seed_ns, "claude-haiku", "Ready", "True", "Ready");
+    let (called, available, price) = resolution(&me);
+    assert_eq!(called, format!("us.{HAIKU}"));
+    assert!(
+        available.contains("only through inference profiles"),
+        "{available}"
+    );
+    assert!(price.contains("$1.1 / $5.5"), "{price}");
+    let wide = cluster.kubectl_ok(&["get", "me", "claude-haiku", "-n", seed_ns, "-o", "wide"]);
+    assert!(wide.lines().next().unwrap().contains("CALLS"), "{wide}");
+    assert!(wide.contains(&format!("us.{HAIKU}")), "{wide}");
+
+    let ready = [
+        (
+            "global",
+            "us-east-1",
+            HAIKU,
+            Some("global"),
+            format!("global.{HAIKU}"),
+            "$1 / $5",
+        ),
+        (
+            "tokyo",
+            "ap-northeast-1",
+            HAIKU,
+            None,
+            format!("jp.{HAIKU}"),
+            "$1.1 / $5.5",
+        ),
+        (
+            "frankfurt",
+            "eu-central-1",
+            HAIKU,
+            Some("geographic"),
+            format!("eu.{HAIKU}"),
+            "$1.1 / $5.5",
+        ),
+        (
+            "on-demand",
+            "us-east-1",
+            CLAUDE_3_HAIKU,
+            None,
+            CLAUDE_3_HAIKU.to_owned(),
+            "$0.25 / $1.25",
+        ),
+        (
+            "written",
+            "us-east-1",
+            &format!("us.{HAIKU}") as &str,
+            None,
+            format!("us.{HAIKU}"),
+            "$1.1 / $5.5",
+        ),
+    ];
+    for (name, region, model, profile, _, _) in &ready {
+        assert!(
+            cluster
+                .apply(&endpoint(name, region, model, *profile))
+                .success
+        );
+    }
+    for (name, _, _, _, want, price) in &ready {
+        let me = wait_for_endpoint(cluster, ns, name, "Ready", "True", "Ready");
+        let (called, _, priced) = resolution(&me);
+        assert_eq!(&called, want, "{name}");
+        assert!(priced.contains(price), "{name}: {priced}");
+    }
+
+    let broken = [
+        (
+            "no-region",
+            "sa-east-1",
+            HAIKU,
+            None,
+            "ModelNotFound",
+            "choose a region",
+        ),
+        (
+            "no-global",
+            "us-east-1",
+            CLAUDE_3_HAIKU,
+            Some("global"),
+            "InferenceProfileNotFound",
+            "set spec.inferenceProfile to geographic",
+        ),
+        (
+            "wrong-geo",
+            "us-east-1",
+            &format!("eu.{HAIKU}") as &str,
+            None,
+            "InferenceProfileNotFound",
+            &format!("write the base model id {HAIKU}") as &str,
+        ),
+        (
+            "mismatch",
+            "us-east-1",
+            HAIKU,
+            Some(&format!("us.{CLAUDE_3_HAIKU}") as &str),
+            "InferenceProfileMismatch",
+            "does not route to",
+        ),
+    ];
+    for (name, region, model, profile, _, _) in &broken {
+        assert!(
+            cluster
+                .apply(&endpoint(name, region, model, *profile))
+                .success
+        );
+    }
+    for (name, _, _, _, reason, hint) in &broken {
+        let me = wait_for_endpoint(cluster, ns, name, "Available", "False", reason);
+        let (called, available, _) = resolution(&me);
+        assert_eq!(called, "", "{name}: nothing to call");
+        assert!(available.contains(hint), "{name}: {available}");
+        assert_eq!(me["status"]["available"], false, "{name}");
+    }
+    // Fixing the spec re-resolves at once (a new generation).
+    assert!(
+        cluster
+            .apply(&endpoint(
+                "no-global",
+                "us-east-1",
+                CLAUDE_3_HAIKU,
+                Some("geographic")
+            ))
+            .success
+    );
+    let me = wait_for_endpoint(cluster, ns, "no-global", "Ready", "True", "Ready");
+    assert_eq!(resolution(&me).0, format!("us.{CLAUDE_3_HAIKU}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controllers_publish_conditions_that_follow_what_they_reference() {
     let cluster = Cluster::get();
@@ -199,6 +361,7 @@ async fn controllers_publish_conditions_that_follow_what_they_reference() {
         Some("true"),
         "AVAILABLE column: {row}"
     );
+    endpoints_resolve_to_ids_bedrock_accepts(cluster, &ns, &cluster.namespace("profiles"));
 
     // The ledger: an injected pod gets a ModelUsage per endpoint, owned by the pod; what its sidecar
     // writes there is summed into the endpoint's status and shown by `kubectl get modelendpoints`.

@@ -9,7 +9,11 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use aws_credential_types::Credentials;
 use aws_sdk_bedrock::error::ProvideErrorMetadata;
 use futures_util::{Stream, StreamExt, stream};
-use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, ModelUsage, model_endpoint::CostBudget, pricing};
+use k8s_ai_api::{
+    GuardrailPolicy, ModelEndpoint, ModelEndpointSpec, ModelUsage,
+    model_endpoint::{CostBudget, ProfileChoice},
+    model_id, pricing,
+};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -53,17 +57,6 @@ fn wanted(
     }
 }
 
-/// The base model behind an inference profile id or ARN (`us.anthropic…` → `anthropic…`).
-fn base_model(model_id: &str) -> &str {
-    let id = model_id.rsplit('/').next().unwrap_or(model_id);
-    [
-        "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
-    ]
-    .iter()
-    .find_map(|p| id.strip_prefix(p))
-    .unwrap_or(id)
-}
-
 fn aws_error<E: ProvideErrorMetadata + std::fmt::Display>(
     e: &aws_sdk_bedrock::error::SdkError<E>,
 ) -> String {
@@ -79,14 +72,20 @@ fn aws_error<E: ProvideErrorMetadata + std::fmt::Display>(
     }
 }
 
-/// Assumes the endpoint's role (if any) and looks the model up in its region.
-async fn check_aws(
-    ctx: &Context,
-    endpoint: &ModelEndpoint,
-) -> (
-    Result<String, (&'static str, String)>,
-    Result<String, (&'static str, String)>,
-) {
+/// The outcome of one check: what passed, or the condition's reason and message.
+type Check = Result<String, (&'static str, String)>;
+
+/// What the AWS checks found: the credentials, the model, and the id calls will send.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    credentials: Check,
+    available: Check,
+    /// The model id, profile id or ARN sidecars call (`status.resolvedModelId`), when available.
+    resolved_model_id: Option<String>,
+}
+
+/// Assumes the endpoint's role (if any), then finds what to call in its region.
+async fn check_aws(ctx: &Context, endpoint: &ModelEndpoint) -> Checked {
     let region = aws_config::Region::new(endpoint.spec.region.clone());
     let mut config = aws_sdk_bedrock::config::Builder::from(&ctx.aws).region(region.clone());
     let credentials = match &endpoint.spec.irsa_role_arn {
@@ -128,47 +127,220 @@ async fn check_aws(
         }
     };
     if credentials.is_err() {
-        return (
+        return Checked {
             credentials,
-            Err((
+            available: Err((
                 "CredentialsInvalid",
                 "cannot check the model without credentials".to_owned(),
             )),
-        );
+            resolved_model_id: None,
+        };
     }
     let bedrock = aws_sdk_bedrock::Client::from_conf(config.build());
-    let model = base_model(&endpoint.spec.model_id);
-    let available = match bedrock
-        .get_foundation_model()
-        .model_identifier(model)
+    let (available, resolved_model_id) = match resolve_model(&bedrock, &endpoint.spec).await {
+        Ok((message, id)) => (Ok(message), Some(id)),
+        Err(e) => (Err(e), None),
+    };
+    Checked {
+        credentials,
+        available,
+        resolved_model_id,
+    }
+}
+
+/// Whether a Bedrock error says the thing looked up does not exist (rather than that Bedrock
+/// could not be asked).
+fn not_found<E: ProvideErrorMetadata>(e: &aws_sdk_bedrock::error::SdkError<E>) -> bool {
+    matches!(e, aws_sdk_bedrock::error::SdkError::ServiceError(s)
+        if matches!(s.err().code(), Some("ResourceNotFoundException" | "ValidationException")))
+}
+
+/// The models (foundation-model ARNs) an inference profile routes to; `Ok(None)` when Bedrock
+/// does not know the profile.
+async fn inference_profile_models(
+    bedrock: &aws_sdk_bedrock::Client,
+    region: &str,
+    profile: &str,
+) -> Result<Option<Vec<String>>, (&'static str, String)> {
+    match bedrock
+        .get_inference_profile()
+        .inference_profile_identifier(profile)
         .send()
         .await
     {
-        Ok(_) => Ok(format!("{model} is offered in {}", endpoint.spec.region)),
+        Ok(out) => Ok(Some(
+            out.models()
+                .iter()
+                .filter_map(|m| m.model_arn().map(str::to_owned))
+                .collect(),
+        )),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err((
+            "BedrockUnreachable",
+            format!(
+                "looking up inference profile {profile} in {region}: {}",
+                aws_error(&e)
+            ),
+        )),
+    }
+}
+
+/// The id calls through `spec` must send, and a message saying why: the model id itself where the
+/// model may be called on demand, else (or when `inferenceProfile` says so) a cross-region profile
+/// that Bedrock confirms exists in the region. Errors name what to write instead.
+async fn resolve_model(
+    bedrock: &aws_sdk_bedrock::Client,
+    spec: &ModelEndpointSpec,
+) -> Result<(String, String), (&'static str, String)> {
+    let region = spec.region.as_str();
+    let list_hint = format!("aws bedrock list-inference-profiles --region {region}");
+    let parsed = model_id::parse(&spec.model_id);
+    if let ProfileChoice::Named(profile) = spec.profile_choice() {
+        let Some(models) = inference_profile_models(bedrock, region, profile).await? else {
+            return Err((
+                "InferenceProfileNotFound",
+                format!(
+                    "inference profile {profile} does not exist in {region}: set spec.inferenceProfile to one that does ({list_hint}), or to geographic or global"
+                ),
+            ));
+        };
+        if let Some(m) = parsed
+            && !models.is_empty()
+            && !models
+                .iter()
+                .any(|arn| arn.ends_with(&format!("/{}", m.base)))
+        {
+            return Err((
+                "InferenceProfileMismatch",
+                format!(
+                    "inference profile {profile} does not route to {}: it serves {}",
+                    m.base,
+                    models.join(", ")
+                ),
+            ));
+        }
+        return Ok((
+            format!("calls inference profile {profile} in {region}"),
+            profile.to_owned(),
+        ));
+    }
+    let Some(parsed) = parsed else {
+        // An application inference profile or provisioned model: opaque ARNs, called as written.
+        if spec.model_id.contains(":application-inference-profile/")
+            && inference_profile_models(bedrock, region, &spec.model_id)
+                .await?
+                .is_none()
+        {
+            return Err((
+                "InferenceProfileNotFound",
+                format!(
+                    "inference profile {} does not exist in {region} ({list_hint})",
+                    spec.model_id
+                ),
+            ));
+        }
+        return Ok((
+            format!("calls {} as written", spec.model_id),
+            spec.model_id.clone(),
+        ));
+    };
+    if parsed.is_profile() {
+        return match inference_profile_models(bedrock, region, &spec.model_id).await? {
+            Some(_) => Ok((
+                format!("calls inference profile {} in {region}", spec.model_id),
+                spec.model_id.clone(),
+            )),
+            None => Err((
+                "InferenceProfileNotFound",
+                format!(
+                    "inference profile {} is not offered in {region}: write the base model id {} and let the operator pick the profile, or name one from {list_hint}",
+                    spec.model_id, parsed.base
+                ),
+            )),
+        };
+    }
+    let base = parsed.base;
+    let details = match bedrock
+        .get_foundation_model()
+        .model_identifier(base)
+        .send()
+        .await
+    {
+        Ok(out) => out.model_details,
+        Err(e) if not_found(&e) => {
+            return Err((
+                "ModelNotFound",
+                format!(
+                    "{base} is not offered in {region}: choose a region that offers it (aws bedrock list-foundation-models --region <region>) or another model; {}",
+                    aws_error(&e)
+                ),
+            ));
+        }
         Err(e) => {
-            let reason = if matches!(&e, aws_sdk_bedrock::error::SdkError::ServiceError(s) if s.err().is_resource_not_found_exception() || s.err().is_validation_exception())
-            {
-                "ModelNotFound"
-            } else {
-                "BedrockUnreachable"
-            };
-            Err((
-                reason,
-                format!("{model} in {}: {}", endpoint.spec.region, aws_error(&e)),
-            ))
+            return Err((
+                "BedrockUnreachable",
+                format!("{base} in {region}: {}", aws_error(&e)),
+            ));
         }
     };
-    (credentials, available)
+    let on_demand = details.as_ref().is_some_and(|d| {
+        d.inference_types_supported()
+            .contains(&aws_sdk_bedrock::types::InferenceType::OnDemand)
+    });
+    let candidates: Vec<&str> = match spec.profile_choice() {
+        ProfileChoice::Automatic if on_demand => {
+            return Ok((
+                format!("{base} is offered on demand in {region}"),
+                spec.model_id.clone(),
+            ));
+        }
+        ProfileChoice::Global => vec![model_id::GLOBAL_PREFIX],
+        _ => model_id::geographic_prefixes(region).to_vec(),
+    };
+    for prefix in &candidates {
+        let id = model_id::profile_id(prefix, base);
+        if inference_profile_models(bedrock, region, &id)
+            .await?
+            .is_some()
+        {
+            let why = if on_demand {
+                "as spec.inferenceProfile asks"
+            } else {
+                "Bedrock serves it only through inference profiles"
+            };
+            return Ok((
+                format!("{base} is called through inference profile {id} in {region}: {why}"),
+                id,
+            ));
+        }
+    }
+    let tried: Vec<String> = candidates
+        .iter()
+        .map(|p| model_id::profile_id(p, base))
+        .collect();
+    let tried = if tried.is_empty() {
+        format!("{region} belongs to no geography with profiles")
+    } else {
+        format!("{} not found", tried.join(", "))
+    };
+    let fix = match spec.profile_choice() {
+        ProfileChoice::Global => {
+            "set spec.inferenceProfile to geographic, or to the id or ARN of a profile"
+        }
+        _ if on_demand => {
+            "remove spec.inferenceProfile to call it on demand, or set it to the id or ARN of a profile"
+        }
+        _ => "set spec.inferenceProfile to global, or to the id or ARN of a profile",
+    };
+    Err((
+        "InferenceProfileNotFound",
+        format!("{base} needs an inference profile in {region} ({tried}): {fix} ({list_hint})"),
+    ))
 }
 
 /// The last AWS checks of each endpoint: `ns/name` → (generation, when, result).
 pub type AwsChecks =
     std::sync::Mutex<std::collections::HashMap<String, (Option<i64>, std::time::Instant, Checked)>>;
-
-pub type Checked = (
-    Result<String, (&'static str, String)>,
-    Result<String, (&'static str, String)>,
-);
 
 /// The AWS checks, reused while the spec is unchanged and the result is younger than the
 /// re-check period: ledger updates re-reconcile an endpoint often, and must not call STS each time.
@@ -280,9 +452,13 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     let _timer = ctx.metrics.reconcile_started("ModelEndpoint");
     let ns = endpoint.namespace().ok_or(Error::NoNamespace)?;
     let name = endpoint.name_any();
-    let (credentials, available) = cached_aws_check(&ctx, &endpoint).await;
+    let checked = cached_aws_check(&ctx, &endpoint).await;
+    let called = checked
+        .resolved_model_id
+        .clone()
+        .unwrap_or_else(|| endpoint.spec.model_id.clone());
     let guardrail = resolve_guardrail(&ctx, &endpoint).await?;
-    let price = pricing::price_for(&endpoint.spec)
+    let price = pricing::price_for(&endpoint.spec, &called)
         .map(|p| {
             format!(
                 "${} / ${} per million input / output tokens",
@@ -291,8 +467,8 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         })
         .map_err(|e| ("PriceUnknown", e.to_string()));
     let checks = [
-        wanted("CredentialsValid", credentials, "CredentialsValid"),
-        wanted("Available", available, "ModelAvailable"),
+        wanted("CredentialsValid", checked.credentials, "CredentialsValid"),
+        wanted("Available", checked.available, "ModelAvailable"),
         wanted("GuardrailResolved", guardrail, "GuardrailResolved"),
         wanted("PriceKnown", price, "PriceKnown"),
     ];
@@ -339,7 +515,12 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     let status = json!({
         "apiVersion": "ai.kernelpanic09.io/v1alpha1",
         "kind": "ModelEndpoint",
-        "status": { "available": is_ready, "conditions": conditions, "observedGeneration": generation },
+        "status": {
+            "available": is_ready,
+            "conditions": conditions,
+            "observedGeneration": generation,
+            "resolvedModelId": checked.resolved_model_id,
+        },
     });
     let mut status = status;
     if let (Some(s), Some(u)) = (status["status"].as_object_mut(), usage.as_object()) {
