@@ -36,6 +36,8 @@ use e2e::emulator::{
 type IsExpected = fn(&aws_sdk_bedrockruntime::operation::converse::ConverseError) -> bool;
 
 const HAIKU: &str = "anthropic.claude-haiku-4-5-20251001-v1:0";
+/// Its US cross-region profile: Bedrock serves Haiku 4.5 only through inference profiles.
+const HAIKU_US: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
 
 async fn start(config: Config) -> Running {
     Emulator::start(config, "127.0.0.1:0".parse().unwrap())
@@ -99,7 +101,7 @@ async fn converse_answers_with_the_real_shapes() {
     let client = runtime(&emulator).await;
     let out = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .system(SystemContentBlock::Text("Be brief.".into()))
         .messages(user("Explain Kubernetes operators in two sentences."))
         .inference_config(
@@ -151,7 +153,7 @@ async fn converse_answers_with_the_real_shapes() {
     // maxTokens and stop sequences end the answer early, with the matching stop reason.
     let out = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("one two three four five six"))
         .inference_config(InferenceConfiguration::builder().max_tokens(2).build())
         .send()
@@ -161,7 +163,7 @@ async fn converse_answers_with_the_real_shapes() {
     assert_eq!(out.usage().unwrap().output_tokens(), 2);
     let out = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("one two STOP three"))
         .inference_config(
             InferenceConfiguration::builder()
@@ -182,7 +184,7 @@ async fn converse_answers_with_the_real_shapes() {
     // Prompt caching: the prefix before a cache point is written once, then read.
     let cached = |c: &aws_sdk_bedrockruntime::Client| {
         c.converse()
-            .model_id(HAIKU)
+            .model_id(HAIKU_US)
             .system(SystemContentBlock::Text(
                 "A long and stable system prompt.".into(),
             ))
@@ -222,7 +224,7 @@ async fn converse_stream_decodes_in_the_sdk() {
     let client = runtime(&emulator).await;
     let mut stream = client
         .converse_stream()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("stream please"))
         .send()
         .await
@@ -267,7 +269,7 @@ async fn stream_faults_reach_the_sdk_as_bedrock_sends_them() {
     let client = runtime(&emulator).await;
     let mut stream = client
         .converse_stream()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -296,7 +298,7 @@ async fn stream_faults_reach_the_sdk_as_bedrock_sends_them() {
     let client = runtime(&emulator).await;
     let mut stream = client
         .converse_stream()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -316,7 +318,13 @@ async fn stream_faults_reach_the_sdk_as_bedrock_sends_them() {
 async fn errors_arrive_with_bedrocks_codes() {
     let emulator = start(Config::default()).await;
     let client = runtime(&emulator).await;
-    let converse = || client.converse().model_id(HAIKU).messages(user("x")).send();
+    let converse = || {
+        client
+            .converse()
+            .model_id(HAIKU_US)
+            .messages(user("x"))
+            .send()
+    };
 
     let err = client
         .converse()
@@ -334,7 +342,7 @@ async fn errors_arrive_with_bedrocks_codes() {
 
     let err = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(
             Message::builder()
                 .role(ConversationRole::Assistant)
@@ -413,7 +421,7 @@ async fn errors_arrive_with_bedrocks_codes() {
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     let err = nova_only
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -456,7 +464,7 @@ async fn signatures_are_verified() {
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, wrong, "us-east-1").await);
     let err = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -469,7 +477,7 @@ async fn signatures_are_verified() {
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, unknown, "us-east-1").await);
     let err = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -494,7 +502,7 @@ async fn signatures_are_verified() {
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -502,7 +510,7 @@ async fn signatures_are_verified() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = client
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -675,7 +683,7 @@ async fn guardrails_through_the_control_plane_and_at_runtime() {
     let guarded = |text: &str| {
         client
             .converse()
-            .model_id(HAIKU)
+            .model_id(HAIKU_US)
             .messages(user(text))
             .guardrail_config(
                 GuardrailConfiguration::builder()
@@ -771,6 +779,169 @@ async fn guardrails_through_the_control_plane_and_at_runtime() {
     assert!(err.is_resource_not_found_exception(), "{err:?}");
 }
 
+/// Bedrock refuses on-demand calls of a profile-only model by its bare id, in every runtime
+/// operation, with the message users report; its profiles exist only where Bedrock offers them.
+#[tokio::test]
+async fn profile_only_models_are_called_through_inference_profiles() {
+    let emulator = start(Config::default()).await;
+    let client = runtime(&emulator).await;
+    let refusal = format!(
+        "Invocation of model ID {HAIKU} with on-demand throughput isn\u{2019}t supported. Retry your request with the ID or ARN of an inference profile that contains this model."
+    );
+    let err = client
+        .converse()
+        .model_id(HAIKU)
+        .messages(user("hi"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_validation_exception(), "{err:?}");
+    assert_eq!(err.meta().message(), Some(refusal.as_str()));
+    let err = client
+        .converse_stream()
+        .model_id(HAIKU)
+        .messages(user("hi"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_validation_exception(), "{err:?}");
+    let body = serde_json::json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 5,
+        "messages": [ { "role": "user", "content": "hi" } ],
+    });
+    let err = client
+        .invoke_model()
+        .model_id(format!(
+            "arn:aws:bedrock:us-east-1::foundation-model/{HAIKU}"
+        ))
+        .body(Blob::new(body.to_string()))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_validation_exception(), "{err:?}");
+    assert_eq!(err.meta().message(), Some(refusal.as_str()));
+    // An older model is still served on demand, and through its geographic profile.
+    for id in [
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        "us.anthropic.claude-3-haiku-20240307-v1:0",
+        &format!("global.{HAIKU}"),
+        &format!("arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU_US}"),
+    ] {
+        let out = client
+            .converse()
+            .model_id(id)
+            .messages(user("hi"))
+            .send()
+            .await;
+        assert!(out.is_ok(), "{id}: {out:?}");
+    }
+    // A profile of another geography, an older model's global profile, an ARN of another region:
+    // "The provided model identifier is invalid."
+    for id in [
+        format!("eu.{HAIKU}"),
+        "global.anthropic.claude-3-haiku-20240307-v1:0".to_owned(),
+        format!("arn:aws:bedrock:eu-west-1:123456789012:inference-profile/eu.{HAIKU}"),
+    ] {
+        let err = client
+            .converse()
+            .model_id(&id)
+            .messages(user("hi"))
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error();
+        assert!(err.is_validation_exception(), "{id}: {err:?}");
+        assert_eq!(
+            err.meta().message(),
+            Some("The provided model identifier is invalid."),
+            "{id}"
+        );
+    }
+
+    // The control plane: the model says how it may be invoked, and its profiles are listed.
+    let bedrock = aws_sdk_bedrock::Client::new(
+        &sdk_config(&emulator, static_credentials(), "us-east-1").await,
+    );
+    let model = bedrock
+        .get_foundation_model()
+        .model_identifier(HAIKU)
+        .send()
+        .await
+        .unwrap();
+    // What Bedrock publishes; the SDK's enum predates the value and keeps it as an unknown variant.
+    let types: Vec<&str> = model
+        .model_details()
+        .unwrap()
+        .inference_types_supported()
+        .iter()
+        .map(aws_sdk_bedrock::types::InferenceType::as_str)
+        .collect();
+    assert_eq!(types, ["INFERENCE_PROFILE"]);
+    let profile = bedrock
+        .get_inference_profile()
+        .inference_profile_identifier(HAIKU_US)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(profile.inference_profile_id(), HAIKU_US);
+    assert_eq!(
+        profile.r#type(),
+        &aws_sdk_bedrock::types::InferenceProfileType::SystemDefined
+    );
+    let destinations: Vec<&str> = profile
+        .models()
+        .iter()
+        .filter_map(|m| m.model_arn())
+        .collect();
+    assert_eq!(
+        destinations,
+        [
+            format!("arn:aws:bedrock:us-east-1::foundation-model/{HAIKU}"),
+            format!("arn:aws:bedrock:us-west-2::foundation-model/{HAIKU}"),
+        ]
+    );
+    let by_arn = bedrock
+        .get_inference_profile()
+        .inference_profile_identifier(profile.inference_profile_arn())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_arn.inference_profile_id(), HAIKU_US);
+    let err = bedrock
+        .get_inference_profile()
+        .inference_profile_identifier(format!("eu.{HAIKU}"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_resource_not_found_exception(), "{err:?}");
+    // Listed in pages: every profile once, the US and global ones of Haiku 4.5 among them.
+    let mut ids = Vec::new();
+    let mut pages = bedrock
+        .list_inference_profiles()
+        .max_results(7)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap();
+        assert!(page.inference_profile_summaries().len() <= 7);
+        ids.extend(
+            page.inference_profile_summaries()
+                .iter()
+                .map(|p| p.inference_profile_id().to_owned()),
+        );
+    }
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no profile twice");
+    assert!(ids.contains(&HAIKU_US.to_owned()));
+    assert!(ids.contains(&format!("global.{HAIKU}")));
+    assert!(!ids.iter().any(|id| id.starts_with("eu.")), "{ids:?}");
+}
+
 #[tokio::test]
 async fn foundation_models_per_region() {
     let emulator = start(Config::default()).await;
@@ -820,7 +991,7 @@ async fn invoke_model_with_an_anthropic_body() {
     });
     let out = client
         .invoke_model()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .content_type("application/json")
         .body(Blob::new(body.to_string()))
         .send()
@@ -835,7 +1006,7 @@ async fn invoke_model_with_an_anthropic_body() {
     );
     let err = client
         .invoke_model()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .body(Blob::new("{}"))
         .send()
         .await
@@ -918,7 +1089,7 @@ async fn assume_role_with_web_identity_verifies_real_cluster_tokens() {
         aws_sdk_bedrockruntime::Client::new(&sdk_config(&emulator, creds, "us-east-1").await);
     bedrock
         .converse()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("with pod credentials"))
         .send()
         .await
@@ -977,7 +1148,7 @@ async fn streams_are_paced_per_token_and_can_stall() {
     let client = runtime(&emulator).await;
     let mut stream = client
         .converse_stream()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await
@@ -1007,7 +1178,7 @@ async fn streams_are_paced_per_token_and_can_stall() {
     let client = runtime(&emulator).await;
     let mut stream = client
         .converse_stream()
-        .model_id(HAIKU)
+        .model_id(HAIKU_US)
         .messages(user("x"))
         .send()
         .await

@@ -84,6 +84,124 @@ pub struct CatalogueModel {
     pub provider_name: String,
     #[serde(default)]
     pub model_name: String,
+    /// How the model may be invoked: `ON_DEMAND` (by its id) and `INFERENCE_PROFILE` (through a
+    /// cross-region profile). Default: what Bedrock publishes for it ([`default_inference_types`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_types_supported: Option<Vec<String>>,
+    /// The system-defined profiles (`us`, `eu`, `apac`, `jp`, `au`, `global`, …) callable from this
+    /// region. Default: [`default_profile_prefixes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_profiles: Option<Vec<String>>,
+}
+
+/// On-demand calls by the base id.
+pub const ON_DEMAND: &str = "ON_DEMAND";
+/// Calls through a cross-region inference profile.
+pub const INFERENCE_PROFILE: &str = "INFERENCE_PROFILE";
+
+/// Models Bedrock serves through inference profiles only: a call by the bare id is refused with
+/// "Invocation of model ID … with on-demand throughput isn’t supported" (Bedrock user guide,
+/// "Supported Regions and models for inference profiles"; users' reports such as Laisky/one-api#245
+/// for Claude Haiku 4.5 and Sonnet 4.5, and LibreChat, Flowise, aider issues for Claude 3.7 and 4).
+const PROFILE_ONLY: &[&str] = &[
+    "anthropic.claude-3-7-",
+    "anthropic.claude-sonnet-4",
+    "anthropic.claude-opus-4",
+    "anthropic.claude-haiku-4",
+    "anthropic.claude-sonnet-5",
+    "anthropic.claude-fable-",
+    "amazon.nova-premier-",
+    "amazon.nova-2-",
+    "meta.llama3-2-",
+    "meta.llama3-3-",
+    "meta.llama4-",
+    "deepseek.r1-",
+];
+
+/// Models that also have `global.` profiles and the narrower `jp.`/`au.`/`ca.` geographies: Claude
+/// Sonnet 4.5, Haiku 4.5, Opus 4.5 and later, and Nova 2 (the models AWS prices 10% lower through
+/// global cross-region inference).
+const GLOBAL_PROFILES: &[&str] = &[
+    "anthropic.claude-sonnet-4-5",
+    "anthropic.claude-sonnet-4-6",
+    "anthropic.claude-sonnet-5",
+    "anthropic.claude-haiku-4-5",
+    "anthropic.claude-opus-4-5",
+    "anthropic.claude-opus-4-6",
+    "anthropic.claude-opus-4-7",
+    "anthropic.claude-opus-4-8",
+    "anthropic.claude-fable-",
+    "amazon.nova-2-",
+];
+
+/// Model families Bedrock offers both ways (on demand and through `us.`/`eu.`/`apac.` profiles).
+const BOTH_WAYS: &[&str] = &["anthropic.", "amazon.nova-", "meta.llama3-1-"];
+
+/// What Bedrock publishes as `inferenceTypesSupported` for a model of the built-in catalogue.
+pub fn default_inference_types(model_id: &str) -> Vec<String> {
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| model_id.starts_with(p));
+    let types: &[&str] = if starts(PROFILE_ONLY) {
+        &[INFERENCE_PROFILE]
+    } else if starts(BOTH_WAYS) {
+        &[ON_DEMAND, INFERENCE_PROFILE]
+    } else {
+        &[ON_DEMAND]
+    };
+    types.iter().map(|t| (*t).to_owned()).collect()
+}
+
+/// The profiles of a model that supports them, as seen from `region`: the region's geographies
+/// (`jp.`, `au.`, `ca.` only for the newest models) and `global.` for the newest models.
+pub fn default_profile_prefixes(model_id: &str, region: &str) -> Vec<String> {
+    let newest = GLOBAL_PROFILES.iter().any(|p| model_id.starts_with(p));
+    let mut prefixes: Vec<String> = k8s_ai_api::model_id::geographic_prefixes(region)
+        .iter()
+        .filter(|p| newest || !matches!(**p, "jp" | "au" | "ca"))
+        .map(|p| (*p).to_owned())
+        .collect();
+    if newest && !region.starts_with("us-gov-") {
+        prefixes.push(k8s_ai_api::model_id::GLOBAL_PREFIX.to_owned());
+    }
+    prefixes
+}
+
+impl CatalogueModel {
+    /// A model of the built-in catalogue, with Bedrock's defaults.
+    pub fn builtin(model_id: &str, provider: &str) -> Self {
+        CatalogueModel {
+            model_id: model_id.to_owned(),
+            provider_name: provider.to_owned(),
+            model_name: model_id.to_owned(),
+            inference_types_supported: None,
+            inference_profiles: None,
+        }
+    }
+
+    /// `inferenceTypesSupported`, configured or default.
+    pub fn inference_types(&self) -> Vec<String> {
+        self.inference_types_supported
+            .clone()
+            .unwrap_or_else(|| default_inference_types(&self.model_id))
+    }
+
+    /// Whether the bare model id may be called on demand.
+    pub fn on_demand(&self) -> bool {
+        self.inference_types().iter().any(|t| t == ON_DEMAND)
+    }
+
+    /// The profile prefixes callable from `region` (none when the model has no profiles).
+    pub fn profile_prefixes(&self, region: &str) -> Vec<String> {
+        if !self
+            .inference_types()
+            .iter()
+            .any(|t| t == INFERENCE_PROFILE)
+        {
+            return Vec::new();
+        }
+        self.inference_profiles
+            .clone()
+            .unwrap_or_else(|| default_profile_prefixes(&self.model_id, region))
+    }
 }
 
 /// An IAM user with long-term credentials.
@@ -237,11 +355,7 @@ pub const DEFAULT_REGIONS: [&str; 6] = [
 
 fn default_catalogue() -> BTreeMap<String, Vec<CatalogueModel>> {
     let models: Vec<CatalogueModel> = k8s_ai_api::pricing::builtin_models()
-        .map(|(model_id, provider)| CatalogueModel {
-            model_id: model_id.to_owned(),
-            provider_name: provider.to_owned(),
-            model_name: model_id.to_owned(),
-        })
+        .map(|(model_id, provider)| CatalogueModel::builtin(model_id, provider))
         .collect();
     DEFAULT_REGIONS
         .iter()
@@ -327,5 +441,23 @@ credentialLifetimeSeconds: 5
             !config.catalogue.is_empty(),
             "the default catalogue applies"
         );
+    }
+
+    #[test]
+    fn newer_models_are_served_through_profiles_only() {
+        let haiku =
+            CatalogueModel::builtin("anthropic.claude-haiku-4-5-20251001-v1:0", "Anthropic");
+        assert!(!haiku.on_demand());
+        assert_eq!(haiku.profile_prefixes("us-east-1"), ["us", "global"]);
+        assert_eq!(
+            haiku.profile_prefixes("ap-northeast-1"),
+            ["jp", "apac", "global"]
+        );
+        let old = CatalogueModel::builtin("anthropic.claude-3-haiku-20240307-v1:0", "Anthropic");
+        assert!(old.on_demand());
+        assert_eq!(old.profile_prefixes("ap-northeast-1"), ["apac"]);
+        let mistral = CatalogueModel::builtin("mistral.mistral-7b-instruct-v0:2", "Mistral AI");
+        assert!(mistral.on_demand());
+        assert!(mistral.profile_prefixes("us-east-1").is_empty());
     }
 }

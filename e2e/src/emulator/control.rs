@@ -301,7 +301,7 @@ fn model_details(region: &str, m: &super::config::CatalogueModel) -> Value {
         "outputModalities": ["TEXT"],
         "responseStreamingSupported": true,
         "customizationsSupported": [],
-        "inferenceTypesSupported": ["ON_DEMAND", "INFERENCE_PROFILE"],
+        "inferenceTypesSupported": m.inference_types(),
         "modelLifecycle": { "status": "ACTIVE" },
     })
 }
@@ -368,6 +368,140 @@ pub async fn list_foundation_models(
     done(
         &emulator,
         "ListFoundationModels",
+        caller.as_ref().ok(),
+        result,
+    )
+}
+
+/// The system-defined profile `prefix.model` as `GetInferenceProfile` shows it from `region`: its
+/// models are the model's ARNs in every catalogue region the profile routes to.
+fn inference_profile(
+    config: &super::config::Config,
+    region: &str,
+    prefix: &str,
+    m: &super::config::CatalogueModel,
+) -> Value {
+    let id = k8s_ai_api::model_id::profile_id(prefix, &m.model_id);
+    let global = prefix == k8s_ai_api::model_id::GLOBAL_PREFIX;
+    let destinations: Vec<Value> = config
+        .catalogue
+        .iter()
+        .filter(|(r, models)| {
+            (global || k8s_ai_api::model_id::geographic_prefixes(r).contains(&prefix))
+                && models.iter().any(|other| other.model_id == m.model_id)
+        })
+        .map(|(r, _)| json!({ "modelArn": format!("arn:aws:bedrock:{r}::foundation-model/{}", m.model_id) }))
+        .collect();
+    let geography = if global {
+        "Global".to_owned()
+    } else {
+        prefix.to_uppercase()
+    };
+    json!({
+        "inferenceProfileName": format!("{geography} {}", m.model_name),
+        "description": format!("Routes requests to {} in {} regions.", m.model_name, destinations.len()),
+        "createdAt": "2025-01-01T00:00:00Z",
+        "updatedAt": "2025-01-01T00:00:00Z",
+        "inferenceProfileArn": format!("arn:aws:bedrock:{region}:{ACCOUNT_ID}:inference-profile/{id}"),
+        "models": destinations,
+        "inferenceProfileId": id,
+        "status": "ACTIVE",
+        "type": "SYSTEM_DEFINED",
+    })
+}
+
+/// Every system-defined profile callable from `region`.
+fn inference_profiles(config: &super::config::Config, region: &str) -> Vec<Value> {
+    config
+        .catalogue
+        .get(region)
+        .into_iter()
+        .flatten()
+        .flat_map(|m| {
+            m.profile_prefixes(region)
+                .into_iter()
+                .map(move |prefix| inference_profile(config, region, &prefix, m))
+        })
+        .collect()
+}
+
+/// `GET /inference-profiles`: the system-defined profiles of the region (no application profiles),
+/// paged by `maxResults` (1 to 1000) and `nextToken`.
+pub async fn list_inference_profiles(
+    State(emulator): State<Emulator>,
+    Query(q): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
+    let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
+        let config = emulator.config();
+        let mut all = match q.get("type").map(String::as_str) {
+            None | Some("SYSTEM_DEFINED") => inference_profiles(&config, &caller.region),
+            Some("APPLICATION") => Vec::new(),
+            Some(other) => {
+                return Err(AwsError::validation(format!(
+                    "1 validation error detected: Value '{other}' at 'typeEquals' failed to satisfy constraint: Member must satisfy enum value set: [SYSTEM_DEFINED, APPLICATION]"
+                )));
+            }
+        };
+        let start: usize = q.get("nextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+        let max: usize = q
+            .get("maxResults")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(1000)
+            .clamp(1, 1000);
+        let rest = all.split_off(start.min(all.len()));
+        let next = (rest.len() > max).then(|| (start + max).to_string());
+        let page: Vec<Value> = rest.into_iter().take(max).collect();
+        Ok((StatusCode::OK, json!({ "inferenceProfileSummaries": page, "nextToken": next })))
+    });
+    done(
+        &emulator,
+        "ListInferenceProfiles",
+        caller.as_ref().ok(),
+        result,
+    )
+}
+
+/// `GET /inference-profiles/{id or ARN}`: one system-defined profile callable from the region.
+pub async fn get_inference_profile(
+    State(emulator): State<Emulator>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
+    let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
+        let config = emulator.config();
+        let not_found = || AwsError::not_found(format!("Inference profile {id} not found."));
+        let called = k8s_ai_api::model_id::parse(&id)
+            .filter(|m| m.is_profile() && m.arn_region.is_none_or(|r| r == caller.region))
+            .ok_or_else(not_found)?;
+        let prefix = match called.route {
+            k8s_ai_api::model_id::Route::Geographic(prefix) => prefix,
+            _ => k8s_ai_api::model_id::GLOBAL_PREFIX,
+        };
+        let model = config
+            .catalogue
+            .get(&caller.region)
+            .and_then(|models| models.iter().find(|m| m.model_id == called.base))
+            .filter(|m| {
+                m.profile_prefixes(&caller.region)
+                    .iter()
+                    .any(|p| p == prefix)
+            })
+            .ok_or_else(not_found)?;
+        Ok((
+            StatusCode::OK,
+            inference_profile(&config, &caller.region, prefix, model),
+        ))
+    });
+    done(
+        &emulator,
+        "GetInferenceProfile",
         caller.as_ref().ok(),
         result,
     )

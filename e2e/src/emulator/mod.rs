@@ -295,6 +295,11 @@ impl Emulator {
                 "/foundation-models/{id}",
                 get(control::get_foundation_model),
             )
+            .route("/inference-profiles", get(control::list_inference_profiles))
+            .route(
+                "/inference-profiles/{id}",
+                get(control::get_inference_profile),
+            )
             .route("/_emulator/requests", get(admin_requests))
             .route("/_emulator/credentials", get(admin_credentials))
             .route("/_emulator/reset", post(admin_reset))

@@ -16,27 +16,20 @@ use axum::{
 };
 use serde_json::{Value, json};
 
+use k8s_ai_api::model_id::{self, Route};
+
 use super::{
     Caller, Emulator, Record,
-    config::{Faults, glob_match},
+    config::{Config, Faults, glob_match},
     error::AwsError,
     guardrails::{Assessment, Policy, Source},
     random_token,
     text::{self, count_tokens},
 };
 
-/// Inference profile prefixes that route a base model across regions.
-const PROFILE_PREFIXES: [&str; 8] = [
-    "us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.",
-];
-
 /// The base model id behind a model id, inference profile id or ARN.
 pub fn base_model_id(model_id: &str) -> &str {
-    let id = model_id.rsplit('/').next().unwrap_or(model_id);
-    PROFILE_PREFIXES
-        .iter()
-        .find_map(|p| id.strip_prefix(p))
-        .unwrap_or(id)
+    k8s_ai_api::model_id::base_model_id(model_id)
 }
 
 /// What a request asked the model, normalised from Converse or Anthropic Messages bodies.
@@ -234,6 +227,39 @@ fn injected_fault(faults: &Faults, n: u64) -> Option<AwsError> {
     None
 }
 
+/// The base id of the model `model_id` reaches from `region`, as strictly as Bedrock checks it:
+/// the model must be in the region's catalogue, a bare id must allow on-demand calls, a profile
+/// must be one the region offers for the model, an ARN must name the caller's region.
+fn served_model<'a>(config: &Config, region: &str, model_id: &'a str) -> Result<&'a str, AwsError> {
+    let invalid = || AwsError::validation("The provided model identifier is invalid.");
+    let called = model_id::parse(model_id).ok_or_else(invalid)?;
+    if called.arn_region.is_some_and(|r| r != region) {
+        return Err(invalid());
+    }
+    let model = config
+        .catalogue
+        .get(region)
+        .and_then(|models| models.iter().find(|m| m.model_id == called.base))
+        .ok_or_else(invalid)?;
+    let prefix = match called.route {
+        Route::InRegion if model.on_demand() => return Ok(called.base),
+        Route::InRegion => {
+            // Bedrock's words, with its typographic apostrophe.
+            return Err(AwsError::validation(format!(
+                "Invocation of model ID {} with on-demand throughput isn’t supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
+                called.base
+            )));
+        }
+        Route::Geographic(prefix) => prefix,
+        Route::Global => model_id::GLOBAL_PREFIX,
+    };
+    if model.profile_prefixes(region).iter().any(|p| p == prefix) {
+        Ok(called.base)
+    } else {
+        Err(invalid())
+    }
+}
+
 impl Emulator {
     /// Everything before the model runs: signature, model, permission, faults, guardrail lookup.
     fn admit(
@@ -242,17 +268,8 @@ impl Emulator {
         model_id: &str,
         guardrail_config: &Value,
     ) -> Result<Option<GuardrailUse>, AwsError> {
-        let base = base_model_id(model_id);
         let config = self.config();
-        let served = config
-            .catalogue
-            .get(&caller.region)
-            .is_some_and(|models| models.iter().any(|m| m.model_id == base));
-        if !served {
-            return Err(AwsError::validation(
-                "The provided model identifier is invalid.",
-            ));
-        }
+        let base = served_model(&config, &caller.region, model_id)?;
         if !caller
             .principal
             .allowed_models()
