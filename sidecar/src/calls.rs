@@ -300,7 +300,7 @@ impl AppState {
             .converse(
                 &spec.region,
                 spec.irsa_role_arn.as_deref(),
-                &spec.model_id,
+                &prepared.endpoint.model_to_call,
                 &prepared.request,
             )
             .await;
@@ -332,7 +332,7 @@ impl AppState {
         );
         let stream = match self
             .upstream
-            .converse_stream(&client, &prepared.endpoint.spec.model_id, &prepared.request)
+            .converse_stream(&client, &prepared.endpoint.model_to_call, &prepared.request)
             .await
         {
             Ok(s) => s,

@@ -24,6 +24,9 @@ use crate::{metrics::EndpointLabels, pii::PiiFilter};
 pub struct EndpointConfig {
     pub name: String,
     pub spec: ModelEndpointSpec,
+    /// The id Bedrock is called with: the operator's resolution of `spec.modelId`, usually an
+    /// inference profile (see `ModelEndpoint::model_to_call`).
+    pub model_to_call: String,
     /// The price per token, or why there is none (calls are refused: never a silent zero).
     pub price: Result<ModelPrice, UnknownPrice>,
     /// The guardrail to apply, if the endpoint names one.
@@ -193,8 +196,10 @@ impl Catalog {
             let own_ledger = usages.iter().find(|u| {
                 u.spec.endpoint == name && (self.pod.is_empty() || u.spec.pod_name == self.pod)
             });
+            let model_to_call = endpoint.model_to_call();
             let config = EndpointConfig {
-                price: pricing::price_for(&endpoint.spec),
+                price: pricing::price_for(&endpoint.spec, &model_to_call),
+                model_to_call,
                 spec: endpoint.spec.clone(),
                 guardrail,
                 reported_cost_today: status

@@ -21,6 +21,35 @@ use e2e::emulator::{
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
+/// Without an operator nothing resolves the seed's model to a profile: the sidecar calls the id as
+/// written and Bedrock's refusal reaches the app, with its advice, as `upstream_rejected`.
+#[tokio::test]
+async fn without_an_operator_the_seeds_bare_model_id_gets_bedrocks_refusal() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_manifests().replace(
+        "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
+        "",
+    );
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let (status, answer, _) = post(
+        &format!("{}/invoke/ai-workloads/claude-haiku", sc.url),
+        SEED_INVOKE,
+    )
+    .await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"]["code"], "upstream_rejected");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("with on-demand throughput isn\u{2019}t supported"),
+        "{message}"
+    );
+    let calls = emu.emulator.requests();
+    assert_eq!(
+        calls.last().and_then(|r| r.model_id.as_deref()),
+        Some("anthropic.claude-haiku-4-5-20251001-v1:0")
+    );
+}
+
 #[tokio::test]
 async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
     let emu = emulator(Config::default()).await;
@@ -57,16 +86,22 @@ async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
     );
     let cost: Decimal = answer["costUSD"].as_str().unwrap().parse().unwrap();
     assert_eq!(cost, haiku_cost(input, output));
+    let converse = emu.emulator.requests();
     assert_eq!(
+        converse.last().and_then(|r| r.model_id.as_deref()),
+        Some("us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+        "the geographic profile is called, and priced"
+    );
+    assert!(
         answer["costUSD"]
             .as_str()
             .unwrap()
             .split('.')
             .nth(1)
             .unwrap()
-            .len(),
-        6,
-        "six decimals, as the seed shows"
+            .len()
+            >= 6,
+        "at least six decimals, as the seed shows"
     );
 
     let (status, answer, _) = post(
@@ -1011,7 +1046,7 @@ async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credential
     );
 
     // With a role named (the seed's irsaRoleArn) the key is used instead: no STS call, no token.
-    let sc = sidecar(&emu, &seed_manifests(), &env).await;
+    let sc = sidecar(&emu, &without_operator(seed_manifests()), &env).await;
     let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
     assert_eq!(status, 200, "{v}");
     assert!(

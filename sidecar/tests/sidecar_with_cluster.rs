@@ -62,7 +62,8 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
     let token_file = dir.join("token");
     std::fs::write(&token_file, token()).unwrap();
     // Requests as fast as they go for 7 s: more than the seed's 60 a minute.
-    let manifests = seed_manifests().replace("requestsPerMinute: 60", "requestsPerMinute: 100000");
+    let manifests = without_operator(seed_manifests())
+        .replace("requestsPerMinute: 60", "requestsPerMinute: 100000");
     let sc = sidecar(
         &emu,
         &manifests,
@@ -143,8 +144,11 @@ fn tenant(
     state: &serde_json::Value,
     dir: &std::path::Path,
 ) -> std::path::PathBuf {
-    let seed = seed_manifests()
+    // GuardrailPolicies are cluster-wide: one of its own, so that another test's synced policy
+    // (whose guardrail this test's emulator does not know) is never picked up.
+    let seed = without_operator(seed_manifests())
         .replace("namespace: ai-workloads", &format!("namespace: {ns}"))
+        .replace("pii-and-safety", &format!("pii-{ns}"))
         .replace(
             "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
             "",

@@ -42,10 +42,22 @@ pub fn seed_manifests() -> String {
 }
 
 /// The seed's objects with the IRSA role removed: the sidecar then signs with the static test keys.
+/// No operator resolves the endpoint here (see [`without_operator`]).
 pub fn seed_with_static_keys() -> String {
-    seed_manifests().replace(
+    without_operator(seed_manifests()).replace(
         "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
         "",
+    )
+}
+
+/// The objects as a sidecar without an operator needs them: Bedrock serves the seed's model only
+/// through inference profiles, and without an operator to resolve `status.resolvedModelId` the
+/// spec must say so itself (`inferenceProfile: geographic`, what docs/sidecar.md tells
+/// standalone users to write).
+pub fn without_operator(manifests: String) -> String {
+    manifests.replace(
+        "  modelId: anthropic.claude-haiku-4-5-20251001-v1:0\n",
+        "  modelId: anthropic.claude-haiku-4-5-20251001-v1:0\n  inferenceProfile: geographic\n",
     )
 }
 
@@ -186,7 +198,9 @@ pub async fn post(url: &str, body: &str) -> (u16, Value, reqwest::header::Header
     (status, value, headers)
 }
 
-/// The exact cost of `input`/`output` tokens of Claude Haiku 4.5 at $1/$5 per million.
+/// The exact cost of `input`/`output` tokens of Claude Haiku 4.5 through its US profile (`us.`):
+/// $1.10/$5.50 per million, the list price plus the geographic profiles' 10%.
 pub fn haiku_cost(input: u64, output: u64) -> Decimal {
-    (Decimal::from(input) + Decimal::from(output) * Decimal::from(5)) / Decimal::from(1_000_000)
+    (Decimal::from(input) * Decimal::new(11, 1) + Decimal::from(output) * Decimal::new(55, 1))
+        / Decimal::from(1_000_000)
 }
