@@ -1,7 +1,14 @@
 //! The HTTP APIs: the data port (`/invoke`, `/render`, OpenAI-compatible `/v1/...`) and the
 //! admin port (`/healthz`, `/readyz`, `/metrics`).
 
-use std::{convert::Infallible, sync::Arc, time::SystemTime};
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
 
 use aws_sdk_bedrockruntime::types::ConversationRole;
 use axum::{
@@ -414,15 +421,21 @@ struct ChatMessage {
     role: String,
     #[serde(default)]
     content: Value,
+    /// `name`, `tool_calls`, `audio`, ...: refused unless empty (SDKs echo `"refusal": null`).
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
 }
 
-/// The OpenAI `/v1/chat/completions` body (the fields that matter here; others are ignored).
+/// The OpenAI `/v1/chat/completions` body: the fields we implement, and every other one in
+/// `other`, each refused by name unless ignoring it cannot change the answer (`check_fields`).
 #[derive(Debug, Deserialize)]
 struct ChatBody {
     model: String,
@@ -441,6 +454,65 @@ struct ChatBody {
     stream: bool,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(flatten)]
+    other: serde_json::Map<String, Value>,
+}
+
+/// Request fields of OpenAI's Chat Completions we accept and do not act on: identifiers and
+/// cache or storage hints, whose absence cannot change the answer (see docs/sidecar.md).
+const IGNORED_FIELDS: &[&str] = &[
+    "user",
+    "safety_identifier",
+    "metadata",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    // Only about tools, which are refused unless empty.
+    "parallel_tool_calls",
+];
+
+/// Whether `value` of the unimplemented field `name` is what leaving it out means, so ignoring
+/// it changes nothing (LangChain sends `n: 1`, SDKs echo nulls).
+fn is_neutral(name: &str, value: &Value) -> bool {
+    let empty = match value {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    empty
+        || match name {
+            "n" => value.as_u64() == Some(1),
+            "logprobs" | "store" => value == &Value::Bool(false),
+            "frequency_penalty" | "presence_penalty" => value.as_f64() == Some(0.0),
+            "response_format" => value == &json!({ "type": "text" }),
+            "modalities" => value == &json!(["text"]),
+            "tool_choice" => matches!(value.as_str(), Some("none" | "auto")),
+            "service_tier" => matches!(value.as_str(), Some("auto" | "default")),
+            _ => false,
+        }
+}
+
+/// Refuses the first field of `fields` (named under `prefix`) that is neither ignorable nor
+/// neutral: a client must never get a plain answer to a question it asked differently.
+fn check_fields(
+    prefix: &str,
+    fields: &serde_json::Map<String, Value>,
+    ignored: &[&str],
+) -> Result<(), ApiError> {
+    let refused = fields
+        .iter()
+        .find(|(name, value)| !ignored.contains(&name.as_str()) && !is_neutral(name, value));
+    match refused {
+        None => Ok(()),
+        Some((name, _)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_parameter", // OpenAI's own code for this
+            format!(
+                "{prefix}{} is not supported by this sidecar's OpenAI route: remove it (see docs/sidecar.md)",
+                truncated(name, 64)
+            ),
+        )),
+    }
 }
 
 fn text_of(content: &Value, index: usize) -> Result<String, ApiError> {
@@ -463,6 +535,14 @@ fn text_of(content: &Value, index: usize) -> Result<String, ApiError> {
 
 impl ChatBody {
     fn into_request(self) -> Result<(String, ModelRequest, Option<u32>, bool, bool), ApiError> {
+        check_fields("", &self.other, IGNORED_FIELDS)?;
+        if let Some(options) = &self.stream_options {
+            // It only pads chunks against length side channels on a network; ours is loopback.
+            check_fields("stream_options.", &options.other, &["include_obfuscation"])?;
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            check_fields(&format!("messages[{i}]."), &m.other, &[])?;
+        }
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         check_sampling(self.temperature.map(|t| t / 2.0), self.top_p, max_tokens)?; // OpenAI's temperature runs 0..2
         let mut system = Vec::new();
@@ -521,6 +601,17 @@ fn openai_usage(result: &CallResult) -> Value {
     json!({ "prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens })
 }
 
+/// A completion id unique in this process (a counter) and, by 64 random bits, across pods.
+fn completion_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static PROCESS: LazyLock<u64> = LazyLock::new(|| fastrand::u64(..));
+    format!(
+        "chatcmpl-{:016x}{:08x}",
+        *PROCESS,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -535,7 +626,7 @@ async fn chat_completions(State(state): Shared, Body(body): Body) -> Response {
         let namespace = state.catalog.namespace().to_owned();
         let endpoint = state.endpoint(&namespace, &model)?;
         let prepared = state.prepare(endpoint, request, max_tokens).await?;
-        let id = format!("chatcmpl-{:x}{:x}", unix_now(), std::process::id());
+        let id = completion_id();
         let created = unix_now();
         if streaming {
             let events = state.call_streaming(prepared).await?;

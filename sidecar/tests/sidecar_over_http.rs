@@ -462,6 +462,106 @@ async fn openai_compatible_routes() {
 }
 
 #[tokio::test]
+async fn openai_fields_we_do_not_implement_are_refused_by_name() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_with_static_keys();
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/v1/chat/completions", sc.url);
+    let base = || json!({ "model": "claude-haiku", "messages": [ { "role": "user", "content": "hello there" } ] });
+    let tool = json!([{ "type": "function", "function": { "name": "f", "parameters": {} } }]);
+    // (field as the message names it, the body with it)
+    let mut refused: Vec<(&str, Value)> = Vec::new();
+    for (field, value) in [
+        ("tools", tool),
+        ("response_format", json!({ "type": "json_object" })),
+        ("n", json!(2)),
+        ("logprobs", json!(true)),
+        ("top_logprobs", json!(2)),
+        ("seed", json!(7)),
+        ("frequency_penalty", json!(0.5)),
+        ("presence_penalty", json!(-1)),
+        ("logit_bias", json!({ "50256": -100 })),
+        ("tool_choice", json!("required")),
+        ("functions", json!([{ "name": "f" }])),
+        ("reasoning_effort", json!("low")),
+        ("store", json!(true)),
+        ("service_tier", json!("flex")),
+        ("modalities", json!(["text", "audio"])),
+        (
+            "web_search_options",
+            json!({ "search_context_size": "low" }),
+        ),
+        ("not_an_openai_field", json!(1)),
+    ] {
+        let mut body = base();
+        body[field] = value;
+        refused.push((field, body));
+    }
+    let mut body = base();
+    body["stream_options"] = json!({ "include_usage": true, "continuous": true });
+    refused.push(("stream_options.continuous", body));
+    let mut body = base();
+    body["messages"][0]["name"] = json!("alice");
+    refused.push(("messages[0].name", body));
+    for (field, body) in refused {
+        let (status, v, _) = post(&url, &body.to_string()).await;
+        assert_eq!(status, 400, "{field}: {v}");
+        assert_eq!(v["error"]["code"], "unsupported_parameter", "{field}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("{field} is not supported")),
+            "{field}: {message}"
+        );
+    }
+    assert_eq!(
+        emu.emulator.requests().len(),
+        0,
+        "no refused request reached Bedrock"
+    );
+
+    // What clients send by default, or what cannot change the answer, passes.
+    let mut body = base();
+    for (field, value) in [
+        ("n", json!(1)),
+        ("stream", json!(false)),
+        ("temperature", json!(0.7)),
+        ("user", json!("user-1234")),
+        ("logprobs", json!(false)),
+        ("response_format", json!({ "type": "text" })),
+        ("tools", json!([])),
+        ("tool_choice", json!("none")),
+        ("seed", Value::Null),
+        ("presence_penalty", json!(0)),
+        ("metadata", json!({ "team": "a" })),
+        (
+            "stream_options",
+            json!({ "include_usage": true, "include_obfuscation": false }),
+        ),
+    ] {
+        body[field] = value;
+    }
+    body["messages"] = json!([
+        { "role": "user", "content": "hello there" },
+        { "role": "assistant", "content": "hi", "refusal": null, "tool_calls": [], "annotations": [] },
+        { "role": "user", "content": "again" },
+    ]);
+    let (status, v, _) = post(&url, &body.to_string()).await;
+    assert_eq!(status, 200, "{v}");
+
+    // Completion ids are unique, also within one second.
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let (status, v, _) = post(&url, &base().to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        assert!(
+            ids.insert(v["id"].as_str().unwrap().to_owned()),
+            "id {} repeated",
+            v["id"]
+        );
+    }
+}
+
+#[tokio::test]
 async fn bedrock_errors_are_mapped_and_never_charged() {
     let emu = emulator(Config {
         faults: Faults {
