@@ -15,6 +15,7 @@ use crate::{
     errors::ApiError,
     limits::{Admission, Ledger},
     metrics::{CallLabels, Metrics, RejectLabels, TokenLabels},
+    refusals::RefusalLog,
     settings::Settings,
 };
 
@@ -25,6 +26,8 @@ pub struct AppState {
     pub upstream: crate::bedrock::Upstream,
     pub ledger: Ledger,
     pub metrics: Metrics,
+    /// Warn lines for refused and failed calls, rate-limited.
+    pub refusals: Arc<RefusalLog>,
     /// The API server, in cluster mode (usage reports).
     pub kube: Option<kube::Client>,
 }
@@ -84,7 +87,16 @@ impl AppState {
         } else {
             self.metrics.rejected.get_or_create(&labels).inc();
         }
+        self.log_refusal(endpoint, &err);
         err
+    }
+
+    /// A warn line (rate-limited) for a call refused or failed; an app hanging up is not one.
+    fn log_refusal(&self, endpoint: &EndpointConfig, err: &ApiError) {
+        if err.code != "client_closed" {
+            self.refusals
+                .record(err, &endpoint.metric_labels, &self.settings.pod_name);
+        }
     }
 
     /// The endpoint `name` of `namespace`, if this pod may use it.
@@ -254,6 +266,7 @@ impl AppState {
             };
             self.metrics.rate_limited.get_or_create(&l).inc();
         }
+        self.log_refusal(&prepared.endpoint, &err);
         // Dropping `prepared` gives back its reservations: Bedrock charged nothing for a failed call.
         err
     }
@@ -312,6 +325,9 @@ impl AppState {
             Ok(mut answer) => {
                 let endpoint = Arc::clone(&prepared.endpoint);
                 let checked = Self::check_output(&endpoint, &mut answer);
+                if let Err(e) = &checked {
+                    self.log_refusal(&endpoint, e);
+                }
                 let outcome = checked.as_ref().err().map_or("success", |e| e.code);
                 let cost = self.account(prepared, &answer.usage, outcome);
                 checked.map(|()| CallResult { answer, cost })
@@ -424,6 +440,9 @@ impl AppState {
             Some(e) => Err(e),
             None => Self::check_output(&endpoint, &mut answer),
         };
+        if let Err(e) = &checked {
+            self.log_refusal(&endpoint, e);
+        }
         let outcome = checked.as_ref().err().map_or("success", |e| e.code);
         let usage = answer.usage;
         let cost = self.account(prepared, &usage, outcome);

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod limits;
 pub mod metrics;
 pub mod pii;
+pub mod refusals;
 pub mod report;
 pub mod server;
 pub mod settings;
@@ -125,8 +126,10 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         upstream,
         ledger: Ledger::default(),
         metrics: Metrics::default(),
+        refusals: Arc::default(),
         kube: kube_client,
     });
+    tokio::spawn(Arc::clone(&state.refusals).run());
     if let Some(client) = state.kube.clone() {
         tokio::spawn(report::run(
             Arc::clone(&state),
@@ -179,6 +182,8 @@ pub async fn serve(
     });
     let flush_state = Arc::clone(&state_for_flush);
     tokio::join!(data, admin);
+    // The last interval's "suppressed" counts, or a storm just before shutdown would go unseen.
+    flush_state.refusals.flush();
     // Drained: write the final counters so nothing used is lost.
     if let Some(client) = flush_state.kube.clone() {
         report::report_once(&flush_state, &client, u64::MAX / 2, true).await;

@@ -562,6 +562,109 @@ async fn openai_fields_we_do_not_implement_are_refused_by_name() {
 }
 
 #[tokio::test]
+async fn refused_and_failed_calls_are_logged_at_warn_without_prompts_and_rate_limited() {
+    // Bedrock throttles every call; 5 requests a minute; a daily budget under one default call's worst case.
+    let emu = emulator(Config {
+        faults: Faults {
+            throttle_every_n: Some(1),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let manifests = seed_with_static_keys()
+        .replace("requestsPerMinute: 60", "requestsPerMinute: 5")
+        .replace(r#"daily: "10.00""#, r#"daily: "0.02""#);
+    let dir = std::env::temp_dir().join(format!(
+        "refusal-log-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("sidecar.log");
+    let mut sc = start_sidecar_logging(
+        &emu,
+        Some(&manifests),
+        "ai-workloads",
+        &[("AI_SIDECAR_LOG_FORMAT", "json"), ("AWS_MAX_ATTEMPTS", "1")],
+        Some(&log),
+    )
+    .await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let secret = "SECRET-PROMPT-7f3a";
+    let small = json!({ "messages": [ { "role": "user", "content": secret } ], "maxTokens": 100 })
+        .to_string();
+    let default = json!({ "messages": [ { "role": "user", "content": secret } ] }).to_string();
+    let blocked = json!({ "messages": [ { "role": "user", "content": format!("{secret} AKIAIOSFODNN7EXAMPLE") } ] }).to_string();
+    let mut answered: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut send = async |body: &str| {
+        let (_, v, _) = post(&url, body).await;
+        *answered
+            .entry(v["error"]["code"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    };
+    send(&blocked).await;
+    send(&default).await;
+    for _ in 0..40 {
+        send(&small).await;
+    }
+    for code in [
+        "guardrail_blocked",
+        "budget_exceeded",
+        "upstream_throttled",
+        "rate_limited",
+    ] {
+        assert!(answered.contains_key(code), "no {code} among {answered:?}");
+    }
+    assert!(answered["rate_limited"] > 10, "a storm: {answered:?}");
+    assert_eq!(sc.terminate().code(), Some(0));
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !text.contains(secret) && !text.contains("AKIA"),
+        "prompt text in the log:\n{text}"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for (code, &count) in &answered {
+        let of_code = |l: &&Value| l["level"] == "WARN" && l["fields"]["code"] == code.as_str();
+        let each: Vec<&Value> = lines
+            .iter()
+            .filter(of_code)
+            .filter(|l| l["fields"]["suppressed"].is_null())
+            .collect();
+        assert_eq!(
+            each.len() as u64,
+            count.min(10),
+            "{code}: {answered:?}\n{text}"
+        );
+        for l in &each {
+            assert_eq!(l["fields"]["endpoint"], "claude-haiku", "{l}");
+            assert_eq!(l["fields"]["namespace"], "ai-workloads", "{l}");
+            assert_eq!(l["fields"]["pod"], "test-pod", "{l}");
+        }
+        let summaries: Vec<&Value> = lines
+            .iter()
+            .filter(of_code)
+            .filter(|l| !l["fields"]["suppressed"].is_null())
+            .collect();
+        if count > 10 {
+            assert_eq!(summaries.len(), 1, "{code}\n{text}");
+            assert_eq!(
+                summaries[0]["fields"]["suppressed"],
+                count - 10,
+                "{code}\n{text}"
+            );
+        } else {
+            assert!(summaries.is_empty(), "{code}\n{text}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn bedrock_errors_are_mapped_and_never_charged() {
     let emu = emulator(Config {
         faults: Faults {

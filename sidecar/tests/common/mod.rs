@@ -128,6 +128,17 @@ pub async fn start_sidecar(
     ns: &str,
     extra_env: &[(&str, &str)],
 ) -> Sidecar {
+    start_sidecar_logging(emulator, manifests, ns, extra_env, None).await
+}
+
+/// `start_sidecar`, with its log (standard output) written to `log` when given.
+pub async fn start_sidecar_logging(
+    emulator: &Running,
+    manifests: Option<&str>,
+    ns: &str,
+    extra_env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> Sidecar {
     let dir = TempDir::new();
     let (port, admin_port) = (free_port(), free_port());
     let mut command = Command::new(env!("CARGO_BIN_EXE_ai-sidecar"));
@@ -148,7 +159,9 @@ pub async fn start_sidecar(
         .env("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", TEST_SECRET_ACCESS_KEY)
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
+        .stdout(log.map_or_else(Stdio::null, |path| {
+            std::fs::File::create(path).unwrap().into()
+        }))
         .stderr(Stdio::inherit());
     for (k, v) in extra_env {
         command.env(k, v);
