@@ -114,18 +114,12 @@ fn seed_objects_apply_unchanged_and_read_back() {
 }
 
 /// The samples are the seed README's heredocs, byte for byte (after the shell unescapes the backticks).
-/// The seed lives in the shared folder beside the repository; without it there is nothing to compare.
+/// The seed README is vendored in e2e/seed: without it this test fails, it never skips.
 #[test]
 fn samples_are_the_seed_readmes_objects() {
-    let seed_dir = repo_root().join("../shared/seed");
-    let Ok(entries) = std::fs::read_dir(&seed_dir) else {
-        eprintln!("skipped: {} not present", seed_dir.display());
-        return;
-    };
-    let mut readme = String::new();
-    for entry in entries {
-        readme.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
-    }
+    let path = repo_root().join("e2e/seed/README.md");
+    let readme = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}: the seed README is our contract", path.display()));
     let heredocs: Vec<String> = readme
         .split("kubectl apply -f - <<EOF\n")
         .skip(1)
