@@ -221,6 +221,33 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
     assert!(!run.success);
     assert!(run.stderr.contains("hostNetwork"), "{}", run.stderr);
 
+    // A pod that declares one of the sidecar's ports, in any container, is refused with what to fix.
+    let opted_in = r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku"}"#;
+    for (name, port, extra) in [
+        ("data-port", 8090, "    ports:\n    - containerPort: 8090\n"),
+        (
+            "admin-port-init",
+            8091,
+            "  initContainers:\n  - name: setup\n    image: app:1\n    ports:\n    - containerPort: 8091\n",
+        ),
+    ] {
+        let run = cluster.apply(&format!("{}{extra}", pod(name, opted_in)));
+        assert!(!run.success, "{name} was admitted");
+        assert!(
+            run.stderr
+                .contains(&format!("declares containerPort {port}"))
+                && run.stderr.contains("move the app to another port"),
+            "{}",
+            run.stderr
+        );
+    }
+    // A hostPort is the node's: 8090 there does not clash with the pod's own 8090.
+    let run = cluster.apply(&format!(
+        "{}    ports:\n    - containerPort: 8080\n      hostPort: 8090\n",
+        pod("host-port", opted_in)
+    ));
+    assert!(run.success, "{}", run.stderr);
+
     // Pods that did not opt in are not sent to the webhook, and are not changed.
     let run = cluster.apply(&pod("plain", "{}"));
     assert!(run.success, "{}", run.stderr);

@@ -233,6 +233,20 @@ fn check_pod(spec: &PodSpec, settings: &InjectSettings) -> Result<(), Denial> {
             "the AI sidecar is injected as a plain container here (the operator runs with --native-sidecar=false) and never exits, so this pod (restartPolicy: {restart}, e.g. a Job's) would never complete: run the operator with --native-sidecar=true (Kubernetes 1.29 or later), or remove the {INJECT_ANNOTATION} annotation"
         )));
     }
+    // A declared port is all we can see; a hostPort maps the node's port, not the pod's, so it cannot clash.
+    let declared = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten().map(move |p| (c, p.container_port)));
+    for (container, port) in declared {
+        if port == DATA_PORT || port == ADMIN_PORT {
+            return Err(Denial(format!(
+                "container {} declares containerPort {port}, a port the AI sidecar listens on in the pod's network, which all its containers share ({DATA_PORT}: its data API on 127.0.0.1, {ADMIN_PORT}: health and metrics), so the app or the sidecar could not listen: move the app to another port, or remove the {INJECT_ANNOTATION} annotation",
+                container.name
+            )));
+        }
+    }
     if let Some(clash) = spec
         .volumes
         .iter()
@@ -786,5 +800,25 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.0.contains("\"yes\""), "{err}");
+        for (port, spec) in [
+            (
+                8090,
+                json!({ "containers": [ { "name": "app", "ports": [ { "containerPort": 8090 } ] } ] }),
+            ),
+            (
+                8091,
+                json!({ "containers": [ { "name": "app" } ], "initContainers": [ { "name": "setup", "ports": [ { "containerPort": 8091, "hostPort": 9000 } ] } ] }),
+            ),
+        ] {
+            let err = patch_for(&pod(&annotations, &spec), &settings()).unwrap_err();
+            assert!(err.0.contains(&format!("containerPort {port}")), "{err}");
+            assert!(err.0.contains("move the app to another port"), "{err}");
+        }
+        let host_port_only = json!({ "containers": [ { "name": "app", "ports": [ { "containerPort": 8080, "hostPort": 8090 } ] } ] });
+        assert!(
+            patch_for(&pod(&annotations, &host_port_only), &settings())
+                .unwrap()
+                .is_some()
+        );
     }
 }
