@@ -3,5 +3,6 @@
 
 pub mod certs;
 pub mod controllers;
+pub mod listen;
 pub mod metrics;
 pub mod webhook;

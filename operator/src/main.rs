@@ -111,20 +111,17 @@ struct ServeArgs {
         visible_alias = "lease-namespace"
     )]
     namespace: String,
-    /// Address of the admission webhook (TLS, POST /mutate).
+    /// Address of the admission webhook (TLS, POST /mutate). `[::]` is every address, IPv4 and
+    /// IPv6 (0.0.0.0 where the host has no IPv6).
     #[arg(
         long,
         env = "AI_OPERATOR_WEBHOOK_LISTEN",
-        default_value = "0.0.0.0:8443",
+        default_value = "[::]:8443",
         visible_alias = "listen"
     )]
     webhook_listen: SocketAddr,
-    /// Address of /metrics (Prometheus), /healthz and /readyz (plain HTTP).
-    #[arg(
-        long,
-        env = "AI_OPERATOR_METRICS_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
+    /// Address of /metrics (Prometheus), /healthz and /readyz (plain HTTP), IPv4 and IPv6 as above.
+    #[arg(long, env = "AI_OPERATOR_METRICS_LISTEN", default_value = "[::]:8080")]
     metrics_listen: SocketAddr,
     /// Log format: `json` (one object per line, for log pipelines) or `text`.
     #[arg(long, env = "AI_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
@@ -407,16 +404,14 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
         Arc::clone(&metrics),
         Arc::clone(&health),
         endpoints.clone(),
-    )
-    .await?;
+    )?;
     tokio::spawn(admin);
 
     let serving = serving_certificate(&args, client.as_ref(), &metrics).await?;
     let tls = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(serving as Arc<dyn rustls::server::ResolvesServerCert>);
-    let listener = tokio::net::TcpListener::bind(args.webhook_listen)
-        .await
+    let listener = k8s_ai_operator::listen::bind(args.webhook_listen)
         .map_err(|e| Error::Listen(args.webhook_listen, e))?;
     tracing::info!(listen = %args.webhook_listen, "admission webhook listening (TLS)");
     let webhook = Arc::new(server::Webhook {
@@ -616,15 +611,13 @@ struct Health {
 
 /// `/metrics`, `/healthz` (the process answers) and `/readyz` (the webhook serves a certificate
 /// and the replica is not draining), over plain HTTP.
-async fn admin_server(
+fn admin_server(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     endpoints: Option<Store<ModelEndpoint>>,
 ) -> Result<impl Future<Output = ()>, Error> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Error::Listen(listen, e))?;
+    let listener = k8s_ai_operator::listen::bind(listen).map_err(|e| Error::Listen(listen, e))?;
     let router = axum::Router::new()
         .route(
             "/metrics",

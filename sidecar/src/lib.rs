@@ -8,6 +8,7 @@ pub mod converse;
 pub mod credentials;
 pub mod errors;
 pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod pii;
 pub mod refusals;
@@ -147,15 +148,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(settings: &Settings) -> Result<Self, StartError> {
-        let bind = |addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { addr, source })
-        };
+    pub fn bind(settings: &Settings) -> Result<Self, StartError> {
+        let bind = |addr| listen::bind(addr).map_err(|source| StartError::Listen { addr, source });
         Ok(Listeners {
-            data: bind(settings.listen).await?,
-            admin: bind(settings.admin_listen).await?,
+            data: bind(settings.listen)?,
+            admin: bind(settings.admin_listen)?,
         })
     }
 }

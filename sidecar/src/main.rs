@@ -56,7 +56,7 @@ async fn run(settings: Settings) -> ExitCode {
             .max(std::time::Duration::from_secs(1)),
     ));
     let started = std::time::Instant::now();
-    let listeners = match Listeners::bind(&settings).await {
+    let listeners = match Listeners::bind(&settings) {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };

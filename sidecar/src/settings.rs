@@ -40,8 +40,9 @@ pub struct Settings {
     #[arg(long, env = "AI_SIDECAR_LISTEN", default_value = "127.0.0.1:8090")]
     pub listen: SocketAddr,
 
-    /// Address of the admin API (/healthz, /readyz, /metrics), reachable by the kubelet.
-    #[arg(long, env = "AI_SIDECAR_ADMIN_LISTEN", default_value = "0.0.0.0:8091")]
+    /// Address of the admin API (/healthz, /readyz, /metrics), reachable by the kubelet. `[::]`
+    /// is every address, IPv4 and IPv6 (0.0.0.0 where the host has no IPv6).
+    #[arg(long, env = "AI_SIDECAR_ADMIN_LISTEN", default_value = "[::]:8091")]
     pub admin_listen: SocketAddr,
 
     /// The projected service-account token (audience sts.amazonaws.com) used for

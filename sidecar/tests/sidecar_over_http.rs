@@ -665,6 +665,50 @@ async fn refused_and_failed_calls_are_logged_at_warn_without_prompts_and_rate_li
 }
 
 #[tokio::test]
+async fn the_admin_port_answers_over_ipv4_and_ipv6_and_that_is_the_default() {
+    // Fails, never skips, without IPv6 loopback: the test would prove nothing there.
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        panic!("this machine has no IPv6 loopback (::1: {e}): the dual-stack test cannot run here");
+    }
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_ai-sidecar"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for default in ["[default: [::]:8091]", "[default: 127.0.0.1:8090]"] {
+        assert!(help.contains(default), "--help lacks {default}:\n{help}");
+    }
+    let emu = emulator(Config::default()).await;
+    let port = free_port();
+    let listen = format!("[::]:{port}");
+    let sc = sidecar(
+        &emu,
+        &seed_with_static_keys(),
+        &[("AI_SIDECAR_ADMIN_LISTEN", listen.as_str())],
+    )
+    .await;
+    for url in [sc.admin.clone(), format!("http://[::1]:{port}")] {
+        let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+    }
+    // The data port stays on loopback: IPv4's, or IPv6's when asked.
+    let data = free_port();
+    let listen = format!("[::1]:{data}");
+    let _v6 = sidecar(
+        &emu,
+        &seed_with_static_keys(),
+        &[("AI_SIDECAR_LISTEN", listen.as_str())],
+    )
+    .await;
+    let (status, v, _) = post(
+        &format!("http://[::1]:{data}/invoke/ai-workloads/claude-haiku"),
+        SEED_INVOKE,
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}
+
+#[tokio::test]
 async fn bedrock_errors_are_mapped_and_never_charged() {
     let emu = emulator(Config {
         faults: Faults {

@@ -140,7 +140,14 @@ pub async fn start_sidecar_logging(
     log: Option<&std::path::Path>,
 ) -> Sidecar {
     let dir = TempDir::new();
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, mut admin_port) = (free_port(), free_port());
+    // A test that picks the admin address reaches it on its port over 127.0.0.1.
+    if let Some((_, listen)) = extra_env
+        .iter()
+        .find(|(k, _)| *k == "AI_SIDECAR_ADMIN_LISTEN")
+    {
+        admin_port = listen.rsplit(':').next().unwrap().parse().unwrap();
+    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_ai-sidecar"));
     if let Some(manifests) = manifests {
         let config = dir.0.join("config.yaml");
