@@ -357,13 +357,13 @@ mod tests {
 
     const HAIKU: &str = "anthropic.claude-haiku-4-5-20251001-v1:0";
 
-    fn endpoint(spec: serde_json::Value, status: serde_json::Value) -> ModelEndpoint {
+    fn endpoint(spec: &serde_json::Value, status: &serde_json::Value) -> ModelEndpoint {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "ai.kernelpanic09.io/v1alpha1",
             "kind": "ModelEndpoint",
             "metadata": {"name": "e", "namespace": "n", "generation": 2},
-            "spec": spec,
-            "status": status,
+            "spec": spec.clone(),
+            "status": status.clone(),
         }))
         .unwrap()
     }
@@ -372,13 +372,13 @@ mod tests {
     fn the_operators_resolution_wins_only_for_the_generation_it_saw() {
         let spec = serde_json::json!({"modelId": HAIKU, "region": "us-east-1"});
         let current = endpoint(
-            spec.clone(),
-            serde_json::json!({"resolvedModelId": format!("us.{HAIKU}"), "observedGeneration": 2}),
+            &spec,
+            &serde_json::json!({"resolvedModelId": format!("us.{HAIKU}"), "observedGeneration": 2}),
         );
         assert_eq!(current.model_to_call(), format!("us.{HAIKU}"));
         let stale = endpoint(
-            spec,
-            serde_json::json!({"resolvedModelId": "eu.x", "observedGeneration": 1}),
+            &spec,
+            &serde_json::json!({"resolvedModelId": "eu.x", "observedGeneration": 1}),
         );
         assert_eq!(stale.model_to_call(), HAIKU);
     }
@@ -390,7 +390,7 @@ mod tests {
             if let Some(p) = profile {
                 spec["inferenceProfile"] = p.into();
             }
-            endpoint(spec, serde_json::json!({})).model_to_call()
+            endpoint(&spec, &serde_json::json!({})).model_to_call()
         };
         assert_eq!(call(None, "us-east-1", HAIKU), HAIKU);
         assert_eq!(

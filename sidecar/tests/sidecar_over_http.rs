@@ -1293,7 +1293,7 @@ async fn a_bedrock_api_key_is_sent_instead_of_a_signature_and_missing_credential
     );
 
     // With a role named (the seed's irsaRoleArn) the key is used instead: no STS call, no token.
-    let sc = sidecar(&emu, &without_operator(seed_manifests()), &env).await;
+    let sc = sidecar(&emu, &without_operator(&seed_manifests()), &env).await;
     let (status, v, _) = post(&format!("{}{invoke}", sc.url), SEED_INVOKE).await;
     assert_eq!(status, 200, "{v}");
     assert!(

@@ -62,7 +62,7 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
     let token_file = dir.join("token");
     std::fs::write(&token_file, token()).unwrap();
     // Requests as fast as they go for 7 s: more than the seed's 60 a minute.
-    let manifests = without_operator(seed_manifests())
+    let manifests = without_operator(&seed_manifests())
         .replace("requestsPerMinute: 60", "requestsPerMinute: 100000");
     let sc = sidecar(
         &emu,
@@ -146,7 +146,7 @@ fn tenant(
 ) -> std::path::PathBuf {
     // GuardrailPolicies are cluster-wide: one of its own, so that another test's synced policy
     // (whose guardrail this test's emulator does not know) is never picked up.
-    let seed = without_operator(seed_manifests())
+    let seed = without_operator(&seed_manifests())
         .replace("namespace: ai-workloads", &format!("namespace: {ns}"))
         .replace("pii-and-safety", &format!("pii-{ns}"))
         .replace(

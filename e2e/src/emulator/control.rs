@@ -477,17 +477,17 @@ pub async fn get_inference_profile(
     let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
         let config = emulator.config();
         let not_found = || AwsError::not_found(format!("Inference profile {id} not found."));
-        let called = k8s_ai_api::model_id::parse(&id)
+        let profile = k8s_ai_api::model_id::parse(&id)
             .filter(|m| m.is_profile() && m.arn_region.is_none_or(|r| r == caller.region))
             .ok_or_else(not_found)?;
-        let prefix = match called.route {
+        let prefix = match profile.route {
             k8s_ai_api::model_id::Route::Geographic(prefix) => prefix,
             _ => k8s_ai_api::model_id::GLOBAL_PREFIX,
         };
         let model = config
             .catalogue
             .get(&caller.region)
-            .and_then(|models| models.iter().find(|m| m.model_id == called.base))
+            .and_then(|models| models.iter().find(|m| m.model_id == profile.base))
             .filter(|m| {
                 m.profile_prefixes(&caller.region)
                     .iter()

@@ -259,7 +259,17 @@ async fn resolve_model(
             )),
         };
     }
-    let base = parsed.base;
+    resolve_base_model(bedrock, spec, parsed.base).await
+}
+
+/// What calls of the base model `base` send: the id itself where it may be called on demand and
+/// the spec asks for no profile, else the first profile of the asked kind that exists in the region.
+async fn resolve_base_model(
+    bedrock: &aws_sdk_bedrock::Client,
+    spec: &ModelEndpointSpec,
+    base: &str,
+) -> Result<(String, String), (&'static str, String)> {
+    let region = spec.region.as_str();
     let details = match bedrock
         .get_foundation_model()
         .model_identifier(base)
@@ -334,7 +344,9 @@ async fn resolve_model(
     };
     Err((
         "InferenceProfileNotFound",
-        format!("{base} needs an inference profile in {region} ({tried}): {fix} ({list_hint})"),
+        format!(
+            "{base} needs an inference profile in {region} ({tried}): {fix} (aws bedrock list-inference-profiles --region {region})"
+        ),
     ))
 }
 

@@ -44,7 +44,7 @@ pub fn seed_manifests() -> String {
 /// The seed's objects with the IRSA role removed: the sidecar then signs with the static test keys.
 /// No operator resolves the endpoint here (see [`without_operator`]).
 pub fn seed_with_static_keys() -> String {
-    without_operator(seed_manifests()).replace(
+    without_operator(&seed_manifests()).replace(
         "  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n",
         "",
     )
@@ -54,7 +54,7 @@ pub fn seed_with_static_keys() -> String {
 /// through inference profiles, and without an operator to resolve `status.resolvedModelId` the
 /// spec must say so itself (`inferenceProfile: geographic`, what docs/sidecar.md tells
 /// standalone users to write).
-pub fn without_operator(manifests: String) -> String {
+pub fn without_operator(manifests: &str) -> String {
     manifests.replace(
         "  modelId: anthropic.claude-haiku-4-5-20251001-v1:0\n",
         "  modelId: anthropic.claude-haiku-4-5-20251001-v1:0\n  inferenceProfile: geographic\n",
