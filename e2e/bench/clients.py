@@ -33,7 +33,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 KEY, SECRET, REGION = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "us-east-1"
-MODEL_ID = "anthropic.claude-haiku-4-5-20251001-v1:0"
+MODEL_ID = "us.anthropic.claude-haiku-4-5-20251001-v1:0"  # profile-only on Bedrock
 # The sidecar's ModelEndpoint (manifests/samples) and LiteLLM's model_name for the OpenAI route.
 ENDPOINT = "claude-haiku"
 # LiteLLM's model_name for its Bedrock pass-through (see compare.sh for why it is a second one).

@@ -16,7 +16,8 @@ sidecar_bin="${SIDECAR_BIN:-$CARGO_TARGET_DIR/$sidecar_target/sidecar/ai-sidecar
 # The static test credentials the emulator accepts (AWS's documented example pair).
 test_key_id=AKIAIOSFODNN7EXAMPLE
 test_secret=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY
-model_id=anthropic.claude-haiku-4-5-20251001-v1:0
+# The seed's model through its US profile: Bedrock (and the emulator) serve it only that way.
+model_id=us.anthropic.claude-haiku-4-5-20251001-v1:0
 
 # Installs the Debian packages behind COMMAND:PACKAGE pairs whose command is missing.
 need_commands() {
@@ -136,11 +137,12 @@ wrk_figures() {
 }
 
 # Writes the sidecar's standalone configuration to FILE: the seed's ModelEndpoint and
-# GuardrailPolicy, static keys instead of IRSA, limits lifted so a benchmark measures the path, not
-# the limiter.
+# GuardrailPolicy, static keys instead of IRSA, the geographic profile named (no operator resolves
+# it), limits lifted so a benchmark measures the path, not the limiter.
 sidecar_config() {
   cat manifests/samples/guardrailpolicy.yaml <(echo ---) manifests/samples/modelendpoint.yaml \
     | sed -e '/irsaRoleArn/d' -e 's/requestsPerMinute: 60/requestsPerMinute: 100000000/' \
+          -e 's/^  modelId: .*/&\n  inferenceProfile: geographic/' \
           -e 's/daily: "10.00"/daily: "1000000000"/' -e 's/monthly: "200.00"/monthly: "1000000000"/' >"$1"
 }
 # Sets the array sidecar_cmd to the command running the sidecar: config file, data port, admin
