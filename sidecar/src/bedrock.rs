@@ -165,13 +165,14 @@ impl Upstream {
     }
 
     /// Converse through the sidecar's own client, signed with the role's credentials (or the
-    /// base chain's), retried within the upstream timeout.
+    /// base chain's), retried within `timeout` (what is left of the request's deadline).
     pub async fn converse(
         &self,
         region: &str,
         role: Option<&str>,
         model_id: &str,
         request: &ModelRequest,
+        timeout: Duration,
     ) -> Result<ModelAnswer, ApiError> {
         let unavailable = |e: crate::credentials::CredentialsError| {
             ApiError::unavailable("credentials_unavailable", e.to_string())
@@ -189,7 +190,13 @@ impl Upstream {
             }
         };
         self.direct
-            .converse(region, &signer, model_id, request, self.timeout)
+            .converse(
+                region,
+                &signer,
+                model_id,
+                request,
+                timeout.min(self.timeout),
+            )
             .await
     }
 

@@ -175,6 +175,23 @@ impl AppState {
             }
             request.guardrail.clone_from(&guardrail.bedrock);
         }
+        // Credentials first, within the request's deadline and holding no reservation: a request
+        // that waits on STS never keeps another from its share of the limits or the budget.
+        let started = Instant::now();
+        let deadline = self.settings.upstream_timeout;
+        tokio::time::timeout(
+            deadline,
+            self.upstream
+                .check_credentials(endpoint.spec.irsa_role_arn.as_deref()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::unavailable(
+                "credentials_unavailable",
+                format!("no AWS credentials within the request's deadline of {deadline:?}"),
+            ))
+        })
+        .map_err(|e| self.reject(&endpoint, e))?;
         let worst_case_input = max_tokens_in(request.input_text_len());
         let worst_case = price.cost(&TokenUsage {
             input_tokens: worst_case_input,
@@ -189,16 +206,12 @@ impl AppState {
                 worst_case,
             )
             .map_err(|e| self.reject(&endpoint, e))?;
-        self.upstream
-            .check_credentials(endpoint.spec.irsa_role_arn.as_deref())
-            .await
-            .map_err(|e| self.reject(&endpoint, e))?;
         Ok(Prepared {
             endpoint,
             price,
             request,
             admission,
-            started: Instant::now(),
+            started,
         })
     }
 
@@ -315,6 +328,10 @@ impl AppState {
                 spec.irsa_role_arn.as_deref(),
                 &prepared.endpoint.model_to_call,
                 &prepared.request,
+                // What is left of the request's deadline after waiting for credentials.
+                self.settings
+                    .upstream_timeout
+                    .saturating_sub(prepared.started.elapsed()),
             )
             .await;
         self.metrics.in_flight.dec();

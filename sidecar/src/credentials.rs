@@ -1,12 +1,13 @@
 //! Credentials per IAM role: STS `AssumeRoleWithWebIdentity` with the pod's projected token,
 //! cached, refreshed well before expiry, single-flight (one STS call however many requests wait),
-//! and never a hang: STS has a deadline, and cached credentials serve until they expire.
+//! and never a hang: STS has a deadline, a failure is remembered for a backoff, and cached
+//! credentials serve until they expire.
 
 use std::{
     collections::HashMap,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aws_credential_types::{
@@ -39,18 +40,32 @@ pub struct RoleCredentials {
 }
 
 /// Credentials held between refreshes: served while more than `refresh_before` is left, refreshed
-/// single-flight (the other tasks wait for that one result), and kept until they expire when a
-/// refresh fails. Credentials without an expiry (static keys) are re-read every 15 minutes, as the
-/// SDK's identity cache does.
+/// single-flight (one task calls the source; the others keep serving what is cached while it is
+/// still valid, or wait for that one result), and kept until they expire when a refresh fails. A
+/// failure is remembered for a backoff (1 s, doubling to 30 s): meanwhile nobody calls the source
+/// again, and without valid credentials every request gets that failure at once. Credentials
+/// without an expiry (static keys) are re-read every 15 minutes, as the SDK's identity cache does.
 #[derive(Debug)]
 struct CredentialCache {
     refresh_before: Duration,
     cached: Mutex<Option<(Credentials, SystemTime)>>,
     refreshing: tokio::sync::Mutex<()>,
+    failure: Mutex<Option<Failure>>,
+}
+
+/// The last failed refresh: until `retry_at`, its error is the answer.
+#[derive(Debug, Clone)]
+struct Failure {
+    error: CredentialsError,
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 /// How long credentials without an expiry are kept before their source is asked again.
 const UNDATED_CREDENTIALS_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// The first wait after a failed refresh; it doubles with each failure in a row, up to the maximum.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl CredentialCache {
     fn new(refresh_before: Duration) -> Self {
@@ -58,6 +73,7 @@ impl CredentialCache {
             refresh_before,
             cached: Mutex::new(None),
             refreshing: tokio::sync::Mutex::new(()),
+            failure: Mutex::new(None),
         }
     }
 
@@ -70,13 +86,22 @@ impl CredentialCache {
     where
         F: std::future::Future<Output = Result<Credentials, CredentialsError>>,
     {
-        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
-            return Ok(fresh);
+        if let Some(answer) = self.without_calling() {
+            return answer;
         }
-        let _turn = self.refreshing.lock().await;
-        // Someone else may have refreshed while we waited for the lock.
-        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
-            return Ok(fresh);
+        let _turn = match self.refreshing.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                // Someone is refreshing: what we hold is good enough meanwhile.
+                if let Some(valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
+                    return Ok(valid);
+                }
+                self.refreshing.lock().await
+            }
+        };
+        // Whoever held the lock may have refreshed, or failed, while we waited.
+        if let Some(answer) = self.without_calling() {
+            return answer;
         }
         match load().await {
             Ok(credentials) => {
@@ -86,17 +111,56 @@ impl CredentialCache {
                 if let Ok(mut cached) = self.cached.lock() {
                     *cached = Some((credentials.clone(), expiry));
                 }
+                if let Ok(mut failure) = self.failure.lock() {
+                    *failure = None;
+                }
                 Ok(credentials)
             }
             Err(e) => {
+                let backoff = self.remember_failure(&e);
                 // The source is down but what we hold is still valid: use it until it expires.
                 if let Some(still_valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
-                    tracing::warn!(source, error = %e, "credential refresh failed; using cached credentials until they expire");
+                    tracing::warn!(source, error = %e, retry_in = ?backoff, "credential refresh failed; using cached credentials until they expire");
                     return Ok(still_valid);
                 }
+                tracing::warn!(source, error = %e, retry_in = ?backoff, "credential refresh failed");
                 Err(e)
             }
         }
+    }
+
+    /// The answer that needs no call to the source: fresh cached credentials, or, during the
+    /// backoff after a failure, the still-valid cached ones or that failure.
+    fn without_calling(&self) -> Option<Result<Credentials, CredentialsError>> {
+        if let Some(fresh) = self.cached_if(|remaining| remaining > self.refresh_before) {
+            return Some(Ok(fresh));
+        }
+        let failure = self
+            .failure
+            .lock()
+            .ok()?
+            .clone()
+            .filter(|f| Instant::now() < f.retry_at)?;
+        Some(
+            self.cached_if(|remaining| remaining > Duration::ZERO)
+                .ok_or(failure.error),
+        )
+    }
+
+    /// Records a failed refresh and returns how long until the next attempt.
+    fn remember_failure(&self, error: &CredentialsError) -> Duration {
+        let Ok(mut failure) = self.failure.lock() else {
+            return FIRST_BACKOFF;
+        };
+        let backoff = failure
+            .as_ref()
+            .map_or(FIRST_BACKOFF, |f| (f.backoff * 2).min(MAX_BACKOFF));
+        *failure = Some(Failure {
+            error: error.clone(),
+            retry_at: Instant::now() + backoff,
+            backoff,
+        });
+        backoff
     }
 
     fn cached_if(&self, ok: impl Fn(Duration) -> bool) -> Option<Credentials> {

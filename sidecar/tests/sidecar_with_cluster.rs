@@ -22,24 +22,27 @@ fn cluster_state() -> serde_json::Value {
     .unwrap()
 }
 
-#[tokio::test]
-async fn irsa_credentials_refresh_rotate_and_recover() {
-    let cluster = Cluster::get();
-    let ns = cluster.namespace("sidecar-irsa");
+/// A service account `app` in a new namespace, a function minting its tokens for STS, and an
+/// emulator config that trusts it for the seed's role through the cluster's OIDC issuer.
+fn irsa_tenant<'c>(
+    cluster: &'c Cluster,
+    prefix: &str,
+) -> (String, impl Fn() -> String + 'c, Config) {
+    let ns = cluster.namespace(prefix);
     cluster.kubectl_ok(&["create", "serviceaccount", "app", "-n", &ns]);
-    let token = || {
+    let token_ns = ns.clone();
+    let token = move || {
         cluster.kubectl_ok(&[
             "create",
             "token",
             "app",
             "-n",
-            &ns,
+            &token_ns,
             "--audience",
             "sts.amazonaws.com",
         ])
     };
     let state = cluster_state();
-    let role = "arn:aws:iam::123456789012:role/bedrock-invoker";
     let config = Config {
         oidc: Some(OidcProvider {
             issuer: state["issuer"].as_str().unwrap().into(),
@@ -48,13 +51,35 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
             audience: "sts.amazonaws.com".into(),
         }),
         roles: vec![Role {
-            arn: role.into(),
+            arn: "arn:aws:iam::123456789012:role/bedrock-invoker".into(),
             trusted_subjects: vec![format!("system:serviceaccount:{ns}:app")],
             trusted_principals: vec![],
             allowed_models: vec!["*".into()],
         }],
-        credential_lifetime_seconds: 3,
         ..Config::default()
+    };
+    (ns, token, config)
+}
+
+/// The STS web-identity exchanges the emulator answered: (successes, failures).
+fn sts_exchanges(emu: &e2e::emulator::Running) -> (usize, usize) {
+    let calls: Vec<_> = emu
+        .emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == "AssumeRoleWithWebIdentity")
+        .collect();
+    let ok = calls.iter().filter(|r| r.error.is_none()).count();
+    (ok, calls.len() - ok)
+}
+
+#[tokio::test]
+async fn irsa_credentials_refresh_rotate_and_recover() {
+    let cluster = Cluster::get();
+    let (ns, token, config) = irsa_tenant(cluster, "sidecar-irsa");
+    let config = Config {
+        credential_lifetime_seconds: 3,
+        ..config
     };
     let emu = emulator(config).await;
     let dir = std::env::temp_dir().join(format!("irsa-{}-{}", std::process::id(), ns));
@@ -117,9 +142,11 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
         "{v}"
     );
 
-    // STS is back: the next request gets fresh credentials, no restart.
+    // STS is back: once the failure's backoff (1 s after one failure) has passed, the next request
+    // gets fresh credentials, no restart.
     down.faults.sts_unavailable = false;
     emu.emulator.set_config(down);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, v, _) = post(&url, SEED_INVOKE).await;
     assert_eq!(status, 200, "{v}");
     let metrics = reqwest::get(format!("{}/metrics", sc.admin))
@@ -132,6 +159,108 @@ async fn irsa_credentials_refresh_rotate_and_recover() {
         metrics.contains("k8s_ai_operator_sidecar_credential_refreshes "),
         "{metrics}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Fifty requests at a cold start share one STS call; with STS down and the credentials expired,
+/// every request is refused at once with `credentials_unavailable`, and the failure is shared, not
+/// retried by each request.
+#[tokio::test]
+async fn sts_is_called_once_for_many_waiters_and_a_failure_is_remembered() {
+    let cluster = Cluster::get();
+    let (ns, token, config) = irsa_tenant(cluster, "sidecar-sts-once");
+    let mut config = Config {
+        credential_lifetime_seconds: 2,
+        ..config
+    };
+    config.faults.sts_delay_ms = Some(300); // the waiters pile up behind the first exchange
+    let emu = emulator(config.clone()).await;
+    let dir = std::env::temp_dir().join(format!("sts-once-{}-{}", std::process::id(), ns));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token()).unwrap();
+    let manifests = without_operator(&seed_manifests())
+        .replace("requestsPerMinute: 60", "requestsPerMinute: 100000");
+    let sc = sidecar(
+        &emu,
+        &manifests,
+        &[
+            ("AI_SIDECAR_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("AI_SIDECAR_CREDENTIAL_REFRESH_BEFORE", "1s"),
+        ],
+    )
+    .await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let burst = || futures_util::future::join_all((0..50).map(|_| post(&url, SEED_INVOKE)));
+    let answers = burst().await;
+    assert!(
+        answers.iter().all(|(s, _, _)| *s == 200),
+        "{:?}",
+        answers[0].1
+    );
+    assert_eq!(
+        sts_exchanges(&emu),
+        (1, 0),
+        "one STS call for 50 waiting requests"
+    );
+
+    // STS goes down and the credentials expire: 50 requests, all refused with the same clear
+    // error, and STS asked once (the failure is remembered for its backoff), not once each.
+    config.faults.sts_unavailable = true;
+    config.faults.sts_delay_ms = None;
+    emu.emulator.set_config(config);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let answers = burst().await;
+    for (status, v, _) in &answers {
+        assert_eq!(*status, 503, "{v}");
+        assert_eq!(v["error"]["code"], "credentials_unavailable", "{v}");
+    }
+    // One refresh: the STS client's own retries (3 attempts) are all that reach STS.
+    let (ok, failed) = sts_exchanges(&emu);
+    assert!(
+        ok == 1 && (1..=3).contains(&failed),
+        "the failure was shared by every request: {ok} successful, {failed} failed STS calls"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A request waiting for credentials holds no share of the limits, and gives up at its deadline:
+/// with `maxConcurrency: 1` and STS slower than the deadline, two requests both end with
+/// `credentials_unavailable` (neither is refused as `concurrency_limited` for the other's wait).
+#[tokio::test]
+async fn a_request_waiting_for_credentials_holds_no_reservation_past_its_deadline() {
+    let cluster = Cluster::get();
+    let (ns, token, config) = irsa_tenant(cluster, "sidecar-sts-deadline");
+    let mut config = config;
+    config.faults.sts_delay_ms = Some(3000);
+    let emu = emulator(config).await;
+    let dir = std::env::temp_dir().join(format!("sts-deadline-{}-{}", std::process::id(), ns));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token()).unwrap();
+    let manifests = without_operator(&seed_manifests()).replace(
+        "requestsPerMinute: 60",
+        "requestsPerMinute: 60\n    maxConcurrency: 1",
+    );
+    assert!(manifests.contains("maxConcurrency: 1"), "{manifests}");
+    let sc = sidecar(
+        &emu,
+        &manifests,
+        &[
+            ("AI_SIDECAR_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("AI_SIDECAR_UPSTREAM_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let (first, second) = tokio::join!(post(&url, SEED_INVOKE), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        post(&url, SEED_INVOKE).await
+    });
+    for (status, v, _) in [first, second] {
+        assert_eq!(status, 503, "{v}");
+        assert_eq!(v["error"]["code"], "credentials_unavailable", "{v}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -54,14 +54,13 @@ async fn dispatch(
     if let Some(ms) = faults.sts_delay_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if faults.sts_unavailable {
-        return Err(sender(
+    // An injected outage is recorded like any other answer, so tests can count the calls it took.
+    let result = match action {
+        _ if faults.sts_unavailable => Err(sender(
             StatusCode::SERVICE_UNAVAILABLE,
             "ServiceUnavailable",
             "Service is unavailable. Please try again later.",
-        ));
-    }
-    let result = match action {
+        )),
         "AssumeRoleWithWebIdentity" => assume_role_with_web_identity(emulator, &params).await,
         "AssumeRole" => {
             let caller = emulator
