@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics (`:8080/metrics`), with the original operator's name for
 //! endpoint availability.
 
-use std::{collections::HashSet, sync::Mutex, time::Instant};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
 
 use rust_decimal::prelude::ToPrimitive;
 
@@ -64,8 +64,9 @@ pub struct Metrics {
     endpoint_available: Family<EndpointLabels, Gauge>,
     /// US dollars; a float only here, for Prometheus. The ledger itself is exact decimals.
     cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
-    /// The endpoints whose cost was reported at the last scrape.
-    cost_reported: Mutex<HashSet<CostLabels>>,
+    /// The endpoints whose cost was reported at the last scrape, with their UIDs: a counter starts
+    /// again only for a new object of the same name, never because one reading was lower.
+    cost_reported: Mutex<HashMap<CostLabels, String>>,
     pub reconciliations: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
@@ -218,26 +219,32 @@ impl Metrics {
             .inc();
     }
 
-    /// Moves the cost counter of `labels` up to `total` (the ledger's figure only grows; a lower
-    /// one means the endpoint was recreated, which Prometheus sees as a counter reset).
-    fn advance_cost(&self, labels: &CostLabels, total: f64) {
+    /// Moves the cost counter of `labels` up to `total`. A lower reading of the same endpoint is
+    /// ignored: the status can read high for one reconcile while a ledger is folded, and a counter
+    /// must never go down. Only a recreated endpoint (another UID) starts it again, which
+    /// Prometheus sees as a counter reset.
+    fn advance_cost(&self, labels: &CostLabels, recreated: bool, total: f64) {
+        if recreated {
+            self.cost.remove(labels);
+        }
         let counter = self.cost.get_or_create(labels);
         let current = counter.get();
-        if total >= current {
+        if total > current {
             counter.inc_by(total - current);
-        } else {
-            drop(counter);
-            self.cost.remove(labels);
-            self.cost.get_or_create(labels).inc_by(total);
         }
     }
 
     /// The OpenMetrics page, with endpoint availability read from `endpoints` now (so deleted
     /// endpoints disappear, and every replica reports what the leader published).
     pub fn render(&self, endpoints: Option<&Store<ModelEndpoint>>) -> String {
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
         if let Some(store) = endpoints {
             self.endpoint_available.clear();
+            let previous = self
+                .cost_reported
+                .lock()
+                .map(|reported| reported.clone())
+                .unwrap_or_default();
             for endpoint in store.state() {
                 let labels = CostLabels {
                     namespace: endpoint.namespace().unwrap_or_default(),
@@ -250,8 +257,10 @@ impl Metrics {
                     .and_then(|s| s.total_cost)
                     .and_then(|c| c.amount().to_f64())
                     .unwrap_or_default();
-                self.advance_cost(&labels, total);
-                seen.insert(labels);
+                let uid = endpoint.uid().unwrap_or_default();
+                let recreated = previous.get(&labels).is_some_and(|known| *known != uid);
+                self.advance_cost(&labels, recreated, total);
+                seen.insert(labels, uid);
                 let available = endpoint.status.as_ref().and_then(|s| s.available) == Some(true);
                 self.endpoint_available
                     .get_or_create(&EndpointLabels {
@@ -267,7 +276,7 @@ impl Metrics {
             && let Ok(mut reported) = self.cost_reported.lock()
         {
             // Endpoints that are gone stop being reported.
-            for gone in reported.difference(&seen) {
+            for gone in reported.keys().filter(|labels| !seen.contains_key(*labels)) {
                 self.cost.remove(gone);
             }
             *reported = seen;
@@ -300,5 +309,40 @@ mod tests {
         assert!(page.contains(
             "k8s_ai_operator_reconcile_duration_seconds_count{controller=\"ModelEndpoint\"} 1"
         ));
+    }
+
+    /// The endpoint `claude-haiku` with object `uid` and `totalCost`.
+    fn endpoint(uid: &str, total_cost: &str) -> ModelEndpoint {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "ai.kernelpanic09.io/v1alpha1",
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "claude-haiku", "namespace": "ai", "uid": uid},
+            "spec": {"modelId": "m", "region": "us-east-1"},
+            "status": {"totalCost": total_cost},
+        }))
+        .unwrap()
+    }
+
+    /// The cost counter's value on the page rendered from a store holding `endpoint`.
+    fn cost_after(m: &Metrics, endpoint: ModelEndpoint) -> String {
+        let (store, mut writer) = kube::runtime::reflector::store::<ModelEndpoint>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(endpoint));
+        let page = m.render(Some(&store));
+        page.lines()
+            .find_map(|l| l.strip_prefix("k8s_ai_operator_bedrock_invocation_cost_dollars_total{namespace=\"ai\",endpoint=\"claude-haiku\",model=\"m\"} "))
+            .unwrap_or_else(|| panic!("no cost counter: {page}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn the_cost_counter_never_goes_down_unless_the_endpoint_is_recreated() {
+        let m = Metrics::default();
+        assert_eq!(cost_after(&m, endpoint("a", "0.5")), "0.5");
+        // A fold in flight can read one ledger high for a reconcile, then the true figure.
+        assert_eq!(cost_after(&m, endpoint("a", "0.75")), "0.75");
+        assert_eq!(cost_after(&m, endpoint("a", "0.6")), "0.75");
+        assert_eq!(cost_after(&m, endpoint("a", "0.8")), "0.8");
+        // Deleted and created again: a new object, so a new counter (a reset Prometheus knows).
+        assert_eq!(cost_after(&m, endpoint("b", "0.1")), "0.1");
     }
 }
