@@ -89,8 +89,14 @@ def cluster():
 
 
 def seed_manifests() -> str:
+    """The seed's objects as a standalone sidecar needs them: the IRSA role removed (static test
+    keys), and, with no operator to resolve the model to its inference profile, the geographic
+    profile named (Bedrock serves Claude Haiku 4.5 only through profiles; docs/models-and-prices.md)."""
     manifests = "---\n".join((SAMPLES / f).read_text() for f in ["guardrailpolicy.yaml", "modelendpoint.yaml", "prompttemplate.yaml"])
-    return manifests.replace("  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n", "")
+    model = "  modelId: anthropic.claude-haiku-4-5-20251001-v1:0\n"
+    assert model in manifests
+    return manifests.replace("  irsaRoleArn: arn:aws:iam::123456789012:role/bedrock-invoker\n", "").replace(
+        model, model + "  inferenceProfile: geographic\n")
 
 
 def start_sidecar(aws_url: str, manifests: str, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 HAIKU = "anthropic.claude-haiku-4-5-20251001-v1:0"
+HAIKU_US = f"us.{HAIKU}"  # Bedrock serves Haiku 4.5 only through inference profiles
 KEY, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 NO_RETRIES = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"})
 
@@ -23,9 +24,26 @@ def tokens(text: str) -> int:
     return (len(text.encode()) + 3) // 4
 
 
+def test_profile_only_models_refuse_their_bare_id_as_bedrock_does(emulator):
+    rt = client("bedrock-runtime", emulator)
+    with pytest.raises(ClientError) as e:
+        rt.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "x"}]}])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert e.value.response["Error"]["Message"] == (
+        f"Invocation of model ID {HAIKU} with on-demand throughput isn\u2019t supported. Retry your "
+        "request with the ID or ARN of an inference profile that contains this model.")
+    bedrock = client("bedrock", emulator)
+    profile = bedrock.get_inference_profile(inferenceProfileIdentifier=HAIKU_US)
+    assert profile["type"] == "SYSTEM_DEFINED" and profile["status"] == "ACTIVE"
+    assert f"arn:aws:bedrock:us-west-2::foundation-model/{HAIKU}" in [m["modelArn"] for m in profile["models"]]
+    ids = [p["inferenceProfileId"] for page in bedrock.get_paginator("list_inference_profiles").paginate(maxResults=5)
+           for p in page["inferenceProfileSummaries"]]
+    assert HAIKU_US in ids and f"global.{HAIKU}" in ids and len(ids) == len(set(ids))
+
+
 def test_converse(emulator):
     rt = client("bedrock-runtime", emulator)
-    out = rt.converse(modelId=HAIKU, system=[{"text": "Be brief."}],
+    out = rt.converse(modelId=HAIKU_US, system=[{"text": "Be brief."}],
                       messages=[{"role": "user", "content": [{"text": "Explain operators."}]}],
                       inferenceConfig={"maxTokens": 100, "temperature": 0.5, "topP": 0.9})
     assert out["output"]["message"]["content"][0]["text"] == "Explain operators."
@@ -36,7 +54,7 @@ def test_converse(emulator):
 
 
 def test_converse_stream_event_stream_framing(emulator):
-    rt = client("bedrock-runtime", emulator)
+    rt = client("bedrock-runtime", emulator, region="eu-west-1")
     out = rt.converse_stream(modelId=f"eu.{HAIKU}", messages=[{"role": "user", "content": [{"text": "stream this answer"}]}])
     kinds, text, usage, stop = [], "", None, None
     for event in out["stream"]:
@@ -56,7 +74,7 @@ def test_converse_stream_event_stream_framing(emulator):
 def test_invoke_model_anthropic_body(emulator):
     rt = client("bedrock-runtime", emulator)
     body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hello boto3"}]}
-    out = rt.invoke_model(modelId=HAIKU, body=json.dumps(body), contentType="application/json")
+    out = rt.invoke_model(modelId=HAIKU_US, body=json.dumps(body), contentType="application/json")
     answer = json.loads(out["body"].read())
     assert answer["content"][0]["text"] == "hello boto3"
     assert out["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-output-token-count"] == str(tokens("hello boto3"))
@@ -74,7 +92,7 @@ def test_injected_errors(emulator, faults, code, status):
     emulator.admin("/_emulator/config", "PUT", config)
     rt = client("bedrock-runtime", emulator)
     with pytest.raises(ClientError) as err:
-        rt.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "x"}]}])
+        rt.converse(modelId=HAIKU_US, messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert err.value.response["Error"]["Code"] == code
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
 
@@ -86,7 +104,7 @@ def test_validation_and_signature_errors(emulator):
     assert err.value.response["Error"]["Code"] == "ValidationException"
     bad = client("bedrock-runtime", emulator, secret="wrong")
     with pytest.raises(ClientError) as err:
-        bad.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "x"}]}])
+        bad.converse(modelId=HAIKU_US, messages=[{"role": "user", "content": [{"text": "x"}]}])
     assert err.value.response["Error"]["Code"] == "InvalidSignatureException"
     records = emulator.admin("/_emulator/requests?operation=Converse")
     assert [r.get("error") for r in records] == ["ValidationException", "InvalidSignatureException"]
@@ -112,7 +130,7 @@ def test_guardrails_and_models(emulator):
     out = rt.apply_guardrail(guardrailIdentifier=gid, guardrailVersion="1", source="INPUT",
                              content=[{"text": {"text": "SSN 123-45-6789"}}])
     assert out["action"] == "GUARDRAIL_INTERVENED" and out["outputs"][0]["text"] == "Blocked."
-    conv = rt.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "mail a@b.co"}]}],
+    conv = rt.converse(modelId=HAIKU_US, messages=[{"role": "user", "content": [{"text": "mail a@b.co"}]}],
                        guardrailConfig={"guardrailIdentifier": gid, "guardrailVersion": "1", "trace": "enabled"})
     assert conv["output"]["message"]["content"][0]["text"] == "mail {EMAIL}"
     assert conv["stopReason"] == "guardrail_intervened"
@@ -164,7 +182,7 @@ credentialLifetimeSeconds: 900
     assert out["SubjectFromWebIdentityToken"] == f"system:serviceaccount:{ns}:app"
     creds = out["Credentials"]
     rt = client("bedrock-runtime", emu, creds["AccessKeyId"], creds["SecretAccessKey"], creds["SessionToken"])
-    assert rt.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "hi"}]}])["stopReason"] == "end_turn"
+    assert rt.converse(modelId=HAIKU_US, messages=[{"role": "user", "content": [{"text": "hi"}]}])["stopReason"] == "end_turn"
     wrong_audience = kubectl("create", "token", "app", "-n", ns).strip()
     with pytest.raises(ClientError) as err:
         sts.assume_role_with_web_identity(RoleArn=role, RoleSessionName="pod", WebIdentityToken=wrong_audience)

@@ -123,8 +123,10 @@ def test_operator_runs_as_non_root_on_a_read_only_root(binaries):
 def test_sidecar_serves_as_non_root_on_a_read_only_root(binaries, jail_dir, tmp_path):
     emulator = start_emulator(tmp_path)
     config = jail_dir / "config.yaml"
-    # The seed's objects with static test keys instead of IRSA (no cluster here).
-    config.write_text("".join("---\n" + re.sub(r"(?m)^\s*irsaRoleArn:.*\n", "", p.read_text()) for p in sorted(SAMPLES.glob("*.yaml"))))
+    # The seed's objects with static test keys instead of IRSA, and the inference profile named
+    # (no cluster, so no operator to resolve it).
+    seed = "".join("---\n" + re.sub(r"(?m)^\s*irsaRoleArn:.*\n", "", p.read_text()) for p in sorted(SAMPLES.glob("*.yaml")))
+    config.write_text(re.sub(r"(?m)^(  modelId: .*\n)", r"\1  inferenceProfile: geographic\n", seed))
     config.chmod(0o644)
     port, admin = free_port(), free_port()
     env = {
