@@ -6,6 +6,7 @@ behaviour decides which one our emulator follows.
 
 import json
 import urllib.request
+from decimal import Decimal
 
 import boto3
 
@@ -32,9 +33,10 @@ def test_invoke_and_stream_through_ministack(ministack, tmp_path):
         answer = json.loads(text)
         assert answer["stopReason"] == "end_turn" and answer["content"]
         assert answer["inputTokens"] > 0 and answer["outputTokens"] > 0
-        # Exact cost from MiniStack's own token counts at Claude Haiku 4.5's $1/$5 per million.
-        expected = (answer["inputTokens"] * 1 + answer["outputTokens"] * 5) / 1_000_000
-        assert abs(float(answer["costUSD"]) - expected) < 1e-12
+        # Exact cost from MiniStack's own token counts at the us. profile's $1.10/$5.50 per million
+        # (the standalone config names the geographic profile; conftest.seed_manifests).
+        expected = (answer["inputTokens"] * Decimal("1.1") + answer["outputTokens"] * Decimal("5.5")) / 1_000_000
+        assert Decimal(answer["costUSD"]) == expected
 
         status, text = post(f"{url}/invoke/ai-workloads/claude-haiku", {**BODY, "stream": True})
         assert status == 200, text
