@@ -24,6 +24,12 @@ def tokens(text: str) -> int:
     return (len(text.encode()) + 3) // 4
 
 
+def framing(messages: int, system: bool) -> int:
+    """Input tokens Bedrock bills around the texts (role markers): the emulator's rule, 8 per
+    request and 4 per message or system prompt (e2e/src/emulator/text.rs)."""
+    return 8 + 4 * (messages + int(system))
+
+
 def test_profile_only_models_refuse_their_bare_id_as_bedrock_does(emulator):
     rt = client("bedrock-runtime", emulator)
     with pytest.raises(ClientError) as e:
@@ -48,7 +54,7 @@ def test_converse(emulator):
                       inferenceConfig={"maxTokens": 100, "temperature": 0.5, "topP": 0.9})
     assert out["output"]["message"]["content"][0]["text"] == "Explain operators."
     assert out["stopReason"] == "end_turn"
-    assert out["usage"]["inputTokens"] == tokens("Be brief.") + tokens("Explain operators.")
+    assert out["usage"]["inputTokens"] == tokens("Be brief.") + tokens("Explain operators.") + framing(1, True)
     assert out["usage"]["totalTokens"] == out["usage"]["inputTokens"] + out["usage"]["outputTokens"]
     assert "latencyMs" in out["metrics"]
 

@@ -12,6 +12,11 @@ def tokens(text: str) -> int:
     return (len(text.encode()) + 3) // 4
 
 
+def framing(messages: int, system: bool) -> int:
+    """The emulator's framing tokens (e2e/src/emulator/text.rs): 8, and 4 per message or system."""
+    return 8 + 4 * (messages + int(system))
+
+
 def client(url: str) -> openai.OpenAI:
     # The app changes only the base URL; the sidecar holds the AWS identity, no API key is needed.
     return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -28,7 +33,7 @@ def test_openai_sdk_chat_completion(sidecar):
     assert out.choices[0].message.content == "What is a sidecar?"
     assert out.choices[0].finish_reason == "stop"
     assert out.usage.completion_tokens == tokens("What is a sidecar?")
-    assert out.usage.prompt_tokens == tokens("Be brief.") + tokens("What is a sidecar?")
+    assert out.usage.prompt_tokens == tokens("Be brief.") + tokens("What is a sidecar?") + framing(1, True)
 
 
 def test_openai_sdk_streaming_with_usage(sidecar):

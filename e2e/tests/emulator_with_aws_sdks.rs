@@ -29,7 +29,7 @@ use e2e::emulator::{
         Config, Faults, OidcProvider, OutputMode, Role, TEST_ACCESS_KEY_ID, TEST_ROLE_ARN,
         TEST_SECRET_ACCESS_KEY,
     },
-    text::count_tokens,
+    text::{count_tokens, framing_tokens},
 };
 
 /// Checks a Converse error is the expected kind.
@@ -124,8 +124,10 @@ async fn converse_answers_with_the_real_shapes() {
     );
     assert_eq!(out.stop_reason(), &StopReason::EndTurn);
     let usage = out.usage().unwrap();
-    let expected_input =
-        count_tokens("Be brief.") + count_tokens("Explain Kubernetes operators in two sentences.");
+    // The texts and Bedrock's framing around them (one message and a system prompt).
+    let expected_input = count_tokens("Be brief.")
+        + count_tokens("Explain Kubernetes operators in two sentences.")
+        + framing_tokens(1, true);
     assert_eq!(
         i64::from(usage.input_tokens()),
         i64::try_from(expected_input).unwrap()
@@ -210,7 +212,7 @@ async fn converse_answers_with_the_real_shapes() {
     );
     assert_eq!(
         second.usage().unwrap().input_tokens(),
-        i32::try_from(count_tokens("question")).unwrap()
+        i32::try_from(count_tokens("question") + framing_tokens(1, true)).unwrap()
     );
 }
 

@@ -38,6 +38,21 @@ pub struct ModelRequest {
 
 impl ModelRequest {
     /// Text the model reads, for token estimates and PII checks.
+    /// An upper bound of the input tokens Bedrock bills for this request: a token is at least one
+    /// byte of text, and the framing around the texts (role markers; the original README's
+    /// 47-byte prompt is billed 24 tokens, about 12 of them framing) is bounded by
+    /// [`FRAMING_BOUND_PER_REQUEST`] plus [`FRAMING_BOUND_PER_MESSAGE`] per message and system
+    /// prompt, several times what Claude bills.
+    pub fn worst_case_input_tokens(&self) -> u64 {
+        let blocks = self.messages.len() + usize::from(self.system.is_some());
+        u64::try_from(self.input_text_len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(FRAMING_BOUND_PER_REQUEST)
+            .saturating_add(
+                FRAMING_BOUND_PER_MESSAGE.saturating_mul(u64::try_from(blocks).unwrap_or(u64::MAX)),
+            )
+    }
+
     pub fn input_text_len(&self) -> usize {
         self.system.as_ref().map_or(0, String::len)
             + self.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
@@ -231,6 +246,11 @@ impl Upstream {
         Ok(call.send().await.map_err(|e| upstream_error(&e))?.stream)
     }
 }
+
+/// Input tokens reserved once per request for framing (see `ModelRequest::worst_case_input_tokens`).
+pub const FRAMING_BOUND_PER_REQUEST: u64 = 64;
+/// Input tokens reserved per message and per system prompt for framing.
+pub const FRAMING_BOUND_PER_MESSAGE: u64 = 16;
 
 /// Token counts as Bedrock reports them (input excludes cached tokens).
 pub fn token_usage(

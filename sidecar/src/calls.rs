@@ -65,11 +65,6 @@ pub fn format_cost(cost: Decimal) -> String {
     c.to_string()
 }
 
-/// An upper bound of the tokens in `bytes` bytes of text: a token is at least one byte.
-fn max_tokens_in(bytes: usize) -> u64 {
-    u64::try_from(bytes).unwrap_or(u64::MAX)
-}
-
 /// A rough count for text whose real count Bedrock never reported (a stream cut short).
 fn estimated_tokens(bytes: usize) -> u64 {
     u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX)
@@ -192,7 +187,7 @@ impl AppState {
             ))
         })
         .map_err(|e| self.reject(&endpoint, e))?;
-        let worst_case_input = max_tokens_in(request.input_text_len());
+        let worst_case_input = request.worst_case_input_tokens();
         let worst_case = price.cost(&TokenUsage {
             input_tokens: worst_case_input,
             output_tokens: u64::from(request.max_tokens),

@@ -16,7 +16,7 @@ use aws_sdk_bedrock::types::{
 use common::*;
 use e2e::emulator::{
     config::{Config, Faults},
-    text::count_tokens,
+    text::{count_tokens, framing_tokens},
 };
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -80,10 +80,15 @@ async fn the_seed_invoke_and_render_calls_answer_in_the_seed_shape() {
         answer["inputTokens"].as_u64().unwrap(),
         answer["outputTokens"].as_u64().unwrap(),
     );
+    // 24 input tokens, as the original README shows: 12 of text and 12 of framing.
     assert_eq!(
         (input, output),
-        (count_tokens(prompt), count_tokens(prompt))
+        (
+            count_tokens(prompt) + framing_tokens(1, false),
+            count_tokens(prompt)
+        )
     );
+    assert_eq!(input, 24);
     let cost: Decimal = answer["costUSD"].as_str().unwrap().parse().unwrap();
     assert_eq!(cost, haiku_cost(input, output));
     let converse = emu.emulator.requests();
@@ -379,7 +384,7 @@ async fn limits_and_budgets_refuse_with_429() {
         .unwrap();
     assert!(metrics.contains(r#"k8s_ai_operator_proxy_rate_limited_total{namespace="ai-workloads",endpoint="claude-haiku",reason="rate_limited"} 1"#), "{metrics}");
 
-    // A daily budget smaller than one call's worst case (4096 output tokens at $5/M = $0.02048).
+    // A daily budget smaller than one call's worst case (4096 output tokens at $5.50/M = $0.022528).
     let manifests = seed_with_static_keys().replace(r#"daily: "10.00""#, r#"daily: "0.02""#);
     let sc = sidecar(&emu, &manifests, &[]).await;
     let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
@@ -390,6 +395,36 @@ async fn limits_and_budgets_refuse_with_429() {
     // Asking for fewer tokens brings the worst case under the budget.
     let small = r#"{"messages":[{"role":"user","content":"Explain Kubernetes operators in two sentences."}],"maxTokens":100}"#;
     assert_eq!(post(&url, small).await.0, 200);
+}
+
+/// The worst case reserved before a call bounds what Bedrock bills, framing included: 41
+/// one-byte messages are billed 213 input tokens (the emulator counts Bedrock's role markers), far
+/// more than their 41 bytes. Against a budget of $0.0001 such a call must be refused up front,
+/// while a small call still fits.
+#[tokio::test]
+async fn the_reserved_worst_case_covers_bedrocks_framing_tokens() {
+    let emu = emulator(Config::default()).await;
+    let manifests = seed_with_static_keys().replace(r#"daily: "10.00""#, r#"daily: "0.0001""#);
+    let sc = sidecar(&emu, &manifests, &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let messages: Vec<Value> = (0..41)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "a"}))
+        .collect();
+    let many = json!({"messages": messages, "maxTokens": 1}).to_string();
+    let (status, v, _) = post(&url, &many).await;
+    // Billed: 213 × $1.10 + 1 × $5.50 per million = $0.0002398, over the budget: never admitted.
+    assert_eq!(status, 429, "admitted and charged {v}");
+    assert_eq!(v["error"]["code"], "budget_exceeded");
+    let small = r#"{"messages":[{"role":"user","content":"hi"}],"maxTokens":1}"#;
+    let (status, v, _) = post(&url, small).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["inputTokens"],
+        1 + 8 + 4,
+        "one text token and the framing: {v}"
+    );
+    let spent: Decimal = v["costUSD"].as_str().unwrap().parse().unwrap();
+    assert!(spent <= Decimal::new(1, 4), "{spent}");
 }
 
 #[tokio::test]
@@ -457,7 +492,7 @@ async fn openai_compatible_routes() {
     assert_eq!(v["usage"]["completion_tokens"], count_tokens("hello there"));
     assert_eq!(
         v["usage"]["prompt_tokens"],
-        count_tokens("Be brief.") + count_tokens("hello there")
+        count_tokens("Be brief.") + count_tokens("hello there") + framing_tokens(1, true)
     );
 }
 

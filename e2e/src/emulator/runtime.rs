@@ -41,6 +41,8 @@ struct Prompt {
     stop_sequences: Vec<String>,
     /// Text before a `cachePoint` block, if the request has one.
     cache_prefix: Option<String>,
+    /// The framing tokens billed around the texts (`text::framing_tokens`).
+    framing: u64,
 }
 
 /// The guardrail a request names.
@@ -104,7 +106,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         }
         Ok(own)
     };
-    take_blocks(&body["system"], &mut texts)?;
+    let system = !take_blocks(&body["system"], &mut texts)?.is_empty();
     let mut last_user_text = String::new();
     for (i, m) in messages.iter().enumerate() {
         let role = m["role"].as_str().unwrap_or_default();
@@ -152,6 +154,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         max_tokens,
         stop_sequences,
         cache_prefix,
+        framing: text::framing_tokens(messages.len(), system),
     })
 }
 
@@ -173,6 +176,7 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         }
     };
     let mut texts = vec![text_of(&body["system"])];
+    let system = !texts[0].is_empty();
     let mut last_user_text = String::new();
     let messages = body["messages"].as_array().filter(|m| !m.is_empty()).ok_or_else(|| {
         AwsError::validation("Malformed input request: #: required key [messages] not found, please reformat your input and try again.")
@@ -196,6 +200,7 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
         stop_sequences,
         cache_prefix: None,
+        framing: text::framing_tokens(messages.len(), system),
     })
 }
 
@@ -330,7 +335,8 @@ impl Emulator {
             }
             input_assessment = Some(assessed);
         }
-        let all_input: u64 = prompt.texts.iter().map(|t| count_tokens(t)).sum();
+        let all_input: u64 =
+            prompt.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + prompt.framing;
         let (mut cache_read, mut cache_write) = (0, 0);
         if let Some(prefix) = &prompt.cache_prefix {
             let mut h = DefaultHasher::new();

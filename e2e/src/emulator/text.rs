@@ -2,9 +2,23 @@
 //!
 //! The rule: a text of `n` UTF-8 bytes is `ceil(n / 4)` tokens (roughly what English text gives
 //! with real tokenizers). Input tokens are the sum over the system prompt and every message's
-//! text blocks; output tokens are those of the answer.
+//! text blocks, plus the framing Bedrock bills around them ([`framing_tokens`]); output tokens
+//! are those of the answer.
 
 use super::config::OutputMode;
+
+/// Input tokens billed once per request for the conversation's framing.
+pub const FRAMING_PER_REQUEST: u64 = 8;
+/// Input tokens billed per message and per system prompt for its role markers.
+pub const FRAMING_PER_MESSAGE: u64 = 4;
+
+/// The framing tokens of a request with `messages` messages and, if `system`, a system prompt.
+/// Bedrock bills Claude's role markers as input: the original README's one-message prompt of 47
+/// bytes (12 text tokens by the rule above) is billed 24 input tokens, which these figures give.
+pub fn framing_tokens(messages: usize, system: bool) -> u64 {
+    let blocks = u64::try_from(messages).unwrap_or(u64::MAX) + u64::from(system);
+    FRAMING_PER_REQUEST.saturating_add(FRAMING_PER_MESSAGE.saturating_mul(blocks))
+}
 
 /// Tokens in `text` by the documented rule.
 pub fn count_tokens(text: &str) -> u64 {
