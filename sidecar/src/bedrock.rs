@@ -240,6 +240,11 @@ impl Upstream {
                 aws_sdk_bedrockruntime::types::GuardrailStreamConfiguration::builder()
                     .guardrail_identifier(id)
                     .guardrail_version(version)
+                    // Bedrock checks each chunk before sending it (its default, said explicitly):
+                    // in async mode unchecked text reaches the app and is only flagged afterwards.
+                    .stream_processing_mode(
+                        aws_sdk_bedrockruntime::types::GuardrailStreamProcessingMode::Sync,
+                    )
                     .build(),
             );
         }

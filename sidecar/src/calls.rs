@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     bedrock::{ModelAnswer, ModelRequest, token_usage, upstream_error},
-    catalog::{Catalog, EndpointConfig},
+    catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
     limits::{Admission, Ledger},
     metrics::{CallLabels, Metrics, RejectLabels, TokenLabels},
@@ -296,17 +296,7 @@ impl AppState {
             match pii.apply(&answer.text) {
                 Ok(std::borrow::Cow::Borrowed(_)) => {}
                 Ok(std::borrow::Cow::Owned(masked)) => answer.text = masked,
-                Err(blocked) => {
-                    let message = format!(
-                        "{} (sensitive information: {})",
-                        guardrail.blocked_output_message, blocked.entity
-                    );
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "guardrail_blocked",
-                        message,
-                    ));
-                }
+                Err(blocked) => return Err(output_blocked(guardrail, &blocked)),
             }
         }
         Ok(())
@@ -385,6 +375,9 @@ impl AppState {
         let (mut text, mut stop_reason, mut usage, mut first) =
             (String::new(), String::new(), None, true);
         let mut failure = None;
+        // With a PII filter, text leaves only once the filter has seen it with what follows it
+        // (see `PiiFilter::releasable`): `pending` is what was received and not yet released.
+        let (pii, mut pending) = (stream_filter(&prepared.endpoint), String::new());
         // A stream silent for a whole upstream timeout is over: Bedrock sends a token, a metadata
         // or a stop event long before that, and a stalled connection would otherwise hang forever.
         let silence = self.settings.upstream_timeout;
@@ -413,6 +406,16 @@ impl AppState {
                             .observe(prepared.started.elapsed().as_secs_f64());
                     }
                     text.push_str(&delta);
+                    let delta = match filtered(pii, &mut pending, delta) {
+                        Ok(delta) => delta,
+                        Err(blocked) => {
+                            failure = Some(blocked);
+                            break;
+                        }
+                    };
+                    if delta.is_empty() {
+                        continue;
+                    }
                     if tx.send(StreamEvent::Delta(delta)).await.is_err() {
                         failure = Some(ApiError::new(
                             StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -435,6 +438,14 @@ impl AppState {
             }
         }
         drop(stream); // cancels the upstream stream if we stopped early
+        // The stream is over: what was held back leaves, filtered, before the closing event.
+        match held_back_release(pii, &pending, failure.as_ref()) {
+            Ok(rest) if rest.is_empty() => {}
+            Ok(rest) => {
+                let _ = tx.send(StreamEvent::Delta(rest)).await;
+            }
+            Err(blocked) => failure = Some(blocked),
+        }
         self.metrics.in_flight.dec();
         // What was used is charged even when the stream broke: Bedrock's count if it came, else an estimate.
         let usage = usage.unwrap_or_else(|| TokenUsage {
@@ -464,6 +475,68 @@ impl AppState {
         };
         let _ = tx.send(event).await;
     }
+}
+
+/// The endpoint's local PII filter, with its guardrail (for the refusal's message).
+fn stream_filter(endpoint: &EndpointConfig) -> Option<(&crate::pii::PiiFilter, &GuardrailConfig)> {
+    let guardrail = endpoint.guardrail.as_deref()?;
+    Some((guardrail.pii.as_ref()?, guardrail))
+}
+
+/// What of a stream's `delta` may leave now: all of it without a PII filter, else what the filter
+/// releases of the text held back so far (`pending`) with it.
+fn filtered(
+    pii: Option<(&crate::pii::PiiFilter, &GuardrailConfig)>,
+    pending: &mut String,
+    delta: String,
+) -> Result<String, ApiError> {
+    let Some((filter, guardrail)) = pii else {
+        return Ok(delta);
+    };
+    pending.push_str(&delta);
+    let (release, used) = filter
+        .releasable(pending, crate::pii::STREAM_HOLD_BACK)
+        .map_err(|blocked| output_blocked(guardrail, &blocked))?;
+    pending.drain(..used);
+    Ok(release)
+}
+
+/// What of the held-back text leaves when a stream ends: all of it, filtered, after a clean end;
+/// after a broken one, up to its last whitespace (what follows may be the first part of an entity
+/// that never arrived whole); nothing after a refusal, or when the app is gone.
+fn held_back_release(
+    pii: Option<(&crate::pii::PiiFilter, &GuardrailConfig)>,
+    pending: &str,
+    failure: Option<&ApiError>,
+) -> Result<String, ApiError> {
+    let Some((filter, guardrail)) = pii else {
+        return Ok(String::new());
+    };
+    let whole = match failure {
+        None => pending,
+        Some(e) if e.code == "guardrail_blocked" || e.code == "client_closed" => {
+            return Ok(String::new());
+        }
+        Some(_) => pending
+            .rfind(char::is_whitespace)
+            .map_or("", |i| &pending[..=i]),
+    };
+    filter
+        .releasable(whole, 0)
+        .map(|(rest, _)| rest)
+        .map_err(|blocked| output_blocked(guardrail, &blocked))
+}
+
+/// The refusal of an answer in which the local PII filter found a `BLOCK` entity.
+fn output_blocked(guardrail: &GuardrailConfig, blocked: &crate::pii::Blocked) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "guardrail_blocked",
+        format!(
+            "{} (sensitive information: {})",
+            guardrail.blocked_output_message, blocked.entity
+        ),
+    )
 }
 
 fn decimal_to_f64(d: Decimal) -> f64 {

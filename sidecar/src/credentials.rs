@@ -89,15 +89,14 @@ impl CredentialCache {
         if let Some(answer) = self.without_calling() {
             return answer;
         }
-        let _turn = match self.refreshing.try_lock() {
-            Ok(turn) => turn,
-            Err(_) => {
-                // Someone is refreshing: what we hold is good enough meanwhile.
-                if let Some(valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
-                    return Ok(valid);
-                }
-                self.refreshing.lock().await
+        let _turn = if let Ok(turn) = self.refreshing.try_lock() {
+            turn
+        } else {
+            // Someone is refreshing: what we hold is good enough meanwhile.
+            if let Some(valid) = self.cached_if(|remaining| remaining > Duration::ZERO) {
+                return Ok(valid);
             }
+            self.refreshing.lock().await
         };
         // Whoever held the lock may have refreshed, or failed, while we waited.
         if let Some(answer) = self.without_calling() {

@@ -108,6 +108,10 @@ enum Detector {
     Custom(Regex),
 }
 
+/// How far behind a stream the PII filter keeps text back (bytes): emails (at most 254), card and
+/// phone numbers, keys and most URLs are shorter, so one still arriving never leaves in part.
+pub const STREAM_HOLD_BACK: usize = 512;
+
 /// A match of one rule, as byte offsets into the text.
 #[derive(Debug, Clone, Copy)]
 struct Hit {
@@ -193,7 +197,39 @@ impl PiiFilter {
         if self.rules.is_empty() || text.is_empty() {
             return Ok(Cow::Borrowed(text));
         }
-        // BLOCK first: it wins over ANONYMIZE whatever the overlap.
+        let hits = self.anonymize_hits(text)?;
+        if hits.is_empty() {
+            return Ok(Cow::Borrowed(text));
+        }
+        Ok(Cow::Owned(self.mask(text, &hits, text.len())))
+    }
+
+    /// For a stream: the part of `pending` (text received, not yet released) that may leave now,
+    /// masked, and how many bytes of `pending` it covers. The last `hold_back` bytes stay, and so
+    /// does a match reaching into them: an entity up to `hold_back` bytes long that is still
+    /// arriving never leaves in part. `hold_back` 0 releases everything (the end of a stream).
+    ///
+    /// # Errors
+    ///
+    /// [`Blocked`] when a `BLOCK` rule matches anywhere in `pending`, held-back text included.
+    pub fn releasable(&self, pending: &str, hold_back: usize) -> Result<(String, usize), Blocked> {
+        if self.rules.is_empty() {
+            return Ok((pending.to_owned(), pending.len()));
+        }
+        let hits = self.anonymize_hits(pending)?;
+        let mut cut = pending.len().saturating_sub(hold_back);
+        while !pending.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if let Some(straddling) = hits.iter().find(|h| h.start < cut && h.end > cut) {
+            cut = straddling.start;
+        }
+        Ok((self.mask(pending, &hits, cut), cut))
+    }
+
+    /// The `ANONYMIZE` matches to mask in `text`, in order, none overlapping; `Err` when a
+    /// `BLOCK` rule matches anywhere (it wins over `ANONYMIZE` whatever the overlap).
+    fn anonymize_hits(&self, text: &str) -> Result<Vec<Hit>, Blocked> {
         let mut first_block: Option<Hit> = None;
         let mut hits = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
@@ -222,18 +258,23 @@ impl PiiFilter {
                 rule.find(text, i, &mut hits);
             }
         }
-        if hits.is_empty() {
-            return Ok(Cow::Borrowed(text));
-        }
         // Leftmost first, the longest of those starting together, then policy order; a hit that
         // overlaps an earlier kept one is dropped, so masks never nest or cut each other.
         hits.sort_unstable_by_key(|h| (h.start, std::cmp::Reverse(h.end), h.rule));
-        let mut out = String::with_capacity(text.len());
-        let mut pos = 0;
-        for hit in &hits {
-            if hit.start < pos {
-                continue;
+        let mut kept: Vec<Hit> = Vec::with_capacity(hits.len());
+        for hit in hits {
+            if kept.last().is_none_or(|k| hit.start >= k.end) {
+                kept.push(hit);
             }
+        }
+        Ok(kept)
+    }
+
+    /// `text[..upto]` with the `hits` that end by `upto` replaced by their masks.
+    fn mask(&self, text: &str, hits: &[Hit], upto: usize) -> String {
+        let mut out = String::with_capacity(upto);
+        let mut pos = 0;
+        for hit in hits.iter().filter(|h| h.end <= upto) {
             let (Some(before), Some(rule)) = (text.get(pos..hit.start), self.rules.get(hit.rule))
             else {
                 continue;
@@ -242,8 +283,8 @@ impl PiiFilter {
             out.push_str(&rule.mask);
             pos = hit.end;
         }
-        out.push_str(text.get(pos..).unwrap_or_default());
-        Ok(Cow::Owned(out))
+        out.push_str(text.get(pos..upto).unwrap_or_default());
+        out
     }
 }
 
@@ -1511,5 +1552,34 @@ mod tests {
                 start.elapsed()
             );
         }
+    }
+
+    #[test]
+    fn a_stream_releases_only_what_the_filter_has_seen_whole() {
+        let f = PiiFilter::new(&policy(&[
+            (PiiEntityType::Email, PiiAction::Anonymize),
+            (PiiEntityType::AwsAccessKey, PiiAction::Block),
+        ]))
+        .unwrap();
+        // An address still arriving (shorter than the window) is held back whole.
+        let (out, used) = f
+            .releasable("hello world, write to jane.doe@exa", 15)
+            .unwrap();
+        assert_eq!((out.as_str(), used), ("hello world, write ", 19));
+        // Complete and behind the window: masked and released with the text before it.
+        let pending = "jane.doe@example.com and more text here";
+        let (out, used) = f.releasable(pending, 10).unwrap();
+        assert_eq!(out, "{EMAIL} and more");
+        assert_eq!(&pending[used..], " text here");
+        // The end of the stream releases the rest.
+        assert_eq!(
+            f.releasable(" text here", 0).unwrap(),
+            (" text here".to_owned(), 10)
+        );
+        // A BLOCK entity in the held-back part already stops the stream.
+        assert!(f.releasable("ok AKIAIOSFODNN7EXAMPLE", 30).is_err());
+        // Multi-byte text is never cut inside a character.
+        let (out, used) = f.releasable("ééé", 1).unwrap();
+        assert_eq!((out.as_str(), used), ("éé", 4));
     }
 }

@@ -427,6 +427,93 @@ async fn the_reserved_worst_case_covers_bedrocks_framing_tokens() {
     assert!(spent <= Decimal::new(1, 4), "{spent}");
 }
 
+/// Server-sent events of a streamed answer: (event name, data).
+async fn stream_events(url: &str, body: &str) -> Vec<(String, Value)> {
+    let r = reqwest::Client::new()
+        .post(url)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text()
+        .await
+        .unwrap()
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty() && !e.starts_with(':'))
+        .map(|e| {
+            let name = e
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .unwrap_or("");
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// A streamed answer leaves the pod only after the local PII filter has seen it: the model's
+/// email addresses reach the app as `{EMAIL}` in the deltas too (never in part, though the
+/// stream cuts them into pieces), and an answer with an AWS key (BLOCK) ends in an error event
+/// before the key, or any piece of it, was sent.
+#[tokio::test]
+async fn streamed_answers_pass_the_pii_filter_before_leaving_the_pod() {
+    let padding = "and some more words to fill the answer ".repeat(20);
+    let answer = format!(
+        "Write to jane.doe@example.com for access {padding} or to ops@example.org at night."
+    );
+    let emu = emulator(Config {
+        output: e2e::emulator::config::OutputMode::Fixed {
+            text: answer.clone(),
+        },
+        ..Config::default()
+    })
+    .await;
+    let sc = sidecar(&emu, &seed_with_static_keys(), &[]).await;
+    let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+    let body = r#"{"messages":[{"role":"user","content":"go"}],"stream":true}"#;
+    let events = stream_events(&url, body).await;
+    let deltas: Vec<&str> = events
+        .iter()
+        .filter(|(n, _)| n == "delta")
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        deltas.len() >= 2,
+        "still streamed, not held to the end: {deltas:?}"
+    );
+    let streamed = deltas.concat();
+    let masked = answer
+        .replace("jane.doe@example.com", "{EMAIL}")
+        .replace("ops@example.org", "{EMAIL}");
+    assert_eq!(streamed, masked);
+    for piece in ["jane", "doe@", "@example", "ops@"] {
+        assert!(
+            !streamed.contains(piece),
+            "{piece} left the pod: {streamed}"
+        );
+    }
+    let (name, done) = events.last().unwrap();
+    assert_eq!(name, "done", "{done}");
+    assert_eq!(done["content"], masked.as_str());
+
+    let mut config = Config::clone(&emu.emulator.config());
+    config.output = e2e::emulator::config::OutputMode::Fixed {
+        text: format!("{padding} the key is AKIAIOSFODNN7EXAMPLE {padding}"),
+    };
+    emu.emulator.set_config(config);
+    let events = stream_events(&url, body).await;
+    let streamed: String = events
+        .iter()
+        .filter(|(n, _)| n == "delta")
+        .map(|(_, v)| v["text"].as_str().unwrap())
+        .collect();
+    assert!(!streamed.contains("AKIA"), "{streamed}");
+    let (name, error) = events.last().unwrap();
+    assert_eq!(name, "error", "{error}");
+    assert_eq!(error["error"]["code"], "guardrail_blocked");
+}
+
 #[tokio::test]
 async fn guardrail_pii_is_blocked_or_anonymised_before_leaving_the_pod() {
     let emu = emulator(Config::default()).await;
