@@ -42,6 +42,17 @@ pub struct Harness {
     router: Router,
 }
 
+/// The seed GuardrailPolicy's PII rules (`manifests/samples/guardrailpolicy.yaml`: AWS_ACCESS_KEY
+/// BLOCK, EMAIL ANONYMIZE), as the sidecar serving [`HARNESS`] applies them.
+pub static SEED_PII: LazyLock<ai_sidecar::pii::PiiFilter> = LazyLock::new(|| {
+    let policy = serde_json::from_value(serde_json::json!({ "piiEntities": [
+        { "type": "AWS_ACCESS_KEY", "action": "BLOCK" },
+        { "type": "EMAIL", "action": "ANONYMIZE" },
+    ] }))
+    .expect("the seed's PII rules");
+    ai_sidecar::pii::PiiFilter::new(&policy).expect("a valid PII policy")
+});
+
 pub static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
