@@ -54,10 +54,22 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
     );
     assert!(cluster.apply(&setup).success);
     for pod in ["p1", "p2"] {
-        let objects = format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec: {{serviceAccountName: app, containers: [{{name: app, image: app:1}}]}}\n---\napiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: {pod}.claude-haiku, namespace: {ns}}}\nspec: {{podName: {pod}, podUid: x, endpoint: claude-haiku}}\n"
-        );
-        let run = cluster.apply(&objects);
+        let run = cluster.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec: {{serviceAccountName: app, containers: [{{name: app, image: app:1}}]}}\n"
+        ));
+        assert!(run.success, "{}", run.stderr);
+        let uid = cluster.kubectl_ok(&[
+            "get",
+            "pod",
+            pod,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ]);
+        let run = cluster.apply(&format!(
+            "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: {pod}.claude-haiku, namespace: {ns}}}\nspec: {{podName: {pod}, podUid: {uid}, endpoint: claude-haiku}}\n"
+        ));
         assert!(run.success, "{}", run.stderr);
     }
     let token_of = |pod: Option<&str>| {
@@ -113,6 +125,18 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
     assert!(
         !run.success && run.stderr.contains("only grow"),
         "a lower cost is refused (exact decimals): {}",
+        run.stderr
+    );
+    // The same name, another pod: a ledger left by an earlier p1 (a StatefulSet's pod recreated
+    // while its ledger is folded) is not the new p1's to write.
+    let run = cluster.apply(&format!(
+        "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: p1.earlier, namespace: {ns}}}\nspec: {{podName: p1, podUid: 00000000-0000-0000-0000-00000000e1d0, endpoint: earlier}}\n"
+    ));
+    assert!(run.success, "{}", run.stderr);
+    let run = as_pod(&p1, "p1.earlier", &status(1, "0.000001"));
+    assert!(
+        !run.success && run.stderr.contains("token's pod UID must be spec.podUid"),
+        "a ledger of an earlier pod of the same name is refused: {}",
         run.stderr
     );
     let unbound = token_of(None);

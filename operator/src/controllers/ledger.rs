@@ -54,11 +54,23 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         block_owner_deletion: Some(false),
     };
     let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut waiting = false;
     for endpoint in endpoints {
         let name = ledger_name(&pod.name_any(), &endpoint);
         // The periodic re-check writes only what is missing or wrong, not every ledger again.
         let cached = ctx.ledgers.get(&ObjectRef::new(&name).within(&ns));
-        if cached.is_some_and(|l| is_complete(&l, &pod.name_any(), &uid, &endpoint)) {
+        if cached
+            .as_ref()
+            .is_some_and(|l| is_complete(l, &pod.name_any(), &uid, &endpoint))
+        {
+            continue;
+        }
+        // A pod recreated under the same name (a StatefulSet's) finds the earlier pod's ledger
+        // still there while its counters are folded: writing over it would hand those counters
+        // to the new pod, and count them twice. Its own ledger is created once that one is gone.
+        if let Some(earlier) = cached.filter(|l| belongs_to_another_pod(l, &uid)) {
+            tracing::debug!(namespace = %ns, ledger = %name, earlier_pod_uid = %earlier.spec.pod_uid, "waiting for the earlier pod's ledger to be folded");
+            waiting = true;
             continue;
         }
         let ledger = json!({
@@ -80,7 +92,21 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
             source,
         })?;
     }
-    Ok(Action::requeue(RECHECK))
+    Ok(Action::requeue(if waiting {
+        EARLIER_LEDGER_RECHECK
+    } else {
+        RECHECK
+    }))
+}
+
+/// How soon a pod waiting for the ledger of an earlier pod of its name is looked at again.
+const EARLIER_LEDGER_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `ledger` is another pod's: an earlier pod of the same name (another UID), or one being
+/// deleted (its counters are being folded into the endpoint).
+fn belongs_to_another_pod(ledger: &ModelUsage, uid: &str) -> bool {
+    ledger.metadata.deletion_timestamp.is_some()
+        || (!ledger.spec.pod_uid.is_empty() && ledger.spec.pod_uid != uid)
 }
 
 /// Whether `ledger` is already what the ledger controller would write for this pod and endpoint.
