@@ -94,6 +94,8 @@ pub struct Catalog {
     namespace: String,
     /// This pod's name: whose ModelUsage allocations apply.
     pod: String,
+    /// This pod's UID, when known: a ledger of another UID is an earlier pod's of the same name.
+    pod_uid: String,
     /// Endpoint names this pod may use; empty means all (standalone only).
     allowed: Vec<String>,
     current: RwLock<Arc<Snapshot>>,
@@ -108,6 +110,7 @@ impl Catalog {
         Catalog {
             namespace,
             pod,
+            pod_uid: String::new(),
             allowed,
             current: RwLock::new(Arc::new(Snapshot::default())),
             loaded: watch::channel(false).0,
@@ -115,8 +118,24 @@ impl Catalog {
         }
     }
 
+    /// This catalog for the pod with `uid` (the downward API's metadata.uid).
+    #[must_use]
+    pub fn with_pod_uid(mut self, uid: String) -> Self {
+        self.pod_uid = uid;
+        self
+    }
+
     pub fn namespace(&self) -> &str {
         &self.namespace
+    }
+
+    /// Whether `ledger` is this pod's own: its name, and its UID when both are known (a pod
+    /// recreated under the same name must not use the grant or counters of the earlier one).
+    pub fn owns(&self, ledger: &ModelUsage) -> bool {
+        (self.pod.is_empty() || ledger.spec.pod_name == self.pod)
+            && (self.pod_uid.is_empty()
+                || ledger.spec.pod_uid.is_empty()
+                || ledger.spec.pod_uid == self.pod_uid)
     }
 
     /// Whether this pod may use `endpoint` (of its own namespace).
@@ -193,9 +212,9 @@ impl Catalog {
                 }))
             });
             let status = endpoint.status.as_ref();
-            let own_ledger = usages.iter().find(|u| {
-                u.spec.endpoint == name && (self.pod.is_empty() || u.spec.pod_name == self.pod)
-            });
+            let own_ledger = usages
+                .iter()
+                .find(|u| u.spec.endpoint == name && self.owns(u));
             let model_to_call = endpoint.model_to_call();
             let config = EndpointConfig {
                 price: pricing::price_for(&endpoint.spec, &model_to_call),

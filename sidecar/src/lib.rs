@@ -60,11 +60,14 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     }
     // One crypto provider for every TLS client here (kube, STS, Bedrock): ring, see Cargo.toml.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let catalog = Arc::new(Catalog::new(
-        settings.namespace.clone(),
-        settings.pod_name.clone(),
-        settings.allowed_endpoints(),
-    ));
+    let catalog = Arc::new(
+        Catalog::new(
+            settings.namespace.clone(),
+            settings.pod_name.clone(),
+            settings.allowed_endpoints(),
+        )
+        .with_pod_uid(settings.pod_uid.clone()),
+    );
     if settings.standalone {
         let path = settings.config.as_ref().ok_or(StartError::NoConfigFile)?;
         catalog.load_file(path)?;

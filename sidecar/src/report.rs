@@ -100,6 +100,11 @@ async fn resume(state: &AppState, api: &Api<ModelUsage>) {
         };
         let name = ledger_name(&state.settings.pod_name, &endpoint);
         match api.get_opt(&name).await {
+            // An earlier pod of this name left it (its counters are being folded into the
+            // endpoint): not ours to take over or write. Ours comes once that one is gone.
+            Ok(Some(ledger)) if !state.catalog.owns(&ledger) => {
+                tracing::info!(ledger = %name, earlier_pod_uid = %ledger.spec.pod_uid, "the ledger is an earlier pod's of this name; counting in memory until this pod's own exists");
+            }
             Ok(ledger) => {
                 let stored = ledger.and_then(|l| l.status);
                 if stored.as_ref().is_some_and(|s| s.sequence > 0) {

@@ -21,6 +21,11 @@ pub struct Settings {
     #[arg(long, env = "AI_SIDECAR_POD_NAME", default_value = "")]
     pub pod_name: String,
 
+    /// The pod's UID (the downward API's metadata.uid): the sidecar uses and takes over only
+    /// ledgers of this pod, never those of an earlier pod of the same name.
+    #[arg(long, env = "AI_SIDECAR_POD_UID", default_value = "")]
+    pub pod_uid: String,
+
     /// The pod's namespace: the only namespace whose endpoints and templates this sidecar serves.
     #[arg(long, env = "AI_SIDECAR_NAMESPACE", default_value = "default")]
     pub namespace: String,

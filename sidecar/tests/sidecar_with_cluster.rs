@@ -264,6 +264,92 @@ async fn a_request_waiting_for_credentials_holds_no_reservation_past_its_deadlin
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A pod recreated under the same name (a StatefulSet's) finds the earlier pod's ledger still
+/// there, counters and all: its sidecar neither takes them over nor writes over them, and reports
+/// its own calls once its own ledger (its UID) exists. The earlier pod's spend is counted once.
+#[tokio::test]
+async fn a_sidecar_never_takes_over_the_ledger_of_an_earlier_pod_of_its_name() {
+    let cluster = Cluster::get();
+    let ns = cluster.namespace("sidecar-recreated");
+    let state = cluster_state();
+    let dir = std::env::temp_dir().join(format!("recreated-{}-{ns}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig_path = tenant(cluster, &ns, &state, &dir);
+    let period = |p: &str| serde_json::json!({ "period": p, "invocations": 7, "inputTokens": 70, "outputTokens": 70, "cost": "0.0007" });
+    let earlier = serde_json::json!({ "status": { "lifetime": period(""), "sequence": 7 } });
+    let set_status = |body: &serde_json::Value| {
+        cluster.kubectl_ok(&[
+            "patch",
+            "modelusage",
+            "test-pod.claude-haiku",
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &body.to_string(),
+        ]);
+    };
+    set_status(&earlier);
+    let lifetime_invocations = || -> serde_json::Value {
+        let ledger: serde_json::Value = serde_json::from_str(&cluster.kubectl_ok(&[
+            "get",
+            "modelusage",
+            "test-pod.claude-haiku",
+            "-n",
+            &ns,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        ledger["status"]["lifetime"]["invocations"].clone()
+    };
+
+    let emu = emulator(Config::default()).await;
+    let sc = start_sidecar(
+        &emu,
+        None,
+        &ns,
+        &[
+            ("KUBECONFIG", kubeconfig_path.to_str().unwrap()),
+            ("AI_SIDECAR_ENDPOINTS", "claude-haiku"),
+            ("AI_SIDECAR_REPORT_INTERVAL", "1s"),
+            // Not the ledger's 00000000-0000-0000-0000-000000000001: a new pod of the same name.
+            ("AI_SIDECAR_POD_UID", "00000000-0000-0000-0000-000000000002"),
+        ],
+    )
+    .await;
+    let url = format!("{}/invoke/{ns}/claude-haiku", sc.url);
+    let (status, v, _) = post(&url, SEED_INVOKE).await;
+    assert_eq!(status, 200, "{v}");
+    // Several report intervals: the earlier pod's counters stay as they were (7, not 8 nor 1).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            lifetime_invocations(),
+            7,
+            "the earlier pod's ledger was written"
+        );
+    }
+
+    // The earlier ledger is folded and gone; the operator creates this pod's own.
+    cluster.kubectl_ok(&["delete", "modelusage", "test-pod.claude-haiku", "-n", &ns]);
+    let own = format!(
+        "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: test-pod.claude-haiku, namespace: {ns}}}\nspec: {{podName: test-pod, podUid: 00000000-0000-0000-0000-000000000002, endpoint: claude-haiku}}\n"
+    );
+    assert!(cluster.apply(&own).success);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lifetime_invocations() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "this pod's one call never reached its own ledger: {}",
+            lifetime_invocations()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Plays the platform team and the operator for a pod in `ns`: the seed's objects (static keys,
 /// no IRSA), a service account `app` that may read exactly what the sidecar needs and write its
 /// ledger `test-pod.claude-haiku`, that ledger, and a kubeconfig with the account's token in `dir`.

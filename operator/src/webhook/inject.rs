@@ -294,6 +294,7 @@ fn sidecar_container(
     let from_field = |name: &str, path: &str| json!({ "name": name, "valueFrom": { "fieldRef": { "fieldPath": path } } });
     let mut env = vec![
         from_field("AI_SIDECAR_POD_NAME", "metadata.name"),
+        from_field("AI_SIDECAR_POD_UID", "metadata.uid"),
         from_field("AI_SIDECAR_NAMESPACE", "metadata.namespace"),
     ];
     env.push(json!({ "name": "AI_SIDECAR_ENDPOINTS", "value": endpoints.join(",") }));
