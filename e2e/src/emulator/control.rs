@@ -272,7 +272,7 @@ pub async fn list_guardrails(
             json!({ "id": g.id, "arn": g.arn, "status": "READY", "name": policy.name(), "description": policy.config["description"],
                     "version": version, "createdAt": iso8601(g.created_at), "updatedAt": iso8601(g.updated_at) })
         };
-        let mut all: Vec<Value> = match q.get("guardrailIdentifier") {
+        let all: Vec<Value> = match q.get("guardrailIdentifier") {
             // With an identifier: every version of that guardrail; without: the DRAFT of each.
             Some(identifier) => {
                 let g = store.find(identifier).ok_or_else(|| not_found(identifier))?;
@@ -282,13 +282,28 @@ pub async fn list_guardrails(
             }
             None => store.by_id.values().map(|g| summary(g, "DRAFT".into(), &g.draft)).collect(),
         };
-        let start: usize = q.get("nextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
-        let max: usize = q.get("maxResults").and_then(|m| m.parse().ok()).unwrap_or(100).clamp(1, 1000);
-        let rest = all.split_off(start.min(all.len()));
-        let next = (rest.len() > max).then(|| (start + max).to_string());
-        Ok((StatusCode::OK, json!({ "guardrails": rest.into_iter().take(max).collect::<Vec<_>>(), "nextToken": next })))
+        let (page, next) = page(all, &q, 100);
+        Ok((StatusCode::OK, json!({ "guardrails": page, "nextToken": next })))
     });
     done(&emulator, "ListGuardrails", caller.as_ref().ok(), result)
+}
+
+/// One page of a list operation: `maxResults` items (1 to 1000, `default_max` when absent) from
+/// the offset in `nextToken`, and the token of the next page if there is one.
+fn page(
+    mut all: Vec<Value>,
+    q: &HashMap<String, String>,
+    default_max: usize,
+) -> (Vec<Value>, Option<String>) {
+    let start: usize = q.get("nextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let max: usize = q
+        .get("maxResults")
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(default_max)
+        .clamp(1, 1000);
+    let rest = all.split_off(start.min(all.len()));
+    let next = (rest.len() > max).then(|| (start + max).to_string());
+    (rest.into_iter().take(max).collect(), next)
 }
 
 fn model_details(region: &str, m: &super::config::CatalogueModel) -> Value {
@@ -437,7 +452,7 @@ pub async fn list_inference_profiles(
     let caller = emulator.authenticate_bedrock(&headers, &body, "GET", &uri);
     let result = caller.as_ref().map_err(Clone::clone).and_then(|caller| {
         let config = emulator.config();
-        let mut all = match q.get("type").map(String::as_str) {
+        let all = match q.get("type").map(String::as_str) {
             None | Some("SYSTEM_DEFINED") => inference_profiles(&config, &caller.region),
             Some("APPLICATION") => Vec::new(),
             Some(other) => {
@@ -446,15 +461,7 @@ pub async fn list_inference_profiles(
                 )));
             }
         };
-        let start: usize = q.get("nextToken").and_then(|t| t.parse().ok()).unwrap_or(0);
-        let max: usize = q
-            .get("maxResults")
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(1000)
-            .clamp(1, 1000);
-        let rest = all.split_off(start.min(all.len()));
-        let next = (rest.len() > max).then(|| (start + max).to_string());
-        let page: Vec<Value> = rest.into_iter().take(max).collect();
+        let (page, next) = page(all, &q, 1000);
         Ok((StatusCode::OK, json!({ "inferenceProfileSummaries": page, "nextToken": next })))
     });
     done(
