@@ -12,12 +12,12 @@ use futures_util::Stream;
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
     model_endpoint::RetiredUsage,
-    model_usage::{PeriodUsage, ledger_name},
+    model_usage::{ModelUsageSpec, PeriodUsage, ledger_name},
 };
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::{
         Controller,
         controller::Action,
@@ -53,6 +53,9 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         controller: Some(false),
         block_owner_deletion: Some(false),
     };
+    // Before the first list an empty cache would read as "no earlier ledger" (a restarted
+    // operator sees pods first): it must not decide anything yet.
+    ctx.ledgers.listed().await?;
     let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &ns);
     let mut waiting = false;
     for endpoint in endpoints {
@@ -68,29 +71,54 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         // A pod recreated under the same name (a StatefulSet's) finds the earlier pod's ledger
         // still there while its counters are folded: writing over it would hand those counters
         // to the new pod, and count them twice. Its own ledger is created once that one is gone.
-        if let Some(earlier) = cached.filter(|l| belongs_to_another_pod(l, &uid)) {
+        if let Some(earlier) = cached.as_ref().filter(|l| belongs_to_another_pod(l, &uid)) {
             tracing::debug!(namespace = %ns, ledger = %name, earlier_pod_uid = %earlier.spec.pod_uid, "waiting for the earlier pod's ledger to be folded");
             waiting = true;
             continue;
         }
-        let ledger = json!({
-            "apiVersion": "ai.kernelpanic09.io/v1alpha1",
-            "kind": "ModelUsage",
-            // Born with the fold finalizer, so no deletion can skip the fold.
-            "metadata": { "name": name, "ownerReferences": [owner], "finalizers": [super::fold::FINALIZER] },
-            "spec": { "podName": pod.name_any(), "podUid": uid, "endpoint": endpoint },
-        });
-        api.patch(
+        // The write is conditional on what the cache showed, as the cache may lag: created only
+        // if no ledger exists (an earlier pod's may have appeared since), completed only if it is
+        // still the version read. A refused write is looked at again shortly.
+        let mut ledger = ModelUsage::new(
             &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&ledger),
-        )
-        .await
-        .map_err(|source| Error::Kube {
-            kind: "ModelUsage",
-            name: format!("{ns}/{name}"),
-            source,
-        })?;
+            ModelUsageSpec {
+                pod_name: pod.name_any(),
+                pod_uid: uid.clone(),
+                endpoint: endpoint.clone(),
+                allocation: None,
+                budget_grant: None,
+            },
+        );
+        ledger.metadata.owner_references = Some(vec![owner.clone()]);
+        // Born with the fold finalizer, so no deletion can skip the fold.
+        ledger.metadata.finalizers = Some(vec![super::fold::FINALIZER.into()]);
+        let written = match cached.and_then(|l| l.resource_version()) {
+            None => {
+                let params = PostParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..PostParams::default()
+                };
+                api.create(&params, &ledger).await.map(drop)
+            }
+            Some(version) => {
+                ledger.metadata.resource_version = Some(version);
+                let params = PatchParams::apply(MANAGER).force();
+                api.patch(&name, &params, &Patch::Apply(&ledger))
+                    .await
+                    .map(drop)
+            }
+        };
+        match written {
+            Ok(()) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => waiting = true,
+            Err(source) => {
+                return Err(Error::Kube {
+                    kind: "ModelUsage",
+                    name: format!("{ns}/{name}"),
+                    source,
+                });
+            }
+        }
     }
     Ok(Action::requeue(if waiting {
         EARLIER_LEDGER_RECHECK
