@@ -98,7 +98,7 @@ pub struct BudgetGrant {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))]
     pub day: Option<String>,
-    /// Total US dollars this pod may spend on `day` (cumulative: grants only grow within a day).
+    /// Total US dollars this pod may spend on `day` (cumulative: what it has spent is included).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily: Option<Money>,
     /// The month this grant belongs to (`YYYY-MM`).
@@ -126,6 +126,10 @@ pub struct ModelUsageStatus {
     /// Recent demand, which the operator uses to rebalance allocations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub demand: Option<Demand>,
+    /// What the sidecar held of its share when it reported: the operator moves a unit to another
+    /// pod only once it is free here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holding: Option<Holding>,
     /// Budget reserved by calls still in flight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserved: Option<Money>,
@@ -195,6 +199,29 @@ pub struct Demand {
     /// Tokens per minute used recently.
     #[serde(default)]
     pub tokens_per_minute: u64,
+    /// Calls the app wanted in flight at once recently (in flight, plus one for a call refused
+    /// for concurrency).
+    #[serde(default)]
+    pub max_concurrency: u32,
+}
+
+/// What a sidecar held of its share of the endpoint's limits when it reported.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Holding {
+    /// The share it enforced (its ledger's `spec.allocation` as it had seen it); none: it had no
+    /// share and enforced the endpoint's own limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
+    /// Requests it admitted in the last rolling minute.
+    #[serde(default)]
+    pub requests_in_last_minute: u32,
+    /// Calls it had in flight.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// The budget grant it enforced (its ledger's `spec.budgetGrant` as it had seen it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_grant: Option<BudgetGrant>,
 }
 
 #[cfg(test)]

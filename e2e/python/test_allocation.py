@@ -43,7 +43,7 @@ def wait_until(what, check, timeout):
 class Fleet:
     """The operator, five pods and their sidecars, in a namespace of their own."""
 
-    def __init__(self, cluster, tmp_path, edit_endpoint=lambda yaml: yaml):
+    def __init__(self, cluster, tmp_path, edit_endpoint=lambda yaml: yaml, emulator_config=None):
         self.kubectl = cluster["kubectl"]
         self.ns = f"alloc-{uuid.uuid4().hex[:6]}"
         self.procs = {}
@@ -59,7 +59,7 @@ class Fleet:
         endpoint = "".join(l for l in endpoint.splitlines(True) if "irsaRoleArn" not in l and "guardrailPolicyRef" not in l)
         assert f"requestsPerMinute: {LIMIT}" in endpoint
         self.apply(edit_endpoint(endpoint))
-        self.emulator = start_emulator(tmp_path)
+        self.emulator = start_emulator(tmp_path, emulator_config)
         self.cluster = cluster
         self.aws_env = {
             "AWS_ENDPOINT_URL": self.emulator.url,
@@ -212,8 +212,8 @@ def make_fleet(cluster, tmp_path):
         assert binary.exists(), f"{binary} not built: run `cargo build --workspace` first"
     made = []
 
-    def make(edit_endpoint=lambda yaml: yaml):
-        made.append(Fleet(cluster, tmp_path, edit_endpoint))
+    def make(edit_endpoint=lambda yaml: yaml, emulator_config=None):
+        made.append(Fleet(cluster, tmp_path, edit_endpoint, emulator_config))
         return made[-1]
 
     yield make

@@ -36,6 +36,12 @@ pub struct EndpointConfig {
     pub reported_cost_this_month: Decimal,
     /// This pod's share of the endpoint's limits (its ModelUsage's spec), if the operator set one.
     pub allocation: Option<k8s_ai_api::model_usage::Allocation>,
+    /// The generation of the ledger the allocation was read from (0 without one): a share read
+    /// earlier never replaces a newer one in the limiters.
+    pub allocation_generation: i64,
+    /// Whether the operator reports the budget exhausted for the period (`BudgetExceeded`): no
+    /// grant will grow before the next day or month.
+    pub budget_exhausted: bool,
     /// What this pod may spend per day and month (its ModelUsage's spec), if the operator granted it.
     pub budget_grant: Option<k8s_ai_api::model_usage::BudgetGrant>,
     /// Its metrics' labels: namespace, name, model.
@@ -47,8 +53,8 @@ impl EndpointConfig {
     pub fn effective_rate_limit(&self) -> k8s_ai_api::model_endpoint::RateLimit {
         match &self.allocation {
             Some(a) => k8s_ai_api::model_endpoint::RateLimit {
-                // A zero share still lets one request a minute through: a pod is never starved outright.
-                requests_per_minute: a.requests_per_minute.max(1),
+                // A zero share admits nothing: the operator rotates shares among the pods asking.
+                requests_per_minute: a.requests_per_minute,
                 tokens_per_minute: a.tokens_per_minute,
                 max_concurrency: a.max_concurrency,
             },
@@ -103,6 +109,9 @@ pub struct Catalog {
     /// The endpoints, templates and policies (name and revision) the last info log announced:
     /// the pod's own ledger changes every report, which must not log a reload each time.
     announced: Mutex<Vec<String>>,
+    /// Woken when this pod's share of an endpoint changes: the operator waits for the sidecar to
+    /// report the new share before it hands a freed unit to another pod.
+    shares_changed: tokio::sync::Notify,
 }
 
 impl Catalog {
@@ -115,7 +124,13 @@ impl Catalog {
             current: RwLock::new(Arc::new(Snapshot::default())),
             loaded: watch::channel(false).0,
             announced: Mutex::new(Vec::new()),
+            shares_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Waits until this pod's share of an endpoint changes (at once if it has since the last wait).
+    pub async fn share_changed(&self) {
+        self.shares_changed.notified().await;
     }
 
     /// This catalog for the pod with `uid` (the downward API's metadata.uid).
@@ -182,6 +197,19 @@ impl Catalog {
         } else {
             tracing::debug!("configuration refreshed (ledgers or allocations)");
         }
+        // A share or a grant: the operator waits for the report that this pod enforces it.
+        let shares = |s: &Snapshot| {
+            let mut shares: Vec<_> = s
+                .endpoints
+                .iter()
+                .map(|(name, e)| (name.clone(), e.allocation.clone(), e.budget_grant.clone()))
+                .collect();
+            shares.sort_by(|a, b| a.0.cmp(&b.0));
+            shares
+        };
+        if shares(&self.snapshot()) != shares(&snapshot) {
+            self.shares_changed.notify_one();
+        }
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(snapshot);
         }
@@ -232,7 +260,15 @@ impl Catalog {
                 // The operator's share of the endpoint's limits and budget for this pod, when it has
                 // written them.
                 allocation: own_ledger.and_then(|u| u.spec.allocation.clone()),
+                allocation_generation: own_ledger
+                    .and_then(|u| u.metadata.generation)
+                    .unwrap_or_default(),
                 budget_grant: own_ledger.and_then(|u| u.spec.budget_grant.clone()),
+                budget_exhausted: status.is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "BudgetExceeded" && c.status == "True")
+                }),
                 metric_labels: EndpointLabels {
                     namespace: self.namespace.as_str().into(),
                     endpoint: name.as_str().into(),

@@ -1,6 +1,7 @@
 //! Limits and budgets, enforced locally with no network call on the request path: requests per
 //! minute (a rolling-minute count whose limit can change in place), tokens per minute (a bucket that is reserved from
-//! `maxTokens` and settled with the real count), concurrency (a semaphore), and cost budgets (the
+//! `maxTokens` and settled with the real count), concurrency (calls in flight, counted across
+//! limit changes), and cost budgets (the
 //! worst case is reserved before the call and settled with the real cost after).
 //!
 //! The operator rebalances each pod's share of an endpoint's limits every few seconds, so a rate
@@ -14,9 +15,12 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use k8s_ai_api::model_endpoint::{CostBudget, RateLimit};
+use k8s_ai_api::{
+    model_endpoint::{CostBudget, RateLimit},
+    model_usage::{Allocation, Holding},
+};
 use rust_decimal::Decimal;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::{catalog::EndpointConfig, errors::ApiError};
 
@@ -64,6 +68,9 @@ impl TokenBucket {
         clippy::cast_sign_loss
     )]
     fn take(&mut self, n: u64) -> Result<u64, Duration> {
+        if self.capacity <= 0.0 {
+            return Err(ZERO_SHARE_RETRY); // a zero share: nothing until the operator gives one
+        }
         self.refill();
         let wanted = (n as f64).min(self.capacity); // a call larger than the minute waits for a full bucket
         if self.available >= wanted {
@@ -104,28 +111,53 @@ struct MinuteWindow {
     seconds: std::collections::VecDeque<(u64, u32)>,
 }
 
+/// How soon a pod whose share of a limit is zero is told to try again: the operator hands shares
+/// to waiting pods every few seconds.
+pub const ZERO_SHARE_RETRY: Duration = Duration::from_secs(2);
+
 impl MinuteWindow {
     fn new(per_minute: u32) -> Self {
         MinuteWindow {
-            per_minute: per_minute.max(1),
+            per_minute,
             origin: Instant::now(),
             seconds: std::collections::VecDeque::new(),
         }
     }
 
-    /// Admits one request at `now`, or says how long until one would be admitted.
-    fn check(&mut self, now: Instant) -> Result<(), Duration> {
+    /// Requests admitted in the rolling minute ending at `now` (forgetting older ones).
+    fn admitted(&mut self, now: Instant) -> u32 {
         let second = now.saturating_duration_since(self.origin).as_secs();
         // Any rolling minute ending in `second` lies within seconds `second - 60 ..= second`.
         while self.seconds.front().is_some_and(|(s, _)| s + 60 < second) {
             self.seconds.pop_front();
         }
-        let admitted: u32 = self.seconds.iter().map(|(_, n)| n).sum();
+        self.seconds.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Counts one request admitted at `now` (after [`MinuteWindow::room`] said there was room).
+    fn record(&mut self, now: Instant) {
+        let second = now.saturating_duration_since(self.origin).as_secs();
+        match self.seconds.back_mut() {
+            Some((s, n)) if *s == second => *n += 1,
+            _ => self.seconds.push_back((second, 1)),
+        }
+    }
+
+    /// Admits one request at `now`, or says how long until one would be admitted.
+    #[cfg(test)]
+    fn check(&mut self, now: Instant) -> Result<(), Duration> {
+        self.room(now)?;
+        self.record(now);
+        Ok(())
+    }
+
+    /// Whether one more request may be admitted at `now`, or how long until one may.
+    fn room(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.per_minute == 0 {
+            return Err(ZERO_SHARE_RETRY);
+        }
+        let admitted = self.admitted(now);
         if admitted < self.per_minute {
-            match self.seconds.back_mut() {
-                Some((s, n)) if *s == second => *n += 1,
-                _ => self.seconds.push_back((second, 1)),
-            }
             return Ok(());
         }
         // Wait until enough of the oldest seconds leave the window to make room for one.
@@ -143,30 +175,66 @@ impl MinuteWindow {
     }
 
     fn set_per_minute(&mut self, per_minute: u32) {
-        self.per_minute = per_minute.max(1);
+        self.per_minute = per_minute;
+    }
+}
+
+/// Calls in flight, shared with their permits: counted across limit changes, so a lowered limit
+/// admits nothing new until enough of the calls already in flight have finished.
+#[derive(Debug)]
+struct InFlight {
+    count: AtomicU32,
+    /// The concurrency limit in force (`u32::MAX`: none).
+    limit: AtomicU32,
+    /// Woken when a call ends while more were in flight than the limit (a share was taken back
+    /// and is draining): the operator hands the unit on once a report shows it free.
+    released: Arc<tokio::sync::Notify>,
+}
+
+/// One call in flight; dropping it makes room.
+pub struct InFlightPermit(Arc<InFlight>);
+
+impl Drop for InFlightPermit {
+    fn drop(&mut self) {
+        let before = self.0.count.fetch_sub(1, Ordering::AcqRel);
+        if before > self.0.limit.load(Ordering::Acquire) {
+            self.0.released.notify_one();
+        }
     }
 }
 
 /// The limiters of one endpoint, adjusted in place when its limits (or this pod's share) change.
 struct Limiters {
     rate_limit: RateLimit,
+    /// The share being enforced (none: the endpoint's own limits) and the generation of the
+    /// ledger it came from: a share read earlier never replaces a newer one.
+    share: Option<(Allocation, i64)>,
     requests: MinuteWindow,
     tokens: Option<TokenBucket>,
-    concurrency: Option<Arc<Semaphore>>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Limiters {
-    fn new(rate_limit: RateLimit) -> Self {
+    fn new(rate_limit: RateLimit, released: Arc<tokio::sync::Notify>) -> Self {
         Limiters {
             requests: MinuteWindow::new(rate_limit.requests_per_minute),
             tokens: rate_limit.tokens_per_minute.map(TokenBucket::new),
-            concurrency: rate_limit.max_concurrency.map(semaphore),
+            in_flight: Arc::new(InFlight {
+                count: AtomicU32::new(0),
+                limit: AtomicU32::new(rate_limit.max_concurrency.unwrap_or(u32::MAX)),
+                released,
+            }),
+            share: None,
             rate_limit,
         }
     }
 
-    /// New limits, keeping what was already used of the old ones. A changed concurrency limit
-    /// takes a new semaphore: calls in flight on the old one finish uncounted by the new one.
+    fn in_flight(&self) -> u32 {
+        self.in_flight.count.load(Ordering::Acquire)
+    }
+
+    /// New limits, keeping what was already used of the old ones (requests in the rolling
+    /// minute, tokens, calls in flight).
     fn update(&mut self, rate_limit: RateLimit) {
         self.requests.set_per_minute(rate_limit.requests_per_minute);
         self.tokens = match (self.tokens.take(), rate_limit.tokens_per_minute) {
@@ -176,17 +244,30 @@ impl Limiters {
             }
             (_, per_minute) => per_minute.map(TokenBucket::new),
         };
-        if rate_limit.max_concurrency != self.rate_limit.max_concurrency {
-            self.concurrency = rate_limit.max_concurrency.map(semaphore);
-        }
+        self.in_flight.limit.store(
+            rate_limit.max_concurrency.unwrap_or(u32::MAX),
+            Ordering::Release,
+        );
         self.rate_limit = rate_limit;
     }
-}
 
-fn semaphore(permits: u32) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(
-        usize::try_from(permits).unwrap_or(usize::MAX),
-    ))
+    /// Applies `endpoint`'s limits: its share, unless an older one than that already applied.
+    fn apply(&mut self, endpoint: &EndpointConfig) {
+        let share = endpoint
+            .allocation
+            .clone()
+            .map(|a| (a, endpoint.allocation_generation));
+        if let (Some((_, applied)), Some((_, offered))) = (&self.share, &share)
+            && offered < applied
+        {
+            return;
+        }
+        let rate_limit = endpoint.effective_rate_limit();
+        if self.rate_limit != rate_limit {
+            self.update(rate_limit);
+        }
+        self.share = share;
+    }
 }
 
 /// Recent demand: requests (admitted or not) and tokens (used, or asked for and refused) in the
@@ -197,11 +278,15 @@ fn semaphore(permits: u32) -> Arc<Semaphore> {
 struct DemandWindow {
     /// (bucket number since the epoch, requests, tokens), newest last.
     buckets: std::collections::VecDeque<(u64, u32, u64)>,
+    /// (bucket number, most calls wanted in flight at once), newest last.
+    concurrency: std::collections::VecDeque<(u64, u32)>,
 }
 
 /// How far back demand is measured; reported scaled to a minute.
 const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 const DEMAND_BUCKET: Duration = Duration::from_secs(5);
+/// How many recent buckets the concurrency wanted is the peak of.
+const CONCURRENCY_BUCKETS: u64 = 2;
 
 impl DemandWindow {
     fn bucket_now() -> u64 {
@@ -222,6 +307,34 @@ impl DemandWindow {
             _ => self.buckets.push_back((now, requests, tokens)),
         }
         self.expire(now);
+    }
+
+    /// Records that `wanted` calls were wanted in flight at once (the ones in flight and this one).
+    fn want_concurrency(&mut self, wanted: u32) {
+        let now = Self::bucket_now();
+        match self.concurrency.back_mut() {
+            Some((bucket, peak)) if *bucket == now => *peak = (*peak).max(wanted),
+            _ => self.concurrency.push_back((now, wanted)),
+        }
+        while self
+            .concurrency
+            .front()
+            .is_some_and(|(bucket, _)| bucket + CONCURRENCY_BUCKETS <= now)
+        {
+            self.concurrency.pop_front();
+        }
+    }
+
+    /// The most calls wanted in flight at once in the last two buckets (about ten seconds: a
+    /// concurrency share is taken back within seconds once nobody needs it).
+    fn peak_concurrency(&self) -> u32 {
+        let now = Self::bucket_now();
+        self.concurrency
+            .iter()
+            .filter(|(bucket, _)| bucket + CONCURRENCY_BUCKETS > now)
+            .map(|(_, peak)| *peak)
+            .max()
+            .unwrap_or(0)
     }
 
     fn expire(&mut self, now: u64) {
@@ -308,6 +421,11 @@ impl Usage {
     pub fn demand_per_minute(&self) -> (u32, u64) {
         self.demand.per_minute()
     }
+
+    /// The most calls wanted in flight at once, recently.
+    pub fn concurrency_wanted(&self) -> u32 {
+        self.demand.peak_concurrency()
+    }
 }
 
 /// Now, as RFC 3339 in UTC.
@@ -327,6 +445,8 @@ pub struct Ledger {
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
     /// Endpoints whose stored counters have been taken over (see [`Ledger::resume`]).
     resumed: Mutex<std::collections::HashSet<String>>,
+    /// Woken when a call ends above a share that was taken back (see [`Ledger::unit_released`]).
+    released: Arc<tokio::sync::Notify>,
 }
 
 /// A call admitted against an endpoint's limits: settle it with the real usage, or drop it to
@@ -335,7 +455,7 @@ pub struct Admission {
     state: Arc<EndpointState>,
     reserved_cost: Decimal,
     reserved_tokens: u64,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: InFlightPermit,
     settled: bool,
 }
 
@@ -439,15 +559,17 @@ impl Default for Calendar {
 
 impl Ledger {
     fn state(&self, endpoint: &EndpointConfig) -> Arc<EndpointState> {
-        let rate_limit = endpoint.effective_rate_limit();
         let time_zone = endpoint
             .spec
             .cost_budget
             .as_ref()
             .and_then(|b| b.time_zone.as_deref());
         let fresh = |usage: Usage| {
+            let mut limiters =
+                Limiters::new(endpoint.effective_rate_limit(), Arc::clone(&self.released));
+            limiters.apply(endpoint);
             Arc::new(EndpointState {
-                limiters: Mutex::new(Limiters::new(rate_limit.clone())),
+                limiters: Mutex::new(limiters),
                 calendar: Calendar::new(time_zone),
                 usage: Mutex::new(usage),
             })
@@ -457,16 +579,32 @@ impl Ledger {
             .entry(endpoint.name.clone())
             .or_insert_with(|| fresh(Usage::default()));
         if state.calendar.name.as_deref() == time_zone {
-            let mut limiters = lock(&state.limiters);
-            if limiters.rate_limit != rate_limit {
-                limiters.update(rate_limit);
-            }
+            lock(&state.limiters).apply(endpoint);
         } else {
             // A new calendar: new state, same usage (the limiters start afresh, rarely).
             let usage = lock(&state.usage).clone();
             *state = fresh(usage);
         }
         Arc::clone(state)
+    }
+
+    /// Waits until a call ends while this pod held more calls in flight than its share (at once
+    /// if one has since the last wait): worth reporting, the operator waits for that unit.
+    pub async fn unit_released(&self) {
+        self.released.notified().await;
+    }
+
+    /// What this pod holds of `endpoint`'s limits now, its current share applied first: the
+    /// operator moves a unit of a share to another pod only once it is free here.
+    pub fn holding(&self, endpoint: &EndpointConfig) -> Holding {
+        let state = self.state(endpoint);
+        let mut limiters = lock(&state.limiters);
+        Holding {
+            budget_grant: endpoint.budget_grant.clone(),
+            allocation: limiters.share.as_ref().map(|(a, _)| a.clone()),
+            requests_in_last_minute: limiters.requests.admitted(Instant::now()),
+            in_flight: limiters.in_flight(),
+        }
     }
 
     /// Whether `endpoint`'s counters stored in the ledger still need taking over.
@@ -541,41 +679,45 @@ impl Ledger {
     ) -> Result<Admission, ApiError> {
         let state = self.state(endpoint);
         let mut limiters = lock(&state.limiters);
-        let checked = limiters.requests.check(Instant::now());
+        let now = Instant::now();
+        let in_flight = limiters.in_flight();
         // Every request that reaches the limits is demand, whether it is admitted or not; tokens
         // count as demand when they are refused (used ones are counted at settlement).
+        lock(&state.usage)
+            .demand
+            .want_concurrency(in_flight.saturating_add(1));
         let refuse = |code: &'static str, message: String, wait: Duration, tokens: u64| {
             lock(&state.usage).demand.add(1, tokens);
             self.reject(endpoint, code);
             Err(ApiError::rate_limited(code, message, wait))
         };
-        if let Err(wait) = checked {
+        // Nothing is taken until every check has passed: a refused request uses up no share.
+        if let Err(wait) = limiters.requests.room(now) {
             let limit = limiters.rate_limit.requests_per_minute;
             drop(limiters);
             return refuse(
                 "rate_limited",
-                format!("{} allows {limit} requests per minute", endpoint.name),
+                share_message(endpoint, limit, "requests per minute"),
                 wait,
                 0,
             );
         }
-        let permit = match &limiters.concurrency {
-            Some(semaphore) => {
-                if let Ok(p) = Arc::clone(semaphore).try_acquire_owned() {
-                    Some(p)
-                } else {
-                    let limit = limiters.rate_limit.max_concurrency.unwrap_or_default();
-                    drop(limiters);
-                    return refuse(
-                        "concurrency_limited",
-                        format!("{} allows {limit} calls in flight", endpoint.name),
-                        Duration::from_secs(1),
-                        0,
-                    );
-                }
-            }
-            None => None,
-        };
+        if let Some(limit) = limiters.rate_limit.max_concurrency
+            && in_flight >= limit
+        {
+            drop(limiters);
+            let wait = if limit == 0 {
+                ZERO_SHARE_RETRY
+            } else {
+                Duration::from_secs(1)
+            };
+            return refuse(
+                "concurrency_limited",
+                share_message(endpoint, limit, "calls in flight"),
+                wait,
+                0,
+            );
+        }
         let reserved_tokens = match limiters.tokens.as_mut().map(|b| b.take(max_tokens)) {
             Some(Ok(taken)) => taken,
             Some(Err(wait)) => {
@@ -583,13 +725,21 @@ impl Ledger {
                 drop(limiters);
                 return refuse(
                     "tokens_rate_limited",
-                    format!("{} allows {limit} tokens per minute", endpoint.name),
+                    share_message(
+                        endpoint,
+                        u32::try_from(limit).unwrap_or(u32::MAX),
+                        "tokens per minute",
+                    ),
                     wait,
                     max_tokens,
                 );
             }
             None => 0,
         };
+        limiters.requests.record(now);
+        // Counted whether or not there is a concurrency limit now: a share may bring one.
+        limiters.in_flight.count.fetch_add(1, Ordering::AcqRel);
+        let permit = InFlightPermit(Arc::clone(&limiters.in_flight));
         drop(limiters);
         lock(&state.usage).demand.add(1, 0);
         let admission = Admission {
@@ -622,10 +772,17 @@ impl Ledger {
         }
         if let Some(which) = exceeded {
             drop(usage);
-            let retry = admission
-                .state
-                .calendar
-                .until_next(which, SystemTime::now());
+            // Refused by this pod's grant while the budget itself still has room: the operator
+            // grants the call within a round or two (cutting back idle pods' headroom if need
+            // be). Only an exhausted budget waits for the next period.
+            let retry = if granted(endpoint, (&day, &month)) && !endpoint.budget_exhausted {
+                GRANT_RETRY
+            } else {
+                admission
+                    .state
+                    .calendar
+                    .until_next(which, SystemTime::now())
+            };
             drop(admission);
             self.reject(endpoint, "budget_exceeded");
             return Err(ApiError::rate_limited(
@@ -641,6 +798,22 @@ impl Ledger {
         drop(usage);
         admission.reserved_cost = worst_case;
         Ok(admission)
+    }
+}
+
+/// How soon a pod refused by its budget grant (the budget not exhausted) is told to try again.
+pub const GRANT_RETRY: Duration = Duration::from_secs(5);
+
+/// Why a limit refused: the endpoint's figure, or this pod's share of it (none at the moment:
+/// shares rotate among the pods that want them).
+fn share_message(endpoint: &EndpointConfig, limit: u32, what: &str) -> String {
+    match (&endpoint.allocation, limit) {
+        (Some(_), 0) => format!(
+            "this pod has no share of {}'s {what} at the moment; shares rotate among the pods that ask, retry shortly",
+            endpoint.name
+        ),
+        (Some(_), _) => format!("this pod's share of {} is {limit} {what}", endpoint.name),
+        (None, _) => format!("{} allows {limit} {what}", endpoint.name),
     }
 }
 

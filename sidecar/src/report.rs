@@ -45,6 +45,16 @@ fn period(c: &Counters) -> PeriodUsage {
 pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closing: bool) -> usize {
     let pod = &state.settings.pod_name;
     let api: Api<ModelUsage> = Api::namespaced(client.clone(), state.catalog.namespace());
+    let snapshot = state.catalog.snapshot();
+    // Every endpoint with a share is reported, used or not: the operator moves a unit of an
+    // idle pod's share only once the pod has reported enforcing the smaller one.
+    for config in snapshot
+        .endpoints
+        .values()
+        .filter(|c| c.allocation.is_some())
+    {
+        state.ledger.holding(config);
+    }
     resume(state, &api).await;
     let mut written = 0;
     for (endpoint, usage) in state.ledger.all_usage() {
@@ -52,6 +62,10 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closi
             continue; // its stored counters could not be read yet: reporting now would lose them
         }
         let (requests_per_minute, tokens_per_minute) = usage.demand_per_minute();
+        let holding = snapshot
+            .endpoints
+            .get(&endpoint)
+            .map(|config| state.ledger.holding(config));
         let status = ModelUsageStatus {
             day: Some(period(&usage.day)),
             month: Some(period(&usage.month)),
@@ -59,7 +73,9 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closi
             demand: Some(Demand {
                 requests_per_minute,
                 tokens_per_minute,
+                max_concurrency: usage.concurrency_wanted(),
             }),
+            holding,
             reserved: Some(ledger_money(usage.reserved)),
             budget_wanted: usage.budget_wanted.map(ledger_money),
             closed: closing,
@@ -119,13 +135,29 @@ async fn resume(state: &AppState, api: &Api<ModelUsage>) {
     }
 }
 
-/// Reports every `interval` until the process ends.
+/// How long after a change of share its report is written (a burst of changes is one report).
+const SHARE_REPORT_DELAY: Duration = Duration::from_millis(100);
+
+/// Reports every `interval`, and soon after this pod's share changes or a call ends above a
+/// share taken back (the operator waits for those reports before handing a unit to another
+/// pod), until the process ends.
 pub async fn run(state: Arc<AppState>, client: Client, interval: Duration) {
     let mut sequence = 0;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = state.catalog.share_changed() => {
+                // Several changes in a moment are one report.
+                tokio::time::sleep(SHARE_REPORT_DELAY).await;
+                tick.reset();
+            }
+            () = state.ledger.unit_released() => {
+                tokio::time::sleep(SHARE_REPORT_DELAY).await;
+                tick.reset();
+            }
+        }
         sequence += 1;
         report_once(&state, &client, sequence, false).await;
     }

@@ -1198,6 +1198,60 @@ spec:
     );
 }
 
+#[tokio::test]
+async fn a_zero_share_admits_nothing_and_says_the_share_rotates() {
+    // Until now a share of 0 requests a minute let one through, so fifty pods passed a limit of
+    // ten; and a share of 0 calls in flight refused for good. Now both refuse, briefly.
+    for (allocation, code) in [
+        ("requestsPerMinute: 0", "rate_limited"),
+        (
+            "requestsPerMinute: 60\n    maxConcurrency: 0",
+            "concurrency_limited",
+        ),
+        (
+            "requestsPerMinute: 60\n    tokensPerMinute: 0",
+            "tokens_rate_limited",
+        ),
+    ] {
+        let emu = emulator(Config::default()).await;
+        let ledger = format!(
+            "apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelUsage
+metadata:
+  name: test-pod.claude-haiku
+  namespace: ai-workloads
+spec:
+  podName: test-pod
+  podUid: 00000000-0000-0000-0000-000000000001
+  endpoint: claude-haiku
+  allocation:
+    {allocation}
+---
+"
+        );
+        let manifests = format!("{ledger}{}", seed_with_static_keys());
+        let sc = sidecar(&emu, &manifests, &[]).await;
+        let url = format!("{}/invoke/ai-workloads/claude-haiku", sc.url);
+        for _ in 0..2 {
+            let (status, v, headers) = post(&url, SEED_INVOKE).await;
+            assert_eq!(status, 429, "{allocation}: {v}");
+            assert_eq!(v["error"]["code"], code, "{v}");
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("rotate"),
+                "{v}"
+            );
+            assert_eq!(headers["retry-after"], "2", "{allocation}");
+        }
+        assert!(
+            !emu.emulator
+                .requests()
+                .iter()
+                .any(|r| r.operation == "Converse"),
+            "nothing reached Bedrock"
+        );
+    }
+}
+
 /// The named events of an SSE body, each with its JSON data.
 fn sse(text: &str) -> Vec<(String, Value)> {
     text.split("\n\n")

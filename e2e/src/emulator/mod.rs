@@ -193,6 +193,18 @@ struct Inner {
     prompt_cache: Mutex<std::collections::HashSet<u64>>,
     seq: AtomicU64,
     runtime_calls: AtomicU64,
+    /// Model calls in flight now, and the most ever at once (a test checks a limit across pods).
+    in_flight: AtomicU64,
+    in_flight_peak: AtomicU64,
+}
+
+/// One model call in flight, counted until it is dropped (a stream: until its body ends).
+pub struct InFlightCall(Emulator);
+
+impl Drop for InFlightCall {
+    fn drop(&mut self) {
+        (self.0).0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The emulator's state; cheap to clone (one `Arc`).
@@ -222,6 +234,13 @@ impl Drop for Running {
 }
 
 impl Emulator {
+    /// Counts a model call in flight until the returned guard is dropped.
+    pub fn call_in_flight(&self) -> InFlightCall {
+        let now = self.0.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.0.in_flight_peak.fetch_max(now, Ordering::AcqRel);
+        InFlightCall(self.clone())
+    }
+
     pub fn new(config: Config) -> Self {
         let inner = Inner {
             config: RwLock::new(Arc::new(config)),
@@ -232,6 +251,8 @@ impl Emulator {
             prompt_cache: Mutex::new(std::collections::HashSet::new()),
             seq: AtomicU64::new(0),
             runtime_calls: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            in_flight_peak: AtomicU64::new(0),
         };
         let emulator = Emulator(Arc::new(inner));
         emulator.reset();
@@ -302,6 +323,7 @@ impl Emulator {
             )
             .route("/_emulator/requests", get(admin_requests))
             .route("/_emulator/credentials", get(admin_credentials))
+            .route("/_emulator/in-flight", get(admin_in_flight))
             .route("/_emulator/reset", post(admin_reset))
             .route(
                 "/_emulator/config",
@@ -594,6 +616,14 @@ async fn admin_requests(
         records.retain(|r| &r.operation == op);
     }
     Json(records)
+}
+
+/// Model calls in flight now and the most ever at once: `{"inFlight": n, "peak": p}`.
+async fn admin_in_flight(State(emulator): State<Emulator>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "inFlight": emulator.0.in_flight.load(Ordering::Acquire),
+        "peak": emulator.0.in_flight_peak.load(Ordering::Acquire),
+    }))
 }
 
 /// The secrets of the temporary credentials issued so far (secret keys and session tokens), so a

@@ -494,6 +494,7 @@ pub async fn converse(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let _in_flight = emulator.call_in_flight();
     let Accepted {
         caller,
         prompt,
@@ -570,6 +571,7 @@ pub async fn converse_stream(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let in_flight = emulator.call_in_flight();
     let Accepted {
         caller,
         prompt,
@@ -643,31 +645,37 @@ pub async fn converse_stream(
         }
         steps.push(Step::Send(event("metadata", &metadata)));
     }
-    let stream = futures_util::stream::unfold(steps.into_iter(), |mut steps| async move {
-        loop {
-            match steps.next()? {
-                Step::Wait(d) => {
-                    if !d.is_zero() {
-                        tokio::time::sleep(d).await;
+    // The call is in flight until its last event is sent (or the client goes away).
+    let stream = futures_util::stream::unfold(
+        (steps.into_iter(), in_flight),
+        |(mut steps, in_flight)| async move {
+            loop {
+                match steps.next()? {
+                    Step::Wait(d) => {
+                        if !d.is_zero() {
+                            tokio::time::sleep(d).await;
+                        }
+                    }
+                    Step::Send(bytes) => {
+                        return Some((Ok::<Bytes, std::io::Error>(bytes), (steps, in_flight)));
+                    }
+                    Step::Stall => {
+                        futures_util::future::pending::<()>().await;
+                    }
+                    Step::End => return None,
+                    Step::Drop => {
+                        return Some((
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::ConnectionReset,
+                                "injected stream drop",
+                            )),
+                            (steps, in_flight),
+                        ));
                     }
                 }
-                Step::Send(bytes) => return Some((Ok::<Bytes, std::io::Error>(bytes), steps)),
-                Step::Stall => {
-                    futures_util::future::pending::<()>().await;
-                }
-                Step::End => return None,
-                Step::Drop => {
-                    return Some((
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            "injected stream drop",
-                        )),
-                        steps,
-                    ));
-                }
             }
-        }
-    });
+        },
+    );
     let mut response = Body::from_stream(stream).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -684,6 +692,7 @@ pub async fn invoke_model(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
+    let _in_flight = emulator.call_in_flight();
     let read = |request: &Value| {
         if !base_model_id(&model_id).starts_with("anthropic.") {
             return Err(AwsError::validation(

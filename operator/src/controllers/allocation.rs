@@ -15,14 +15,14 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures_util::{Stream, StreamExt, stream};
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage,
     model_endpoint::RateLimit,
-    model_usage::{Allocation, Demand},
+    model_usage::{Allocation, BudgetGrant, Demand},
 };
 use kube::{
     Api, ResourceExt,
@@ -36,9 +36,14 @@ use super::{Context, Error, cache};
 
 /// How often shares are rebalanced on the demand the sidecars reported.
 pub const INTERVAL: Duration = Duration::from_secs(5);
+/// How often while a pod waits for a share: units move as soon as their holders report them free.
+const WAITING_INTERVAL: Duration = Duration::from_secs(1);
 /// A new or departed ledger is acted on after this pause, so a burst of pods is one rebalance.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 const MANAGER: &str = "k8s-ai-operator/allocation";
+/// How long a round waits for the cache to show the last round's writes, and how often it looks.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// Shares and grants written at once: a round at thousands of pods takes seconds, not minutes,
 /// and the API server is not flooded.
 const WRITES_IN_FLIGHT: usize = 16;
@@ -49,6 +54,12 @@ const WRITES_IN_FLIGHT: usize = 16;
 /// leaving room for bursts. The shares add up to `limit` exactly (to less only when there are
 /// more pods than units).
 pub fn fair_shares(limit: u64, demands: &[Option<u64>]) -> Vec<u64> {
+    fair_shares_by_priority(limit, demands, &vec![0; demands.len()])
+}
+
+/// [`fair_shares`], where units too few to go round go to the pods of highest `priority` (the
+/// ones waiting longest): with more pods than units, the units rotate.
+pub fn fair_shares_by_priority(limit: u64, demands: &[Option<u64>], priority: &[u64]) -> Vec<u64> {
     let pods = demands.len() as u64;
     if pods == 0 {
         return Vec::new();
@@ -63,7 +74,7 @@ pub fn fair_shares(limit: u64, demands: &[Option<u64>]) -> Vec<u64> {
         .collect();
     // Water-filling: the smallest demands are met in full, the rest split what remains evenly.
     let mut order: Vec<usize> = (0..demands.len()).collect();
-    order.sort_by_key(|&i| wants[i]);
+    order.sort_by_key(|&i| (wants[i], priority.get(i).copied().unwrap_or(0)));
     for (served, &i) in order.iter().enumerate() {
         let give = wants[i].min(left / (pods - served as u64));
         shares[i] += give;
@@ -81,28 +92,41 @@ pub fn fair_shares(limit: u64, demands: &[Option<u64>]) -> Vec<u64> {
     shares
 }
 
-/// Each pod's share of `limit`, pods in the order of `demands`.
-pub fn allocate(limit: &RateLimit, demands: &[Option<Demand>]) -> Vec<Allocation> {
-    let requests = fair_shares(
+/// Each pod's fair share of `limit` (its target), pods in the order of `demands`; units too few
+/// to go round go to the pods of highest `priority`.
+pub fn allocate(
+    limit: &RateLimit,
+    demands: &[Option<Demand>],
+    priority: &[u64],
+) -> Vec<Allocation> {
+    let requests = fair_shares_by_priority(
         u64::from(limit.requests_per_minute),
         &demands
             .iter()
             .map(|d| d.as_ref().map(|d| u64::from(d.requests_per_minute)))
             .collect::<Vec<_>>(),
+        priority,
     );
     let tokens = limit.tokens_per_minute.map(|tpm| {
-        fair_shares(
+        fair_shares_by_priority(
             tpm,
             &demands
                 .iter()
                 .map(|d| d.as_ref().map(|d| d.tokens_per_minute))
                 .collect::<Vec<_>>(),
+            priority,
         )
     });
-    // Nobody reports concurrency demand: it is split evenly.
-    let concurrency = limit
-        .max_concurrency
-        .map(|c| fair_shares(u64::from(c), &vec![None; demands.len()]));
+    let concurrency = limit.max_concurrency.map(|c| {
+        fair_shares_by_priority(
+            u64::from(c),
+            &demands
+                .iter()
+                .map(|d| d.as_ref().map(|d| u64::from(d.max_concurrency)))
+                .collect::<Vec<_>>(),
+            priority,
+        )
+    });
     (0..demands.len())
         .map(|i| Allocation {
             requests_per_minute: u32::try_from(requests[i]).unwrap_or(u32::MAX),
@@ -114,8 +138,22 @@ pub fn allocate(limit: &RateLimit, demands: &[Option<Demand>]) -> Vec<Allocation
         .collect()
 }
 
-/// The allocations to write: (namespace, ledger name, allocation), decreases first.
-pub fn plan(endpoints: &[Arc<ModelEndpoint>], ledgers: &[Arc<ModelUsage>]) -> Vec<Change> {
+/// Since when each ledger (namespace, name) has wanted more than its share: the longest waiting
+/// are served first, so with more pods than units every pod that asks gets one in turn.
+pub type Waiting = BTreeMap<(String, String), Instant>;
+
+/// The allocations to write, decreases first. Targets are max-min fair by demand (the longest
+/// waiting first when units are too few); requests per minute and concurrency then move
+/// exactly: a unit is taken back only from a sidecar that has reported its current share, and
+/// given to another only once the sidecar that held it has reported it free (its rolling minute
+/// no longer counts it, no call holds it), so the shares held never add up to more than the
+/// limit, also while they move.
+pub fn plan(
+    endpoints: &[Arc<ModelEndpoint>],
+    ledgers: &[Arc<ModelUsage>],
+    waiting: &mut Waiting,
+    now: Instant,
+) -> Vec<Change> {
     // The live ledgers of each endpoint, in a stable order; a ledger being deleted has left.
     let mut by_endpoint: BTreeMap<(String, String), Vec<&ModelUsage>> = BTreeMap::new();
     for ledger in ledgers {
@@ -129,41 +167,236 @@ pub fn plan(endpoints: &[Arc<ModelEndpoint>], ledgers: &[Arc<ModelUsage>]) -> Ve
                 .push(ledger);
         }
     }
+    let live: std::collections::BTreeSet<(String, String)> = by_endpoint
+        .values()
+        .flatten()
+        .map(|l| (l.namespace().unwrap_or_default(), l.name_any()))
+        .collect();
+    waiting.retain(|key, _| live.contains(key));
     let mut changes = Vec::new();
     for endpoint in endpoints {
         let key = (
             endpoint.namespace().unwrap_or_default(),
             endpoint.name_any(),
         );
-        let Some(mut pods) = by_endpoint.remove(&key) else {
-            continue;
-        };
-        pods.sort_by_key(|l| l.name_any());
-        let limit = endpoint.spec.rate_limit.clone().unwrap_or_default();
-        let demands: Vec<Option<Demand>> = pods
-            .iter()
-            .map(|l| l.status.as_ref().and_then(|s| s.demand.clone()))
-            .collect();
-        for (ledger, share) in pods.iter().zip(allocate(&limit, &demands)) {
-            let current = ledger.spec.allocation.as_ref();
-            if current != Some(&share) {
-                let shrinks = current.is_some_and(|c| {
-                    share.requests_per_minute < c.requests_per_minute
-                        || share.tokens_per_minute < c.tokens_per_minute
-                        || share.max_concurrency < c.max_concurrency
-                });
-                changes.push(Change {
-                    namespace: key.0.clone(),
-                    ledger: ledger.name_any(),
-                    allocation: share,
-                    shrinks,
-                });
-            }
+        if let Some(mut pods) = by_endpoint.remove(&key) {
+            pods.sort_by_key(|l| l.name_any());
+            changes.extend(plan_endpoint(endpoint, &key.0, &pods, waiting, now));
         }
     }
     // Shrinking shares are written first, so the shares held never add up to more than the limit.
     changes.sort_by_key(|c| !c.shrinks);
     changes
+}
+
+/// The changes of one endpoint's shares among its live `pods` (in a stable order).
+fn plan_endpoint(
+    endpoint: &ModelEndpoint,
+    namespace: &str,
+    pods: &[&ModelUsage],
+    waiting: &mut Waiting,
+    now: Instant,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let limit = endpoint.spec.rate_limit.clone().unwrap_or_default();
+    let views: Vec<PodView> = pods.iter().map(|l| PodView::of(l, &limit)).collect();
+    let keys: Vec<(String, String)> = pods
+        .iter()
+        .map(|l| (namespace.to_owned(), l.name_any()))
+        .collect();
+    let priority: Vec<u64> = keys
+        .iter()
+        .map(|k| {
+            waiting.get(k).map_or(0, |since| {
+                u64::try_from(now.saturating_duration_since(*since).as_millis()).unwrap_or(u64::MAX)
+                    + 1
+            })
+        })
+        .collect();
+    let demands: Vec<Option<Demand>> = pods
+        .iter()
+        .map(|l| l.status.as_ref().and_then(|s| s.demand.clone()))
+        .collect();
+    let targets = allocate(&limit, &demands, &priority);
+    let mut order: Vec<usize> = (0..pods.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(priority[i]));
+    let requests = move_exactly(
+        u64::from(limit.requests_per_minute),
+        &views.iter().map(|v| v.requests).collect::<Vec<_>>(),
+        &targets
+            .iter()
+            .map(|t| u64::from(t.requests_per_minute))
+            .collect::<Vec<_>>(),
+        &order,
+    );
+    let concurrency = limit.max_concurrency.map(|c| {
+        move_exactly(
+            u64::from(c),
+            &views.iter().map(|v| v.concurrency).collect::<Vec<_>>(),
+            &targets
+                .iter()
+                .map(|t| u64::from(t.max_concurrency.unwrap_or(c)))
+                .collect::<Vec<_>>(),
+            &order,
+        )
+    });
+    for (i, ledger) in pods.iter().enumerate() {
+        // Waiting: it asked for more than its share, or its target could not be met yet
+        // (the units are still held elsewhere); rounds come every second meanwhile.
+        let short = requests[i] < u64::from(targets[i].requests_per_minute)
+            || concurrency
+                .as_ref()
+                .is_some_and(|c| c[i] < u64::from(targets[i].max_concurrency.unwrap_or(u32::MAX)));
+        let still_waiting = views[i].wants_more() || short;
+        let share = Allocation {
+            requests_per_minute: u32::try_from(requests[i]).unwrap_or(u32::MAX),
+            tokens_per_minute: targets[i].tokens_per_minute,
+            max_concurrency: concurrency
+                .as_ref()
+                .map(|c| u32::try_from(c[i]).unwrap_or(u32::MAX)),
+        };
+        let current = ledger.spec.allocation.as_ref();
+        let grows = u64::from(share.requests_per_minute) > views[i].requests.share
+            || concurrency
+                .as_ref()
+                .is_some_and(|c| c[i] > views[i].concurrency.share);
+        if grows || !still_waiting {
+            // Served, or content: its wait is over (it starts again, last in line, if it
+            // still wants more).
+            waiting.remove(&keys[i]);
+        }
+        if still_waiting {
+            waiting.entry(keys[i].clone()).or_insert(now);
+        }
+        if current == Some(&share) {
+            continue;
+        }
+        let shrinks = current.is_none_or(|c| {
+            share.requests_per_minute < c.requests_per_minute
+                || share.tokens_per_minute < c.tokens_per_minute
+                || share.max_concurrency < c.max_concurrency
+        });
+        changes.push(Change {
+            namespace: namespace.to_owned(),
+            ledger: ledger.name_any(),
+            allocation: share,
+            shrinks,
+        });
+    }
+    changes
+}
+
+/// One pod's standing in one limit (requests per minute, or calls in flight).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Standing {
+    /// Its share in the ledger's spec (the whole limit when it has none).
+    pub share: u64,
+    /// What it may be using: the most of its share in the spec, the share its sidecar last
+    /// reported enforcing, and what it reported holding.
+    pub committed: u64,
+    /// Whether its sidecar has reported enforcing the share in the spec (a smaller share may be
+    /// written; otherwise an earlier, larger one might still be in force).
+    pub acked: bool,
+    /// Whether it asked for more than its share recently.
+    pub wants_more: bool,
+}
+
+/// What the plan reads of one ledger.
+struct PodView {
+    requests: Standing,
+    concurrency: Standing,
+}
+
+impl PodView {
+    fn of(ledger: &ModelUsage, limit: &RateLimit) -> Self {
+        let whole_rpm = u64::from(limit.requests_per_minute);
+        let whole_concurrency = u64::from(limit.max_concurrency.unwrap_or(u32::MAX));
+        let spec = ledger.spec.allocation.as_ref();
+        let status = ledger.status.as_ref().filter(|s| s.sequence > 0);
+        let holding = status.and_then(|s| s.holding.as_ref());
+        let demand = status.and_then(|s| s.demand.as_ref());
+        let standing =
+            |whole: u64, share_of: &dyn Fn(&Allocation) -> Option<u64>, held: u64, wanted: u64| {
+                let share = spec.and_then(share_of).unwrap_or(whole);
+                let (enforced, held) = match (status, holding) {
+                    // Never reported: its sidecar has not started, nothing is in use.
+                    (None, _) => (0, 0),
+                    (Some(_), Some(h)) => (
+                        h.allocation.as_ref().and_then(share_of).unwrap_or(whole),
+                        held,
+                    ),
+                    // A sidecar that does not report what it holds: assume all of its share.
+                    (Some(_), None) => (share, share),
+                };
+                Standing {
+                    share,
+                    committed: share.max(enforced).max(held),
+                    acked: status.is_none() || enforced == share,
+                    wants_more: wanted > share,
+                }
+            };
+        let requests = standing(
+            whole_rpm,
+            &|a| Some(u64::from(a.requests_per_minute)),
+            holding.map_or(0, |h| u64::from(h.requests_in_last_minute)),
+            demand.map_or(0, |d| u64::from(d.requests_per_minute)),
+        );
+        let concurrency = standing(
+            whole_concurrency,
+            &|a| a.max_concurrency.map(u64::from),
+            holding.map_or(0, |h| u64::from(h.in_flight)),
+            demand.map_or(0, |d| u64::from(d.max_concurrency)),
+        );
+        PodView {
+            requests,
+            concurrency: if limit.max_concurrency.is_some() {
+                concurrency
+            } else {
+                Standing {
+                    wants_more: false,
+                    ..concurrency
+                }
+            },
+        }
+    }
+
+    fn wants_more(&self) -> bool {
+        self.requests.wants_more || self.concurrency.wants_more
+    }
+}
+
+/// The new shares of one limit: each pod moves toward its target, a share shrinks only where
+/// its sidecar has acknowledged the current one, and grows (the longest waiting first, in
+/// `order`) only into what no pod may be using, so the committed units never pass `limit`.
+pub fn move_exactly(
+    limit: u64,
+    standings: &[Standing],
+    targets: &[u64],
+    order: &[usize],
+) -> Vec<u64> {
+    let mut shares: Vec<u64> = standings.iter().map(|s| s.share).collect();
+    let mut committed: Vec<u64> = standings.iter().map(|s| s.committed).collect();
+    for (i, standing) in standings.iter().enumerate() {
+        if targets[i] < standing.share && standing.acked {
+            shares[i] = targets[i];
+        }
+    }
+    let mut free = limit.saturating_sub(committed.iter().sum());
+    for &i in order {
+        if targets[i] <= shares[i] {
+            continue;
+        }
+        // The largest share up to the target whose extra commitment fits in what is free.
+        let reach = committed[i] + free;
+        let grown = targets[i].min(reach);
+        if grown > shares[i] {
+            let extra = grown.max(committed[i]) - committed[i];
+            shares[i] = grown;
+            committed[i] += extra;
+            free -= extra;
+        }
+    }
+    shares
 }
 
 /// One ledger's new share.
@@ -183,9 +416,21 @@ struct Write {
     patch: serde_json::Value,
 }
 
-/// Writes `patches`, [`WRITES_IN_FLIGHT`] at a time; the first failure, once all are done.
-async fn write_all(ctx: &Context, patches: Vec<Write>) -> Result<(), Error> {
-    let results: Vec<Result<(), Error>> = stream::iter(patches)
+/// A ledger spec the operator wrote, by the generation the write gave it: the next round plans
+/// only once the cache shows that generation (or later), so it never plans on a share or grant
+/// older than its own last write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub namespace: String,
+    pub ledger: String,
+    pub generation: i64,
+}
+
+/// Writes `patches`, [`WRITES_IN_FLIGHT`] at a time; what was written, and the first failure.
+/// A write refused because the ledger changed since it was read (its `resourceVersion`
+/// precondition) is left to the next round.
+async fn write_all(ctx: &Context, patches: Vec<Write>) -> (Vec<Written>, Result<(), Error>) {
+    let results: Vec<Result<Option<Written>, Error>> = stream::iter(patches)
         .map(|w| async move {
             tracing::debug!(namespace = %w.namespace, ledger = %w.ledger, patch = %w.patch, "writing a share or grant");
             let api: Api<ModelUsage> = Api::namespaced(ctx.client.clone(), &w.namespace);
@@ -198,40 +443,79 @@ async fn write_all(ctx: &Context, patches: Vec<Write>) -> Result<(), Error> {
                 .await
             {
                 // Gone meanwhile: its share is handed out at the next rebalance.
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    tracing::debug!(namespace = %w.namespace, ledger = %w.ledger, "ledger changed since it was read; planning it again next round");
+                    ctx.metrics.reconcile_failed("Allocation", "Conflict");
+                    Ok(None)
+                }
                 Err(source) => Err(Error::Kube {
                     kind: "ModelUsage",
                     name: format!("{}/{}", w.namespace, w.ledger),
                     source,
                 }),
-                Ok(_) => {
+                Ok(written) => {
                     ctx.metrics.allocation_written();
-                    Ok(())
+                    Ok(Some(Written {
+                        namespace: w.namespace,
+                        ledger: w.ledger,
+                        generation: written.metadata.generation.unwrap_or_default(),
+                    }))
                 }
             }
         })
         .buffer_unordered(WRITES_IN_FLIGHT)
         .collect()
         .await;
-    results.into_iter().collect()
+    let mut written = Vec::new();
+    let mut outcome = Ok(());
+    for result in results {
+        match result {
+            Ok(w) => written.extend(w),
+            Err(e) if outcome.is_ok() => outcome = Err(e),
+            Err(_) => {}
+        }
+    }
+    (written, outcome)
+}
+
+/// Whether the cache shows every ledger in `written` at its written generation or later (or
+/// gone): only then does a plan see the operator's own last writes.
+fn caught_up(ctx: &Context, written: &[Written]) -> bool {
+    written.iter().all(|w| {
+        ctx.ledgers
+            .get(&reflector::ObjectRef::new(&w.ledger).within(&w.namespace))
+            .is_none_or(|l| l.metadata.generation.unwrap_or_default() >= w.generation)
+    })
 }
 
 /// Writes the shares: every shrinking one first (all of them done), then the others, so the
 /// shares held never add up to more than the limit. A failed shrink holds the growths back.
-async fn write(ctx: &Context, changes: Vec<Change>) -> Result<(), Error> {
+async fn write(ctx: &Context, changes: Vec<Change>) -> (Vec<Written>, Result<(), Error>) {
     let (shrinks, grows): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| c.shrinks);
     let patches = |changes: Vec<Change>| -> Vec<Write> {
         changes
             .into_iter()
             .map(|c| Write {
-                patch: json!({ "spec": { "allocation": c.allocation } }),
+                // Every field named: a merge patch keeps a field it leaves out (an unlimited
+                // share is a null, which removes the earlier figure).
+                patch: json!({ "spec": { "allocation": {
+                    "requestsPerMinute": c.allocation.requests_per_minute,
+                    "tokensPerMinute": c.allocation.tokens_per_minute,
+                    "maxConcurrency": c.allocation.max_concurrency,
+                } } }),
                 namespace: c.namespace,
                 ledger: c.ledger,
             })
             .collect()
     };
-    write_all(ctx, patches(shrinks)).await?;
-    write_all(ctx, patches(grows)).await
+    let (mut written, outcome) = write_all(ctx, patches(shrinks)).await;
+    if outcome.is_err() {
+        return (written, outcome);
+    }
+    let (grows_written, outcome) = write_all(ctx, patches(grows)).await;
+    written.extend(grows_written);
+    (written, outcome)
 }
 
 /// The budget grants of `endpoint`'s pods to top up (see `budget`). The endpoint is read afresh,
@@ -279,11 +563,19 @@ async fn grants(
         }
         writes.push(Write {
             namespace: ns.clone(),
+            patch: grant_patch(current.copied(), &grant),
             ledger,
-            patch: json!({ "spec": { "budgetGrant": grant } }),
         });
     }
     Ok(writes)
+}
+
+/// The merge patch that writes `grant` to a ledger as it was `read` (its `resourceVersion` a
+/// precondition): a grant planned on a ledger that has changed since (a stale cache: a report,
+/// a grant written meanwhile) is refused with 409, and planned again next round.
+pub fn grant_patch(read: Option<&ModelUsage>, grant: &BudgetGrant) -> serde_json::Value {
+    let version = read.and_then(|l| l.metadata.resource_version.clone());
+    json!({ "metadata": { "resourceVersion": version }, "spec": { "budgetGrant": grant } })
 }
 
 /// Tops up the budget grants of every budgeted endpoint: the endpoints read [`WRITES_IN_FLIGHT`]
@@ -292,7 +584,7 @@ async fn write_grants(
     ctx: &Context,
     endpoints: &[Arc<ModelEndpoint>],
     snapshot: &[Arc<ModelUsage>],
-) {
+) -> Vec<Written> {
     let planned: Vec<Result<Vec<Write>, Error>> =
         stream::iter(endpoints.iter().filter(|e| e.spec.cost_budget.is_some()))
             .map(|endpoint| grants(ctx, endpoint, snapshot))
@@ -309,10 +601,12 @@ async fn write_grants(
             }
         }
     }
-    if let Err(e) = write_all(ctx, writes).await {
+    let (written, outcome) = write_all(ctx, writes).await;
+    if let Err(e) = outcome {
         ctx.metrics.reconcile_failed("Allocation", e.category());
         tracing::warn!(error = %e, "writing budget grants failed; retrying at the next rebalance");
     }
+    written
 }
 
 /// Keeps every live ledger's share up to date until the process ends.
@@ -335,7 +629,9 @@ pub async fn run(
                 // Only a ledger that needs a share or gives one back calls for an early
                 // rebalance; status reports (demand) are picked up at the next interval.
                 cache::Change::Applied(l) | cache::Change::Deleted(l)
-                    if l.spec.allocation.is_none() || l.metadata.deletion_timestamp.is_some() =>
+                    if l.spec.allocation.is_none()
+                        || l.metadata.generation == Some(1)
+                        || l.metadata.deletion_timestamp.is_some() =>
                 {
                     wake.notify_one();
                 }
@@ -370,6 +666,8 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Nothing is decided before both lists are complete (an absent ledger would mean nothing).
     let mut endpoints_listed = false;
+    let mut waiting = Waiting::new();
+    let mut last_written: Vec<Written> = Vec::new();
     loop {
         tokio::select! {
             event = events.next() => match event {
@@ -380,6 +678,7 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
             },
             () = wake.notified() => {}
             _ = tick.tick() => {}
+            () = tokio::time::sleep(WAITING_INTERVAL), if !waiting.is_empty() => {}
         }
         if !endpoints_listed || !ledgers_listed.load(Ordering::Acquire) {
             continue;
@@ -393,15 +692,30 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
                 event = events.next() => if event.is_none() { return },
             }
         }
+        // Plan only on a cache that shows this operator's own last writes (the watch brings them
+        // within moments; a round that would wait longer is skipped).
+        let mut waited = Duration::ZERO;
+        while !caught_up(ctx, &last_written) && waited < CATCH_UP_WAIT {
+            tokio::time::sleep(CATCH_UP_POLL).await;
+            waited += CATCH_UP_POLL;
+        }
+        if !caught_up(ctx, &last_written) {
+            tracing::debug!(
+                "the ledger cache does not show the last round's writes yet; skipping a round"
+            );
+            continue;
+        }
         let _timer = ctx.metrics.reconcile_started("Allocation");
         let snapshot = ctx.ledgers.state();
         let budgeted = endpoints.state();
-        let changes = plan(&budgeted, &snapshot);
-        if let Err(e) = write(ctx, changes).await {
+        let changes = plan(&budgeted, &snapshot, &mut waiting, Instant::now());
+        let (written, outcome) = write(ctx, changes).await;
+        if let Err(e) = outcome {
             ctx.metrics.reconcile_failed("Allocation", e.category());
             tracing::warn!(error = %e, "writing allocations failed; retrying at the next rebalance");
         }
-        write_grants(ctx, &budgeted, &snapshot).await;
+        last_written = written;
+        last_written.extend(write_grants(ctx, &budgeted, &snapshot).await);
     }
 }
 
@@ -465,13 +779,28 @@ mod tests {
         );
     }
 
-    fn ledger(name: &str, allocation: Option<&Allocation>, demand: Option<u32>) -> Arc<ModelUsage> {
+    /// A ledger whose spec holds `allocation`, and whose sidecar reported enforcing `enforced`
+    /// with `held` requests in its last minute (no report at all when `enforced` is `None`).
+    fn ledger(
+        name: &str,
+        allocation: &Allocation,
+        enforced: Option<&Allocation>,
+        held: u32,
+        demand: Option<u32>,
+    ) -> Arc<ModelUsage> {
+        let status = enforced.map(|e| {
+            json!({
+                "demand": demand.map(|d| json!({ "requestsPerMinute": d })),
+                "holding": { "allocation": e, "requestsInLastMinute": held },
+                "sequence": 1,
+            })
+        });
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelUsage",
                 "metadata": { "name": name, "namespace": "ns" },
                 "spec": { "podName": name, "podUid": "u", "endpoint": "e", "allocation": allocation },
-                "status": { "demand": demand.map(|d| json!({ "requestsPerMinute": d })), "sequence": 1 },
+                "status": status,
             }))
             .unwrap(),
         )
@@ -491,30 +820,161 @@ mod tests {
             requests_per_minute: rpm,
             ..Allocation::default()
         };
-        let ledgers = vec![
-            ledger("a", Some(&share(60)), Some(500)),
-            ledger("b", None, None),
-        ];
-        let changes = plan(std::slice::from_ref(&endpoint), &ledgers);
-        assert_eq!(
+        let written = |changes: Vec<Change>| -> Vec<(String, u32, bool)> {
             changes
-                .iter()
-                .map(|c| (
-                    c.ledger.as_str(),
-                    c.allocation.requests_per_minute,
-                    c.shrinks
-                ))
-                .collect::<Vec<_>>(),
-            vec![("a", 30, true), ("b", 30, false)],
-            "the new pod gets half; the old one shrinks first"
+                .into_iter()
+                .map(|c| (c.ledger, c.allocation.requests_per_minute, c.shrinks))
+                .collect()
+        };
+        // b is new (born with a share of 0); a holds the whole minute and used 20 of it.
+        let mut waiting = Waiting::new();
+        let ledgers = vec![
+            ledger("a", &share(60), Some(&share(60)), 20, Some(500)),
+            ledger("b", &share(0), None, 0, None),
+        ];
+        let changes = plan(
+            std::slice::from_ref(&endpoint),
+            &ledgers,
+            &mut waiting,
+            Instant::now(),
+        );
+        assert_eq!(
+            written(changes),
+            vec![("a".into(), 30, true)],
+            "a shrinks first; b waits until a has enforced that"
+        );
+        let ledgers = vec![
+            ledger("a", &share(30), Some(&share(30)), 20, Some(500)),
+            ledger("b", &share(0), None, 0, None),
+        ];
+        let changes = plan(
+            std::slice::from_ref(&endpoint),
+            &ledgers,
+            &mut waiting,
+            Instant::now(),
+        );
+        assert_eq!(
+            written(changes),
+            vec![("b".into(), 30, false)],
+            "then b gets its half"
         );
         let settled = vec![
-            ledger("a", Some(&share(30)), Some(500)),
-            ledger("b", Some(&share(30)), None),
+            ledger("a", &share(30), Some(&share(30)), 20, Some(500)),
+            ledger("b", &share(30), Some(&share(30)), 0, None),
         ];
         assert!(
-            plan(&[endpoint], &settled).is_empty(),
+            plan(&[endpoint], &settled, &mut waiting, Instant::now()).is_empty(),
             "nothing to write when nothing changed"
         );
+    }
+
+    fn standing(share: u64, committed: u64, acked: bool) -> Standing {
+        Standing {
+            share,
+            committed,
+            acked,
+            wants_more: false,
+        }
+    }
+
+    #[test]
+    fn a_unit_moves_only_once_its_holder_has_let_go_of_it() {
+        // Two units, three pods: a and b hold one each, c waits and is the target.
+        let targets = [0, 1, 1];
+        let order = [2, 1, 0];
+        // a has not yet reported its current share: nothing is taken from it, c waits.
+        let moved = move_exactly(
+            2,
+            &[
+                standing(1, 1, false),
+                standing(1, 1, true),
+                standing(0, 0, true),
+            ],
+            &targets,
+            &order,
+        );
+        assert_eq!(moved, vec![1, 1, 0]);
+        // a reported it: its share is taken back, but its call still in flight holds the unit.
+        let moved = move_exactly(
+            2,
+            &[
+                standing(1, 1, true),
+                standing(1, 1, true),
+                standing(0, 0, true),
+            ],
+            &targets,
+            &order,
+        );
+        assert_eq!(moved, vec![0, 1, 0]);
+        // a reported its share of 0 and nothing in flight: the unit is c's.
+        let moved = move_exactly(
+            2,
+            &[
+                standing(0, 0, true),
+                standing(1, 1, true),
+                standing(0, 0, true),
+            ],
+            &targets,
+            &order,
+        );
+        assert_eq!(moved, vec![0, 1, 1]);
+    }
+
+    #[test]
+    fn committed_units_never_pass_the_limit_whatever_the_reports() {
+        // Every combination of shares, commitments and acknowledgements within a limit of 3.
+        let limit = 3;
+        let values = [0u64, 1, 2, 3];
+        for a in values {
+            for b in values {
+                for held in values {
+                    for acked in [false, true] {
+                        let standings = [
+                            standing(a, a.max(held), acked),
+                            standing(b, b, true),
+                            standing(0, 0, true),
+                        ];
+                        if standings.iter().map(|s| s.committed).sum::<u64>() > limit {
+                            continue; // not a state the operator can reach
+                        }
+                        let shares = move_exactly(limit, &standings, &[1, 1, 1], &[2, 1, 0]);
+                        let committed: u64 = shares
+                            .iter()
+                            .zip(&standings)
+                            .map(|(s, st)| (*s).max(st.committed))
+                            .sum();
+                        assert!(committed <= limit, "{standings:?} -> {shares:?}");
+                        if !acked {
+                            assert!(
+                                shares[0] >= a,
+                                "an unacknowledged share is never taken back"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn with_more_pods_than_units_the_units_go_round() {
+        // Five pods that all want a call in flight, two units: each round the two waiting longest
+        // are the targets, so every pod is a target within three rounds.
+        let mut waited = [0u64; 5];
+        let mut served = [false; 5];
+        for _round in 0..3 {
+            let priority: Vec<u64> = waited.iter().map(|w| w + 1).collect();
+            let shares = fair_shares_by_priority(2, &[Some(1); 5], &priority);
+            assert_eq!(shares.iter().sum::<u64>(), 2);
+            for (i, share) in shares.iter().enumerate() {
+                if *share > 0 {
+                    served[i] = true;
+                    waited[i] = 0;
+                } else {
+                    waited[i] += 1;
+                }
+            }
+        }
+        assert_eq!(served, [true; 5]);
     }
 }

@@ -2,13 +2,16 @@
 //! `spec.budgetGrant`, which its sidecar checks before every call (reserving the call's worst
 //! case) with no network call on the request path.
 //!
-//! Grants only grow within a period, and all of them together with what retired pods spent never
-//! pass the budget, so the endpoint's spend cannot pass it either, whatever the number of pods.
-//! A pod refused for want of grant reports the worst case it needed (`budgetWanted`) and is served
-//! first; the rest of the budget is shared out evenly, a slice always kept back for new pods.
+//! All grants together with what retired pods spent never pass the budget, so the endpoint's
+//! spend cannot pass it either, whatever the number of pods. A pod refused for want of grant
+//! reports the worst case it needed (`budgetWanted`) and is served first; the rest of the budget
+//! is shared out evenly, a slice always kept back for new pods. When what a refused pod needs is
+//! held as others' unspent headroom, the largest headrooms are cut back to a slice: a grant is
+//! lowered only once its sidecar has reported enforcing it (`status.holding.budgetGrant`), and
+//! what it frees is handed on only once the sidecar reports enforcing the lower one.
 
 use k8s_ai_api::{
-    MONEY_MAX_SCALE, ModelEndpoint, ModelUsage, Money,
+    MONEY_MAX_SCALE, ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
     model_usage::{BudgetGrant, PeriodUsage},
 };
 use rust_decimal::{Decimal, RoundingStrategy};
@@ -25,17 +28,67 @@ pub struct Holder {
     pub grant: Option<Decimal>,
     /// The worst case of a call it refused for want of grant (zero: none).
     pub wanted: Decimal,
+    /// The grant its sidecar last reported enforcing for this period (zero: none, or no report).
+    pub enforced: Decimal,
+    /// Whether its sidecar enforces the grant in the spec (or has not started): only then may
+    /// the grant be lowered.
+    pub acked: bool,
 }
 
 /// New grants for one period's `budget`, of which retired pods used `retired`, pods in the order
 /// of `holders`; and whether the budget can no longer pay for a call a pod wants.
 pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Decimal>, bool) {
-    // A grant never shrinks, and never sits below what its pod has spent.
+    // A grant never sits below what its pod has spent; what a pod may spend is the most of its
+    // grant and the one its sidecar still enforces.
     let mut grants: Vec<Decimal> = holders
         .iter()
         .map(|h| h.grant.unwrap_or(h.spent).max(h.spent))
         .collect();
-    let mut pool = (budget - retired - grants.iter().sum::<Decimal>()).max(Decimal::ZERO);
+    let committed: Decimal = holders
+        .iter()
+        .zip(&grants)
+        .map(|(h, g)| (*g).max(h.enforced))
+        .sum();
+    let mut pool = (budget - retired - committed).max(Decimal::ZERO);
+    let unspent = budget - retired - holders.iter().map(|h| h.spent).sum::<Decimal>();
+    let pods = Decimal::from(holders.len() + 1);
+    let slice = (unspent.max(Decimal::ZERO) / pods)
+        .min(budget / Decimal::from(HEADROOM_PARTS))
+        .round_dp_with_strategy(MONEY_MAX_SCALE, RoundingStrategy::ToZero);
+    // What pods lack that the free budget cannot pay (a call refused, or headroom below half a
+    // slice, as a pod that came after the budget was all granted has): the largest headrooms
+    // are cut back to a slice (where the sidecar enforces the current grant). What that frees
+    // is handed on in a later round, once the sidecars report enforcing the lower grants.
+    let short: Decimal = holders
+        .iter()
+        .zip(&grants)
+        .map(|(h, g)| {
+            let headroom = *g - h.spent;
+            if h.wanted > headroom || headroom * Decimal::TWO < slice {
+                h.wanted.max(slice) - headroom
+            } else {
+                Decimal::ZERO
+            }
+        })
+        .sum();
+    let cut_back = |h: &Holder, g: Decimal| -> Decimal {
+        if h.acked && h.wanted.is_zero() {
+            (g - h.spent - slice).max(Decimal::ZERO)
+        } else {
+            Decimal::ZERO
+        }
+    };
+    let reclaimable: Decimal = holders
+        .iter()
+        .zip(&grants)
+        .map(|(h, g)| cut_back(h, *g))
+        .sum();
+    let free_before = pool;
+    if short > pool {
+        for (h, g) in holders.iter().zip(grants.iter_mut()) {
+            *g -= cut_back(h, *g);
+        }
+    }
     // First the calls pods were refused, smallest first so most of them get served.
     let mut order: Vec<usize> = (0..holders.len()).collect();
     order.sort_by_key(|&i| holders[i].wanted);
@@ -48,28 +101,22 @@ pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Deci
         }
     }
     // Then headroom for each pod: an even slice of what is unspent (one slice kept back for a
-    // newcomer), at most a twentieth of the budget. Grants never shrink, so small ones renewed at
-    // every round keep an idle pod from sitting on budget a busy one needs.
-    let unspent = budget - retired - holders.iter().map(|h| h.spent).sum::<Decimal>();
-    let pods = Decimal::from(holders.len() + 1);
-    let slice = (unspent.max(Decimal::ZERO) / pods)
-        .min(budget / Decimal::from(HEADROOM_PARTS))
-        .round_dp_with_strategy(MONEY_MAX_SCALE, RoundingStrategy::ToZero);
+    // newcomer), at most a twentieth of the budget. Small grants renewed at every round keep an
+    // idle pod from sitting on budget a busy one needs.
     for (i, h) in holders.iter().enumerate() {
         let raise = (h.spent + slice - grants[i]).max(Decimal::ZERO).min(pool);
         grants[i] += raise;
         pool -= raise;
     }
-    // Exhausted: nothing is left, or no pod could pay for the smallest call one was refused,
-    // not even with all that is left added to the largest headroom.
+    // Exhausted: nothing is left, or no call a pod was refused can be paid, not even with the
+    // headroom that can be cut back from the others.
     let headroom = |i: usize| grants[i] - holders[i].spent;
-    let largest_headroom = (0..holders.len()).map(headroom).max().unwrap_or_default();
     let smallest_unmet = (0..holders.len())
         .filter(|&i| holders[i].wanted > headroom(i))
-        .map(|i| holders[i].wanted)
+        .map(|i| holders[i].wanted - headroom(i))
         .min();
     let exhausted = unspent <= Decimal::ZERO
-        || smallest_unmet.is_some_and(|want| pool + largest_headroom < want);
+        || smallest_unmet.is_some_and(|need| free_before + reclaimable < need);
     (grants, exhausted)
 }
 
@@ -82,10 +129,63 @@ pub struct Plan {
     pub month_exhausted: bool,
 }
 
+/// A grant's amount for `period` (a day, or a month), if it is for that period.
+fn grant_in(grant: &BudgetGrant, period: &str, is_day: bool) -> Option<Money> {
+    if is_day {
+        grant.daily.filter(|_| grant.day.as_deref() == Some(period))
+    } else {
+        grant
+            .monthly
+            .filter(|_| grant.month.as_deref() == Some(period))
+    }
+}
+
 fn period_cost(usage: Option<&PeriodUsage>, period: &str) -> Decimal {
     usage
         .filter(|u| u.period == period)
         .map_or(Decimal::ZERO, |u| u.cost.amount())
+}
+
+/// One ledger's position in `period` (the day, or the month; `day` is today, when a refused
+/// call counts).
+fn holder(l: &ModelUsage, period: &str, is_day: bool, day: &str) -> Holder {
+    let status = l.status.clone().unwrap_or_default();
+    let used = if is_day {
+        status.day.as_ref()
+    } else {
+        status.month.as_ref()
+    };
+    let reserved = status.reserved.map_or(Decimal::ZERO, Money::amount);
+    let grant = l
+        .spec
+        .budget_grant
+        .as_ref()
+        .and_then(|g| grant_in(g, period, is_day));
+    // What a pod wanted counts in the day it was refused (the day counters' period).
+    let wanted = status
+        .budget_wanted
+        .filter(|_| status.day.as_ref().is_some_and(|d| d.period == day))
+        .map_or(Decimal::ZERO, Money::amount);
+    let reported = status.sequence > 0;
+    let enforced = status
+        .holding
+        .as_ref()
+        .and_then(|h| h.budget_grant.as_ref())
+        .and_then(|g| grant_in(g, period, is_day))
+        .map(Money::amount);
+    let grant = grant.map(Money::amount);
+    Holder {
+        spent: period_cost(used, period) + reserved,
+        grant,
+        wanted,
+        // A sidecar that does not report what it enforces: assume its grant.
+        enforced: match (reported, status.holding.is_some()) {
+            (false, _) => Decimal::ZERO,
+            (true, true) => enforced.unwrap_or_default(),
+            (true, false) => grant.unwrap_or_default(),
+        },
+        acked: !reported || status.holding.is_none() || enforced == grant,
+    }
 }
 
 /// Grants for the ledgers of `endpoint` (all of them, those being deleted included: they still
@@ -108,32 +208,7 @@ pub fn plan(endpoint: &ModelEndpoint, ledgers: &[&ModelUsage], day: &str, month:
     let holders = |period: &str, is_day: bool| -> Vec<Holder> {
         ledgers
             .iter()
-            .map(|l| {
-                let status = l.status.clone().unwrap_or_default();
-                let used = if is_day {
-                    status.day.as_ref()
-                } else {
-                    status.month.as_ref()
-                };
-                let reserved = status.reserved.map_or(Decimal::ZERO, Money::amount);
-                let grant = l.spec.budget_grant.as_ref().and_then(|g| {
-                    if is_day {
-                        g.daily.filter(|_| g.day.as_deref() == Some(period))
-                    } else {
-                        g.monthly.filter(|_| g.month.as_deref() == Some(period))
-                    }
-                });
-                // What a pod wanted counts in the day it was refused (the day counters' period).
-                let wanted = status
-                    .budget_wanted
-                    .filter(|_| status.day.as_ref().is_some_and(|d| d.period == day))
-                    .map_or(Decimal::ZERO, Money::amount);
-                Holder {
-                    spent: period_cost(used, period) + reserved,
-                    grant: grant.map(Money::amount),
-                    wanted,
-                }
-            })
+            .map(|l| holder(l, period, is_day, day))
             .collect()
     };
     let retired_cost = |is_day: bool, period: &str| {
@@ -199,6 +274,10 @@ pub fn top_up_due(ledger: &ModelUsage, planned: &BudgetGrant, day: &str, month: 
     if current.day != planned.day || current.month != planned.month {
         return true;
     }
+    // A grant cut back for a pod that was refused.
+    if planned.daily < current.daily || planned.monthly < current.monthly {
+        return true;
+    }
     let status = ledger.status.clone().unwrap_or_default();
     let refused = status
         .budget_wanted
@@ -234,9 +313,22 @@ pub fn unreported_bound(ledger: &ModelUsage, day: &str, month: &str) -> Decimal 
     if status.closed {
         return Decimal::ZERO;
     }
-    let Some(grant) = &ledger.spec.budget_grant else {
-        return Decimal::ZERO;
-    };
+    // The grant in the spec, or the one its sidecar enforced if that left more (a lowered grant
+    // it had not yet reported enforcing).
+    let enforced = status
+        .holding
+        .as_ref()
+        .and_then(|h| h.budget_grant.as_ref());
+    [ledger.spec.budget_grant.as_ref(), enforced]
+        .into_iter()
+        .flatten()
+        .map(|grant| grant_left(grant, &status, day, month))
+        .max()
+        .unwrap_or_default()
+}
+
+/// What `grant` leaves unspent: the smaller of the day's and the month's.
+fn grant_left(grant: &BudgetGrant, status: &ModelUsageStatus, day: &str, month: &str) -> Decimal {
     let left =
         |granted: Option<Money>, period: Option<&str>, now: &str, used: Option<&PeriodUsage>| {
             granted
@@ -270,6 +362,8 @@ mod tests {
             spent: d(spent),
             grant: grant.map(d),
             wanted: d(wanted),
+            enforced: grant.map(d).unwrap_or_default(),
+            acked: true,
         }
     }
 
@@ -324,6 +418,48 @@ mod tests {
         let (grants, exhausted) = share(d("0.01"), Decimal::ZERO, &holders);
         assert!(exhausted, "0.0005 left cannot pay for a 0.002 call");
         assert!(grants.iter().sum::<Decimal>() <= d("0.01"), "{grants:?}");
+    }
+
+    #[test]
+    fn a_late_pod_is_granted_from_headroom_cut_back_once_its_holders_enforce_less() {
+        // Twenty idle pods were granted the whole $10 as they came; a twenty-first is refused a
+        // $0.0226 call. Grants that only grew would leave it refused all day.
+        let mut holders = vec![holder("0", Some("0.50"), "0"); 20];
+        holders.push(holder("0", None, "0.0226"));
+        let (cut, exhausted) = share(d("10"), Decimal::ZERO, &holders);
+        assert!(!exhausted, "the budget is unspent: not exhausted");
+        assert!(cut[..20].iter().all(|g| *g < d("0.50")), "{cut:?}");
+        assert_eq!(
+            cut[20],
+            Decimal::ZERO,
+            "nothing handed on while the sidecars still enforce $0.50"
+        );
+        // The twenty report enforcing the lower grants: what they freed pays the late pod's call.
+        for (h, g) in holders.iter_mut().zip(&cut).take(20) {
+            h.grant = Some(*g);
+            h.enforced = *g;
+        }
+        let (grants, _) = share(d("10"), Decimal::ZERO, &holders);
+        assert!(grants[20] >= d("0.0226"), "{grants:?}");
+        let committed: Decimal = holders
+            .iter()
+            .zip(&grants)
+            .map(|(h, g)| (*g).max(h.enforced))
+            .sum();
+        assert!(committed <= d("10"), "{committed}");
+    }
+
+    #[test]
+    fn a_grant_its_sidecar_may_not_enforce_yet_is_never_cut() {
+        let mut holders = vec![holder("0", Some("0.50"), "0"); 20];
+        for h in &mut holders {
+            h.acked = false;
+            h.enforced = d("0.40");
+        }
+        holders.push(holder("0", None, "0.0226"));
+        let (grants, _) = share(d("10"), Decimal::ZERO, &holders);
+        assert!(grants[..20].iter().all(|g| *g == d("0.50")), "{grants:?}");
+        assert_eq!(grants[20], Decimal::ZERO);
     }
 
     fn ledger(grant: Option<(&str, &str)>, spent: &str, wanted: Option<&str>) -> ModelUsage {
