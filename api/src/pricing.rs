@@ -184,6 +184,97 @@ fn exact_cost(terms: [(u64, Decimal); 4]) -> Option<Decimal> {
         .ok()
 }
 
+/// Text units of Bedrock Guardrails' policies evaluated for one call (input and output together),
+/// as Bedrock reports them (`usage` of ApplyGuardrail, `invocationMetrics.usage` of each
+/// assessment in a Converse trace). A text unit is up to 1,000 characters, per policy evaluated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GuardrailUnits {
+    pub content: u64,
+    pub topic: u64,
+    pub word: u64,
+    pub sensitive_information: u64,
+    pub sensitive_information_free: u64,
+    pub contextual_grounding: u64,
+}
+
+/// Bedrock Guardrails' on-demand prices, US dollars per 1,000 text units (AWS price page since
+/// the December 2024 reduction): content filters and denied topics $0.15, sensitive information
+/// filters $0.10 (custom regexes free), contextual grounding $0.10; word filters free.
+pub const GUARDRAIL_CONTENT_PER_THOUSAND: Decimal = Decimal::from_parts(15, 0, 0, false, 2);
+pub const GUARDRAIL_TOPIC_PER_THOUSAND: Decimal = Decimal::from_parts(15, 0, 0, false, 2);
+pub const GUARDRAIL_SENSITIVE_INFORMATION_PER_THOUSAND: Decimal =
+    Decimal::from_parts(10, 0, 0, false, 2);
+pub const GUARDRAIL_CONTEXTUAL_GROUNDING_PER_THOUSAND: Decimal =
+    Decimal::from_parts(10, 0, 0, false, 2);
+
+/// Characters per output token assumed for a worst case of a guardrail's output assessment: far
+/// more than any tokenizer's average (about 4), so a call's reservation is an upper bound.
+pub const GUARDRAIL_CHARACTERS_PER_TOKEN_BOUND: u64 = 16;
+
+impl GuardrailUnits {
+    /// Adds `other`'s units to these.
+    #[must_use]
+    pub fn plus(self, other: GuardrailUnits) -> GuardrailUnits {
+        GuardrailUnits {
+            content: self.content.saturating_add(other.content),
+            topic: self.topic.saturating_add(other.topic),
+            word: self.word.saturating_add(other.word),
+            sensitive_information: self
+                .sensitive_information
+                .saturating_add(other.sensitive_information),
+            sensitive_information_free: self
+                .sensitive_information_free
+                .saturating_add(other.sensitive_information_free),
+            contextual_grounding: self
+                .contextual_grounding
+                .saturating_add(other.contextual_grounding),
+        }
+    }
+
+    /// What these units cost, exactly (`Decimal::MAX` if absurdly many: too high, never low).
+    pub fn cost(&self) -> Decimal {
+        let per_unit = |per_thousand: Decimal| per_thousand / Decimal::ONE_THOUSAND;
+        [
+            (self.content, GUARDRAIL_CONTENT_PER_THOUSAND),
+            (self.topic, GUARDRAIL_TOPIC_PER_THOUSAND),
+            (
+                self.sensitive_information,
+                GUARDRAIL_SENSITIVE_INFORMATION_PER_THOUSAND,
+            ),
+            (
+                self.contextual_grounding,
+                GUARDRAIL_CONTEXTUAL_GROUNDING_PER_THOUSAND,
+            ),
+        ]
+        .into_iter()
+        .try_fold(Decimal::ZERO, |sum, (units, price)| {
+            sum.checked_add(Decimal::from(units).checked_mul(per_unit(price))?)
+        })
+        .map_or(Decimal::MAX, |cost| cost.normalize())
+    }
+
+    /// The most a guardrail can charge for a call whose input has `input_characters` and whose
+    /// output is at most `max_output_tokens`: every priced policy evaluated on both, the output
+    /// at [`GUARDRAIL_CHARACTERS_PER_TOKEN_BOUND`], plus one unit per policy and direction for
+    /// the rounding up (and for a stream's chunks, one more per 1,000 characters).
+    pub fn worst_case(input_characters: u64, max_output_tokens: u64) -> GuardrailUnits {
+        let output_characters =
+            max_output_tokens.saturating_mul(GUARDRAIL_CHARACTERS_PER_TOKEN_BOUND);
+        let units = input_characters.div_ceil(1000).saturating_add(1)
+            + output_characters
+                .div_ceil(1000)
+                .saturating_mul(2)
+                .saturating_add(1);
+        GuardrailUnits {
+            content: units,
+            topic: units,
+            sensitive_information: units,
+            contextual_grounding: units,
+            ..GuardrailUnits::default()
+        }
+    }
+}
+
 /// The built-in on-demand price of `model_id` (a base model id, an inference profile id or an
 /// ARN, see the module docs) when called from `region`; `None` when the table does not know it.
 pub fn builtin_price(model_id: &str, region: &str) -> Option<ModelPrice> {
@@ -673,6 +764,29 @@ static TABLE: &[Row] = &[
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn guardrail_units_are_priced_per_thousand_by_policy() {
+        let units = GuardrailUnits {
+            content: 2,
+            topic: 2,
+            word: 2,
+            sensitive_information: 2,
+            sensitive_information_free: 2,
+            contextual_grounding: 0,
+        };
+        // 2 × ($0.15 + $0.15 + $0.10) / 1,000; words and regexes are free.
+        assert_eq!(units.cost(), "0.0008".parse::<Decimal>().unwrap());
+        assert_eq!(GuardrailUnits::default().cost(), Decimal::ZERO);
+        let worst = GuardrailUnits::worst_case(1_500, 100);
+        assert!(worst.cost() > units.cost());
+        assert_eq!(
+            worst.content,
+            3 + 2 * 2 + 1,
+            "2 input units +1, 1.6k output chars: 2 units ×2 +1"
+        );
+    }
+
     use std::collections::HashSet;
 
     use super::*;

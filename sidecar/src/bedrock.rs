@@ -91,6 +91,8 @@ pub struct ModelAnswer {
     pub text: String,
     pub stop_reason: String,
     pub usage: k8s_ai_api::pricing::TokenUsage,
+    /// Text units the Bedrock guardrail evaluated (from the trace), charged on top of tokens.
+    pub guardrail_units: k8s_ai_api::pricing::GuardrailUnits,
 }
 
 /// Bedrock Runtime: the Converse client, and SDK clients for streams, one per (region, role).
@@ -245,6 +247,8 @@ impl Upstream {
                     .stream_processing_mode(
                         aws_sdk_bedrockruntime::types::GuardrailStreamProcessingMode::Sync,
                     )
+                    // The trace carries the text units Bedrock charges for the guardrail.
+                    .trace(aws_sdk_bedrockruntime::types::GuardrailTrace::Enabled)
                     .build(),
             );
         }
@@ -256,6 +260,37 @@ impl Upstream {
 pub const FRAMING_BOUND_PER_REQUEST: u64 = 64;
 /// Input tokens reserved per message and per system prompt for framing.
 pub const FRAMING_BOUND_PER_MESSAGE: u64 = 16;
+
+/// The guardrail text units of a stream's trace (its metadata event), input and output.
+pub fn guardrail_units(
+    trace: Option<&aws_sdk_bedrockruntime::types::ConverseStreamTrace>,
+) -> k8s_ai_api::pricing::GuardrailUnits {
+    let n = |v: i32| u64::try_from(v).unwrap_or(0);
+    let Some(guardrail) = trace.and_then(|t| t.guardrail()) else {
+        return k8s_ai_api::pricing::GuardrailUnits::default();
+    };
+    guardrail
+        .input_assessment()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .chain(
+            guardrail
+                .output_assessments()
+                .into_iter()
+                .flat_map(|m| m.values().flatten()),
+        )
+        .filter_map(|a| a.invocation_metrics()?.usage())
+        .fold(k8s_ai_api::pricing::GuardrailUnits::default(), |sum, u| {
+            sum.plus(k8s_ai_api::pricing::GuardrailUnits {
+                content: n(u.content_policy_units()),
+                topic: n(u.topic_policy_units()),
+                word: n(u.word_policy_units()),
+                sensitive_information: n(u.sensitive_information_policy_units()),
+                sensitive_information_free: n(u.sensitive_information_policy_free_units()),
+                contextual_grounding: n(u.contextual_grounding_policy_units()),
+            })
+        })
+}
 
 /// Token counts as Bedrock reports them (input excludes cached tokens).
 pub fn token_usage(

@@ -5,12 +5,12 @@ use std::{sync::Arc, time::Instant};
 
 use aws_sdk_bedrockruntime::types::ConverseStreamOutput;
 use axum::http::StatusCode;
-use k8s_ai_api::pricing::{ModelPrice, TokenUsage};
+use k8s_ai_api::pricing::{GuardrailUnits, ModelPrice, TokenUsage};
 use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 
 use crate::{
-    bedrock::{ModelAnswer, ModelRequest, token_usage, upstream_error},
+    bedrock::{ModelAnswer, ModelRequest, guardrail_units, token_usage, upstream_error},
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
     limits::{Admission, Ledger},
@@ -188,11 +188,20 @@ impl AppState {
         })
         .map_err(|e| self.reject(&endpoint, e))?;
         let worst_case_input = request.worst_case_input_tokens();
-        let worst_case = price.cost(&TokenUsage {
-            input_tokens: worst_case_input,
-            output_tokens: u64::from(request.max_tokens),
-            ..TokenUsage::default()
-        });
+        let guardrail_worst_case = if request.guardrail.is_some() {
+            let characters = u64::try_from(request.input_text_len()).unwrap_or(u64::MAX);
+            GuardrailUnits::worst_case(characters, u64::from(request.max_tokens)).cost()
+        } else {
+            Decimal::ZERO
+        };
+        let worst_case = price
+            .cost(&TokenUsage {
+                input_tokens: worst_case_input,
+                output_tokens: u64::from(request.max_tokens),
+                ..TokenUsage::default()
+            })
+            .checked_add(guardrail_worst_case)
+            .unwrap_or(Decimal::MAX);
         let admission = self
             .ledger
             .admit(
@@ -210,8 +219,15 @@ impl AppState {
         })
     }
 
-    /// Accounts for a finished call: ledger, metrics; returns the exact cost.
-    fn account(&self, prepared: Prepared, usage: &TokenUsage, outcome: &'static str) -> Decimal {
+    /// Accounts for a finished call: ledger, metrics; returns the exact cost (tokens, and the
+    /// Bedrock guardrail's text units).
+    fn account(
+        &self,
+        prepared: Prepared,
+        usage: &TokenUsage,
+        guardrail_units: GuardrailUnits,
+        outcome: &'static str,
+    ) -> Decimal {
         let Prepared {
             endpoint,
             price,
@@ -219,7 +235,10 @@ impl AppState {
             started,
             ..
         } = prepared;
-        let cost = price.cost(usage);
+        let cost = price
+            .cost(usage)
+            .checked_add(guardrail_units.cost())
+            .unwrap_or(Decimal::MAX);
         admission.settle(
             usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens,
             usage.output_tokens,
@@ -331,7 +350,7 @@ impl AppState {
                     self.log_refusal(&endpoint, e);
                 }
                 let outcome = checked.as_ref().err().map_or("success", |e| e.code);
-                let cost = self.account(prepared, &answer.usage, outcome);
+                let cost = self.account(prepared, &answer.usage, answer.guardrail_units, outcome);
                 checked.map(|()| CallResult { answer, cost })
             }
             Err(e) => Err(self.failed(prepared, e)),
@@ -372,7 +391,8 @@ impl AppState {
         tx: mpsc::Sender<StreamEvent>,
     ) {
         self.metrics.in_flight.inc();
-        let (mut text, mut stop_reason, mut usage, mut first) =
+        // `reported`: Bedrock's count of tokens and guardrail units, from the metadata event.
+        let (mut text, mut stop_reason, mut reported, mut first) =
             (String::new(), String::new(), None, true);
         let mut failure = None;
         // With a PII filter, text leaves only once the filter has seen it with what follows it
@@ -428,7 +448,9 @@ impl AppState {
                 Ok(Some(ConverseStreamOutput::MessageStop(m))) => {
                     m.stop_reason().as_str().clone_into(&mut stop_reason);
                 }
-                Ok(Some(ConverseStreamOutput::Metadata(m))) => usage = Some(token_usage(m.usage())),
+                Ok(Some(ConverseStreamOutput::Metadata(m))) => {
+                    reported = Some((token_usage(m.usage()), guardrail_units(m.trace())));
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(e) => {
@@ -448,15 +470,13 @@ impl AppState {
         }
         self.metrics.in_flight.dec();
         // What was used is charged even when the stream broke: Bedrock's count if it came, else an estimate.
-        let usage = usage.unwrap_or_else(|| TokenUsage {
-            input_tokens: estimated_tokens(prepared.request.input_text_len()),
-            output_tokens: estimated_tokens(text.len()),
-            ..TokenUsage::default()
-        });
+        let (usage, guardrail_units) =
+            reported.unwrap_or_else(|| estimated_use(&prepared.request, &text));
         let mut answer = ModelAnswer {
             text,
             stop_reason,
             usage,
+            guardrail_units,
         };
         let endpoint = Arc::clone(&prepared.endpoint);
         let checked = match failure {
@@ -468,13 +488,36 @@ impl AppState {
         }
         let outcome = checked.as_ref().err().map_or("success", |e| e.code);
         let usage = answer.usage;
-        let cost = self.account(prepared, &usage, outcome);
+        let cost = self.account(prepared, &usage, answer.guardrail_units, outcome);
         let event = match checked {
             Ok(()) => StreamEvent::Done(CallResult { answer, cost }),
             Err(e) => StreamEvent::Error(e),
         };
         let _ = tx.send(event).await;
     }
+}
+
+/// What a stream that ended without Bedrock's count (its metadata event) is charged: tokens
+/// estimated from what was sent and received, and every priced policy of a Bedrock guardrail on
+/// those characters.
+fn estimated_use(request: &ModelRequest, received: &str) -> (TokenUsage, GuardrailUnits) {
+    let tokens = TokenUsage {
+        input_tokens: estimated_tokens(request.input_text_len()),
+        output_tokens: estimated_tokens(received.len()),
+        ..TokenUsage::default()
+    };
+    if request.guardrail.is_none() {
+        return (tokens, GuardrailUnits::default());
+    }
+    let units = request.input_text_len().div_ceil(1000) + received.len().div_ceil(1000);
+    let units = u64::try_from(units).unwrap_or(u64::MAX);
+    let units = GuardrailUnits {
+        content: units,
+        topic: units,
+        sensitive_information: units,
+        ..GuardrailUnits::default()
+    };
+    (tokens, units)
 }
 
 /// The endpoint's local PII filter, with its guardrail (for the refusal's message).

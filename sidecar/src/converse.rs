@@ -30,6 +30,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use k8s_ai_api::pricing::GuardrailUnits;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -550,6 +551,8 @@ struct InferenceBody<'a> {
 struct GuardrailBody<'a> {
     guardrail_identifier: &'a str,
     guardrail_version: &'a str,
+    /// The trace carries the text units Bedrock charges for the guardrail (priced per call).
+    trace: &'static str,
 }
 
 impl<'a> From<&'a ModelRequest> for ConverseBody<'a> {
@@ -574,6 +577,7 @@ impl<'a> From<&'a ModelRequest> for ConverseBody<'a> {
             guardrail_config: r.guardrail.as_ref().map(|(id, version)| GuardrailBody {
                 guardrail_identifier: id,
                 guardrail_version: version,
+                trace: "enabled",
             }),
         }
     }
@@ -588,6 +592,75 @@ struct ConverseOutput {
     stop_reason: String,
     #[serde(default)]
     usage: Option<UsageBody>,
+    #[serde(default)]
+    trace: Option<TraceBody>,
+}
+
+/// The guardrail's assessments in a Converse trace: only their text units are read.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TraceBody {
+    #[serde(default)]
+    guardrail: Option<GuardrailTraceBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GuardrailTraceBody {
+    #[serde(default)]
+    input_assessment: std::collections::HashMap<String, AssessmentBody>,
+    #[serde(default)]
+    output_assessments: std::collections::HashMap<String, Vec<AssessmentBody>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AssessmentBody {
+    #[serde(default)]
+    invocation_metrics: Option<InvocationMetricsBody>,
+}
+
+#[derive(Deserialize, Default)]
+struct InvocationMetricsBody {
+    #[serde(default)]
+    usage: Option<GuardrailUsageBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+#[allow(clippy::struct_field_names)] // Bedrock's names
+struct GuardrailUsageBody {
+    #[serde(default)]
+    topic_policy_units: u64,
+    #[serde(default)]
+    content_policy_units: u64,
+    #[serde(default)]
+    word_policy_units: u64,
+    #[serde(default)]
+    sensitive_information_policy_units: u64,
+    #[serde(default)]
+    sensitive_information_policy_free_units: u64,
+    #[serde(default)]
+    contextual_grounding_policy_units: u64,
+}
+
+impl GuardrailTraceBody {
+    fn units(&self) -> GuardrailUnits {
+        self.input_assessment
+            .values()
+            .chain(self.output_assessments.values().flatten())
+            .filter_map(|a| a.invocation_metrics.as_ref()?.usage.as_ref())
+            .fold(GuardrailUnits::default(), |sum, u| {
+                sum.plus(GuardrailUnits {
+                    content: u.content_policy_units,
+                    topic: u.topic_policy_units,
+                    word: u.word_policy_units,
+                    sensitive_information: u.sensitive_information_policy_units,
+                    sensitive_information_free: u.sensitive_information_policy_free_units,
+                    contextual_grounding: u.contextual_grounding_policy_units,
+                })
+            })
+    }
 }
 
 #[derive(Deserialize)]
@@ -634,6 +707,11 @@ impl ConverseOutput {
         ModelAnswer {
             text,
             stop_reason: self.stop_reason,
+            guardrail_units: self
+                .trace
+                .and_then(|t| t.guardrail)
+                .map(|g| g.units())
+                .unwrap_or_default(),
             usage: k8s_ai_api::pricing::TokenUsage {
                 input_tokens: u.input_tokens,
                 output_tokens: u.output_tokens,
@@ -796,7 +874,7 @@ mod tests {
                 "messages": [{"role": "user", "content": [{"text": "hi"}]}],
                 "system": [{"text": "be brief"}],
                 "inferenceConfig": {"maxTokens": 64, "temperature": 0.5},
-                "guardrailConfig": {"guardrailIdentifier": "gr-1", "guardrailVersion": "2"}
+                "guardrailConfig": {"guardrailIdentifier": "gr-1", "guardrailVersion": "2", "trace": "enabled"}
             })
         );
     }

@@ -19,6 +19,31 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The text units Bedrock charges for evaluating `text` (`usage` of ApplyGuardrail and of a
+    /// Converse trace's `invocationMetrics`): up to 1,000 characters a unit, for each policy the
+    /// guardrail has configured; custom regexes alone count as free sensitive-information units.
+    pub fn usage(&self, text: &str) -> Value {
+        let units = u64::try_from(text.chars().count().div_ceil(1000)).unwrap_or(u64::MAX);
+        let configured = |policy: &str, lists: &[&str]| -> bool {
+            lists.iter().any(|l| {
+                self.config[policy][*l]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+            })
+        };
+        let charged = |on: bool| if on { units } else { 0 };
+        let pii = configured("sensitiveInformationPolicyConfig", &["piiEntitiesConfig"]);
+        let regexes = configured("sensitiveInformationPolicyConfig", &["regexesConfig"]);
+        json!({
+            "topicPolicyUnits": charged(configured("topicPolicyConfig", &["topicsConfig"])),
+            "contentPolicyUnits": charged(configured("contentPolicyConfig", &["filtersConfig"])),
+            "wordPolicyUnits": charged(configured("wordPolicyConfig", &["wordsConfig", "managedWordListsConfig"])),
+            "sensitiveInformationPolicyUnits": charged(pii),
+            "sensitiveInformationPolicyFreeUnits": charged(regexes && !pii),
+            "contextualGroundingPolicyUnits": 0,
+        })
+    }
+
     /// Validates a CreateGuardrail/UpdateGuardrail body as Bedrock does, compiling its regexes.
     pub fn from_request(config: Value) -> Result<Self, String> {
         let name = config["name"].as_str().unwrap_or_default();

@@ -170,6 +170,9 @@ pub struct Record {
     pub output_tokens: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guardrail: Option<String>,
+    /// The guardrail's text units charged for the call (input and output), Bedrock's `usage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrail_usage: Option<serde_json::Value>,
 }
 
 impl Record {

@@ -61,6 +61,27 @@ struct Outcome {
     cache_read: u64,
     cache_write: u64,
     trace: Option<Value>,
+    /// The guardrail's text units, input and output summed (recorded for tests to price).
+    guardrail_usage: Option<Value>,
+}
+
+/// An assessment as a Converse trace shows it: what the policies found, and what was charged.
+fn traced(assessment: Option<&Assessment>, usage: &Value) -> Value {
+    let mut traced = assessment.map_or(json!({}), Assessment::to_json);
+    traced["invocationMetrics"] = json!({ "guardrailProcessingLatency": 1, "usage": usage });
+    traced
+}
+
+/// Two `usage` objects of text units added up, field by field.
+fn add_usage(a: &Value, b: &Value) -> Value {
+    let mut sum = a.clone();
+    if let (Some(sum), Some(b)) = (sum.as_object_mut(), b.as_object()) {
+        for (k, v) in b {
+            let total = sum.get(k).and_then(Value::as_u64).unwrap_or(0) + v.as_u64().unwrap_or(0);
+            sum.insert(k.clone(), json!(total));
+        }
+    }
+    sum
 }
 
 impl Outcome {
@@ -316,13 +337,15 @@ impl Emulator {
     fn run_model(&self, prompt: &Prompt, guardrail: Option<&GuardrailUse>) -> Outcome {
         let mut input_assessment: Option<Assessment> = None;
         let mut last_user_text = prompt.last_user_text.clone();
+        let input_usage = guardrail.map(|g| g.policy.usage(&prompt.texts.concat()));
         if let Some(g) = guardrail {
             let assessed = g.policy.assess(&prompt.texts.concat(), Source::Input);
             if assessed.intervened() {
                 last_user_text = g.policy.assess(&last_user_text, Source::Input).text;
             }
             if assessed.blocked {
-                let trace = g.trace.then(|| json!({ "guardrail": { "inputAssessment": { g.id.clone(): assessed.to_json() } } }));
+                let usage = input_usage.clone().unwrap_or_default();
+                let trace = g.trace.then(|| json!({ "guardrail": { "inputAssessment": { g.id.clone(): traced(Some(&assessed), &usage) } } }));
                 return Outcome {
                     text: g.policy.blocked_message(Source::Input),
                     stop: "guardrail_intervened",
@@ -331,6 +354,7 @@ impl Emulator {
                     cache_read: 0,
                     cache_write: 0,
                     trace,
+                    guardrail_usage: Some(usage),
                 };
             }
             input_assessment = Some(assessed);
@@ -370,6 +394,7 @@ impl Emulator {
             stop.as_str()
         };
         let mut output_assessment = None;
+        let output_usage = guardrail.map(|g| g.policy.usage(&answer));
         if let Some(g) = guardrail {
             let assessed = g.policy.assess(&answer, Source::Output);
             if assessed.blocked {
@@ -381,12 +406,17 @@ impl Emulator {
             }
             output_assessment = Some(assessed);
         }
+        let (input_usage, output_usage) = (
+            input_usage.unwrap_or_default(),
+            output_usage.unwrap_or_default(),
+        );
         let trace = guardrail.filter(|g| g.trace).map(|g| {
             json!({ "guardrail": {
-                "inputAssessment": { g.id.clone(): input_assessment.as_ref().map_or(json!({}), Assessment::to_json) },
-                "outputAssessments": { g.id.clone(): [output_assessment.as_ref().map_or(json!({}), Assessment::to_json)] },
+                "inputAssessment": { g.id.clone(): traced(input_assessment.as_ref(), &input_usage) },
+                "outputAssessments": { g.id.clone(): [traced(output_assessment.as_ref(), &output_usage)] },
             } })
         });
+        let guardrail_usage = guardrail.map(|_| add_usage(&input_usage, &output_usage));
         Outcome {
             text: answer,
             stop,
@@ -395,6 +425,7 @@ impl Emulator {
             cache_read,
             cache_write,
             trace,
+            guardrail_usage,
         }
     }
 
@@ -437,6 +468,7 @@ impl Emulator {
             input_tokens,
             output_tokens,
             guardrail: guardrail.map(str::to_owned),
+            guardrail_usage: result.ok().and_then(|o| o.guardrail_usage.clone()),
             ..Record::default()
         });
     }
@@ -784,11 +816,9 @@ pub async fn apply_guardrail(
         };
         let text: String = request["content"].as_array().into_iter().flatten().filter_map(|b| b["text"]["text"].as_str()).collect::<Vec<_>>().join("\n");
         let assessed = policy.assess(&text, source);
-        let units = u64::try_from(text.len().div_ceil(1000)).unwrap_or(u64::MAX);
         let output = if assessed.blocked { policy.blocked_message(source) } else { assessed.text.clone() };
         Ok(json!({
-            "usage": { "topicPolicyUnits": units, "contentPolicyUnits": units, "wordPolicyUnits": units,
-                       "sensitiveInformationPolicyUnits": units, "sensitiveInformationPolicyFreeUnits": 0, "contextualGroundingPolicyUnits": 0 },
+            "usage": policy.usage(&text),
             "action": if assessed.intervened() { "GUARDRAIL_INTERVENED" } else { "NONE" },
             "outputs": if assessed.intervened() { json!([ { "text": output } ]) } else { json!([]) },
             "assessments": [ assessed.to_json() ],
