@@ -112,9 +112,15 @@ def test_quick_start_runs_verbatim_on_a_real_node(node, tmp_path):
     assert answer["content"].startswith("A Kubernetes operator is a controller")
     assert answer["stopReason"] == "end_turn"
     # Exact: Claude Haiku 4.5 through its US profile (the operator's resolvedModelId), $1.10 and
-    # $5.50 per million tokens; at least six decimals, as the seed shows.
-    expected = (answer["inputTokens"] * Decimal("1.1") + answer["outputTokens"] * Decimal("5.5")) / 1_000_000
-    assert Decimal(answer["costUSD"]) == expected, answer
+    # $5.50 per million tokens, plus the synced guardrail's text units as Bedrock reported them
+    # (content filters $0.15, PII entities $0.10 per 1,000); at least six decimals, as the seed shows.
+    call = [r for r in node.emulator.admin("/_emulator/requests?operation=Converse") if r.get("guardrailUsage")][-1]
+    units = call["guardrailUsage"]
+    guardrail = (units["contentPolicyUnits"] * Decimal("0.15") + units["topicPolicyUnits"] * Decimal("0.15")
+                 + units["sensitiveInformationPolicyUnits"] * Decimal("0.10")) / 1000
+    assert guardrail > 0, units
+    expected = (answer["inputTokens"] * Decimal("1.1") + answer["outputTokens"] * Decimal("5.5")) / 1_000_000 + guardrail
+    assert Decimal(answer["costUSD"]) == expected, (answer, units)
     assert re.fullmatch(r"\d+\.\d{6,}", answer["costUSD"]), answer
     assert run.stdout.rstrip().splitlines()[-1].startswith('"'), "the render call printed no content"
 

@@ -117,15 +117,33 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): Shared) -> Response {
-    if state.catalog.is_loaded() {
-        "ok".into_response()
-    } else {
-        (
+    if !state.catalog.is_loaded() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "configuration not loaded yet",
         )
-            .into_response()
+            .into_response();
     }
+    let now = std::time::SystemTime::now();
+    let snapshot = state.catalog.snapshot();
+    let mut waiting: Vec<&str> = snapshot
+        .endpoints
+        .values()
+        .filter(|e| e.awaiting_first_share(now))
+        .map(|e| e.name.as_str())
+        .collect();
+    if waiting.is_empty() {
+        return "ok".into_response();
+    }
+    waiting.sort_unstable();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "waiting for the operator's first share of {}",
+            waiting.join(", ")
+        ),
+    )
+        .into_response()
 }
 
 /// OpenMetrics when asked for (Prometheus does), the classic text format otherwise.

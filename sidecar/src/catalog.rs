@@ -39,6 +39,8 @@ pub struct EndpointConfig {
     /// The generation of the ledger the allocation was read from (0 without one): a share read
     /// earlier never replaces a newer one in the limiters.
     pub allocation_generation: i64,
+    /// When this pod's ledger was created (none: no ledger seen).
+    pub ledger_created: Option<std::time::SystemTime>,
     /// Whether the operator reports the budget exhausted for the period (`BudgetExceeded`): no
     /// grant will grow before the next day or month.
     pub budget_exhausted: bool,
@@ -48,7 +50,28 @@ pub struct EndpointConfig {
     pub metric_labels: EndpointLabels,
 }
 
+/// How long a new pod's sidecar reports not ready while its ledger, born with no share of the
+/// endpoint's limits, waits for the operator's first share (given within moments). The kubelet
+/// starts the app after the native sidecar's startup probe passes, so the app's first request
+/// is not refused for want of a share; after this long the sidecar is ready regardless (with
+/// more pods than units, a share can rightly stay 0 a while).
+pub const FIRST_SHARE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl EndpointConfig {
+    /// Whether this pod still waits for its first share of the endpoint's limits: a share with
+    /// a zero in it, on a ledger younger than [`FIRST_SHARE_WAIT`].
+    pub fn awaiting_first_share(&self, now: std::time::SystemTime) -> bool {
+        let Some(share) = &self.allocation else {
+            return false;
+        };
+        let zero = share.requests_per_minute == 0
+            || share.max_concurrency == Some(0)
+            || share.tokens_per_minute == Some(0);
+        zero && self
+            .ledger_created
+            .is_some_and(|born| now.duration_since(born).unwrap_or_default() < FIRST_SHARE_WAIT)
+    }
+
     /// The limits this pod enforces: its allocation when it has one, else the endpoint's own.
     pub fn effective_rate_limit(&self) -> k8s_ai_api::model_endpoint::RateLimit {
         match &self.allocation {
@@ -263,6 +286,9 @@ impl Catalog {
                 allocation_generation: own_ledger
                     .and_then(|u| u.metadata.generation)
                     .unwrap_or_default(),
+                ledger_created: own_ledger
+                    .and_then(|u| u.metadata.creation_timestamp.as_ref())
+                    .map(|t| std::time::SystemTime::from(t.0)),
                 budget_grant: own_ledger.and_then(|u| u.spec.budget_grant.clone()),
                 budget_exhausted: status.is_some_and(|s| {
                     s.conditions
@@ -451,6 +477,36 @@ mod tests {
         "---\n",
         include_str!("../../manifests/samples/prompttemplate.yaml"),
     );
+
+    #[test]
+    fn a_new_pod_waits_for_its_first_share_a_bounded_time() {
+        let catalog = Catalog::new(
+            "ai-workloads".into(),
+            "p".into(),
+            vec!["claude-haiku".into()],
+        );
+        let ledger = |created: &str, rpm: u32| {
+            format!(
+                "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: p.claude-haiku, namespace: ai-workloads, creationTimestamp: \"{created}\"}}\nspec: {{podName: p, podUid: u, endpoint: claude-haiku, allocation: {{requestsPerMinute: {rpm}}}}}\n---\n{SEED}"
+            )
+        };
+        let now = std::time::SystemTime::now();
+        let just_now = jiff::Timestamp::try_from(now).unwrap().to_string();
+        let waiting = |yaml: &str, at: std::time::SystemTime| {
+            catalog.update(&parse_manifests(yaml).unwrap());
+            catalog.snapshot().endpoints["claude-haiku"].awaiting_first_share(at)
+        };
+        assert!(waiting(&ledger(&just_now, 0), now), "born with no share");
+        assert!(
+            !waiting(&ledger(&just_now, 12), now),
+            "its first share came"
+        );
+        assert!(
+            !waiting(&ledger(&just_now, 0), now + FIRST_SHARE_WAIT),
+            "ready after the bound, share or not"
+        );
+        assert!(!waiting(SEED, now), "no ledger: the endpoint's own limits");
+    }
 
     #[test]
     fn the_seed_manifests_load_as_one_file() {

@@ -143,14 +143,6 @@ impl MinuteWindow {
         }
     }
 
-    /// Admits one request at `now`, or says how long until one would be admitted.
-    #[cfg(test)]
-    fn check(&mut self, now: Instant) -> Result<(), Duration> {
-        self.room(now)?;
-        self.record(now);
-        Ok(())
-    }
-
     /// Whether one more request may be admitted at `now`, or how long until one may.
     fn room(&mut self, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
@@ -867,6 +859,15 @@ fn exceeded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl MinuteWindow {
+        /// Admits one request at `now`, or says how long until one would be admitted.
+        fn check(&mut self, now: Instant) -> Result<(), Duration> {
+            self.room(now)?;
+            self.record(now);
+            Ok(())
+        }
+    }
 
     #[test]
     fn periods_follow_the_budget_time_zone() {

@@ -274,7 +274,12 @@ async fn a_sidecar_never_takes_over_the_ledger_of_an_earlier_pod_of_its_name() {
     let state = cluster_state();
     let dir = std::env::temp_dir().join(format!("recreated-{}-{ns}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig_path = tenant(cluster, &ns, &state, &dir);
+    let (kubeconfig_path, uid) = tenant(cluster, &ns, &state, &dir);
+    // The ledger left by an earlier pod of this name (another UID), its counters being folded.
+    cluster.kubectl_ok(&["delete", "modelusage", "test-pod.claude-haiku", "-n", &ns]);
+    assert!(cluster.apply(&format!(
+        "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: test-pod.claude-haiku, namespace: {ns}}}\nspec: {{podName: test-pod, podUid: 00000000-0000-0000-0000-000000000001, endpoint: claude-haiku}}\n"
+    )).success);
     let period = |p: &str| serde_json::json!({ "period": p, "invocations": 7, "inputTokens": 70, "outputTokens": 70, "cost": "0.0007" });
     let earlier = serde_json::json!({ "status": { "lifetime": period(""), "sequence": 7 } });
     let set_status = |body: &serde_json::Value| {
@@ -315,7 +320,7 @@ async fn a_sidecar_never_takes_over_the_ledger_of_an_earlier_pod_of_its_name() {
             ("AI_SIDECAR_ENDPOINTS", "claude-haiku"),
             ("AI_SIDECAR_REPORT_INTERVAL", "1s"),
             // Not the ledger's 00000000-0000-0000-0000-000000000001: a new pod of the same name.
-            ("AI_SIDECAR_POD_UID", "00000000-0000-0000-0000-000000000002"),
+            ("AI_SIDECAR_POD_UID", uid.as_str()),
         ],
     )
     .await;
@@ -335,7 +340,7 @@ async fn a_sidecar_never_takes_over_the_ledger_of_an_earlier_pod_of_its_name() {
     // The earlier ledger is folded and gone; the operator creates this pod's own.
     cluster.kubectl_ok(&["delete", "modelusage", "test-pod.claude-haiku", "-n", &ns]);
     let own = format!(
-        "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: test-pod.claude-haiku, namespace: {ns}}}\nspec: {{podName: test-pod, podUid: 00000000-0000-0000-0000-000000000002, endpoint: claude-haiku}}\n"
+        "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: test-pod.claude-haiku, namespace: {ns}}}\nspec: {{podName: test-pod, podUid: {uid}, endpoint: claude-haiku}}\n"
     );
     assert!(cluster.apply(&own).success);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -352,13 +357,16 @@ async fn a_sidecar_never_takes_over_the_ledger_of_an_earlier_pod_of_its_name() {
 
 /// Plays the platform team and the operator for a pod in `ns`: the seed's objects (static keys,
 /// no IRSA), a service account `app` that may read exactly what the sidecar needs and write its
-/// ledger `test-pod.claude-haiku`, that ledger, and a kubeconfig with the account's token in `dir`.
+/// ledger `test-pod.claude-haiku`, the pod `test-pod` (never scheduled: only its identity is
+/// used), its ledger, and in `dir` a kubeconfig with a token bound to the pod, as the kubelet
+/// would project it (the ledger admission policy, when installed, checks that binding).
+/// Returns the kubeconfig's path and the pod's UID.
 fn tenant(
     cluster: &Cluster,
     ns: &str,
     state: &serde_json::Value,
     dir: &std::path::Path,
-) -> std::path::PathBuf {
+) -> (std::path::PathBuf, String) {
     // GuardrailPolicies are cluster-wide: one of its own, so that another test's synced policy
     // (whose guardrail this test's emulator does not know) is never picked up.
     let seed = without_operator(&seed_manifests())
@@ -396,11 +404,13 @@ rules:
   resourceNames: [test-pod.claude-haiku]
   verbs: [get, patch]
 ---
-# The ledger the operator would create for this pod and endpoint.
-apiVersion: ai.kernelpanic09.io/v1alpha1
-kind: ModelUsage
-metadata: {{name: test-pod.claude-haiku, namespace: {ns}}}
-spec: {{podName: test-pod, podUid: 00000000-0000-0000-0000-000000000001, endpoint: claude-haiku}}
+apiVersion: v1
+kind: Pod
+metadata: {{name: test-pod, namespace: {ns}}}
+spec:
+  serviceAccountName: app
+  nodeName: nowhere
+  containers: [{{name: app, image: example.com/app:1}}]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
@@ -425,8 +435,36 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
     );
     let run = cluster.apply(&rbac);
     assert!(run.success, "{}", run.stderr);
+    let uid = cluster
+        .kubectl_ok(&[
+            "get",
+            "pod",
+            "test-pod",
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .trim()
+        .to_owned();
+    // The ledger the operator would create for this pod and endpoint.
+    let ledger = format!(
+        "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: test-pod.claude-haiku, namespace: {ns}}}\nspec: {{podName: test-pod, podUid: {uid}, endpoint: claude-haiku}}\n"
+    );
+    let run = cluster.apply(&ledger);
+    assert!(run.success, "{}", run.stderr);
     let token = cluster
-        .kubectl_ok(&["create", "token", "app", "-n", ns])
+        .kubectl_ok(&[
+            "create",
+            "token",
+            "app",
+            "-n",
+            ns,
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "test-pod",
+        ])
         .trim()
         .to_owned();
     let kubeconfig = format!(
@@ -436,8 +474,7 @@ subjects: [{{kind: ServiceAccount, name: app, namespace: {ns}}}]
     );
     let kubeconfig_path = dir.join("sidecar.kubeconfig");
     std::fs::write(&kubeconfig_path, kubeconfig).unwrap();
-
-    kubeconfig_path
+    (kubeconfig_path, uid)
 }
 
 #[tokio::test]
@@ -447,7 +484,7 @@ async fn configuration_comes_from_the_cluster_and_changes_apply_live() {
     let state = cluster_state();
     let dir = std::env::temp_dir().join(format!("watch-{}-{ns}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig_path = tenant(cluster, &ns, &state, &dir);
+    let (kubeconfig_path, _) = tenant(cluster, &ns, &state, &dir);
 
     let emu = emulator(Config::default()).await;
     let mut sc = start_sidecar(
@@ -645,7 +682,7 @@ async fn serving_continues_while_the_api_server_is_away_and_usage_lands_after() 
     let cp = PrivateControlPlane::start();
     let ns = "outage";
     cp.cluster.kubectl_ok(&["create", "namespace", ns]);
-    let kubeconfig = tenant(&cp.cluster, ns, &cp.state, &cp.dir);
+    let (kubeconfig, _) = tenant(&cp.cluster, ns, &cp.state, &cp.dir);
     let emu = emulator(Config::default()).await;
     let sc = start_sidecar(
         &emu,
