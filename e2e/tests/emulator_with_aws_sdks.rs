@@ -826,6 +826,49 @@ async fn profile_only_models_are_called_through_inference_profiles() {
         .into_service_error();
     assert!(err.is_validation_exception(), "{err:?}");
     assert_eq!(err.meta().message(), Some(refusal.as_str()));
+    // InvokeModelWithResponseStream likewise; through the profile it streams Anthropic's events.
+    let err = client
+        .invoke_model_with_response_stream()
+        .model_id(HAIKU)
+        .body(Blob::new(body.to_string()))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(err.is_validation_exception(), "{err:?}");
+    assert_eq!(err.meta().message(), Some(refusal.as_str()));
+    let mut stream = client
+        .invoke_model_with_response_stream()
+        .model_id(HAIKU_US)
+        .body(Blob::new(body.to_string()))
+        .send()
+        .await
+        .unwrap()
+        .body;
+    let mut events = Vec::new();
+    while let Some(event) = stream.recv().await.unwrap() {
+        let chunk = event.as_chunk().unwrap().bytes().unwrap().as_ref().to_vec();
+        events.push(serde_json::from_slice::<serde_json::Value>(&chunk).unwrap());
+    }
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"message_stop"), "{kinds:?}");
+    let text: String = events
+        .iter()
+        .filter(|e| e["type"] == "content_block_delta")
+        .map(|e| e["delta"]["text"].as_str().unwrap())
+        .collect();
+    assert!(!text.is_empty());
+    let metrics = &events.last().unwrap()["amazon-bedrock-invocationMetrics"];
+    let delta = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(metrics["outputTokenCount"], delta["usage"]["output_tokens"]);
+    assert!(
+        delta["usage"]["output_tokens"].as_u64().unwrap() <= 5,
+        "max_tokens holds: {delta}"
+    );
     // An older model is still served on demand, and through its geographic profile.
     for id in [
         "anthropic.claude-3-haiku-20240307-v1:0",

@@ -300,6 +300,10 @@ impl Emulator {
             )
             .route("/model/{model_id}/invoke", post(runtime::invoke_model))
             .route(
+                "/model/{model_id}/invoke-with-response-stream",
+                post(runtime::invoke_model_with_response_stream),
+            )
+            .route(
                 "/guardrail/{id}/version/{version}/apply",
                 post(runtime::apply_guardrail),
             )

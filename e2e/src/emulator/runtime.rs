@@ -677,7 +677,12 @@ pub async fn converse_stream(
         }
         steps.push(Step::Send(event("metadata", &metadata)));
     }
-    // The call is in flight until its last event is sent (or the client goes away).
+    event_stream(steps, in_flight)
+}
+
+/// An event-stream response that plays `steps`; the call counts as in flight until its last
+/// event is sent (or the client goes away).
+fn event_stream(steps: Vec<Step>, in_flight: super::InFlightCall) -> Response {
     let stream = futures_util::stream::unfold(
         (steps.into_iter(), in_flight),
         |(mut steps, in_flight)| async move {
@@ -716,6 +721,116 @@ pub async fn converse_stream(
     response
 }
 
+/// InvokeModelWithResponseStream: the Anthropic Messages stream events, each as Bedrock wraps
+/// them (`chunk` events whose `bytes` are the event's JSON, base64), the last one carrying
+/// `amazon-bedrock-invocationMetrics`.
+pub async fn invoke_model_with_response_stream(
+    State(emulator): State<Emulator>,
+    Path(model_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let in_flight = emulator.call_in_flight();
+    let read = |request: &Value| invoke_request(&model_id, &headers, request);
+    let Accepted {
+        caller,
+        prompt,
+        guardrail,
+    } = match emulator.accept(
+        "InvokeModelWithResponseStream",
+        &model_id,
+        &uri,
+        &headers,
+        &body,
+        read,
+    ) {
+        Ok(a) => a,
+        Err(answer) => return answer,
+    };
+    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
+    emulator.record_call(
+        "InvokeModelWithResponseStream",
+        &model_id,
+        Some(&caller),
+        Ok(&outcome),
+        guardrail.as_ref().map(|g| g.id.as_str()),
+    );
+    let config = emulator.config();
+    let per_token = Duration::from_millis(config.latency.per_output_token_ms);
+    let chunk = |anthropic_event: &Value| {
+        let bytes = aws_smithy_types::base64::encode(anthropic_event.to_string());
+        Step::Send(event("chunk", &json!({ "bytes": bytes })))
+    };
+    let mut steps = vec![
+        Step::Wait(Duration::from_millis(config.latency.fixed_ms)),
+        chunk(&json!({ "type": "message_start", "message": {
+            "id": format!("msg_bdrk_{}", random_token(24)), "type": "message", "role": "assistant",
+            "model": base_model_id(&model_id), "content": [], "stop_reason": Value::Null,
+            "stop_sequence": Value::Null,
+            "usage": { "input_tokens": outcome.input_tokens, "output_tokens": 1 },
+        } })),
+        chunk(
+            &json!({ "type": "content_block_start", "index": 0, "content_block": { "type": "text", "text": "" } }),
+        ),
+    ];
+    for piece in text::chunks(&outcome.text) {
+        if !per_token.is_zero() {
+            steps.push(Step::Wait(per_token));
+        }
+        steps.push(chunk(&json!({ "type": "content_block_delta", "index": 0, "delta": { "type": "text_delta", "text": piece } })));
+    }
+    let latency_ms = u64::try_from(emulator.model_latency(outcome.output_tokens).as_millis())
+        .unwrap_or(u64::MAX);
+    steps.push(chunk(&json!({ "type": "content_block_stop", "index": 0 })));
+    steps.push(chunk(&json!({ "type": "message_delta",
+        "delta": { "stop_reason": anthropic_stop_reason(&outcome), "stop_sequence": Value::Null },
+        "usage": { "output_tokens": outcome.output_tokens } })));
+    steps.push(chunk(
+        &json!({ "type": "message_stop", "amazon-bedrock-invocationMetrics": {
+        "inputTokenCount": outcome.input_tokens, "outputTokenCount": outcome.output_tokens,
+        "invocationLatency": latency_ms, "firstByteLatency": config.latency.fixed_ms,
+    } }),
+    ));
+    event_stream(steps, in_flight)
+}
+
+/// An InvokeModel body (Anthropic Messages only) and the guardrail its headers name.
+fn invoke_request(
+    model_id: &str,
+    headers: &HeaderMap,
+    request: &Value,
+) -> Result<(Prompt, Value), AwsError> {
+    if !base_model_id(model_id).starts_with("anthropic.") {
+        return Err(AwsError::validation(
+            "This emulator's InvokeModel accepts Anthropic Messages bodies only; use Converse for other models.",
+        ));
+    }
+    let prompt = anthropic_prompt(request)?;
+    // InvokeModel names its guardrail in headers, not in the body.
+    let guardrail_config = match (
+        headers.get("x-amzn-bedrock-guardrailidentifier"),
+        headers.get("x-amzn-bedrock-guardrailversion"),
+    ) {
+        (Some(id), version) => json!({
+            "guardrailIdentifier": id.to_str().unwrap_or_default(),
+            "guardrailVersion": version.and_then(|v| v.to_str().ok()).unwrap_or("DRAFT"),
+        }),
+        _ => Value::Null,
+    };
+    Ok((prompt, guardrail_config))
+}
+
+/// The Anthropic Messages stop reason of an outcome.
+fn anthropic_stop_reason(outcome: &Outcome) -> &'static str {
+    match outcome.stop {
+        "end_turn" => "end_turn",
+        "max_tokens" => "max_tokens",
+        "stop_sequence" => "stop_sequence",
+        _ => "guardrail_intervened",
+    }
+}
+
 pub async fn invoke_model(
     State(emulator): State<Emulator>,
     Path(model_id): Path<String>,
@@ -725,26 +840,7 @@ pub async fn invoke_model(
 ) -> Response {
     let started = Instant::now();
     let _in_flight = emulator.call_in_flight();
-    let read = |request: &Value| {
-        if !base_model_id(&model_id).starts_with("anthropic.") {
-            return Err(AwsError::validation(
-                "This emulator's InvokeModel accepts Anthropic Messages bodies only; use Converse for other models.",
-            ));
-        }
-        let prompt = anthropic_prompt(request)?;
-        // InvokeModel names its guardrail in headers, not in the body.
-        let guardrail_config = match (
-            headers.get("x-amzn-bedrock-guardrailidentifier"),
-            headers.get("x-amzn-bedrock-guardrailversion"),
-        ) {
-            (Some(id), version) => json!({
-                "guardrailIdentifier": id.to_str().unwrap_or_default(),
-                "guardrailVersion": version.and_then(|v| v.to_str().ok()).unwrap_or("DRAFT"),
-            }),
-            _ => Value::Null,
-        };
-        Ok((prompt, guardrail_config))
-    };
+    let read = |request: &Value| invoke_request(&model_id, &headers, request);
     let Accepted {
         caller,
         prompt,
@@ -762,12 +858,7 @@ pub async fn invoke_model(
         Ok(&outcome),
         guardrail.as_ref().map(|g| g.id.as_str()),
     );
-    let stop_reason = match outcome.stop {
-        "end_turn" => "end_turn",
-        "max_tokens" => "max_tokens",
-        "stop_sequence" => "stop_sequence",
-        _ => "guardrail_intervened",
-    };
+    let stop_reason = anthropic_stop_reason(&outcome);
     let answer = json!({
         "id": format!("msg_bdrk_{}", random_token(24)),
         "type": "message",

@@ -880,44 +880,31 @@ mod tests {
     #[test]
     fn a_unit_moves_only_once_its_holder_has_let_go_of_it() {
         // Two units, three pods: a and b hold one each, c waits and is the target.
-        let targets = [0, 1, 1];
-        let order = [2, 1, 0];
-        // a has not yet reported its current share: nothing is taken from it, c waits.
-        let moved = move_exactly(
-            2,
-            &[
+        let (targets, order) = ([0, 1, 1], [2, 1, 0]);
+        for (a, moved, why) in [
+            (
                 standing(1, 1, false),
+                [1, 1, 0],
+                "a has not reported its current share: c waits",
+            ),
+            (
                 standing(1, 1, true),
+                [0, 1, 0],
+                "a's share is taken back; its call holds the unit",
+            ),
+            (
                 standing(0, 0, true),
-            ],
-            &targets,
-            &order,
-        );
-        assert_eq!(moved, vec![1, 1, 0]);
-        // a reported it: its share is taken back, but its call still in flight holds the unit.
-        let moved = move_exactly(
-            2,
-            &[
-                standing(1, 1, true),
-                standing(1, 1, true),
-                standing(0, 0, true),
-            ],
-            &targets,
-            &order,
-        );
-        assert_eq!(moved, vec![0, 1, 0]);
-        // a reported its share of 0 and nothing in flight: the unit is c's.
-        let moved = move_exactly(
-            2,
-            &[
-                standing(0, 0, true),
-                standing(1, 1, true),
-                standing(0, 0, true),
-            ],
-            &targets,
-            &order,
-        );
-        assert_eq!(moved, vec![0, 1, 1]);
+                [0, 1, 1],
+                "a reported 0 and nothing in flight: c's unit",
+            ),
+        ] {
+            let standings = [a, standing(1, 1, true), standing(0, 0, true)];
+            assert_eq!(
+                move_exactly(2, &standings, &targets, &order),
+                moved,
+                "{why}"
+            );
+        }
     }
 
     #[test]
