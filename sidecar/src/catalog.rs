@@ -50,11 +50,10 @@ pub struct EndpointConfig {
     pub metric_labels: EndpointLabels,
 }
 
-/// How long a new pod's sidecar reports not ready while its ledger, born with no share of the
-/// endpoint's limits, waits for the operator's first share (given within moments). The kubelet
-/// starts the app after the native sidecar's startup probe passes, so the app's first request
-/// is not refused for want of a share; after this long the sidecar is ready regardless (with
-/// more pods than units, a share can rightly stay 0 a while).
+/// How long a new pod's sidecar reports not ready while its first share of the endpoint's
+/// limits has a zero in it (more pods than units): the kubelet starts the app after the native
+/// sidecar's startup probe passes, so the app does not start into refusals; after this long the
+/// sidecar is ready regardless (a share can rightly stay 0 a while).
 pub const FIRST_SHARE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl EndpointConfig {
@@ -496,7 +495,7 @@ mod tests {
             catalog.update(&parse_manifests(yaml).unwrap());
             catalog.snapshot().endpoints["claude-haiku"].awaiting_first_share(at)
         };
-        assert!(waiting(&ledger(&just_now, 0), now), "born with no share");
+        assert!(waiting(&ledger(&just_now, 0), now), "a first share of 0");
         assert!(
             !waiting(&ledger(&just_now, 12), now),
             "its first share came"

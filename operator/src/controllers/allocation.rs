@@ -826,7 +826,8 @@ mod tests {
                 .map(|c| (c.ledger, c.allocation.requests_per_minute, c.shrinks))
                 .collect()
         };
-        // b is new (born with a share of 0); a holds the whole minute and used 20 of it.
+        // b holds a share of 0 (it was refused for want of one); a holds the whole minute and
+        // has used 20 of it.
         let mut waiting = Waiting::new();
         let ledgers = vec![
             ledger("a", &share(60), Some(&share(60)), 20, Some(500)),
