@@ -30,14 +30,14 @@ TOLERANCE = PODS
 INVOKE = json.dumps({"messages": [{"role": "user", "content": "Explain Kubernetes operators in two sentences."}]}).encode()
 
 
-def wait_until(what, check, timeout):
+def wait_until(what, check, timeout, poll=0.5):
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+        time.sleep(poll)
 
 
 class Fleet:
@@ -73,7 +73,7 @@ class Fleet:
         self.procs["operator"] = subprocess.Popen(
             [str(OPERATOR), "run", "--leader-election=false", "--namespace", f"{self.ns}-operator",
              "--webhook-listen", "127.0.0.1:0", "--metrics-listen", f"127.0.0.1:{free_port()}",
-             "--webhook-configuration", "none", "--log-format", "text"],
+             "--webhook-configuration", "none", "--log-format", "text", "--log", os.environ.get("AI_OPERATOR_LOG", "info")],
             env={"PATH": os.environ["PATH"], "KUBECONFIG": cluster["kubeconfig"], **self.aws_env},
             stdout=self.operator_log, stderr=subprocess.STDOUT)
 
@@ -86,7 +86,12 @@ class Fleet:
 
     def add_pod(self, name: str):
         """An injected pod (as the webhook leaves it) and its sidecar, signed in with a token bound to it."""
-        self.apply(f"""apiVersion: v1
+        self.apply(self.pod(name))
+        self.start_sidecar(name)
+
+    def pod(self, name: str) -> str:
+        """An injected pod's manifest, as the webhook leaves it."""
+        return f"""apiVersion: v1
 kind: Pod
 metadata:
   name: {name}
@@ -95,11 +100,14 @@ metadata:
   annotations: {{ai.kernelpanic09.io/inject: "true", ai.kernelpanic09.io/endpoints: claude-haiku}}
 spec:
   containers: [{{name: app, image: example.com/app:1}}]
-""")
-        self.start_sidecar(name)
+"""
 
-    def start_sidecar(self, name: str):
-        """The pod's sidecar, signed in to the API server with a token bound to the pod."""
+    def start_sidecar(self, name: str, wait_ready: bool = True):
+        """The pod's sidecar, signed in to the API server with a token bound to the pod, with the
+        pod's name and UID as the webhook's downward API gives them; `wait_ready`: returns once
+        its /readyz answers 200, as the kubelet's startup probe waits before it starts the app."""
+        uid = self.kubectl("get", "pod", name, "-n", self.ns, "-o", "jsonpath={.metadata.uid}").strip()
+        assert uid, f"pod {name} has no UID"
         token = self.kubectl("create", "token", "default", "-n", self.ns, "--bound-object-kind", "Pod",
                              "--bound-object-name", name, "--duration", "1h").strip()
         state = json.loads((ROOT / "e2e" / ".run" / "cluster.json").read_text())
@@ -114,6 +122,7 @@ spec:
         self.procs[name] = subprocess.Popen(
             [str(SIDECAR)],
             env={"PATH": os.environ["PATH"], "KUBECONFIG": str(kubeconfig), "AI_SIDECAR_POD_NAME": name,
+                 "AI_SIDECAR_POD_UID": uid,
                  "AI_SIDECAR_NAMESPACE": self.ns, "AI_SIDECAR_ENDPOINTS": "claude-haiku",
                  "AI_SIDECAR_LISTEN": f"127.0.0.1:{port}", "AI_SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin}",
                  "AI_SIDECAR_REPORT_INTERVAL": "1s", "AI_SIDECAR_LOG_FORMAT": "text", **self.aws_env},
@@ -122,15 +131,20 @@ spec:
         self.admin = getattr(self, "admin", {})
         self.admin[name] = f"http://127.0.0.1:{admin}"
 
-        def ready():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz") as r:
-                    return r.status == 200
-            except OSError:
-                assert self.procs[name].poll() is None, (self.tmp / f"{name}.log").read_text()
-                return False
+        if wait_ready:
+            self.wait_ready(name)
 
-        wait_until(f"{name}'s sidecar to be ready", ready, 30)
+    def ready(self, name: str) -> bool:
+        """Whether the pod's sidecar answers 200 on /readyz (its startup probe)."""
+        try:
+            with urllib.request.urlopen(f"{self.admin[name]}/readyz") as r:
+                return r.status == 200
+        except OSError:
+            assert self.procs[name].poll() is None, (self.tmp / f"{name}.log").read_text()
+            return False
+
+    def wait_ready(self, name: str, timeout: float = 30, poll: float = 0.5):
+        wait_until(f"{name}'s sidecar to be ready", lambda: self.ready(name), timeout, poll)
 
     def ledgers(self) -> dict:
         items = json.loads(self.kubectl("get", "modelusages", "-n", self.ns, "-o", "json"))["items"]

@@ -142,9 +142,8 @@ def add_pods(fleet, pods, workers=10):
 
 def shares_in_force(fleet, pods, key, limit, timeout=60):
     """Waits until every pod has a share of `key` (an allocation field) and its sidecar enforces it
-    (its reported `status.holding.allocation` is its ledger's `spec.allocation`): until then a
-    sidecar enforces the endpoint's whole figure. Nobody asks yet, so the shares stay put. Returns
-    {pod: share}, checked to add up to no more than `limit`."""
+    (its reported `status.holding.allocation` is its ledger's `spec.allocation`). Nobody asks yet,
+    so the shares stay put. Returns {pod: share}, checked to add up to no more than `limit`."""
 
     def in_force():
         ledgers = fleet.ledgers()
@@ -334,3 +333,88 @@ def test_five_pods_share_three_requests_a_minute(crds, make_fleet):
           f"{len(refused)} refusals, Retry-After (s) {sorted({int(c.retry_after) for c in refused})}; "
           f"at the model: busiest rolling minute {busiest} (limit {RPM}), {RPM + 1} calls spanned "
           f"at least {tightest:.1f} s; run {end - start:.0f} s")
+
+
+
+BURST_CONCURRENCY = 6
+BUSY_PODS = 2
+BURST_PODS = 4
+CALLERS = 3  # each new pod's app sends this many calls at once: more than its share
+BURST_FOR = 30  # s of traffic
+# s: well inside the 10 s after which a sidecar turns ready without a share (FIRST_SHARE_WAIT in
+# sidecar/src/catalog.rs); the busy pods' units are free within the 1.5 s of their calls in flight.
+READY_WITHIN = 6
+
+
+def calls_at_once(url, until, callers):
+    """An app with `callers` threads each asking back to back (honouring 429s) until `until`."""
+    with ThreadPoolExecutor(max_workers=callers) as pool:
+        runs = [pool.submit(keep_asking, url, until, False) for _ in range(callers)]
+        return [c for run in runs for c in run.result()]
+
+
+def test_a_burst_of_new_pods_calling_as_they_start_stays_within_the_limit(crds, make_fleet):
+    """Two pods use the endpoint's six calls in flight between them, three each, back to back;
+    four more pods are created at once and their sidecars started together, each app sending
+    three calls at once, over and over, as soon as its sidecar is ready (the kubelet starts the
+    app once the native sidecar's startup probe, /readyz, passes). Each new pod's ledger is born
+    with a share of 0; its sidecar turns ready once the operator has handed it its whole share
+    (one call in flight), taken back from the busy pods. Before, a new sidecar enforced the
+    endpoint's whole figure until its first share, and such a burst passed the limit. Asserted:
+    never more than the limit in flight at the model; every new pod ready with its share well
+    before the sidecar's fallback (10 s), and served; refusals only the limit's own."""
+    fleet = make_fleet(rate_limit(requestsPerMinute=6000, maxConcurrency=BURST_CONCURRENCY), latency(1500))
+    busy = [f"busy-{i}" for i in range(BUSY_PODS)]
+    add_pods(fleet, busy)
+    # The two settle on the whole limit between them (a unit may still be on its way).
+    shares = wait_until("the busy pods to hold the whole limit", lambda: (lambda s: s if sum(s.values()) == BURST_CONCURRENCY else None)(
+        shares_in_force(fleet, busy, "maxConcurrency", BURST_CONCURRENCY)), 60)
+    start = time.monotonic()
+    until = start + BURST_FOR
+    busy_results = {}
+
+    def busy_app(pod):
+        busy_results[pod] = calls_at_once(fleet.urls[pod], until, shares[pod])
+
+    busy_apps = [threading.Thread(target=busy_app, args=(pod,), daemon=True) for pod in busy]
+    for t in busy_apps:
+        t.start()
+    wait_until("the busy pods' calls to reach the model",
+               lambda: fleet.emulator.admin("/_emulator/in-flight")["inFlight"] == BURST_CONCURRENCY, 30, poll=0.05)
+
+    burst = [f"new-{i}" for i in range(BURST_PODS)]
+    fleet.apply("---\n".join(fleet.pod(pod) for pod in burst))
+    launched = time.monotonic()
+    ready_after, results, errors = {}, {}, {}
+
+    def app(pod):
+        """The pod's sidecar, then its app: CALLERS callers at once once the sidecar is ready."""
+        try:
+            fleet.start_sidecar(pod, wait_ready=False)
+            fleet.wait_ready(pod, timeout=60, poll=0.05)
+            ready_after[pod] = time.monotonic() - launched
+            results[pod] = calls_at_once(fleet.urls[pod], until, CALLERS)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors[pod] = e
+
+    with ThreadPoolExecutor(max_workers=BURST_PODS) as pool:
+        for done in [pool.submit(app, pod) for pod in burst]:
+            done.result(timeout=BURST_FOR + 120)
+    for t in busy_apps:
+        t.join(timeout=120)
+    assert set(busy_results) == set(busy), "a busy pod's app did not end"
+    assert not errors, errors
+
+    peak = fleet.emulator.admin("/_emulator/in-flight")["peak"]
+    assert peak <= BURST_CONCURRENCY, f"{peak} model calls in flight at once under a limit of {BURST_CONCURRENCY}"
+    slow = {pod: round(r, 1) for pod, r in ready_after.items() if r >= READY_WITHIN}
+    assert not slow, f"sidecars ready late, maybe only by the fallback without a share (s): {slow}"
+    served = {pod: sum(c.status == 200 for c in results[pod]) for pod in burst}
+    assert all(served.values()), f"new pods never served: {served}"
+    refused = check_refusals({**busy_results, **results}, "concurrency_limited", max_retry_after=2)
+    assert refused, "no call was refused: the new pods' apps never asked for more than their share"
+    final = {pod: l["spec"]["allocation"].get("maxConcurrency") for pod, l in fleet.ledgers().items()}
+
+    print(f"{BURST_PODS} new pods beside {BUSY_PODS} busy ones holding {shares}: ready after (s) "
+          f"{ {pod: round(r, 1) for pod, r in sorted(ready_after.items())} }; served {served}; "
+          f"{len(refused)} refusals; emulator peak in flight {peak} (limit {BURST_CONCURRENCY}); shares at the end {final}")

@@ -36,11 +36,14 @@ pub struct EndpointConfig {
     pub reported_cost_this_month: Decimal,
     /// This pod's share of the endpoint's limits (its ModelUsage's spec), if the operator set one.
     pub allocation: Option<k8s_ai_api::model_usage::Allocation>,
-    /// The generation of the ledger the allocation was read from (0 without one): a share read
-    /// earlier never replaces a newer one in the limiters.
-    pub allocation_generation: i64,
+    /// The ledger the allocation was read from, by UID and generation (empty and 0 without
+    /// one): a share read earlier never replaces a newer one of the same ledger in the limiters.
+    pub allocation_from: (String, i64),
     /// When this pod's ledger was created (none: no ledger seen).
     pub ledger_created: Option<std::time::SystemTime>,
+    /// Since when this injected pod (its UID known) has waited for the operator to create its
+    /// ledger (none: it has one, or is not an injected pod).
+    pub awaiting_ledger_since: Option<std::time::SystemTime>,
     /// Whether the operator reports the budget exhausted for the period (`BudgetExceeded`): no
     /// grant will grow before the next day or month.
     pub budget_exhausted: bool,
@@ -58,17 +61,22 @@ pub const FIRST_SHARE_WAIT: std::time::Duration = std::time::Duration::from_secs
 
 impl EndpointConfig {
     /// Whether this pod still waits for its first share of the endpoint's limits: a share with
-    /// a zero in it, on a ledger younger than [`FIRST_SHARE_WAIT`].
+    /// a zero in it, or no budget grant under a cost budget, on a ledger younger than
+    /// [`FIRST_SHARE_WAIT`]; or no ledger yet for up to that long (the operator creates it as
+    /// the pod is created, with a share of 0). Until then the pod could only enforce the
+    /// endpoint's whole figures, which a burst of new pods would pass together.
     pub fn awaiting_first_share(&self, now: std::time::SystemTime) -> bool {
+        let young = |since: Option<std::time::SystemTime>| {
+            since.is_some_and(|t| now.duration_since(t).unwrap_or_default() < FIRST_SHARE_WAIT)
+        };
         let Some(share) = &self.allocation else {
-            return false;
+            return young(self.awaiting_ledger_since);
         };
         let zero = share.requests_per_minute == 0
             || share.max_concurrency == Some(0)
             || share.tokens_per_minute == Some(0);
-        zero && self
-            .ledger_created
-            .is_some_and(|born| now.duration_since(born).unwrap_or_default() < FIRST_SHARE_WAIT)
+        let ungranted = self.spec.cost_budget.is_some() && self.budget_grant.is_none();
+        (zero || ungranted) && young(self.ledger_created)
     }
 
     /// The limits this pod enforces: its allocation when it has one, else the endpoint's own.
@@ -134,6 +142,8 @@ pub struct Catalog {
     /// Woken when this pod's share of an endpoint changes: the operator waits for the sidecar to
     /// report the new share before it hands a freed unit to another pod.
     shares_changed: tokio::sync::Notify,
+    /// When this catalog was made (the sidecar's start).
+    started: std::time::SystemTime,
 }
 
 impl Catalog {
@@ -147,6 +157,7 @@ impl Catalog {
             loaded: watch::channel(false).0,
             announced: Mutex::new(Vec::new()),
             shares_changed: tokio::sync::Notify::new(),
+            started: std::time::SystemTime::now(),
         }
     }
 
@@ -282,12 +293,17 @@ impl Catalog {
                 // The operator's share of the endpoint's limits and budget for this pod, when it has
                 // written them.
                 allocation: own_ledger.and_then(|u| u.spec.allocation.clone()),
-                allocation_generation: own_ledger
-                    .and_then(|u| u.metadata.generation)
-                    .unwrap_or_default(),
+                allocation_from: own_ledger.map_or_else(Default::default, |u| {
+                    (
+                        u.metadata.uid.clone().unwrap_or_default(),
+                        u.metadata.generation.unwrap_or_default(),
+                    )
+                }),
                 ledger_created: own_ledger
                     .and_then(|u| u.metadata.creation_timestamp.as_ref())
                     .map(|t| std::time::SystemTime::from(t.0)),
+                awaiting_ledger_since: (own_ledger.is_none() && !self.pod_uid.is_empty())
+                    .then_some(self.started),
                 budget_grant: own_ledger.and_then(|u| u.spec.budget_grant.clone()),
                 budget_exhausted: status.is_some_and(|s| {
                     s.conditions
@@ -390,12 +406,14 @@ pub struct Manifests {
 
 /// Kind, name and revision of every object that configures endpoints (ledgers left out), sorted.
 fn configuration_revisions(objects: &Manifests) -> Vec<String> {
+    // The generation (spec changes) where the API server keeps one: the endpoints' status
+    // changes with every fold of usage, which is no news in the log.
     fn revision<K: ResourceExt>(kind: &str, object: &K) -> String {
         let meta = object.meta();
-        let version = meta.resource_version.clone().unwrap_or_else(|| {
-            meta.generation
-                .map_or_else(String::new, |generation| generation.to_string())
-        });
+        let version = meta.generation.map_or_else(
+            || meta.resource_version.clone().unwrap_or_default(),
+            |generation| generation.to_string(),
+        );
         format!("{kind}/{}@{version}", object.name_any())
     }
     let mut out: Vec<String> = (objects
@@ -484,9 +502,17 @@ mod tests {
             "p".into(),
             vec!["claude-haiku".into()],
         );
-        let ledger = |created: &str, rpm: u32| {
+        // The seed's endpoint has a cost budget: a share is whole with a grant.
+        let granted = |created: &str, rpm: u32, grant: &str| {
             format!(
-                "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: p.claude-haiku, namespace: ai-workloads, creationTimestamp: \"{created}\"}}\nspec: {{podName: p, podUid: u, endpoint: claude-haiku, allocation: {{requestsPerMinute: {rpm}}}}}\n---\n{SEED}"
+                "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: p.claude-haiku, namespace: ai-workloads, creationTimestamp: \"{created}\"}}\nspec: {{podName: p, podUid: u, endpoint: claude-haiku, allocation: {{requestsPerMinute: {rpm}}}{grant}}}\n---\n{SEED}"
+            )
+        };
+        let ledger = |created: &str, rpm: u32| {
+            granted(
+                created,
+                rpm,
+                ", budgetGrant: {day: \"2026-12-06\", daily: \"1.00\"}",
             )
         };
         let now = std::time::SystemTime::now();
@@ -504,7 +530,33 @@ mod tests {
             !waiting(&ledger(&just_now, 0), now + FIRST_SHARE_WAIT),
             "ready after the bound, share or not"
         );
+        assert!(
+            waiting(&granted(&just_now, 12, ""), now),
+            "a share but no grant of the budget yet"
+        );
         assert!(!waiting(SEED, now), "no ledger: the endpoint's own limits");
+        let injected = Catalog::new(
+            "ai-workloads".into(),
+            "p".into(),
+            vec!["claude-haiku".into()],
+        )
+        .with_pod_uid("u".into());
+        let waiting = |yaml: &str, at: std::time::SystemTime| {
+            injected.update(&parse_manifests(yaml).unwrap());
+            injected.snapshot().endpoints["claude-haiku"].awaiting_first_share(at)
+        };
+        assert!(
+            waiting(SEED, now),
+            "an injected pod's ledger is still to come"
+        );
+        assert!(
+            !waiting(SEED, std::time::SystemTime::now() + FIRST_SHARE_WAIT),
+            "ready after the bound, ledger or not"
+        );
+        assert!(
+            !waiting(&ledger(&just_now, 12), now),
+            "its ledger came with a share"
+        );
     }
 
     #[test]

@@ -198,9 +198,10 @@ impl Drop for InFlightPermit {
 /// The limiters of one endpoint, adjusted in place when its limits (or this pod's share) change.
 struct Limiters {
     rate_limit: RateLimit,
-    /// The share being enforced (none: the endpoint's own limits) and the generation of the
-    /// ledger it came from: a share read earlier never replaces a newer one.
-    share: Option<(Allocation, i64)>,
+    /// The share being enforced (none: the endpoint's own limits) and the ledger it came from
+    /// (UID, generation): a share read earlier never replaces a newer one of the same ledger,
+    /// while a ledger created again (deleted by hand) starts its generations afresh.
+    share: Option<(Allocation, (String, i64))>,
     requests: MinuteWindow,
     tokens: Option<TokenBucket>,
     in_flight: Arc<InFlight>,
@@ -248,8 +249,10 @@ impl Limiters {
         let share = endpoint
             .allocation
             .clone()
-            .map(|a| (a, endpoint.allocation_generation));
-        if let (Some((_, applied)), Some((_, offered))) = (&self.share, &share)
+            .map(|a| (a, endpoint.allocation_from.clone()));
+        if let (Some((_, (applied_uid, applied))), Some((_, (offered_uid, offered)))) =
+            (&self.share, &share)
+            && offered_uid == applied_uid
             && offered < applied
         {
             return;
@@ -867,6 +870,37 @@ mod tests {
             self.record(now);
             Ok(())
         }
+    }
+
+    #[test]
+    fn an_older_share_never_replaces_a_newer_one_but_a_recreated_ledger_counts() {
+        let catalog = crate::catalog::Catalog::new(
+            "ai-workloads".into(),
+            "p".into(),
+            vec!["claude-haiku".into()],
+        );
+        let endpoint = include_str!("../../manifests/samples/modelendpoint.yaml");
+        let with_ledger = |uid: &str, generation: i64, rpm: u32| {
+            let yaml = format!(
+                "apiVersion: ai.kernelpanic09.io/v1alpha1\nkind: ModelUsage\nmetadata: {{name: p.claude-haiku, namespace: ai-workloads, uid: {uid}, generation: {generation}}}\nspec: {{podName: p, podUid: u, endpoint: claude-haiku, allocation: {{requestsPerMinute: {rpm}}}}}\n---\n{endpoint}"
+            );
+            catalog.update(&crate::catalog::parse_manifests(&yaml).unwrap());
+            Arc::clone(&catalog.snapshot().endpoints["claude-haiku"])
+        };
+        let ledger = Ledger::default();
+        let enforced =
+            |e: &EndpointConfig| ledger.holding(e).allocation.map(|a| a.requests_per_minute);
+        assert_eq!(enforced(&with_ledger("first", 5, 7)), Some(7));
+        assert_eq!(
+            enforced(&with_ledger("first", 3, 9)),
+            Some(7),
+            "a share read from an older generation is ignored"
+        );
+        assert_eq!(
+            enforced(&with_ledger("again", 1, 2)),
+            Some(2),
+            "a ledger deleted and created again starts at generation 1"
+        );
     }
 
     #[test]

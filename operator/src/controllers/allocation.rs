@@ -15,12 +15,12 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures_util::{Stream, StreamExt, stream};
 use k8s_ai_api::{
-    ModelEndpoint, ModelUsage,
+    ModelEndpoint, ModelUsage, ModelUsageStatus,
     model_endpoint::RateLimit,
     model_usage::{Allocation, BudgetGrant, Demand},
 };
@@ -36,7 +36,8 @@ use super::{Context, Error, cache};
 
 /// How often shares are rebalanced on the demand the sidecars reported.
 pub const INTERVAL: Duration = Duration::from_secs(5);
-/// How often while a pod waits for a share: units move as soon as their holders report them free.
+/// How often while a pod waits for a share, or a round has written shares or grants: units move
+/// as soon as their holders report them free.
 const WAITING_INTERVAL: Duration = Duration::from_secs(1);
 /// A new or departed ledger is acted on after this pause, so a burst of pods is one rebalance.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -47,6 +48,10 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// Shares and grants written at once: a round at thousands of pods takes seconds, not minutes,
 /// and the API server is not flooded.
 const WRITES_IN_FLIGHT: usize = 16;
+/// How long a share of 0 waits to grow to its whole target at once (a new pod's sidecar is not
+/// ready until it has a share, so its app starts with what it is meant to have); after this it
+/// takes what is free, so a pod is never kept waiting on units that stay held elsewhere.
+const WHOLE_SHARE_WAIT: Duration = Duration::from_secs(5);
 
 /// Max-min fair shares of `limit` among pods with these demands (`None`: not reported yet,
 /// counted as an equal share). Every pod keeps one unit when the limit allows, so an idle pod's
@@ -138,9 +143,46 @@ pub fn allocate(
         .collect()
 }
 
-/// Since when each ledger (namespace, name) has wanted more than its share: the longest waiting
-/// are served first, so with more pods than units every pod that asks gets one in turn.
-pub type Waiting = BTreeMap<(String, String), Instant>;
+/// How long a pod keeps units it was just given before they may go round again: a pod refused
+/// for want of a share retries after 2 s (`Retry-After`), and must find the unit still there.
+const HOLD_AT_LEAST: Duration = Duration::from_secs(4);
+
+/// Who waits for units and who was just given some, by ledger (namespace, name), kept from round
+/// to round.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    /// Since when each has wanted more than its share: the longest waiting are served first, so
+    /// with more pods than units every pod that asks gets one in turn.
+    since: BTreeMap<(String, String), Instant>,
+    /// When each waiting pod was last given units: they are not taken back for
+    /// [`HOLD_AT_LEAST`], so the pod can use them (else units would pass from pod to pod faster
+    /// than apps retry, serving nobody).
+    grown: BTreeMap<(String, String), Instant>,
+}
+
+impl Waiting {
+    pub fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
+
+    /// The order in which `key` is given units: recently served pods keep theirs, then the
+    /// longest waiting first (in milliseconds waited), then the content.
+    fn priority(&self, key: &(String, String), now: Instant) -> u64 {
+        if self
+            .grown
+            .get(key)
+            .is_some_and(|at| now.saturating_duration_since(*at) < HOLD_AT_LEAST)
+        {
+            return u64::MAX;
+        }
+        self.since.get(key).map_or(0, |since| {
+            u64::try_from(now.saturating_duration_since(*since).as_millis())
+                .unwrap_or(u64::MAX - 1)
+                .saturating_add(1)
+                .min(u64::MAX - 1)
+        })
+    }
+}
 
 /// The allocations to write, decreases first. Targets are max-min fair by demand (the longest
 /// waiting first when units are too few); requests per minute and concurrency then move
@@ -172,7 +214,10 @@ pub fn plan(
         .flatten()
         .map(|l| (l.namespace().unwrap_or_default(), l.name_any()))
         .collect();
-    waiting.retain(|key, _| live.contains(key));
+    waiting.since.retain(|key, _| live.contains(key));
+    waiting
+        .grown
+        .retain(|key, at| live.contains(key) && now.saturating_duration_since(*at) < HOLD_AT_LEAST);
     let mut changes = Vec::new();
     for endpoint in endpoints {
         let key = (
@@ -199,25 +244,35 @@ fn plan_endpoint(
 ) -> Vec<Change> {
     let mut changes = Vec::new();
     let limit = endpoint.spec.rate_limit.clone().unwrap_or_default();
-    let views: Vec<PodView> = pods.iter().map(|l| PodView::of(l, &limit)).collect();
+    let wall_clock = SystemTime::now();
+    let views: Vec<PodView> = pods
+        .iter()
+        .map(|l| PodView::of(l, &limit, wall_clock))
+        .collect();
     let keys: Vec<(String, String)> = pods
         .iter()
         .map(|l| (namespace.to_owned(), l.name_any()))
         .collect();
-    let priority: Vec<u64> = keys
-        .iter()
-        .map(|k| {
-            waiting.get(k).map_or(0, |since| {
-                u64::try_from(now.saturating_duration_since(*since).as_millis()).unwrap_or(u64::MAX)
-                    + 1
-            })
-        })
-        .collect();
+    let priority: Vec<u64> = keys.iter().map(|k| waiting.priority(k, now)).collect();
     let demands: Vec<Option<Demand>> = pods
         .iter()
         .map(|l| l.status.as_ref().and_then(|s| s.demand.clone()))
         .collect();
-    let targets = allocate(&limit, &demands, &priority);
+    let targets = targets(&limit, pods, &views, &demands, &priority);
+    let waited_briefly: Vec<bool> = keys
+        .iter()
+        .map(|k| {
+            waiting
+                .since
+                .get(k)
+                .is_none_or(|since| now.saturating_duration_since(*since) < WHOLE_SHARE_WAIT)
+        })
+        .collect();
+    let views: Vec<PodView> = views
+        .into_iter()
+        .zip(&waited_briefly)
+        .map(|(v, &brief)| v.whole_only(brief))
+        .collect();
     let mut order: Vec<usize> = (0..pods.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(priority[i]));
     let requests = move_exactly(
@@ -260,13 +315,19 @@ fn plan_endpoint(
             || concurrency
                 .as_ref()
                 .is_some_and(|c| c[i] > views[i].concurrency.share);
+        // A pod that waited and is given units keeps them a while (a share that merely grows
+        // with demand does not: it would hold its units against the pods waiting).
+        let handed_over = grows && waiting.since.contains_key(&keys[i]);
         if grows || !still_waiting {
             // Served, or content: its wait is over (it starts again, last in line, if it
             // still wants more).
-            waiting.remove(&keys[i]);
+            waiting.since.remove(&keys[i]);
+        }
+        if handed_over {
+            waiting.grown.insert(keys[i].clone(), now);
         }
         if still_waiting {
-            waiting.entry(keys[i].clone()).or_insert(now);
+            waiting.since.entry(keys[i].clone()).or_insert(now);
         }
         if current == Some(&share) {
             continue;
@@ -286,6 +347,107 @@ fn plan_endpoint(
     changes
 }
 
+/// Each pod's target: its fair share by demand among the pods whose sidecar runs (a stopped
+/// one, whose last report closed its ledger, is due nothing), or the share it holds where a limit
+/// is settled.
+fn targets(
+    limit: &RateLimit,
+    pods: &[&ModelUsage],
+    views: &[PodView],
+    demands: &[Option<Demand>],
+    priority: &[u64],
+) -> Vec<Allocation> {
+    let closed: Vec<bool> = pods.iter().map(|l| is_closed(l)).collect();
+    let live: Vec<usize> = (0..pods.len()).filter(|&i| !closed[i]).collect();
+    let live_targets = allocate(
+        limit,
+        &live.iter().map(|&i| demands[i].clone()).collect::<Vec<_>>(),
+        &live.iter().map(|&i| priority[i]).collect::<Vec<_>>(),
+    );
+    let mut targets = vec![
+        Allocation {
+            requests_per_minute: 0,
+            tokens_per_minute: limit.tokens_per_minute.map(|_| 0),
+            max_concurrency: limit.max_concurrency.map(|_| 0),
+        };
+        pods.len()
+    ];
+    for (&i, target) in live.iter().zip(live_targets) {
+        targets[i] = target;
+    }
+    // Settled shares are kept, unless a stopped sidecar still has one to take back.
+    if !closed
+        .iter()
+        .zip(views)
+        .any(|(c, v)| *c && v.requests.share > 0)
+    {
+        keep_settled_shares(&mut targets, views, pods, demands);
+    }
+    targets
+}
+
+/// Whether one limit's shares can stay as they are: every unit is handed out as the targets
+/// would, nobody wants more than its share, and nobody whose target is above 0 is left at 0.
+/// Demand moves a little every round; rewriting every share for it would cost a write per pod
+/// per round and move nothing anybody needs.
+fn settled(shares: &[u64], targets: &[u64], wants_more: &[bool]) -> bool {
+    shares.iter().sum::<u64>() == targets.iter().sum::<u64>()
+        && !wants_more.iter().any(|w| *w)
+        && shares.iter().zip(targets).all(|(s, t)| *s > 0 || *t == 0)
+}
+
+/// Replaces the targets of each settled limit by the shares in force (see [`settled`]).
+fn keep_settled_shares(
+    targets: &mut [Allocation],
+    views: &[PodView],
+    pods: &[&ModelUsage],
+    demands: &[Option<Demand>],
+) {
+    let requests: Vec<u64> = views.iter().map(|v| v.requests.share).collect();
+    let wanted: Vec<bool> = views.iter().map(|v| v.requests.wants_more).collect();
+    let requests_targets: Vec<u64> = targets
+        .iter()
+        .map(|t| u64::from(t.requests_per_minute))
+        .collect();
+    if settled(&requests, &requests_targets, &wanted) {
+        for (t, share) in targets.iter_mut().zip(&requests) {
+            t.requests_per_minute = u32::try_from(*share).unwrap_or(u32::MAX);
+        }
+    }
+    if targets.iter().all(|t| t.max_concurrency.is_some()) {
+        let shares: Vec<u64> = views.iter().map(|v| v.concurrency.share).collect();
+        let wanted: Vec<bool> = views.iter().map(|v| v.concurrency.wants_more).collect();
+        let wanted_targets: Vec<u64> = targets
+            .iter()
+            .map(|t| u64::from(t.max_concurrency.unwrap_or_default()))
+            .collect();
+        if settled(&shares, &wanted_targets, &wanted) {
+            for (t, share) in targets.iter_mut().zip(&shares) {
+                t.max_concurrency = Some(u32::try_from(*share).unwrap_or(u32::MAX));
+            }
+        }
+    }
+    // Tokens per minute are not moved by hand-over; only a share of the limit already in force
+    // is kept (a new pod's 0, or a limit added, takes the target).
+    let tokens: Option<Vec<u64>> = pods
+        .iter()
+        .map(|l| l.spec.allocation.as_ref().and_then(|a| a.tokens_per_minute))
+        .collect();
+    let tokens_targets: Option<Vec<u64>> = targets.iter().map(|t| t.tokens_per_minute).collect();
+    if let (Some(shares), Some(wanted_targets)) = (tokens, tokens_targets) {
+        let wanted: Vec<bool> = demands
+            .iter()
+            .zip(&shares)
+            .map(|(d, share)| d.as_ref().is_some_and(|d| d.tokens_per_minute > *share))
+            .collect();
+        if settled(&shares, &wanted_targets, &wanted) {
+            for (t, share) in targets.iter_mut().zip(shares) {
+                t.tokens_per_minute = Some(share);
+            }
+        }
+    }
+}
+
 /// One pod's standing in one limit (requests per minute, or calls in flight).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Standing {
@@ -299,6 +461,9 @@ pub struct Standing {
     pub acked: bool,
     /// Whether it asked for more than its share recently.
     pub wants_more: bool,
+    /// Whether its share, now 0, may only grow to its whole target at once (the units free
+    /// meanwhile are kept for it).
+    pub whole_only: bool,
 }
 
 /// What the plan reads of one ledger.
@@ -307,8 +472,20 @@ struct PodView {
     concurrency: Standing,
 }
 
+/// Whether the ledger's sidecar has stopped: its last report closed the ledger.
+fn is_closed(ledger: &ModelUsage) -> bool {
+    ledger.status.as_ref().is_some_and(|s| s.closed)
+}
+
+/// How long after its last report a stopped sidecar's requests may still count in the
+/// endpoint's rolling minute (the sidecar counts a request for up to 61 s).
+const ROLLING_MINUTE_SECONDS: i64 = 61;
+
 impl PodView {
-    fn of(ledger: &ModelUsage, limit: &RateLimit) -> Self {
+    fn of(ledger: &ModelUsage, limit: &RateLimit, now: SystemTime) -> Self {
+        if let Some(status) = ledger.status.as_ref().filter(|s| s.closed) {
+            return PodView::stopped(ledger, status, now);
+        }
         let whole_rpm = u64::from(limit.requests_per_minute);
         let whole_concurrency = u64::from(limit.max_concurrency.unwrap_or(u32::MAX));
         let spec = ledger.spec.allocation.as_ref();
@@ -333,6 +510,7 @@ impl PodView {
                     committed: share.max(enforced).max(held),
                     acked: status.is_none() || enforced == share,
                     wants_more: wanted > share,
+                    whole_only: false,
                 }
             };
         let requests = standing(
@@ -360,14 +538,71 @@ impl PodView {
         }
     }
 
+    /// A stopped sidecar: nothing in flight, and nothing in the rolling minute once a minute has
+    /// passed since its last report; its share is taken back at once (nobody enforces it).
+    fn stopped(ledger: &ModelUsage, status: &ModelUsageStatus, now: SystemTime) -> Self {
+        let spec = ledger.spec.allocation.as_ref();
+        let minute_over = status
+            .reported_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|at| {
+                let since = now
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                at.as_second().saturating_add(ROLLING_MINUTE_SECONDS) <= since
+            });
+        let requests = spec.map_or(0, |a| u64::from(a.requests_per_minute));
+        // A sidecar that did not report what it held: all of its share.
+        let held = if minute_over {
+            0
+        } else {
+            status
+                .holding
+                .as_ref()
+                .map_or(requests, |h| u64::from(h.requests_in_last_minute))
+        };
+        PodView {
+            requests: Standing {
+                share: requests,
+                committed: held,
+                acked: true,
+                wants_more: false,
+                whole_only: false,
+            },
+            concurrency: Standing {
+                share: spec.and_then(|a| a.max_concurrency).map_or(0, u64::from),
+                committed: 0,
+                acked: true,
+                wants_more: false,
+                whole_only: false,
+            },
+        }
+    }
+
     fn wants_more(&self) -> bool {
         self.requests.wants_more || self.concurrency.wants_more
+    }
+
+    /// A share of 0 grows only whole while `waited_briefly`: a partial first share would let a
+    /// new pod's sidecar turn ready, and its app start into refusals.
+    fn whole_only(self, waited_briefly: bool) -> Self {
+        let whole = |s: Standing| Standing {
+            whole_only: waited_briefly && s.share == 0,
+            ..s
+        };
+        PodView {
+            requests: whole(self.requests),
+            concurrency: whole(self.concurrency),
+        }
     }
 }
 
 /// The new shares of one limit: each pod moves toward its target, a share shrinks only where
 /// its sidecar has acknowledged the current one, and grows (the longest waiting first, in
-/// `order`) only into what no pod may be using, so the committed units never pass `limit`.
+/// `order`) only into what no pod may be using, so the committed units never pass `limit`. A
+/// share that may only grow whole and cannot yet keeps what is free for itself, so the pods
+/// after it cannot take the units it waits for.
 pub fn move_exactly(
     limit: u64,
     standings: &[Standing],
@@ -389,6 +624,10 @@ pub fn move_exactly(
         // The largest share up to the target whose extra commitment fits in what is free.
         let reach = committed[i] + free;
         let grown = targets[i].min(reach);
+        if standings[i].whole_only && grown < targets[i] {
+            free = 0;
+            continue;
+        }
         if grown > shares[i] {
             let extra = grown.max(committed[i]) - committed[i];
             shares[i] = grown;
@@ -578,13 +817,14 @@ pub fn grant_patch(read: Option<&ModelUsage>, grant: &BudgetGrant) -> serde_json
     json!({ "metadata": { "resourceVersion": version }, "spec": { "budgetGrant": grant } })
 }
 
-/// Tops up the budget grants of every budgeted endpoint: the endpoints read [`WRITES_IN_FLIGHT`]
-/// at a time, then the grants written as many at a time (grants only grow, so in any order).
+/// Tops up (or cuts back) the budget grants of every budgeted endpoint: the endpoints read
+/// [`WRITES_IN_FLIGHT`] at a time, then the grants written as many at a time (a grant grows only
+/// into budget no pod may be spending, so in any order). Also whether any write was planned.
 async fn write_grants(
     ctx: &Context,
     endpoints: &[Arc<ModelEndpoint>],
     snapshot: &[Arc<ModelUsage>],
-) -> Vec<Written> {
+) -> (Vec<Written>, bool) {
     let planned: Vec<Result<Vec<Write>, Error>> =
         stream::iter(endpoints.iter().filter(|e| e.spec.cost_budget.is_some()))
             .map(|endpoint| grants(ctx, endpoint, snapshot))
@@ -601,12 +841,13 @@ async fn write_grants(
             }
         }
     }
+    let planned = !writes.is_empty();
     let (written, outcome) = write_all(ctx, writes).await;
     if let Err(e) = outcome {
         ctx.metrics.reconcile_failed("Allocation", e.category());
         tracing::warn!(error = %e, "writing budget grants failed; retrying at the next rebalance");
     }
-    written
+    (written, planned)
 }
 
 /// Keeps every live ledger's share up to date until the process ends.
@@ -666,8 +907,10 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Nothing is decided before both lists are complete (an absent ledger would mean nothing).
     let mut endpoints_listed = false;
-    let mut waiting = Waiting::new();
+    let mut waiting = Waiting::default();
     let mut last_written: Vec<Written> = Vec::new();
+    // Whether the last round planned writes (done, or refused as the ledger had changed).
+    let mut moving = false;
     loop {
         tokio::select! {
             event = events.next() => match event {
@@ -678,7 +921,9 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
             },
             () = wake.notified() => {}
             _ = tick.tick() => {}
-            () = tokio::time::sleep(WAITING_INTERVAL), if !waiting.is_empty() => {}
+            // Pods waiting for units, or shares and grants on the move (the sidecars acknowledge
+            // writes within moments; a refused write is planned again): the next round soon.
+            () = tokio::time::sleep(WAITING_INTERVAL), if !waiting.is_empty() || moving => {}
         }
         if !endpoints_listed || !ledgers_listed.load(Ordering::Acquire) {
             continue;
@@ -708,14 +953,19 @@ async fn rebalance(ctx: &Context, wake: &Notify, ledgers_listed: &AtomicBool) {
         let _timer = ctx.metrics.reconcile_started("Allocation");
         let snapshot = ctx.ledgers.state();
         let budgeted = endpoints.state();
+        // Grants first: each is conditional on the ledger as read, which this round's share
+        // write would change (so a grant written after it would always be refused).
+        let (granted, grants_planned) = write_grants(ctx, &budgeted, &snapshot).await;
         let changes = plan(&budgeted, &snapshot, &mut waiting, Instant::now());
+        let shares_planned = !changes.is_empty();
         let (written, outcome) = write(ctx, changes).await;
         if let Err(e) = outcome {
             ctx.metrics.reconcile_failed("Allocation", e.category());
             tracing::warn!(error = %e, "writing allocations failed; retrying at the next rebalance");
         }
-        last_written = written;
-        last_written.extend(write_grants(ctx, &budgeted, &snapshot).await);
+        last_written = granted;
+        last_written.extend(written);
+        moving = shares_planned || grants_planned;
     }
 }
 
@@ -828,7 +1078,7 @@ mod tests {
         };
         // b holds a share of 0 (it was refused for want of one); a holds the whole minute and
         // has used 20 of it.
-        let mut waiting = Waiting::new();
+        let mut waiting = Waiting::default();
         let ledgers = vec![
             ledger("a", &share(60), Some(&share(60)), 20, Some(500)),
             ledger("b", &share(0), None, 0, None),
@@ -869,13 +1119,214 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_unit_just_handed_over_stays_long_enough_to_be_used() {
+        // One request a minute, two pods that both want it: a holds it, b waits.
+        let endpoint: Arc<ModelEndpoint> = Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
+                "metadata": { "name": "e", "namespace": "ns" },
+                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 1 } },
+            }))
+            .unwrap(),
+        );
+        let share = |rpm| Allocation {
+            requests_per_minute: rpm,
+            ..Allocation::default()
+        };
+        let pod = |name, rpm, held| ledger(name, &share(rpm), Some(&share(rpm)), held, Some(1));
+        let written = |changes: Vec<Change>| -> Vec<(String, u32)> {
+            changes
+                .into_iter()
+                .map(|c| (c.ledger, c.allocation.requests_per_minute))
+                .collect()
+        };
+        let mut waiting = Waiting::default();
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let round = |pods: &[Arc<ModelUsage>], waiting: &mut Waiting, t| {
+            written(plan(std::slice::from_ref(&endpoint), pods, waiting, t))
+        };
+        assert_eq!(
+            round(&[pod("a", 1, 0), pod("b", 0, 0)], &mut waiting, at(0)),
+            [("a".to_owned(), 0)],
+            "a's unit is taken back for b"
+        );
+        assert_eq!(
+            round(&[pod("a", 0, 0), pod("b", 0, 0)], &mut waiting, at(1)),
+            [("b".to_owned(), 1)],
+            "a reported it free: b's"
+        );
+        assert!(
+            round(&[pod("a", 0, 0), pod("b", 1, 1)], &mut waiting, at(3)).is_empty(),
+            "a now waits, but b keeps the unit it was just given"
+        );
+        assert_eq!(
+            round(
+                &[pod("a", 0, 0), pod("b", 1, 1)],
+                &mut waiting,
+                at(2) + HOLD_AT_LEAST
+            ),
+            [("b".to_owned(), 0)],
+            "then it goes round again"
+        );
+    }
+
+    #[test]
+    fn demand_that_moves_within_the_shares_rewrites_nothing() {
+        let endpoint: Arc<ModelEndpoint> = Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
+                "metadata": { "name": "e", "namespace": "ns" },
+                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 60 } },
+            }))
+            .unwrap(),
+        );
+        let share = |rpm| Allocation {
+            requests_per_minute: rpm,
+            ..Allocation::default()
+        };
+        let round = |a_wants, b_wants| {
+            let pods = [
+                ledger("a", &share(30), Some(&share(30)), 0, Some(a_wants)),
+                ledger("b", &share(30), Some(&share(30)), 0, Some(b_wants)),
+            ];
+            plan(
+                std::slice::from_ref(&endpoint),
+                &pods,
+                &mut Waiting::default(),
+                Instant::now(),
+            )
+            .into_iter()
+            .map(|c| (c.ledger, c.allocation.requests_per_minute))
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(fair_shares(60, &[Some(10), Some(12)]), [29, 31]);
+        assert!(round(10, 12).is_empty(), "both within their shares");
+        assert_eq!(
+            round(10, 45),
+            [("a".to_owned(), 12)],
+            "b wants more: a's share is taken back first (b grows once a reports it)"
+        );
+    }
+
+    #[test]
+    fn a_stopped_sidecars_share_goes_to_the_others_once_its_minute_is_over() {
+        let endpoint: Arc<ModelEndpoint> = Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
+                "metadata": { "name": "e", "namespace": "ns" },
+                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 60, "maxConcurrency": 2 } },
+            }))
+            .unwrap(),
+        );
+        // A Job's pod: its sidecar reported 20 requests in its last minute and closed the ledger.
+        let stopped = |reported: jiff::Timestamp| -> Arc<ModelUsage> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelUsage",
+                    "metadata": { "name": "job", "namespace": "ns" },
+                    "spec": { "podName": "job", "podUid": "u", "endpoint": "e",
+                              "allocation": { "requestsPerMinute": 60, "maxConcurrency": 2 } },
+                    "status": { "closed": true, "sequence": 9, "reportedAt": reported.to_string(),
+                                "holding": { "allocation": { "requestsPerMinute": 60, "maxConcurrency": 2 }, "requestsInLastMinute": 20 } },
+                }))
+                .unwrap(),
+            )
+        };
+        let newcomer: Arc<ModelUsage> = Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelUsage",
+                "metadata": { "name": "web", "namespace": "ns" },
+                "spec": { "podName": "web", "podUid": "v", "endpoint": "e",
+                          "allocation": { "requestsPerMinute": 0, "tokensPerMinute": 0, "maxConcurrency": 0 } },
+            }))
+            .unwrap(),
+        );
+        let round = |reported| {
+            plan(
+                std::slice::from_ref(&endpoint),
+                &[stopped(reported), Arc::clone(&newcomer)],
+                &mut Waiting::default(),
+                Instant::now(),
+            )
+            .into_iter()
+            .map(|c| {
+                (
+                    c.ledger,
+                    c.allocation.requests_per_minute,
+                    c.allocation.max_concurrency,
+                )
+            })
+            .collect::<Vec<_>>()
+        };
+        let now = jiff::Timestamp::now();
+        assert_eq!(
+            round(now),
+            [
+                ("job".to_owned(), 0, Some(0)),
+                ("web".to_owned(), 0, Some(2))
+            ],
+            "its calls in flight are over, its 20 requests still count: web waits for 60 whole"
+        );
+        assert_eq!(
+            round(now - jiff::SignedDuration::from_secs(62)),
+            [
+                ("job".to_owned(), 0, Some(0)),
+                ("web".to_owned(), 60, Some(2))
+            ],
+            "a minute later the whole limit is web's"
+        );
+    }
+
     fn standing(share: u64, committed: u64, acked: bool) -> Standing {
         Standing {
             share,
             committed,
             acked,
             wants_more: false,
+            whole_only: false,
         }
+    }
+
+    #[test]
+    fn a_first_share_comes_whole_and_the_pods_behind_it_wait() {
+        // Four units: a holds three of them (its share is already down to 2), the new pod b wants
+        // 2 whole, c (behind b) wants 1.
+        let new = Standing {
+            whole_only: true,
+            ..standing(0, 0, true)
+        };
+        let (targets, order) = ([2, 2, 1], [1, 2, 0]);
+        let shares = move_exactly(
+            4,
+            &[standing(2, 3, true), new, standing(0, 0, true)],
+            &targets,
+            &order,
+        );
+        assert_eq!(
+            shares,
+            [2, 0, 0],
+            "one unit free: b waits for two, c may not take it"
+        );
+        let shares = move_exactly(
+            4,
+            &[standing(2, 2, true), new, standing(0, 0, true)],
+            &targets,
+            &order,
+        );
+        assert_eq!(shares, [2, 2, 0], "a let go: b gets both at once");
+        let partial = Standing {
+            whole_only: false,
+            ..new
+        };
+        let shares = move_exactly(
+            4,
+            &[standing(2, 3, true), partial, standing(0, 0, true)],
+            &targets,
+            &order,
+        );
+        assert_eq!(shares, [2, 1, 0], "after its wait b takes what is free");
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Holder {
     /// Whether its sidecar enforces the grant in the spec (or has not started): only then may
     /// the grant be lowered.
     pub acked: bool,
+    /// Whether its sidecar has stopped (its last report closed the ledger): it spends nothing
+    /// more, so its grant comes down to what it spent and it gets no headroom.
+    pub closed: bool,
 }
 
 /// New grants for one period's `budget`, of which retired pods used `retired`, pods in the order
@@ -42,16 +45,28 @@ pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Deci
     // grant and the one its sidecar still enforces.
     let mut grants: Vec<Decimal> = holders
         .iter()
-        .map(|h| h.grant.unwrap_or(h.spent).max(h.spent))
+        .map(|h| {
+            if h.closed {
+                h.spent
+            } else {
+                h.grant.unwrap_or(h.spent).max(h.spent)
+            }
+        })
         .collect();
     let committed: Decimal = holders
         .iter()
         .zip(&grants)
-        .map(|(h, g)| (*g).max(h.enforced))
+        .map(|(h, g)| {
+            if h.closed {
+                h.spent
+            } else {
+                (*g).max(h.enforced)
+            }
+        })
         .sum();
     let mut pool = (budget - retired - committed).max(Decimal::ZERO);
     let unspent = budget - retired - holders.iter().map(|h| h.spent).sum::<Decimal>();
-    let pods = Decimal::from(holders.len() + 1);
+    let pods = Decimal::from(holders.iter().filter(|h| !h.closed).count() + 1);
     let slice = (unspent.max(Decimal::ZERO) / pods)
         .min(budget / Decimal::from(HEADROOM_PARTS))
         .round_dp_with_strategy(MONEY_MAX_SCALE, RoundingStrategy::ToZero);
@@ -62,6 +77,7 @@ pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Deci
     let short: Decimal = holders
         .iter()
         .zip(&grants)
+        .filter(|(h, _)| !h.closed)
         .map(|(h, g)| {
             let headroom = *g - h.spent;
             if h.wanted > headroom || headroom * Decimal::TWO < slice {
@@ -95,7 +111,7 @@ pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Deci
     for &i in &order {
         let h = &holders[i];
         let need = h.spent + h.wanted - grants[i];
-        if h.wanted > Decimal::ZERO && need > Decimal::ZERO && need <= pool {
+        if !h.closed && h.wanted > Decimal::ZERO && need > Decimal::ZERO && need <= pool {
             grants[i] += need;
             pool -= need;
         }
@@ -103,7 +119,7 @@ pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Deci
     // Then headroom for each pod: an even slice of what is unspent (one slice kept back for a
     // newcomer), at most a twentieth of the budget. Small grants renewed at every round keep an
     // idle pod from sitting on budget a busy one needs.
-    for (i, h) in holders.iter().enumerate() {
+    for (i, h) in holders.iter().enumerate().filter(|(_, h)| !h.closed) {
         let raise = (h.spent + slice - grants[i]).max(Decimal::ZERO).min(pool);
         grants[i] += raise;
         pool -= raise;
@@ -112,7 +128,7 @@ pub fn share(budget: Decimal, retired: Decimal, holders: &[Holder]) -> (Vec<Deci
     // headroom that can be cut back from the others.
     let headroom = |i: usize| grants[i] - holders[i].spent;
     let smallest_unmet = (0..holders.len())
-        .filter(|&i| holders[i].wanted > headroom(i))
+        .filter(|&i| !holders[i].closed && holders[i].wanted > headroom(i))
         .map(|i| holders[i].wanted - headroom(i))
         .min();
     let exhausted = unspent <= Decimal::ZERO
@@ -185,6 +201,7 @@ fn holder(l: &ModelUsage, period: &str, is_day: bool, day: &str) -> Holder {
             (true, false) => grant.unwrap_or_default(),
         },
         acked: !reported || status.holding.is_none() || enforced == grant,
+        closed: status.closed,
     }
 }
 
@@ -364,7 +381,33 @@ mod tests {
             wanted: d(wanted),
             enforced: grant.map(d).unwrap_or_default(),
             acked: true,
+            closed: false,
         }
+    }
+
+    #[test]
+    fn a_stopped_pods_headroom_goes_to_the_others() {
+        // Two pods hold the whole budget; the first has stopped after spending 0.002.
+        let stopped = Holder {
+            closed: true,
+            ..holder("0.002", Some("0.005"), "0")
+        };
+        let (grants, exhausted) = share(
+            d("0.01"),
+            Decimal::ZERO,
+            &[
+                stopped,
+                holder("0", Some("0.005"), "0"),
+                holder("0", None, "0"),
+            ],
+        );
+        assert_eq!(grants[0], d("0.002"), "down to what it spent, no headroom");
+        assert!(
+            grants[2] > Decimal::ZERO,
+            "the newcomer gets headroom: {grants:?}"
+        );
+        assert!(grants.iter().sum::<Decimal>() <= d("0.01"), "{grants:?}");
+        assert!(!exhausted);
     }
 
     #[test]

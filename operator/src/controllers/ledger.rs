@@ -12,7 +12,7 @@ use futures_util::Stream;
 use k8s_ai_api::{
     ModelEndpoint, ModelUsage, ModelUsageStatus, Money,
     model_endpoint::RetiredUsage,
-    model_usage::{ModelUsageSpec, PeriodUsage, ledger_name},
+    model_usage::{Allocation, ModelUsageSpec, PeriodUsage, ledger_name},
 };
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
@@ -94,9 +94,15 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, Error> {
         ledger.metadata.finalizers = Some(vec![super::fold::FINALIZER.into()]);
         let written = match cached.and_then(|l| l.resource_version()) {
             None => {
-                // Born without a share: until the operator's next rebalance gives it one (within
-                // moments) the sidecar enforces the endpoint's own figures, and the rebalance
-                // counts the whole limit as this pod's meanwhile.
+                // Born with a share of 0: its sidecar admits nothing, and is not ready, until the
+                // rebalance hands it its whole share out of units the other pods have let go of,
+                // so a burst of new pods cannot pass the endpoint's limit. (A ledger without a
+                // share, as the operator wrote them before, enforces the endpoint's own limits.)
+                ledger.spec.allocation = Some(Allocation {
+                    requests_per_minute: 0,
+                    tokens_per_minute: Some(0),
+                    max_concurrency: Some(0),
+                });
                 let params = PostParams {
                     field_manager: Some(MANAGER.into()),
                     ..PostParams::default()
