@@ -1,5 +1,6 @@
 # k8s-ai-operator — one entry point for building and testing.
 #   make demo          the seed README's quick start on a local one-node cluster (KEEP=1 leaves it running)
+#   make check         the fast inner loop: fmt, clippy, unit and in-process tests (no cluster, no apt)
 #   make test          everything CI runs: deps, fmt, clippy, unit and end-to-end tests
 #   make cluster-up    start the one-node test cluster where pods run (e2e/node.sh), idempotent
 #   make cluster-down  stop it, leaving nothing behind
@@ -113,6 +114,10 @@ bench-ledger: ## 5,000 ModelUsages across 100 endpoints: status lag, operator RS
 .PHONY: bench
 bench: ## Sidecar vs LiteLLM (and emulator floor) in one run; writes docs/benchmarks.md
 	e2e/bench/compare.sh
+
+.PHONY: check
+check: ## The fast inner loop: fmt, clippy, unit and in-process tests; no cluster, no apt (scripts/check.sh)
+	scripts/check.sh
 
 .PHONY: test
 test: deps ## Run everything: fmt, clippy, unit tests, end-to-end tests on the real control plane
