@@ -1029,6 +1029,26 @@ mod tests {
         );
     }
 
+    /// Endpoint `e` in namespace `ns` with this `rateLimit`.
+    fn limited_endpoint(rate_limit: &serde_json::Value) -> Arc<ModelEndpoint> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
+                "metadata": { "name": "e", "namespace": "ns" },
+                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": rate_limit },
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// A share of requests per minute alone.
+    fn rpm_share(rpm: u32) -> Allocation {
+        Allocation {
+            requests_per_minute: rpm,
+            ..Allocation::default()
+        }
+    }
+
     /// A ledger whose spec holds `allocation`, and whose sidecar reported enforcing `enforced`
     /// with `held` requests in its last minute (no report at all when `enforced` is `None`).
     fn ledger(
@@ -1058,18 +1078,8 @@ mod tests {
 
     #[test]
     fn plan_writes_only_changes_and_shrinks_first() {
-        let endpoint: Arc<ModelEndpoint> = Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
-                "metadata": { "name": "e", "namespace": "ns" },
-                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 60 } },
-            }))
-            .unwrap(),
-        );
-        let share = |rpm| Allocation {
-            requests_per_minute: rpm,
-            ..Allocation::default()
-        };
+        let endpoint = limited_endpoint(&json!({ "requestsPerMinute": 60 }));
+        let share = rpm_share;
         let written = |changes: Vec<Change>| -> Vec<(String, u32, bool)> {
             changes
                 .into_iter()
@@ -1122,18 +1132,8 @@ mod tests {
     #[test]
     fn a_unit_just_handed_over_stays_long_enough_to_be_used() {
         // One request a minute, two pods that both want it: a holds it, b waits.
-        let endpoint: Arc<ModelEndpoint> = Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
-                "metadata": { "name": "e", "namespace": "ns" },
-                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 1 } },
-            }))
-            .unwrap(),
-        );
-        let share = |rpm| Allocation {
-            requests_per_minute: rpm,
-            ..Allocation::default()
-        };
+        let endpoint = limited_endpoint(&json!({ "requestsPerMinute": 1 }));
+        let share = rpm_share;
         let pod = |name, rpm, held| ledger(name, &share(rpm), Some(&share(rpm)), held, Some(1));
         let written = |changes: Vec<Change>| -> Vec<(String, u32)> {
             changes
@@ -1174,18 +1174,8 @@ mod tests {
 
     #[test]
     fn demand_that_moves_within_the_shares_rewrites_nothing() {
-        let endpoint: Arc<ModelEndpoint> = Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
-                "metadata": { "name": "e", "namespace": "ns" },
-                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 60 } },
-            }))
-            .unwrap(),
-        );
-        let share = |rpm| Allocation {
-            requests_per_minute: rpm,
-            ..Allocation::default()
-        };
+        let endpoint = limited_endpoint(&json!({ "requestsPerMinute": 60 }));
+        let share = rpm_share;
         let round = |a_wants, b_wants| {
             let pods = [
                 ledger("a", &share(30), Some(&share(30)), 0, Some(a_wants)),
@@ -1212,14 +1202,7 @@ mod tests {
 
     #[test]
     fn a_stopped_sidecars_share_goes_to_the_others_once_its_minute_is_over() {
-        let endpoint: Arc<ModelEndpoint> = Arc::new(
-            serde_json::from_value(json!({
-                "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "ModelEndpoint",
-                "metadata": { "name": "e", "namespace": "ns" },
-                "spec": { "modelId": "m", "region": "us-east-1", "rateLimit": { "requestsPerMinute": 60, "maxConcurrency": 2 } },
-            }))
-            .unwrap(),
-        );
+        let endpoint = limited_endpoint(&json!({ "requestsPerMinute": 60, "maxConcurrency": 2 }));
         // A Job's pod: its sidecar reported 20 requests in its last minute and closed the ledger.
         let stopped = |reported: jiff::Timestamp| -> Arc<ModelUsage> {
             Arc::new(
