@@ -473,5 +473,5 @@ def test_sidecar_follows_the_kubelets_token_rotation(node, rotation_pod):
     assert answer["stopReason"] == "end_turn"
     assert refreshes() > before, "the call was served without a credential refresh"
     failed = [r for r in node.emulator.admin("/_emulator/requests?operation=AssumeRoleWithWebIdentity")
-              if r.get("error") and r["at_unix_ms"] / 1000 > first["exp"]]
+              if r.get("error") and r["atUnixMs"] / 1000 > first["exp"]]
     assert not failed, f"STS refused a sign-in after the first token expired (the old token presented?): {failed}"
