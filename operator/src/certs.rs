@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -280,4 +281,30 @@ pub fn set_expiry(metrics: &Metrics, bundle: &Bundle) {
     metrics
         .certificate_expiry
         .set(i64::try_from(secs).unwrap_or(i64::MAX));
+}
+
+/// Re-reads the certificate files of `--cert-mode files` when they change (cert-manager renews
+/// them in place); a pair that cannot be read or used leaves the previous one serving.
+pub async fn reload_on_change(cert: Arc<ReloadableCert>, cert_file: PathBuf, key_file: PathBuf) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = (modified(&cert_file), modified(&key_file));
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = (modified(&cert_file), modified(&key_file));
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let loaded = std::fs::read_to_string(&cert_file)
+            .and_then(|c| Ok((c, std::fs::read_to_string(&key_file)?)));
+        match loaded {
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the TLS certificate or key; kept the previous TLS certificate");
+            }
+            Ok((c, k)) => match cert.replace(&c, &k) {
+                Ok(()) => tracing::info!("reloaded the webhook's TLS certificate"),
+                Err(e) => tracing::warn!(error = %e, "kept the previous TLS certificate"),
+            },
+        }
+    }
 }

@@ -7,31 +7,20 @@ use std::{
     io::Write,
     net::SocketAddr,
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
-use axum::{
-    http::{HeaderMap, StatusCode, header},
-    routing::get,
-};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use k8s_ai_api::ModelUsage;
 use k8s_ai_api::model_endpoint::ModelEndpoint;
 use k8s_ai_operator::{
+    admin::{Health, admin_server},
     certs::{self, SelfManaged},
-    controllers::{self, Context, cache::Shared},
+    leader::{LeadError, Leadership, lead},
     metrics::Metrics,
-    webhook::{
-        inject::{INJECTED_LABEL, InjectSettings},
-        server,
-    },
+    webhook::{inject::InjectSettings, server},
 };
-use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api,
     runtime::{
@@ -289,10 +278,8 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 enum Error {
     #[error("cannot reach the Kubernetes API server")]
     Kube(#[from] kube::Error),
-    #[error("leader election failed")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
-    #[error("lost the leader Lease; exiting so that the new leader alone runs the controllers")]
-    LostLeadership,
+    #[error(transparent)]
+    Lead(#[from] LeadError),
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot read the TLS certificate or key")]
@@ -361,13 +348,6 @@ fn init_logging(args: &ServeArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// The leader election settings of `run`.
-struct Leadership {
-    enabled: bool,
-    lease_name: String,
-    identity: String,
-}
-
 async fn run(args: RunArgs) -> Result<(), Error> {
     let identity = if args.identity.is_empty() {
         format!("k8s-ai-operator-{}", std::process::id())
@@ -404,7 +384,8 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
         Arc::clone(&metrics),
         Arc::clone(&health),
         endpoints.clone(),
-    )?;
+    )
+    .map_err(|e| Error::Listen(args.metrics_listen, e))?;
     tokio::spawn(admin);
 
     let serving = serving_certificate(&args, client.as_ref(), &metrics).await?;
@@ -428,7 +409,7 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
 
     let outcome = if let (Some(leadership), Some(client)) = (leadership, client) {
         tokio::select! {
-            result = lead(client, &args.namespace, leadership, Arc::clone(&metrics)) => result,
+            result = lead(client, &args.namespace, leadership, Arc::clone(&metrics)) => result.map_err(Error::from),
             () = shutdown_signal() => Ok(()),
         }
     } else {
@@ -526,7 +507,7 @@ async fn serving_certificate(
         (CertMode::Files, _, Some(cert_file), Some(key_file)) => {
             let read = |p: &PathBuf| std::fs::read_to_string(p).map_err(Error::TlsFiles);
             let cert = Arc::new(ReloadableCert::new(&read(cert_file)?, &read(key_file)?)?);
-            tokio::spawn(reload_on_change(
+            tokio::spawn(certs::reload_on_change(
                 Arc::clone(&cert),
                 cert_file.clone(),
                 key_file.clone(),
@@ -577,169 +558,4 @@ async fn serving_certificate(
             "no certificate source: use --cert-mode files with --tls-cert-file and --tls-key-file",
         ))),
     }
-}
-
-/// Re-reads the certificate files when they change (cert-manager renews them in place).
-async fn reload_on_change(cert: Arc<ReloadableCert>, cert_file: PathBuf, key_file: PathBuf) {
-    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut seen = (modified(&cert_file), modified(&key_file));
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let now = (modified(&cert_file), modified(&key_file));
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        let loaded = std::fs::read_to_string(&cert_file)
-            .and_then(|c| Ok((c, std::fs::read_to_string(&key_file)?)));
-        match loaded
-            .map_err(Error::TlsFiles)
-            .and_then(|(c, k)| cert.replace(&c, &k).map_err(Error::from))
-        {
-            Ok(()) => tracing::info!("reloaded the webhook's TLS certificate"),
-            Err(e) => tracing::warn!(error = %e, "kept the previous TLS certificate"),
-        }
-    }
-}
-
-/// What the probes report.
-#[derive(Default)]
-struct Health {
-    webhook_serving: AtomicBool,
-    shutting_down: AtomicBool,
-}
-
-/// `/metrics`, `/healthz` (the process answers) and `/readyz` (the webhook serves a certificate
-/// and the replica is not draining), over plain HTTP.
-fn admin_server(
-    listen: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-    endpoints: Option<Store<ModelEndpoint>>,
-) -> Result<impl Future<Output = ()>, Error> {
-    let listener = k8s_ai_operator::listen::bind(listen).map_err(|e| Error::Listen(listen, e))?;
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move |headers: HeaderMap| async move {
-                let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
-                let (content_type, body) =
-                    k8s_ai_api::exposition::negotiate(accept, metrics.render(endpoints.as_ref()));
-                ([(header::CONTENT_TYPE, content_type)], body)
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                if health.shutting_down.load(Ordering::Relaxed) {
-                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-                } else if health.webhook_serving.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ok")
-                } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "webhook certificate not ready",
-                    )
-                }
-            }),
-        );
-    tracing::info!(%listen, "metrics and probes listening");
-    Ok(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    })
-}
-
-/// Runs the controllers, on the elected leader only when leader election is on.
-async fn lead(
-    client: kube::Client,
-    namespace: &str,
-    leadership: Leadership,
-    metrics: Arc<Metrics>,
-) -> Result<(), Error> {
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
-    let reporter = kube::runtime::events::Reporter {
-        controller: "k8s-ai-operator".into(),
-        instance: Some(leadership.identity.clone()),
-    };
-    // One watch of ModelUsages and one of injected Pods, shared by every controller.
-    let mut ledgers = Shared::<ModelUsage>::default();
-    let mut pods = Shared::<Pod>::default();
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),
-        aws,
-        aws_checks: std::sync::Mutex::default(),
-        metrics: Arc::clone(&metrics),
-        backoff: controllers::Backoff::default(),
-        ledgers: ledgers.cached(),
-        pods: pods.cached(),
-    });
-    let (pods_for_ledgers, pods_for_fold, pods_for_rbac) =
-        (pods.subscribe(), pods.subscribe(), pods.subscribe());
-    let (ledgers_for_fold, ledgers_for_endpoints, ledgers_for_allocation) = (
-        ledgers.subscribe(),
-        ledgers.subscribe(),
-        ledgers.subscribe(),
-    );
-    let injected = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=injected"));
-    let watch_client = client.clone();
-    let controllers = Box::pin(async move {
-        tracing::info!(
-            "controllers starting: GuardrailPolicy, ModelEndpoint, PromptTemplate, ledger, fold, allocation, sidecar RBAC"
-        );
-        let watches = async {
-            tokio::join!(
-                ledgers.run(Api::all(watch_client.clone()), watcher::Config::default()),
-                pods.run(Api::all(watch_client), injected),
-            );
-        };
-        let controllers = async {
-            tokio::join!(
-                controllers::ledger::run(Arc::clone(&ctx), pods_for_ledgers),
-                controllers::fold::run(Arc::clone(&ctx), ledgers_for_fold, pods_for_fold),
-                controllers::allocation::run(Arc::clone(&ctx), ledgers_for_allocation),
-                controllers::guardrail_policy::run(Arc::clone(&ctx)),
-                controllers::model_endpoint::run(Arc::clone(&ctx), ledgers_for_endpoints),
-                controllers::prompt_template::run(Arc::clone(&ctx)),
-                controllers::sidecar_rbac::run(Arc::clone(&ctx), pods_for_rbac),
-            );
-        };
-        // The watches run as long as any controller does (they end at shutdown).
-        tokio::select! {
-            () = watches => {}
-            () = controllers => {}
-        }
-    });
-    if !leadership.enabled {
-        metrics.leader.set(1);
-        controllers.await;
-        return Ok(());
-    }
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &leadership.lease_name)
-        .with_namespace(namespace)
-        .with_identity(&leadership.identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await?;
-    let (mut leading, lease_task) = manager.watch().await;
-    tracing::info!(lease = %leadership.lease_name, identity = %leadership.identity, "waiting to lead");
-    let _ = leading.wait_for(|l| *l).await;
-    tracing::info!(identity = %leadership.identity, "leading");
-    metrics.leader.set(1);
-    let outcome = tokio::select! {
-        () = controllers => Ok(()),
-        _ = leading.wait_for(|l| !*l) => Err(Error::LostLeadership),
-    };
-    metrics.leader.set(0);
-    // Closing the channel makes the lease task release the Lease, so a successor need not wait
-    // for it to expire.
-    drop(leading);
-    let _ = tokio::time::timeout(Duration::from_secs(5), lease_task).await;
-    outcome
 }
