@@ -100,6 +100,21 @@ def seed_manifests() -> str:
 
 
 def start_sidecar(aws_url: str, manifests: str, tmp_path):
+    """`ai-sidecar --standalone` on free ports: (process, data URL, admin URL). A port another
+    process took between `free_port()` and the sidecar's bind is retried on new ones."""
+    for _ in range(3):
+        try:
+            return start_sidecar_once(aws_url, manifests, tmp_path)
+        except PortTaken:
+            continue
+    return start_sidecar_once(aws_url, manifests, tmp_path)
+
+
+class PortTaken(Exception):
+    pass
+
+
+def start_sidecar_once(aws_url: str, manifests: str, tmp_path):
     assert SIDECAR.exists(), f"{SIDECAR} not built: run `cargo build -p ai-sidecar` first"
     config = tmp_path / "sidecar.yaml"
     config.write_text(manifests)
@@ -125,7 +140,11 @@ def start_sidecar(aws_url: str, manifests: str, tmp_path):
                     break
         except OSError:
             pass
-        assert proc.poll() is None, f"ai-sidecar exited: {proc.stderr.read()}"
+        if proc.poll() is not None:
+            stderr = proc.stderr.read()
+            if "Address already in use" in stderr:
+                raise PortTaken(stderr)
+            raise AssertionError(f"ai-sidecar exited: {stderr}")
         assert time.monotonic() < deadline, "ai-sidecar did not become ready"
         time.sleep(0.05)
     return proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}"
