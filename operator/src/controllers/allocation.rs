@@ -376,11 +376,11 @@ fn targets(
         targets[i] = target;
     }
     // Settled shares are kept, unless a stopped sidecar still has one to take back.
-    if !closed
+    let stopped_holds_a_share = closed
         .iter()
         .zip(views)
-        .any(|(c, v)| *c && v.requests.share > 0)
-    {
+        .any(|(c, v)| *c && (v.requests.share > 0 || v.concurrency.share > 0));
+    if !stopped_holds_a_share {
         keep_settled_shares(&mut targets, views, pods, demands);
     }
     targets
