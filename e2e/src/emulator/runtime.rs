@@ -518,6 +518,45 @@ impl Emulator {
     }
 }
 
+/// When a model call is recorded: a whole answer once the model's latency has passed (its
+/// record's time is when it answered), a stream as it starts.
+#[derive(Clone, Copy, PartialEq)]
+enum Answered {
+    Whole,
+    Streamed,
+}
+
+impl Emulator {
+    /// A model call of `operation`: accepted (a refusal recorded and answered), run, recorded.
+    #[allow(clippy::result_large_err)] // the Err is the finished HTTP answer
+    async fn serve_model(
+        &self,
+        (operation, model_id): (&str, &str),
+        request: (&Uri, &HeaderMap, &[u8]),
+        read: impl FnOnce(&Value) -> Result<(Prompt, Value), AwsError>,
+        answered: Answered,
+    ) -> Result<Outcome, Response> {
+        let (uri, headers, body) = request;
+        let Accepted {
+            caller,
+            prompt,
+            guardrail,
+        } = self.accept(operation, model_id, uri, headers, body, read)?;
+        let outcome = self.run_model(&prompt, guardrail.as_ref());
+        if answered == Answered::Whole {
+            self.simulate_latency(outcome.output_tokens).await;
+        }
+        self.record_call(
+            operation,
+            model_id,
+            Some(&caller),
+            Ok(&outcome),
+            guardrail.as_ref().map(|g| g.id.as_str()),
+        );
+        Ok(outcome)
+    }
+}
+
 pub async fn converse(
     State(emulator): State<Emulator>,
     Path(model_id): Path<String>,
@@ -527,25 +566,18 @@ pub async fn converse(
 ) -> Response {
     let started = Instant::now();
     let _in_flight = emulator.call_in_flight();
-    let Accepted {
-        caller,
-        prompt,
-        guardrail,
-    } = match emulator.accept("Converse", &model_id, &uri, &headers, &body, |r| {
-        Ok((converse_prompt(r)?, r["guardrailConfig"].clone()))
-    }) {
-        Ok(a) => a,
+    let outcome = match emulator
+        .serve_model(
+            ("Converse", &model_id),
+            (&uri, &headers, &body),
+            |r| Ok((converse_prompt(r)?, r["guardrailConfig"].clone())),
+            Answered::Whole,
+        )
+        .await
+    {
+        Ok(outcome) => outcome,
         Err(answer) => return answer,
     };
-    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    emulator.simulate_latency(outcome.output_tokens).await;
-    emulator.record_call(
-        "Converse",
-        &model_id,
-        Some(&caller),
-        Ok(&outcome),
-        guardrail.as_ref().map(|g| g.id.as_str()),
-    );
     let mut answer = json!({
         "output": { "message": { "role": "assistant", "content": [ { "text": outcome.text } ] } },
         "stopReason": outcome.stop,
@@ -604,24 +636,18 @@ pub async fn converse_stream(
     body: Bytes,
 ) -> Response {
     let in_flight = emulator.call_in_flight();
-    let Accepted {
-        caller,
-        prompt,
-        guardrail,
-    } = match emulator.accept("ConverseStream", &model_id, &uri, &headers, &body, |r| {
-        Ok((converse_prompt(r)?, r["guardrailConfig"].clone()))
-    }) {
-        Ok(a) => a,
+    let outcome = match emulator
+        .serve_model(
+            ("ConverseStream", &model_id),
+            (&uri, &headers, &body),
+            |r| Ok((converse_prompt(r)?, r["guardrailConfig"].clone())),
+            Answered::Streamed,
+        )
+        .await
+    {
+        Ok(outcome) => outcome,
         Err(answer) => return answer,
     };
-    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    emulator.record_call(
-        "ConverseStream",
-        &model_id,
-        Some(&caller),
-        Ok(&outcome),
-        guardrail.as_ref().map(|g| g.id.as_str()),
-    );
 
     let config = emulator.config();
     let faults = &config.faults;
@@ -733,29 +759,18 @@ pub async fn invoke_model_with_response_stream(
 ) -> Response {
     let in_flight = emulator.call_in_flight();
     let read = |request: &Value| invoke_request(&model_id, &headers, request);
-    let Accepted {
-        caller,
-        prompt,
-        guardrail,
-    } = match emulator.accept(
-        "InvokeModelWithResponseStream",
-        &model_id,
-        &uri,
-        &headers,
-        &body,
-        read,
-    ) {
-        Ok(a) => a,
+    let outcome = match emulator
+        .serve_model(
+            ("InvokeModelWithResponseStream", &model_id),
+            (&uri, &headers, &body),
+            read,
+            Answered::Streamed,
+        )
+        .await
+    {
+        Ok(outcome) => outcome,
         Err(answer) => return answer,
     };
-    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    emulator.record_call(
-        "InvokeModelWithResponseStream",
-        &model_id,
-        Some(&caller),
-        Ok(&outcome),
-        guardrail.as_ref().map(|g| g.id.as_str()),
-    );
     let config = emulator.config();
     let per_token = Duration::from_millis(config.latency.per_output_token_ms);
     let chunk = |anthropic_event: &Value| {
@@ -841,23 +856,18 @@ pub async fn invoke_model(
     let started = Instant::now();
     let _in_flight = emulator.call_in_flight();
     let read = |request: &Value| invoke_request(&model_id, &headers, request);
-    let Accepted {
-        caller,
-        prompt,
-        guardrail,
-    } = match emulator.accept("InvokeModel", &model_id, &uri, &headers, &body, read) {
-        Ok(a) => a,
+    let outcome = match emulator
+        .serve_model(
+            ("InvokeModel", &model_id),
+            (&uri, &headers, &body),
+            read,
+            Answered::Whole,
+        )
+        .await
+    {
+        Ok(outcome) => outcome,
         Err(answer) => return answer,
     };
-    let outcome = emulator.run_model(&prompt, guardrail.as_ref());
-    emulator.simulate_latency(outcome.output_tokens).await;
-    emulator.record_call(
-        "InvokeModel",
-        &model_id,
-        Some(&caller),
-        Ok(&outcome),
-        guardrail.as_ref().map(|g| g.id.as_str()),
-    );
     let stop_reason = anthropic_stop_reason(&outcome);
     let answer = json!({
         "id": format!("msg_bdrk_{}", random_token(24)),
