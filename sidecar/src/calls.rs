@@ -3,14 +3,13 @@
 
 use std::{sync::Arc, time::Instant};
 
-use aws_sdk_bedrockruntime::types::ConverseStreamOutput;
 use axum::http::StatusCode;
 use k8s_ai_api::pricing::{GuardrailUnits, ModelPrice, TokenUsage};
 use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 
 use crate::{
-    bedrock::{ModelAnswer, ModelRequest, guardrail_units, token_usage, upstream_error},
+    bedrock::{ConverseEvents, ModelAnswer, ModelRequest, StreamPart},
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
     limits::{Admission, Ledger},
@@ -363,15 +362,20 @@ impl AppState {
         self: &Arc<Self>,
         prepared: Prepared,
     ) -> Result<mpsc::Receiver<StreamEvent>, ApiError> {
-        let client = self.upstream.client(
-            &prepared.endpoint.spec.region,
-            prepared.endpoint.spec.irsa_role_arn.as_deref(),
-        );
-        let stream = match self
+        let spec = &prepared.endpoint.spec;
+        let stream = self
             .upstream
-            .converse_stream(&client, &prepared.endpoint.model_to_call, &prepared.request)
-            .await
-        {
+            .converse_stream(
+                &spec.region,
+                spec.irsa_role_arn.as_deref(),
+                &prepared.endpoint.model_to_call,
+                &prepared.request,
+                self.settings
+                    .upstream_timeout
+                    .saturating_sub(prepared.started.elapsed()),
+            )
+            .await;
+        let stream = match stream {
             Ok(s) => s,
             Err(e) => return Err(self.failed(prepared, e)),
         };
@@ -384,10 +388,7 @@ impl AppState {
     async fn pump(
         &self,
         prepared: Prepared,
-        mut stream: aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver<
-            ConverseStreamOutput,
-            aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError,
-        >,
+        mut stream: ConverseEvents,
         tx: mpsc::Sender<StreamEvent>,
     ) {
         self.metrics.in_flight.inc();
@@ -402,7 +403,7 @@ impl AppState {
         // or a stop event long before that, and a stalled connection would otherwise hang forever.
         let silence = self.settings.upstream_timeout;
         loop {
-            let Ok(received) = tokio::time::timeout(silence, stream.recv()).await else {
+            let Ok(received) = tokio::time::timeout(silence, stream.next()).await else {
                 failure = Some(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -414,10 +415,7 @@ impl AppState {
                 break;
             };
             match received {
-                Ok(Some(ConverseStreamOutput::ContentBlockDelta(d))) => {
-                    let Some(delta) = d.delta().and_then(|d| d.as_text().ok()).cloned() else {
-                        continue;
-                    };
+                Ok(Some(StreamPart::Text(delta))) => {
                     if first {
                         first = false;
                         self.metrics
@@ -445,16 +443,12 @@ impl AppState {
                         break;
                     }
                 }
-                Ok(Some(ConverseStreamOutput::MessageStop(m))) => {
-                    m.stop_reason().as_str().clone_into(&mut stop_reason);
-                }
-                Ok(Some(ConverseStreamOutput::Metadata(m))) => {
-                    reported = Some((token_usage(m.usage()), guardrail_units(m.trace())));
-                }
-                Ok(Some(_)) => {}
+                Ok(Some(StreamPart::Stop(reason))) => stop_reason = reason,
+                Ok(Some(StreamPart::Usage(tokens, units))) => reported = Some((tokens, units)),
+                Ok(Some(StreamPart::Other)) => {}
                 Ok(None) => break,
                 Err(e) => {
-                    failure = Some(upstream_error(&e));
+                    failure = Some(e);
                     break;
                 }
             }

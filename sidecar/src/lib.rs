@@ -4,7 +4,6 @@ pub mod api;
 pub mod bedrock;
 pub mod calls;
 pub mod catalog;
-pub mod converse;
 pub mod credentials;
 pub mod errors;
 pub mod limits;

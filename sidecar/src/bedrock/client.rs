@@ -1,14 +1,15 @@
-//! Bedrock's Converse call without the SDK's orchestrator, the sidecar's hot path.
+//! The sidecar's one Bedrock Runtime client: every call (Converse, ConverseStream) is signed,
+//! sent, retried and its errors read here, without the SDK's orchestrator.
 //!
 //! The SDK spent ~60 % of a call's CPU outside SHA-256 on its orchestrator (type-erased config
 //! layers, interceptors, user-agent strings built twice a call). This client makes the same
-//! request with the crates the SDK is built on: the body by `serde_json`, SigV4 by `sigv4.rs` on
-//! ring, HTTP/1.1 by hyper on rustls/ring with native roots and pooled keep-alive connections. It
-//! keeps the SDK's behaviour where an operator would notice: the endpoint comes from the SDK's own
-//! resolver (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, `AWS_ENDPOINT_URL`, FIPS, dual-stack, partitions),
+//! requests with the crates the SDK is built on: the body by `serde_json`, SigV4 by `sigv4.rs` on
+//! ring, HTTP/1.1 by hyper on rustls/ring with native roots and pooled keep-alive connections,
+//! streams decoded by `aws-smithy-eventstream` (`stream.rs`). It keeps the SDK's behaviour where an
+//! operator would notice: the endpoint comes from the SDK's own resolver
+//! (`AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, `AWS_ENDPOINT_URL`, FIPS, dual-stack, partitions),
 //! `AWS_BEARER_TOKEN_BEDROCK` sends a Bedrock API key instead of a signature, and retries follow
-//! the standard mode (`AWS_MAX_ATTEMPTS`, jittered exponential backoff, a retry quota). Streaming
-//! calls still go through the SDK (see `bedrock.rs`).
+//! the standard mode (`AWS_MAX_ATTEMPTS`, jittered exponential backoff, a retry quota).
 
 use std::{
     collections::HashMap,
@@ -25,27 +26,27 @@ use aws_types::service_config::ServiceConfigKey;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
-use k8s_ai_api::pricing::GuardrailUnits;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{
-    bedrock::{ModelAnswer, ModelRequest},
-    credentials::error_chain,
-    errors::ApiError,
-    sigv4::SigV4Signer,
+use super::{
+    ModelAnswer, ModelRequest,
+    stream::ConverseEvents,
+    wire::{ConverseBody, ConverseOutput, ErrorBody, error_code},
 };
+use crate::{credentials::error_chain, errors::ApiError, sigv4::SigV4Signer};
 
 /// Where a call's credentials come from.
-pub enum Signer<'a> {
+pub enum Signer {
     /// SigV4 with these credentials.
-    SigV4(&'a Credentials),
+    SigV4(Credentials),
     /// A Bedrock API key (`AWS_BEARER_TOKEN_BEDROCK`), as the SDK sends it.
-    Bearer(&'a str),
+    Bearer(Arc<str>),
 }
 
 /// The SDK's standard-mode retry settings.
@@ -222,8 +223,8 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 /// The SDK's default connect timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 
-/// Converse over a shared connection pool, one endpoint per region.
-pub struct ConverseClient {
+/// Bedrock Runtime over a shared connection pool, one endpoint per region.
+pub struct BedrockClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: aws_types::SdkConfig,
     targets: Mutex<HashMap<String, Target>>,
@@ -233,7 +234,7 @@ pub struct ConverseClient {
     sigv4: SigV4Signer,
 }
 
-impl ConverseClient {
+impl BedrockClient {
     /// Fails only if rustls cannot offer its default protocol versions with ring (it always can).
     pub fn new(base: aws_types::SdkConfig) -> Result<Self, rustls::Error> {
         let mut tcp = HttpConnector::new();
@@ -255,7 +256,7 @@ impl ConverseClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
         let retry = RetryPolicy::from_sdk(base.retry_config());
-        Ok(ConverseClient {
+        Ok(BedrockClient {
             http,
             base,
             targets: Mutex::new(HashMap::new()),
@@ -330,14 +331,68 @@ impl ConverseClient {
     pub async fn converse(
         &self,
         region: &str,
-        signer: &Signer<'_>,
+        signer: &Signer,
         model_id: &str,
         request: &ModelRequest,
         deadline: Duration,
     ) -> Result<ModelAnswer, ApiError> {
+        let body = json_body(&ConverseBody::new(request, false))?;
+        let call = Call {
+            region,
+            signer,
+            path: format!("/model/{}/converse", label(model_id)),
+            accept: "application/json",
+            body,
+        };
+        self.send(&call, deadline, async |response| {
+            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
+                .to_bytes();
+            let out: ConverseOutput = serde_json::from_slice(&bytes)
+                .map_err(|e| AttemptError::Malformed(e.to_string()))?;
+            Ok(out.into_answer())
+        })
+        .await
+    }
+
+    /// ConverseStream: retried as Converse until Bedrock accepts the call (a 200 and the stream's
+    /// headers), within `deadline`; after that, the stream's events come as Bedrock sends them and
+    /// a failure mid-answer is the stream's last event, never retried (the model already ran).
+    pub async fn converse_stream(
+        &self,
+        region: &str,
+        signer: &Signer,
+        model_id: &str,
+        request: &ModelRequest,
+        deadline: Duration,
+    ) -> Result<ConverseEvents, ApiError> {
+        let body = json_body(&ConverseBody::new(request, true))?;
+        let call = Call {
+            region,
+            signer,
+            path: format!("/model/{}/converse-stream", label(model_id)),
+            accept: "application/vnd.amazon.eventstream",
+            body,
+        };
+        self.send(&call, deadline, async |response| {
+            Ok(ConverseEvents::new(response.into_body()))
+        })
+        .await
+    }
+
+    /// Sends `call`, retried as the SDK retries, within `deadline` for all attempts together;
+    /// `read` turns a successful answer into the result (its failure is the attempt's).
+    async fn send<T>(
+        &self,
+        call: &Call<'_>,
+        deadline: Duration,
+        read: impl AsyncFn(http::Response<Incoming>) -> Result<T, AttemptError>,
+    ) -> Result<T, ApiError> {
         let attempts = async {
-            let target = self.target(region).await?;
-            if matches!(signer, Signer::Bearer(_)) && !target.may_carry_a_bearer_key() {
+            let target = self.target(call.region).await?;
+            if matches!(call.signer, Signer::Bearer(_)) && !target.may_carry_a_bearer_key() {
                 // An API key is a long-term secret: like botocore, never send it in clear text.
                 return Err(ApiError::unavailable(
                     "credentials_unavailable",
@@ -347,16 +402,13 @@ impl ConverseClient {
                     ),
                 ));
             }
-            let url = format!("{}/model/{}/converse", target.base, label(model_id));
-            let body = Bytes::from(
-                serde_json::to_vec(&ConverseBody::from(request))
-                    .map_err(|e| ApiError::invalid(format!("request: {e}")))?,
-            );
+            let url = format!("{}{}", target.base, call.path);
             let mut retries = 0;
             loop {
-                let attempt = self
-                    .attempt(&target, &url, region, signer, body.clone())
-                    .await;
+                let attempt = match self.attempt(&target, &url, call).await {
+                    Ok(response) => read(response).await,
+                    Err(err) => Err(err),
+                };
                 let err = match attempt {
                     Ok(answer) => {
                         self.quota
@@ -373,7 +425,7 @@ impl ConverseClient {
                     return Err(err.into_api_error());
                 }
                 retries += 1;
-                tracing::debug!(retry = retries, error = ?err, "retrying Converse");
+                tracing::debug!(retry = retries, path = call.path, error = ?err, "retrying a Bedrock call");
                 tokio::time::sleep(self.retry.backoff(retries)).await;
             }
         };
@@ -388,26 +440,32 @@ impl ConverseClient {
             })
     }
 
+    /// One signed request; Bedrock's error answers are read whole, a success is returned unread.
     async fn attempt(
         &self,
         target: &Target,
         url: &str,
-        region: &str,
-        signer: &Signer<'_>,
-        body: Bytes,
-    ) -> Result<ModelAnswer, AttemptError> {
+        call: &Call<'_>,
+    ) -> Result<http::Response<Incoming>, AttemptError> {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(url)
             .header(header::HOST, target.host.clone())
             .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, call.accept)
             .header(header::USER_AGENT, self.user_agent.clone())
-            .body(Full::new(body.clone()))
+            .body(Full::new(call.body.clone()))
             .map_err(|e| AttemptError::Request(e.to_string()))?;
-        match signer {
+        match call.signer {
             Signer::SigV4(credentials) => self
                 .sigv4
-                .sign(&mut req, region, credentials, &body, SystemTime::now())
+                .sign(
+                    &mut req,
+                    call.region,
+                    credentials,
+                    &call.body,
+                    SystemTime::now(),
+                )
                 .map_err(|e| AttemptError::Request(format!("signing: {e}")))?,
             Signer::Bearer(token) => {
                 let mut value = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
@@ -427,6 +485,9 @@ impl ConverseClient {
             .await
             .map_err(|e| AttemptError::Io(error_chain(&e)))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
         let error_type = response
             .headers()
             .get("x-amzn-errortype")
@@ -437,35 +498,30 @@ impl ConverseClient {
             .await
             .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
             .to_bytes();
-        if status.is_success() {
-            let out: ConverseOutput = serde_json::from_slice(&bytes)
-                .map_err(|e| AttemptError::Malformed(e.to_string()))?;
-            return Ok(out.into_answer());
-        }
         let fields: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         let code = error_code(error_type.as_deref(), &fields, status);
         Err(AttemptError::Service {
             status,
             code,
-            message: fields.message.or(fields.message_upper).unwrap_or_default(),
+            message: fields.message(),
         })
     }
 }
 
-/// restJson1's error code: the `x-amzn-errortype` header, else the body's `code` or `__type`,
-/// without a namespace (`aws#`) or a trailing URI (`:http://...`).
-fn error_code(header: Option<&str>, body: &ErrorBody, status: StatusCode) -> String {
-    let raw = header
-        .or(body.code.as_deref())
-        .or(body.type_.as_deref())
-        .unwrap_or_default();
-    let raw = raw.split(':').next().unwrap_or_default();
-    let raw = raw.rsplit('#').next().unwrap_or_default();
-    if raw.is_empty() {
-        format!("Http{}", status.as_u16())
-    } else {
-        raw.to_owned()
-    }
+/// One Bedrock Runtime operation to send: where, signed how, with what body.
+struct Call<'a> {
+    region: &'a str,
+    signer: &'a Signer,
+    /// The operation's path, its labels encoded (`/model/{modelId}/converse`).
+    path: String,
+    accept: &'static str,
+    body: Bytes,
+}
+
+fn json_body(body: &impl Serialize) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::invalid(format!("request: {e}")))
 }
 
 /// A URI label encoded as the SDK encodes `{modelId}`: everything but unreserved characters,
@@ -512,228 +568,6 @@ fn native_roots() -> rustls::RootCertStore {
     roots
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ConverseBody<'a> {
-    messages: Vec<MessageBody<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<[TextBlock<'a>; 1]>,
-    inference_config: InferenceBody<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    guardrail_config: Option<GuardrailBody<'a>>,
-}
-
-#[derive(Serialize)]
-struct MessageBody<'a> {
-    role: &'a str,
-    content: [TextBlock<'a>; 1],
-}
-
-#[derive(Serialize)]
-struct TextBlock<'a> {
-    text: &'a str,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct InferenceBody<'a> {
-    max_tokens: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    temperature: Option<f32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    top_p: Option<f32>,
-    #[serde(skip_serializing_if = "<[String]>::is_empty")]
-    stop_sequences: &'a [String],
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct GuardrailBody<'a> {
-    guardrail_identifier: &'a str,
-    guardrail_version: &'a str,
-    /// The trace carries the text units Bedrock charges for the guardrail (priced per call).
-    trace: &'static str,
-}
-
-impl<'a> From<&'a ModelRequest> for ConverseBody<'a> {
-    fn from(r: &'a ModelRequest) -> Self {
-        ConverseBody {
-            messages: r
-                .messages
-                .iter()
-                .map(|(role, text)| MessageBody {
-                    role: role.as_str(),
-                    content: [TextBlock { text }],
-                })
-                .collect(),
-            system: r.system.as_deref().map(|text| [TextBlock { text }]),
-            inference_config: InferenceBody {
-                // Bedrock's maxTokens is a 32-bit signed integer.
-                max_tokens: r.max_tokens.min(i32::MAX.unsigned_abs()),
-                temperature: r.temperature,
-                top_p: r.top_p,
-                stop_sequences: &r.stop_sequences,
-            },
-            guardrail_config: r.guardrail.as_ref().map(|(id, version)| GuardrailBody {
-                guardrail_identifier: id,
-                guardrail_version: version,
-                trace: "enabled",
-            }),
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConverseOutput {
-    #[serde(default)]
-    output: Option<OutputBody>,
-    #[serde(default)]
-    stop_reason: String,
-    #[serde(default)]
-    usage: Option<UsageBody>,
-    #[serde(default)]
-    trace: Option<TraceBody>,
-}
-
-/// The guardrail's assessments in a Converse trace: only their text units are read.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct TraceBody {
-    #[serde(default)]
-    guardrail: Option<GuardrailTraceBody>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct GuardrailTraceBody {
-    #[serde(default)]
-    input_assessment: std::collections::HashMap<String, AssessmentBody>,
-    #[serde(default)]
-    output_assessments: std::collections::HashMap<String, Vec<AssessmentBody>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct AssessmentBody {
-    #[serde(default)]
-    invocation_metrics: Option<InvocationMetricsBody>,
-}
-
-#[derive(Deserialize, Default)]
-struct InvocationMetricsBody {
-    #[serde(default)]
-    usage: Option<GuardrailUsageBody>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-#[allow(clippy::struct_field_names)] // Bedrock's names
-struct GuardrailUsageBody {
-    #[serde(default)]
-    topic_policy_units: u64,
-    #[serde(default)]
-    content_policy_units: u64,
-    #[serde(default)]
-    word_policy_units: u64,
-    #[serde(default)]
-    sensitive_information_policy_units: u64,
-    #[serde(default)]
-    sensitive_information_policy_free_units: u64,
-    #[serde(default)]
-    contextual_grounding_policy_units: u64,
-}
-
-impl GuardrailTraceBody {
-    fn units(&self) -> GuardrailUnits {
-        self.input_assessment
-            .values()
-            .chain(self.output_assessments.values().flatten())
-            .filter_map(|a| a.invocation_metrics.as_ref()?.usage.as_ref())
-            .fold(GuardrailUnits::default(), |sum, u| {
-                sum.plus(GuardrailUnits {
-                    content: u.content_policy_units,
-                    topic: u.topic_policy_units,
-                    word: u.word_policy_units,
-                    sensitive_information: u.sensitive_information_policy_units,
-                    sensitive_information_free: u.sensitive_information_policy_free_units,
-                    contextual_grounding: u.contextual_grounding_policy_units,
-                })
-            })
-    }
-}
-
-#[derive(Deserialize)]
-struct OutputBody {
-    #[serde(default)]
-    message: Option<OutputMessage>,
-}
-
-#[derive(Deserialize)]
-struct OutputMessage {
-    #[serde(default)]
-    content: Vec<OutputBlock>,
-}
-
-/// A content block; only text is read (reasoning or tool blocks carry no `text`).
-#[derive(Deserialize)]
-struct OutputBlock {
-    #[serde(default)]
-    text: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-#[allow(clippy::struct_field_names)] // Bedrock's names
-struct UsageBody {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    cache_read_input_tokens: u64,
-    #[serde(default)]
-    cache_write_input_tokens: u64,
-}
-
-impl ConverseOutput {
-    fn into_answer(self) -> ModelAnswer {
-        let text = self
-            .output
-            .and_then(|o| o.message)
-            .map(|m| m.content.into_iter().filter_map(|b| b.text).collect())
-            .unwrap_or_default();
-        let u = self.usage.unwrap_or_default();
-        ModelAnswer {
-            text,
-            stop_reason: self.stop_reason,
-            guardrail_units: self
-                .trace
-                .and_then(|t| t.guardrail)
-                .map(|g| g.units())
-                .unwrap_or_default(),
-            usage: k8s_ai_api::pricing::TokenUsage {
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
-                cache_read_input_tokens: u.cache_read_input_tokens,
-                cache_write_input_tokens: u.cache_write_input_tokens,
-            },
-        }
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct ErrorBody {
-    #[serde(default)]
-    message: Option<String>,
-    #[serde(default, rename = "Message")]
-    message_upper: Option<String>,
-    #[serde(default)]
-    code: Option<String>,
-    #[serde(default, rename = "__type")]
-    type_: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,26 +582,6 @@ mod tests {
             label("arn:aws:bedrock:us-east-1:1:inference-profile/us.x"),
             "arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.x"
         );
-    }
-
-    #[test]
-    fn error_codes_lose_namespaces_and_uris() {
-        let none = ErrorBody::default();
-        let header =
-            Some("ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/");
-        assert_eq!(
-            error_code(header, &none, StatusCode::TOO_MANY_REQUESTS),
-            "ThrottlingException"
-        );
-        let typed = ErrorBody {
-            type_: Some("com.amazon.bedrock#ValidationException".into()),
-            ..ErrorBody::default()
-        };
-        assert_eq!(
-            error_code(None, &typed, StatusCode::BAD_REQUEST),
-            "ValidationException"
-        );
-        assert_eq!(error_code(None, &none, StatusCode::BAD_GATEWAY), "Http502");
     }
 
     #[test]
@@ -810,7 +624,7 @@ mod tests {
     #[tokio::test]
     async fn endpoints_resolve_as_the_sdks_resolver_does() {
         let resolve = |config: aws_types::SdkConfig, region: &'static str| async move {
-            let client = ConverseClient::new(config).unwrap();
+            let client = BedrockClient::new(config).unwrap();
             let t = client.target(region).await.unwrap();
             (t.base, t.host.to_str().unwrap().to_owned())
         };
@@ -851,31 +665,5 @@ mod tests {
         assert!(!q.take(RETRY_COST));
         q.give_back(QUOTA_CAPACITY * 2);
         assert_eq!(q.0.load(Ordering::Relaxed), QUOTA_CAPACITY);
-    }
-
-    #[test]
-    fn the_body_is_bedrocks_converse_shape() {
-        let request = ModelRequest {
-            system: Some("be brief".into()),
-            messages: vec![(
-                aws_sdk_bedrockruntime::types::ConversationRole::User,
-                "hi".into(),
-            )],
-            max_tokens: 64,
-            temperature: Some(0.5),
-            top_p: None,
-            stop_sequences: vec![],
-            guardrail: Some(("gr-1".into(), "2".into())),
-        };
-        let json = serde_json::to_value(ConverseBody::from(&request)).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({
-                "messages": [{"role": "user", "content": [{"text": "hi"}]}],
-                "system": [{"text": "be brief"}],
-                "inferenceConfig": {"maxTokens": 64, "temperature": 0.5},
-                "guardrailConfig": {"guardrailIdentifier": "gr-1", "guardrailVersion": "2", "trace": "enabled"}
-            })
-        );
     }
 }

@@ -1,0 +1,379 @@
+//! Bedrock Runtime's JSON (restJson1) for Converse and ConverseStream: the request body the
+//! sidecar sends, and the answers, stream events and errors it reads. Only the fields the sidecar
+//! uses are read; serde skips the rest.
+
+use std::collections::HashMap;
+
+use http::StatusCode;
+use k8s_ai_api::pricing::{GuardrailUnits, TokenUsage};
+use serde::{Deserialize, Serialize};
+
+use super::{ModelAnswer, ModelRequest};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ConverseBody<'a> {
+    messages: Vec<MessageBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<[TextBlock<'a>; 1]>,
+    inference_config: InferenceBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guardrail_config: Option<GuardrailBody<'a>>,
+}
+
+#[derive(Serialize)]
+struct MessageBody<'a> {
+    role: &'a str,
+    content: [TextBlock<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct TextBlock<'a> {
+    text: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InferenceBody<'a> {
+    max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GuardrailBody<'a> {
+    guardrail_identifier: &'a str,
+    guardrail_version: &'a str,
+    /// The trace carries the text units Bedrock charges for the guardrail (priced per call).
+    trace: &'static str,
+    /// Streams only: Bedrock checks each chunk before sending it (its default, said explicitly);
+    /// in async mode unchecked text reaches the app and is only flagged afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_processing_mode: Option<&'static str>,
+}
+
+impl<'a> ConverseBody<'a> {
+    /// The body of a Converse call, or of a ConverseStream call when `stream`.
+    pub(super) fn new(r: &'a ModelRequest, stream: bool) -> Self {
+        ConverseBody {
+            messages: r
+                .messages
+                .iter()
+                .map(|(role, text)| MessageBody {
+                    role: role.as_str(),
+                    content: [TextBlock { text }],
+                })
+                .collect(),
+            system: r.system.as_deref().map(|text| [TextBlock { text }]),
+            inference_config: InferenceBody {
+                // Bedrock's maxTokens is a 32-bit signed integer.
+                max_tokens: r.max_tokens.min(i32::MAX.unsigned_abs()),
+                temperature: r.temperature,
+                top_p: r.top_p,
+                stop_sequences: &r.stop_sequences,
+            },
+            guardrail_config: r.guardrail.as_ref().map(|(id, version)| GuardrailBody {
+                guardrail_identifier: id,
+                guardrail_version: version,
+                trace: "enabled",
+                stream_processing_mode: stream.then_some("sync"),
+            }),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ConverseOutput {
+    #[serde(default)]
+    output: Option<OutputBody>,
+    #[serde(default)]
+    stop_reason: String,
+    #[serde(default)]
+    usage: Option<UsageBody>,
+    #[serde(default)]
+    trace: Option<TraceBody>,
+}
+
+/// The guardrail's assessments in a Converse trace: only their text units are read.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TraceBody {
+    #[serde(default)]
+    guardrail: Option<GuardrailTraceBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct GuardrailTraceBody {
+    #[serde(default)]
+    input_assessment: HashMap<String, AssessmentBody>,
+    #[serde(default)]
+    output_assessments: HashMap<String, Vec<AssessmentBody>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct AssessmentBody {
+    #[serde(default)]
+    invocation_metrics: Option<InvocationMetricsBody>,
+}
+
+#[derive(Deserialize, Default)]
+struct InvocationMetricsBody {
+    #[serde(default)]
+    usage: Option<GuardrailUsageBody>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+#[allow(clippy::struct_field_names)] // Bedrock's names
+struct GuardrailUsageBody {
+    #[serde(default)]
+    topic_policy_units: u64,
+    #[serde(default)]
+    content_policy_units: u64,
+    #[serde(default)]
+    word_policy_units: u64,
+    #[serde(default)]
+    sensitive_information_policy_units: u64,
+    #[serde(default)]
+    sensitive_information_policy_free_units: u64,
+    #[serde(default)]
+    contextual_grounding_policy_units: u64,
+}
+
+impl GuardrailTraceBody {
+    fn units(&self) -> GuardrailUnits {
+        self.input_assessment
+            .values()
+            .chain(self.output_assessments.values().flatten())
+            .filter_map(|a| a.invocation_metrics.as_ref()?.usage.as_ref())
+            .fold(GuardrailUnits::default(), |sum, u| {
+                sum.plus(GuardrailUnits {
+                    content: u.content_policy_units,
+                    topic: u.topic_policy_units,
+                    word: u.word_policy_units,
+                    sensitive_information: u.sensitive_information_policy_units,
+                    sensitive_information_free: u.sensitive_information_policy_free_units,
+                    contextual_grounding: u.contextual_grounding_policy_units,
+                })
+            })
+    }
+}
+
+#[derive(Deserialize)]
+struct OutputBody {
+    #[serde(default)]
+    message: Option<OutputMessage>,
+}
+
+#[derive(Deserialize)]
+struct OutputMessage {
+    #[serde(default)]
+    content: Vec<OutputBlock>,
+}
+
+/// A content block; only text is read (reasoning or tool blocks carry no `text`).
+#[derive(Deserialize)]
+struct OutputBlock {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+#[allow(clippy::struct_field_names)] // Bedrock's names
+struct UsageBody {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: u64,
+    #[serde(default)]
+    cache_write_input_tokens: u64,
+}
+
+impl UsageBody {
+    pub(super) fn tokens(&self) -> TokenUsage {
+        TokenUsage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_input_tokens: self.cache_read_input_tokens,
+            cache_write_input_tokens: self.cache_write_input_tokens,
+        }
+    }
+}
+
+impl ConverseOutput {
+    pub(super) fn into_answer(self) -> ModelAnswer {
+        let text = self
+            .output
+            .and_then(|o| o.message)
+            .map(|m| m.content.into_iter().filter_map(|b| b.text).collect())
+            .unwrap_or_default();
+        let u = self.usage.unwrap_or_default();
+        ModelAnswer {
+            text,
+            stop_reason: self.stop_reason,
+            guardrail_units: self
+                .trace
+                .and_then(|t| t.guardrail)
+                .map(|g| g.units())
+                .unwrap_or_default(),
+            usage: u.tokens(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "Message")]
+    message_upper: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default, rename = "__type")]
+    type_: Option<String>,
+}
+
+/// A ConverseStream event's payload; which one it is comes from the frame's `:event-type`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ContentBlockDeltaEvent {
+    #[serde(default)]
+    pub(super) delta: DeltaBody,
+}
+
+#[derive(Deserialize, Default)]
+pub(super) struct DeltaBody {
+    #[serde(default)]
+    pub(super) text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct MessageStopEvent {
+    #[serde(default)]
+    pub(super) stop_reason: String,
+}
+
+#[derive(Deserialize)]
+pub(super) struct MetadataEvent {
+    #[serde(default)]
+    usage: Option<UsageBody>,
+    #[serde(default)]
+    trace: Option<TraceBody>,
+}
+
+impl MetadataEvent {
+    pub(super) fn usage(&self) -> (TokenUsage, GuardrailUnits) {
+        (
+            self.usage
+                .as_ref()
+                .map(UsageBody::tokens)
+                .unwrap_or_default(),
+            self.trace
+                .as_ref()
+                .and_then(|t| t.guardrail.as_ref())
+                .map(GuardrailTraceBody::units)
+                .unwrap_or_default(),
+        )
+    }
+}
+
+/// restJson1's error code: the `x-amzn-errortype` header, else the body's `code` or `__type`,
+/// without a namespace (`aws#`) or a trailing URI (`:http://...`).
+pub(super) fn error_code(header: Option<&str>, body: &ErrorBody, status: StatusCode) -> String {
+    let raw = header
+        .or(body.code.as_deref())
+        .or(body.type_.as_deref())
+        .unwrap_or_default();
+    let raw = raw.split(':').next().unwrap_or_default();
+    let raw = raw.rsplit('#').next().unwrap_or_default();
+    if raw.is_empty() {
+        format!("Http{}", status.as_u16())
+    } else {
+        raw.to_owned()
+    }
+}
+
+impl ErrorBody {
+    pub(super) fn message(self) -> String {
+        self.message.or(self.message_upper).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_lose_namespaces_and_uris() {
+        let none = ErrorBody::default();
+        let header =
+            Some("ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/");
+        assert_eq!(
+            error_code(header, &none, StatusCode::TOO_MANY_REQUESTS),
+            "ThrottlingException"
+        );
+        let typed = ErrorBody {
+            type_: Some("com.amazon.bedrock#ValidationException".into()),
+            ..ErrorBody::default()
+        };
+        assert_eq!(
+            error_code(None, &typed, StatusCode::BAD_REQUEST),
+            "ValidationException"
+        );
+        assert_eq!(error_code(None, &none, StatusCode::BAD_GATEWAY), "Http502");
+    }
+
+    #[test]
+    fn the_body_is_bedrocks_converse_shape() {
+        let request = ModelRequest {
+            system: Some("be brief".into()),
+            messages: vec![(
+                aws_sdk_bedrockruntime::types::ConversationRole::User,
+                "hi".into(),
+            )],
+            max_tokens: 64,
+            temperature: Some(0.5),
+            top_p: None,
+            stop_sequences: vec![],
+            guardrail: Some(("gr-1".into(), "2".into())),
+        };
+        let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                "system": [{"text": "be brief"}],
+                "inferenceConfig": {"maxTokens": 64, "temperature": 0.5},
+                "guardrailConfig": {"guardrailIdentifier": "gr-1", "guardrailVersion": "2", "trace": "enabled"}
+            })
+        );
+    }
+
+    #[test]
+    fn a_stream_asks_bedrock_to_check_each_chunk_before_sending_it() {
+        let request = ModelRequest {
+            guardrail: Some(("gr-1".into(), "2".into())),
+            ..ModelRequest::default()
+        };
+        let json = serde_json::to_value(ConverseBody::new(&request, true)).unwrap();
+        assert_eq!(json["guardrailConfig"]["streamProcessingMode"], "sync");
+        let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
+        assert!(
+            json["guardrailConfig"]
+                .get("streamProcessingMode")
+                .is_none()
+        );
+    }
+}
