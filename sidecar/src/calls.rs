@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 
 use crate::{
-    bedrock::{ConverseEvents, ModelAnswer, ModelRequest, StreamPart},
+    bedrock::{ConverseEvents, ModelAnswer, ModelRequest, StreamPart, ToolCall},
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
     limits::{Admission, Ledger},
@@ -42,6 +42,17 @@ pub struct CallResult {
 #[derive(Debug)]
 pub enum StreamEvent {
     Delta(String),
+    /// The model starts tool call `index` (0-based, in the order the calls started).
+    ToolCall {
+        index: usize,
+        id: String,
+        name: String,
+    },
+    /// More of the arguments (JSON text) of tool call `index`.
+    ToolArguments {
+        index: usize,
+        json: String,
+    },
     Done(CallResult),
     Error(ApiError),
 }
@@ -140,12 +151,7 @@ impl AppState {
                 ));
             }
             if let Some(pii) = &guardrail.pii {
-                let mut texts: Vec<&mut String> =
-                    request.messages.iter_mut().map(|(_, t)| t).collect();
-                if let Some(system) = request.system.as_mut() {
-                    texts.push(system);
-                }
-                for text in texts {
+                for text in request.texts_mut() {
                     match pii.apply(text) {
                         Ok(std::borrow::Cow::Borrowed(_)) => {}
                         Ok(std::borrow::Cow::Owned(masked)) => *text = masked,
@@ -392,18 +398,13 @@ impl AppState {
         tx: mpsc::Sender<StreamEvent>,
     ) {
         self.metrics.in_flight.inc();
-        // `reported`: Bedrock's count of tokens and guardrail units, from the metadata event.
-        let (mut text, mut stop_reason, mut reported, mut first) =
-            (String::new(), String::new(), None, true);
-        let mut failure = None;
-        // With a PII filter, text leaves only once the filter has seen it with what follows it
-        // (see `PiiFilter::releasable`): `pending` is what was received and not yet released.
-        let (pii, mut pending) = (stream_filter(&prepared.endpoint), String::new());
+        let mut received = Received::new(stream_filter(&prepared.endpoint));
+        let (mut first, mut failure) = (true, None);
         // A stream silent for a whole upstream timeout is over: Bedrock sends a token, a metadata
         // or a stop event long before that, and a stalled connection would otherwise hang forever.
         let silence = self.settings.upstream_timeout;
         loop {
-            let Ok(received) = tokio::time::timeout(silence, stream.next()).await else {
+            let Ok(next) = tokio::time::timeout(silence, stream.next()).await else {
                 failure = Some(ApiError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     "upstream_timeout",
@@ -414,46 +415,40 @@ impl AppState {
                 ));
                 break;
             };
-            match received {
-                Ok(Some(StreamPart::Text(delta))) => {
-                    if first {
-                        first = false;
-                        self.metrics
-                            .time_to_first_token
-                            .get_or_create(&prepared.endpoint.metric_labels)
-                            .observe(prepared.started.elapsed().as_secs_f64());
-                    }
-                    text.push_str(&delta);
-                    let delta = match filtered(pii, &mut pending, delta) {
-                        Ok(delta) => delta,
-                        Err(blocked) => {
-                            failure = Some(blocked);
-                            break;
-                        }
-                    };
-                    if delta.is_empty() {
-                        continue;
-                    }
-                    if tx.send(StreamEvent::Delta(delta)).await.is_err() {
-                        failure = Some(ApiError::new(
-                            StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                            "client_closed",
-                            "the app closed the connection",
-                        ));
-                        break;
-                    }
-                }
-                Ok(Some(StreamPart::Stop(reason))) => stop_reason = reason,
-                Ok(Some(StreamPart::Usage(tokens, units))) => reported = Some((tokens, units)),
-                Ok(Some(StreamPart::Other)) => {}
+            let part = match next {
+                Ok(Some(part)) => part,
                 Ok(None) => break,
                 Err(e) => {
                     failure = Some(e);
                     break;
                 }
+            };
+            if first && matches!(part, StreamPart::Text(_) | StreamPart::ToolStart { .. }) {
+                first = false;
+                self.metrics
+                    .time_to_first_token
+                    .get_or_create(&prepared.endpoint.metric_labels)
+                    .observe(prepared.started.elapsed().as_secs_f64());
+            }
+            let sent = match received.take(part) {
+                Ok(events) => forward(&tx, events).await,
+                Err(blocked) => Err(blocked),
+            };
+            if let Err(e) = sent {
+                failure = Some(e);
+                break;
             }
         }
         drop(stream); // cancels the upstream stream if we stopped early
+        let Received {
+            pii,
+            pending,
+            text,
+            tool_calls,
+            stop_reason,
+            reported,
+            ..
+        } = received;
         // The stream is over: what was held back leaves, filtered, before the closing event.
         match held_back_release(pii, &pending, failure.as_ref()) {
             Ok(rest) if rest.is_empty() => {}
@@ -464,10 +459,12 @@ impl AppState {
         }
         self.metrics.in_flight.dec();
         // What was used is charged even when the stream broke: Bedrock's count if it came, else an estimate.
+        let received = text.len() + tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>();
         let (usage, guardrail_units) =
-            reported.unwrap_or_else(|| estimated_use(&prepared.request, &text));
+            reported.unwrap_or_else(|| estimated_use(&prepared.request, received));
         let mut answer = ModelAnswer {
             text,
+            tool_calls,
             stop_reason,
             usage,
             guardrail_units,
@@ -491,19 +488,113 @@ impl AppState {
     }
 }
 
+/// What a stream has received so far, and what of it the PII filter still holds back.
+struct Received<'a> {
+    pii: Option<(&'a crate::pii::PiiFilter, &'a GuardrailConfig)>,
+    /// With a PII filter, text leaves only once the filter has seen it with what follows it (see
+    /// `PiiFilter::releasable`): what was received and not yet released.
+    pending: String,
+    text: String,
+    tool_calls: Vec<ToolCall>,
+    /// The content block of each tool call (Bedrock numbers text blocks too).
+    tool_blocks: Vec<u32>,
+    stop_reason: String,
+    /// Bedrock's count of tokens and guardrail units, from the metadata event.
+    reported: Option<(TokenUsage, GuardrailUnits)>,
+}
+
+impl<'a> Received<'a> {
+    fn new(pii: Option<(&'a crate::pii::PiiFilter, &'a GuardrailConfig)>) -> Self {
+        Received {
+            pii,
+            pending: String::new(),
+            text: String::new(),
+            tool_calls: Vec::new(),
+            tool_blocks: Vec::new(),
+            stop_reason: String::new(),
+            reported: None,
+        }
+    }
+
+    /// The events `part` sends to the app now; a refusal by the PII filter ends the stream.
+    fn take(&mut self, part: StreamPart) -> Result<Vec<StreamEvent>, ApiError> {
+        Ok(match part {
+            StreamPart::Text(delta) => {
+                self.text.push_str(&delta);
+                let delta = filtered(self.pii, &mut self.pending, delta)?;
+                if delta.is_empty() {
+                    vec![]
+                } else {
+                    vec![StreamEvent::Delta(delta)]
+                }
+            }
+            StreamPart::ToolStart { block, id, name } => {
+                // Text held back by the PII filter leaves before the call that follows it.
+                let rest = held_back_release(self.pii, &self.pending, None)?;
+                self.pending.clear();
+                let index = self.tool_calls.len();
+                self.tool_blocks.push(block);
+                self.tool_calls.push(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    arguments: String::new(),
+                });
+                let call = StreamEvent::ToolCall { index, id, name };
+                if rest.is_empty() {
+                    vec![call]
+                } else {
+                    vec![StreamEvent::Delta(rest), call]
+                }
+            }
+            StreamPart::ToolInput { block, json } => {
+                match self.tool_blocks.iter().position(|b| *b == block) {
+                    Some(index) => {
+                        self.tool_calls[index].arguments.push_str(&json);
+                        vec![StreamEvent::ToolArguments { index, json }]
+                    }
+                    None => vec![],
+                }
+            }
+            StreamPart::Stop(reason) => {
+                self.stop_reason = reason;
+                vec![]
+            }
+            StreamPart::Usage(tokens, units) => {
+                self.reported = Some((tokens, units));
+                vec![]
+            }
+            StreamPart::Other => vec![],
+        })
+    }
+}
+
+/// Sends `events` to the app; an app that went away ends the stream.
+async fn forward(tx: &mpsc::Sender<StreamEvent>, events: Vec<StreamEvent>) -> Result<(), ApiError> {
+    for event in events {
+        tx.send(event).await.map_err(|_| {
+            ApiError::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_closed",
+                "the app closed the connection",
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// What a stream that ended without Bedrock's count (its metadata event) is charged: tokens
 /// estimated from what was sent and received, and every priced policy of a Bedrock guardrail on
 /// those characters.
-fn estimated_use(request: &ModelRequest, received: &str) -> (TokenUsage, GuardrailUnits) {
+fn estimated_use(request: &ModelRequest, received: usize) -> (TokenUsage, GuardrailUnits) {
     let tokens = TokenUsage {
         input_tokens: estimated_tokens(request.input_text_len()),
-        output_tokens: estimated_tokens(received.len()),
+        output_tokens: estimated_tokens(received),
         ..TokenUsage::default()
     };
     if request.guardrail.is_none() {
         return (tokens, GuardrailUnits::default());
     }
-    let units = request.input_text_len().div_ceil(1000) + received.len().div_ceil(1000);
+    let units = request.input_text_len().div_ceil(1000) + received.div_ceil(1000);
     let units = u64::try_from(units).unwrap_or(u64::MAX);
     let units = GuardrailUnits {
         content: units,

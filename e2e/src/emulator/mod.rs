@@ -15,6 +15,7 @@ mod runtime;
 pub mod sigv4;
 mod sts;
 pub mod text;
+mod tools;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -25,6 +25,7 @@ use super::{
     guardrails::{Assessment, Policy, Source},
     random_token,
     text::{self, count_tokens},
+    tools::{self, ToolConfig, ToolUse},
 };
 
 /// The base model id behind a model id, inference profile id or ARN.
@@ -43,6 +44,9 @@ struct Prompt {
     cache_prefix: Option<String>,
     /// The framing tokens billed around the texts (`text::framing_tokens`).
     framing: u64,
+    tools: Option<ToolConfig>,
+    /// The last user turn answers tool calls (the model answers from the results).
+    answers_tools: bool,
 }
 
 /// The guardrail a request names.
@@ -63,6 +67,7 @@ struct Outcome {
     trace: Option<Value>,
     /// The guardrail's text units, input and output summed (recorded for tests to price).
     guardrail_usage: Option<Value>,
+    tool_uses: Vec<ToolUse>,
 }
 
 /// An assessment as a Converse trace shows it: what the policies found, and what was charged.
@@ -111,24 +116,58 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
     let messages = body["messages"].as_array().filter(|m| !m.is_empty()).ok_or_else(|| {
         AwsError::validation("1 validation error detected: Value at 'messages' failed to satisfy constraint: Member must not be null")
     })?;
+    let tools = tools::read_config(body)?;
+    tools::check_history(messages, tools.is_some())?;
     let mut texts = Vec::new();
     let mut cache_prefix = None;
     let mut seen = String::new();
-    let mut take_blocks = |blocks: &Value, texts: &mut Vec<String>| -> Result<String, AwsError> {
+    // Every block's text as the model reads it: texts, tool calls (name and input), tool results.
+    let mut take_blocks = |blocks: &Value,
+                           at: &str,
+                           texts: &mut Vec<String>|
+     -> Result<String, AwsError> {
         let mut own = String::new();
-        for block in blocks.as_array().into_iter().flatten() {
-            if let Some(t) = block["text"].as_str() {
-                texts.push(t.to_owned());
-                seen.push_str(t);
-                own.push_str(t);
-            } else if block.get("cachePoint").is_some() {
-                cache_prefix = Some(seen.clone());
-            }
+        for (j, block) in blocks.as_array().into_iter().flatten().enumerate() {
+            let read = if let Some(t) = block["text"].as_str() {
+                if t.trim().is_empty() {
+                    return Err(AwsError::validation(format!(
+                        "The text field in the ContentBlock object at {at}.content.{j} is blank. Add text to the text field, and try again."
+                    )));
+                }
+                t.to_owned()
+            } else if let Some(call) = block.get("toolUse") {
+                format!(
+                    "{}{}",
+                    call["name"].as_str().unwrap_or_default(),
+                    call["input"]
+                )
+            } else if let Some(result) = block.get("toolResult") {
+                result["content"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        c["text"]
+                            .as_str()
+                            .map_or_else(|| c["json"].to_string(), str::to_owned)
+                    })
+                    .collect()
+            } else {
+                if block.get("cachePoint").is_some() {
+                    cache_prefix = Some(seen.clone());
+                }
+                continue;
+            };
+            seen.push_str(&read);
+            own.push_str(&read);
+            texts.push(read);
         }
         Ok(own)
     };
-    let system = !take_blocks(&body["system"], &mut texts)?.is_empty();
+    let system = !take_blocks(&body["system"], "system", &mut texts)?.is_empty();
     let mut last_user_text = String::new();
+    let mut answers_tools = false;
+    let mut previous_role = "";
     for (i, m) in messages.iter().enumerate() {
         let role = m["role"].as_str().unwrap_or_default();
         if role != "user" && role != "assistant" {
@@ -142,15 +181,26 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
                 "A conversation must start with a user message. Try again with a conversation that starts with a user message.",
             ));
         }
+        if role == previous_role {
+            return Err(AwsError::validation(
+                "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.",
+            ));
+        }
+        previous_role = role;
         if !m["content"].is_array() {
             return Err(AwsError::validation(format!(
                 "1 validation error detected: Value at 'messages.{}.member.content' failed to satisfy constraint: Member must not be null",
                 i + 1
             )));
         }
-        let own = take_blocks(&m["content"], &mut texts)?;
+        let own = take_blocks(&m["content"], &format!("messages.{i}"), &mut texts)?;
         if role == "user" {
             last_user_text = own;
+            answers_tools = m["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|b| b.get("toolResult").is_some());
         }
     }
     let config = &body["inferenceConfig"];
@@ -175,7 +225,10 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         max_tokens,
         stop_sequences,
         cache_prefix,
-        framing: text::framing_tokens(messages.len(), system),
+        framing: text::framing_tokens(messages.len(), system)
+            + tools.as_ref().map_or(0, |t| t.tokens),
+        tools,
+        answers_tools,
     })
 }
 
@@ -222,6 +275,8 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         stop_sequences,
         cache_prefix: None,
         framing: text::framing_tokens(messages.len(), system),
+        tools: None,
+        answers_tools: false,
     })
 }
 
@@ -355,6 +410,7 @@ impl Emulator {
                     cache_write: 0,
                     trace,
                     guardrail_usage: Some(usage),
+                    tool_uses: Vec::new(),
                 };
             }
             input_assessment = Some(assessed);
@@ -377,13 +433,31 @@ impl Emulator {
                 cache_read = cached;
             }
         }
-        let (mut answer, stop) = text::answer(
-            &self.config().output,
-            &last_user_text,
-            prompt.max_tokens,
-            &prompt.stop_sequences,
-        );
-        let output_tokens = count_tokens(&answer);
+        let tool_uses = match &prompt.tools {
+            Some(config) if !prompt.answers_tools => {
+                tools::calls(config, &last_user_text, &random_token(16))
+            }
+            _ => Vec::new(),
+        };
+        let (mut answer, stop) = if tool_uses.is_empty() {
+            let (answer, stop) = text::answer(
+                &self.config().output,
+                &last_user_text,
+                prompt.max_tokens,
+                &prompt.stop_sequences,
+            );
+            (answer, stop.as_str())
+        } else {
+            // Claude says what it is about to do when it chooses a tool itself, not when forced.
+            let names: Vec<&str> = tool_uses.iter().map(|t| t.name.as_str()).collect();
+            let text = match prompt.tools.as_ref().map(|t| &t.choice) {
+                Some(tools::Choice::Auto) => format!("Calling {}.", names.join(" and ")),
+                _ => String::new(),
+            };
+            (text, "tool_use")
+        };
+        let output_tokens =
+            count_tokens(&answer) + tool_uses.iter().map(ToolUse::output_tokens).sum::<u64>();
         // A masked input is an intervention too (ApplyGuardrail reports GUARDRAIL_INTERVENED for it).
         let input_masked = input_assessment
             .as_ref()
@@ -391,7 +465,7 @@ impl Emulator {
         let mut stop = if input_masked {
             "guardrail_intervened"
         } else {
-            stop.as_str()
+            stop
         };
         let mut output_assessment = None;
         let output_usage = guardrail.map(|g| g.policy.usage(&answer));
@@ -426,6 +500,7 @@ impl Emulator {
             cache_write,
             trace,
             guardrail_usage,
+            tool_uses,
         }
     }
 
@@ -502,6 +577,9 @@ impl Emulator {
         let accepted = parse_json(body).and_then(|request| {
             let (prompt, guardrail_config) = read(&request)?;
             let guardrail = self.admit(&caller, model_id, &guardrail_config)?;
+            if let Some(tools) = &prompt.tools {
+                tools::check_choice_supported(tools, base_model_id(model_id))?;
+            }
             Ok((prompt, guardrail))
         });
         match accepted {
@@ -578,8 +656,18 @@ pub async fn converse(
         Ok(outcome) => outcome,
         Err(answer) => return answer,
     };
+    let mut content = Vec::new();
+    if !outcome.text.is_empty() || outcome.tool_uses.is_empty() {
+        content.push(json!({ "text": outcome.text }));
+    }
+    content.extend(
+        outcome
+            .tool_uses
+            .iter()
+            .map(|t| json!({ "toolUse": t.to_json() })),
+    );
     let mut answer = json!({
-        "output": { "message": { "role": "assistant", "content": [ { "text": outcome.text } ] } },
+        "output": { "message": { "role": "assistant", "content": content } },
         "stopReason": outcome.stop,
         "usage": outcome.usage(),
         "metrics": { "latencyMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX) },
@@ -688,10 +776,34 @@ pub async fn converse_stream(
         )));
     }
     if !matches!(steps.last(), Some(Step::Stall | Step::Drop | Step::End)) {
-        steps.push(Step::Send(event(
-            "contentBlockStop",
-            &json!({ "contentBlockIndex": 0 }),
-        )));
+        let mut block = 0;
+        if !outcome.text.is_empty() || outcome.tool_uses.is_empty() {
+            steps.push(Step::Send(event(
+                "contentBlockStop",
+                &json!({ "contentBlockIndex": 0 }),
+            )));
+            block = 1;
+        }
+        // Each tool call is a block of its own: a start naming it, its input as JSON text in
+        // pieces, a stop.
+        for tool in &outcome.tool_uses {
+            steps.push(Step::Send(event(
+                "contentBlockStart",
+                &json!({ "contentBlockIndex": block, "start": { "toolUse": { "toolUseId": tool.id, "name": tool.name } } }),
+            )));
+            let input = tool.input.to_string();
+            for piece in text::chunks(&input).chunks(4) {
+                steps.push(Step::Send(event(
+                    "contentBlockDelta",
+                    &json!({ "contentBlockIndex": block, "delta": { "toolUse": { "input": piece.concat() } } }),
+                )));
+            }
+            steps.push(Step::Send(event(
+                "contentBlockStop",
+                &json!({ "contentBlockIndex": block }),
+            )));
+            block += 1;
+        }
         steps.push(Step::Send(event(
             "messageStop",
             &json!({ "stopReason": outcome.stop }),

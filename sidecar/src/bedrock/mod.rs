@@ -3,67 +3,26 @@
 //! the sidecar's. Every call goes through one client (`client.rs`).
 
 mod client;
+mod model;
 mod stream;
 mod wire;
 
 use std::{sync::Arc, time::Duration};
 
-use aws_sdk_bedrockruntime::types::ConversationRole;
 use axum::http::StatusCode;
 
 use self::client::{BedrockClient, Signer};
-pub use self::stream::{ConverseEvents, StreamPart};
+pub use self::{
+    model::{
+        Block, FRAMING_BOUND_PER_MESSAGE, FRAMING_BOUND_PER_REQUEST, Message, ModelAnswer,
+        ModelRequest, Role, Tool, ToolCall, ToolChoice, Tools,
+    },
+    stream::{ConverseEvents, StreamPart},
+};
 use crate::{
     credentials::{ChainCredentials, RoleCredentialsRegistry},
     errors::ApiError,
 };
-
-/// What the app asked the model, normalised from any of the sidecar's APIs.
-#[derive(Debug, Clone, Default)]
-pub struct ModelRequest {
-    pub system: Option<String>,
-    /// (role, text) pairs; roles are `user` or `assistant`.
-    pub messages: Vec<(ConversationRole, String)>,
-    pub max_tokens: u32,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub stop_sequences: Vec<String>,
-    /// The synced Bedrock guardrail (id, version), if any.
-    pub guardrail: Option<(String, String)>,
-}
-
-impl ModelRequest {
-    /// Text the model reads, for token estimates and PII checks.
-    /// An upper bound of the input tokens Bedrock bills for this request: a token is at least one
-    /// byte of text, and the framing around the texts (role markers; the original README's
-    /// 47-byte prompt is billed 24 tokens, about 12 of them framing) is bounded by
-    /// [`FRAMING_BOUND_PER_REQUEST`] plus [`FRAMING_BOUND_PER_MESSAGE`] per message and system
-    /// prompt, several times what Claude bills.
-    pub fn worst_case_input_tokens(&self) -> u64 {
-        let blocks = self.messages.len() + usize::from(self.system.is_some());
-        u64::try_from(self.input_text_len())
-            .unwrap_or(u64::MAX)
-            .saturating_add(FRAMING_BOUND_PER_REQUEST)
-            .saturating_add(
-                FRAMING_BOUND_PER_MESSAGE.saturating_mul(u64::try_from(blocks).unwrap_or(u64::MAX)),
-            )
-    }
-
-    pub fn input_text_len(&self) -> usize {
-        self.system.as_ref().map_or(0, String::len)
-            + self.messages.iter().map(|(_, t)| t.len()).sum::<usize>()
-    }
-}
-
-/// The model's answer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ModelAnswer {
-    pub text: String,
-    pub stop_reason: String,
-    pub usage: k8s_ai_api::pricing::TokenUsage,
-    /// Text units the Bedrock guardrail evaluated (from the trace), charged on top of tokens.
-    pub guardrail_units: k8s_ai_api::pricing::GuardrailUnits,
-}
 
 /// Bedrock Runtime, signed with the pod's identity: an endpoint's role, else the base chain,
 /// or a Bedrock API key when one is set.
@@ -167,11 +126,6 @@ impl Upstream {
             .await
     }
 }
-
-/// Input tokens reserved once per request for framing (see `ModelRequest::worst_case_input_tokens`).
-pub const FRAMING_BOUND_PER_REQUEST: u64 = 64;
-/// Input tokens reserved per message and per system prompt for framing.
-pub const FRAMING_BOUND_PER_MESSAGE: u64 = 16;
 
 /// Bedrock's error code and message as the app sees them: 429 for throttling, 504 for a model
 /// timeout, 502 for the rest, with Bedrock's code and message kept in ours.

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use k8s_ai_api::pricing::{GuardrailUnits, TokenUsage};
 use serde::de::DeserializeOwned;
 
-use super::wire::{ContentBlockDeltaEvent, MessageStopEvent, MetadataEvent};
+use super::wire::{
+    ContentBlockDeltaEvent, ContentBlockStartEvent, MessageStopEvent, MetadataEvent,
+};
 use crate::errors::ApiError;
 
 /// The largest frame read: the event-stream format's own limit (16 MiB), far above any event.
@@ -24,6 +26,14 @@ const PRELUDE_BYTES: usize = 12;
 pub enum StreamPart {
     /// More of the answer's text.
     Text(String),
+    /// The model starts a tool call in content block `block`.
+    ToolStart {
+        block: u32,
+        id: String,
+        name: String,
+    },
+    /// More of the arguments (JSON text) of the tool call in content block `block`.
+    ToolInput { block: u32, json: String },
     /// The model stopped, for this reason (`end_turn`, `max_tokens`, `guardrail_intervened`, …).
     Stop(String),
     /// Bedrock's count of what the call used: tokens, and the guardrail's text units.
@@ -143,9 +153,27 @@ fn part(message: &Message) -> Result<StreamPart, ApiError> {
         }
     }
     Ok(match header(message, ":event-type").unwrap_or_default() {
+        "contentBlockStart" => {
+            let event: ContentBlockStartEvent = payload(message, "contentBlockStart")?;
+            event
+                .start
+                .tool_use
+                .map_or(StreamPart::Other, |t| StreamPart::ToolStart {
+                    block: event.content_block_index,
+                    id: t.tool_use_id,
+                    name: t.name,
+                })
+        }
         "contentBlockDelta" => {
             let event: ContentBlockDeltaEvent = payload(message, "contentBlockDelta")?;
-            event.delta.text.map_or(StreamPart::Other, StreamPart::Text)
+            match (event.delta.text, event.delta.tool_use) {
+                (Some(text), _) => StreamPart::Text(text),
+                (None, Some(tool)) => StreamPart::ToolInput {
+                    block: event.content_block_index,
+                    json: tool.input,
+                },
+                (None, None) => StreamPart::Other,
+            }
         }
         "messageStop" => {
             let event: MessageStopEvent = payload(message, "messageStop")?;

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use http::StatusCode;
 use k8s_ai_api::pricing::{GuardrailUnits, TokenUsage};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use super::{ModelAnswer, ModelRequest};
+use super::{Block, ModelAnswer, ModelRequest, ToolCall, ToolChoice, Tools};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -19,17 +20,130 @@ pub(super) struct ConverseBody<'a> {
     inference_config: InferenceBody<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     guardrail_config: Option<GuardrailBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ToolConfigBody<'a>>,
 }
 
 #[derive(Serialize)]
 struct MessageBody<'a> {
     role: &'a str,
-    content: [TextBlock<'a>; 1],
+    content: Vec<BlockBody<'a>>,
 }
 
 #[derive(Serialize)]
 struct TextBlock<'a> {
     text: &'a str,
+}
+
+/// A content block: one member set, named by its kind (`{"text": ...}`, `{"toolUse": {...}}`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum BlockBody<'a> {
+    Text(&'a str),
+    ToolUse(ToolUseBody<'a>),
+    ToolResult(ToolResultBody<'a>),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolUseBody<'a> {
+    tool_use_id: &'a str,
+    name: &'a str,
+    input: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolResultBody<'a> {
+    tool_use_id: &'a str,
+    content: [TextBlock<'a>; 1],
+    /// Only sent for a failed tool: Bedrock accepts `status` for Claude and Nova models only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolConfigBody<'a> {
+    tools: Vec<ToolBody<'a>>,
+    tool_choice: ToolChoiceBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolBody<'a> {
+    tool_spec: ToolSpecBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ToolSpecBody<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
+    input_schema: SchemaBody<'a>,
+}
+
+#[derive(Serialize)]
+struct SchemaBody<'a> {
+    json: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum ToolChoiceBody<'a> {
+    Auto(Empty),
+    Any(Empty),
+    Tool(NamedTool<'a>),
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+struct NamedTool<'a> {
+    name: &'a str,
+}
+
+impl<'a> From<&'a Block> for BlockBody<'a> {
+    fn from(b: &'a Block) -> Self {
+        match b {
+            Block::Text(text) => BlockBody::Text(text),
+            Block::ToolUse { id, name, input } => BlockBody::ToolUse(ToolUseBody {
+                tool_use_id: id,
+                name,
+                input,
+            }),
+            Block::ToolResult { id, text, error } => BlockBody::ToolResult(ToolResultBody {
+                tool_use_id: id,
+                content: [TextBlock { text }],
+                status: error.then_some("error"),
+            }),
+        }
+    }
+}
+
+impl<'a> From<&'a Tools> for ToolConfigBody<'a> {
+    fn from(t: &'a Tools) -> Self {
+        ToolConfigBody {
+            tools: t
+                .tools
+                .iter()
+                .map(|tool| ToolBody {
+                    tool_spec: ToolSpecBody {
+                        name: &tool.name,
+                        description: tool.description.as_deref(),
+                        input_schema: SchemaBody { json: &tool.schema },
+                    },
+                })
+                .collect(),
+            tool_choice: match &t.choice {
+                ToolChoice::Auto => ToolChoiceBody::Auto(Empty {}),
+                ToolChoice::Any => ToolChoiceBody::Any(Empty {}),
+                ToolChoice::Named(name) => ToolChoiceBody::Tool(NamedTool { name }),
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -64,9 +178,9 @@ impl<'a> ConverseBody<'a> {
             messages: r
                 .messages
                 .iter()
-                .map(|(role, text)| MessageBody {
-                    role: role.as_str(),
-                    content: [TextBlock { text }],
+                .map(|m| MessageBody {
+                    role: m.role.as_str(),
+                    content: m.content.iter().map(BlockBody::from).collect(),
                 })
                 .collect(),
             system: r.system.as_deref().map(|text| [TextBlock { text }]),
@@ -83,6 +197,7 @@ impl<'a> ConverseBody<'a> {
                 trace: "enabled",
                 stream_processing_mode: stream.then_some("sync"),
             }),
+            tool_config: r.tools.as_ref().map(ToolConfigBody::from),
         }
     }
 }
@@ -179,11 +294,23 @@ struct OutputMessage {
     content: Vec<OutputBlock>,
 }
 
-/// A content block; only text is read (reasoning or tool blocks carry no `text`).
+/// A content block; text and tool calls are read (reasoning blocks are skipped).
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct OutputBlock {
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    tool_use: Option<OutputToolUse>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputToolUse {
+    tool_use_id: String,
+    name: String,
+    #[serde(default)]
+    input: Value,
 }
 
 #[derive(Deserialize, Default)]
@@ -213,14 +340,28 @@ impl UsageBody {
 
 impl ConverseOutput {
     pub(super) fn into_answer(self) -> ModelAnswer {
-        let text = self
+        let blocks = self
             .output
             .and_then(|o| o.message)
-            .map(|m| m.content.into_iter().filter_map(|b| b.text).collect())
+            .map(|m| m.content)
             .unwrap_or_default();
+        let (mut text, mut tool_calls) = (String::new(), Vec::new());
+        for block in blocks {
+            if let Some(t) = block.text {
+                text.push_str(&t);
+            }
+            if let Some(call) = block.tool_use {
+                tool_calls.push(ToolCall {
+                    id: call.tool_use_id,
+                    name: call.name,
+                    arguments: call.input.to_string(),
+                });
+            }
+        }
         let u = self.usage.unwrap_or_default();
         ModelAnswer {
             text,
+            tool_calls,
             stop_reason: self.stop_reason,
             guardrail_units: self
                 .trace
@@ -249,13 +390,47 @@ pub(super) struct ErrorBody {
 #[serde(rename_all = "camelCase")]
 pub(super) struct ContentBlockDeltaEvent {
     #[serde(default)]
+    pub(super) content_block_index: u32,
+    #[serde(default)]
     pub(super) delta: DeltaBody,
 }
 
 #[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
 pub(super) struct DeltaBody {
     #[serde(default)]
     pub(super) text: Option<String>,
+    #[serde(default)]
+    pub(super) tool_use: Option<ToolUseDelta>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ToolUseDelta {
+    #[serde(default)]
+    pub(super) input: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ContentBlockStartEvent {
+    #[serde(default)]
+    pub(super) content_block_index: u32,
+    #[serde(default)]
+    pub(super) start: StartBody,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct StartBody {
+    #[serde(default)]
+    pub(super) tool_use: Option<ToolUseStart>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ToolUseStart {
+    pub(super) tool_use_id: String,
+    pub(super) name: String,
 }
 
 #[derive(Deserialize)]
@@ -339,15 +514,16 @@ mod tests {
     fn the_body_is_bedrocks_converse_shape() {
         let request = ModelRequest {
             system: Some("be brief".into()),
-            messages: vec![(
-                aws_sdk_bedrockruntime::types::ConversationRole::User,
-                "hi".into(),
-            )],
+            messages: vec![super::super::Message {
+                role: super::super::Role::User,
+                content: vec![Block::Text("hi".into())],
+            }],
             max_tokens: 64,
             temperature: Some(0.5),
             top_p: None,
             stop_sequences: vec![],
             guardrail: Some(("gr-1".into(), "2".into())),
+            tools: None,
         };
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
         assert_eq!(
@@ -374,6 +550,82 @@ mod tests {
             json["guardrailConfig"]
                 .get("streamProcessingMode")
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn tools_calls_and_results_take_bedrocks_shapes() {
+        use super::super::{Role, Tool};
+        let mut request = ModelRequest::default();
+        request.push(Role::User, Block::Text("weather in Paris?".into()));
+        request.push(
+            Role::Assistant,
+            Block::ToolUse {
+                id: "t1".into(),
+                name: "get_weather".into(),
+                input: serde_json::json!({"city": "Paris"}),
+            },
+        );
+        request.push(
+            Role::User,
+            Block::ToolResult {
+                id: "t1".into(),
+                text: "sunny".into(),
+                error: false,
+            },
+        );
+        request.tools = Some(Tools {
+            tools: vec![Tool {
+                name: "get_weather".into(),
+                description: None,
+                schema: serde_json::json!({"type": "object"}),
+            }],
+            choice: ToolChoice::Named("get_weather".into()),
+        });
+        let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
+        assert_eq!(
+            json["messages"][1]["content"][0],
+            serde_json::json!({"toolUse": {"toolUseId": "t1", "name": "get_weather", "input": {"city": "Paris"}}})
+        );
+        assert_eq!(
+            json["messages"][2]["content"][0],
+            serde_json::json!({"toolResult": {"toolUseId": "t1", "content": [{"text": "sunny"}]}})
+        );
+        assert_eq!(
+            json["toolConfig"],
+            serde_json::json!({
+                "tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}],
+                "toolChoice": {"tool": {"name": "get_weather"}}
+            })
+        );
+        request.tools.as_mut().unwrap().choice = ToolChoice::Auto;
+        let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
+        assert_eq!(
+            json["toolConfig"]["toolChoice"],
+            serde_json::json!({"auto": {}})
+        );
+    }
+
+    #[test]
+    fn tool_calls_in_an_answer_are_read_with_their_arguments() {
+        let out: ConverseOutput = serde_json::from_value(serde_json::json!({
+            "output": {"message": {"role": "assistant", "content": [
+                {"text": "Let me check."},
+                {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}}
+            ]}},
+            "stopReason": "tool_use",
+            "usage": {"inputTokens": 10, "outputTokens": 20, "totalTokens": 30}
+        }))
+        .unwrap();
+        let answer = out.into_answer();
+        assert_eq!(answer.text, "Let me check.");
+        assert_eq!(
+            answer.tool_calls,
+            [ToolCall {
+                id: "tooluse_1".into(),
+                name: "get_weather".into(),
+                arguments: r#"{"city":"Paris"}"#.into()
+            }]
         );
     }
 }
