@@ -77,6 +77,46 @@ def test_converse_stream_event_stream_framing(emulator):
     assert usage["outputTokens"] == tokens(text)
 
 
+TOOL_CONFIG = {"tools": [{"toolSpec": {"name": "get_weather", "description": "The weather in a city",
+                                      "inputSchema": {"json": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                               "required": ["city"]}}}}]}
+
+
+def test_converse_tool_use_as_boto3_reads_it(emulator):
+    """Tool use in both shapes boto3 parses (Converse's blocks, ConverseStream's contentBlockStart
+    and toolUse deltas), and a tool history Bedrock would refuse."""
+    rt = client("bedrock-runtime", emulator)
+    question = {"role": "user", "content": [{"text": "get_weather in Rome?"}]}
+    out = rt.converse(modelId=HAIKU_US, messages=[question], toolConfig=TOOL_CONFIG)
+    assert out["stopReason"] == "tool_use"
+    use = out["output"]["message"]["content"][1]["toolUse"]
+    assert use["name"] == "get_weather" and isinstance(use["input"]["city"], str)
+    assert use["toolUseId"].startswith("tooluse_")
+    # The tool-use system prompt and the definitions are billed: more than the texts alone.
+    assert out["usage"]["inputTokens"] > 346 + tokens("get_weather in Rome?")
+
+    events = list(rt.converse_stream(modelId=HAIKU_US, messages=[question], toolConfig=TOOL_CONFIG)["stream"])
+    starts = [e["contentBlockStart"] for e in events if "contentBlockStart" in e]
+    assert starts[0]["start"]["toolUse"]["name"] == "get_weather"
+    arguments = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events
+                        if "toolUse" in e.get("contentBlockDelta", {}).get("delta", {}))
+    assert isinstance(json.loads(arguments)["city"], str)
+    assert [e["messageStop"]["stopReason"] for e in events if "messageStop" in e] == ["tool_use"]
+
+    answer = {"role": "user", "content": [{"toolResult": {"toolUseId": use["toolUseId"], "content": [{"text": "Hot"}]}}]}
+    done = rt.converse(modelId=HAIKU_US, messages=[question, out["output"]["message"], answer], toolConfig=TOOL_CONFIG)
+    assert done["output"]["message"]["content"][0]["text"] == "Hot"
+    for messages, config, message in [
+        ([question, out["output"]["message"], answer], None, "toolConfig field must be defined"),
+        ([question, out["output"]["message"], question], TOOL_CONFIG, "Expected toolResult blocks at messages.2.content"),
+        ([question, question], TOOL_CONFIG, "must alternate between user and assistant"),
+    ]:
+        with pytest.raises(ClientError) as e:
+            rt.converse(modelId=HAIKU_US, messages=messages, **({"toolConfig": config} if config else {}))
+        assert e.value.response["Error"]["Code"] == "ValidationException"
+        assert message in e.value.response["Error"]["Message"]
+
+
 def test_invoke_model_anthropic_body(emulator):
     rt = client("bedrock-runtime", emulator)
     body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hello boto3"}]}

@@ -1,8 +1,11 @@
-"""The sidecar through real clients: the OpenAI Python SDK, and Prometheus' promtool on /metrics."""
+"""The sidecar through real clients: the OpenAI Python SDK, LangChain, and Prometheus' promtool on
+/metrics."""
 
+import json
 import shutil
 import subprocess
 import urllib.request
+from decimal import Decimal
 
 import openai
 import pytest
@@ -77,3 +80,80 @@ def test_metrics_pass_promtool(sidecar, tmp_path):
     assert promtool, "promtool is installed by scripts/install-deps.sh (Debian package prometheus)"
     check = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}}
+
+
+def test_openai_sdk_tool_call_round_trip(sidecar, emulator):
+    """An app's tool loop as the SDK's docs write it: the model calls, the app answers, the model
+    uses the answer; each call is charged what Bedrock counted."""
+    url, admin = sidecar
+    oa = client(url)
+    messages = [{"role": "user", "content": "What is get_weather in Paris?"}]
+    first = oa.chat.completions.create(model="claude-haiku", messages=messages, tools=[WEATHER_TOOL])
+    assert first.choices[0].finish_reason == "tool_calls"
+    call = first.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+    messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 degrees"}]
+    second = oa.chat.completions.create(model="claude-haiku", messages=messages, tools=[WEATHER_TOOL])
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == "Sunny, 21 degrees"
+    assert not second.choices[0].message.tool_calls
+
+    calls = emulator.admin("/_emulator/requests?operation=Converse")
+    assert [r.get("error") for r in calls] == [None, None]
+    assert [r["inputTokens"] for r in calls] == [first.usage.prompt_tokens, second.usage.prompt_tokens]
+    with urllib.request.urlopen(f"{admin}/metrics") as r:
+        page = r.read().decode()
+    counted = sum(Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                  if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{"))
+    # Claude Haiku 4.5 through its US profile: $1.10 / $5.50 per million tokens.
+    expected = sum(Decimal(r["inputTokens"]) * Decimal("1.1") + Decimal(r["outputTokens"]) * Decimal("5.5") for r in calls) / 10**6
+    assert abs(counted - expected) < Decimal("1e-12"), (counted, expected)
+
+
+def test_openai_sdk_stream_helper_accumulates_parallel_tool_calls(sidecar):
+    """The SDK's own stream accumulator (`chat.completions.stream`) rebuilds both calls from the
+    deltas: it indexes calls by `index`, which must count calls from 0."""
+    url, _ = sidecar
+    time_tool = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}}}
+    with client(url).chat.completions.stream(
+            model="claude-haiku", tools=[WEATHER_TOOL, time_tool],
+            messages=[{"role": "user", "content": "get_weather and get_time in Oslo"}]) as stream:
+        final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert message.content == "Calling get_weather and get_time."
+    assert [c.function.name for c in message.tool_calls] == ["get_weather", "get_time"]
+    assert len({c.id for c in message.tool_calls}) == 2
+    for c in message.tool_calls:
+        assert isinstance(json.loads(c.function.arguments), dict)
+
+
+def test_langchain_openai_tool_calling_agent(sidecar):
+    """A LangChain agent (`create_agent` on `ChatOpenAI`) runs its tool through the sidecar."""
+    from langchain.agents import create_agent
+    from langchain_core.tools import tool
+    from langchain_openai import ChatOpenAI
+
+    asked = []
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        return f"Sunny in {city}"
+
+    url, _ = sidecar
+    model = ChatOpenAI(model="claude-haiku", base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    agent = create_agent(model, tools=[get_weather])
+    result = agent.invoke({"messages": [{"role": "user", "content": "What is get_weather in Lima?"}]})
+    assert len(asked) == 1, result
+    assert result["messages"][-1].content == f"Sunny in {asked[0]}"
+    assert [m.type for m in result["messages"]] == ["human", "ai", "tool", "ai"]
