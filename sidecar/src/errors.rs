@@ -16,6 +16,9 @@ pub struct ApiError {
     pub message: String,
     /// For 429s: when to try again.
     pub retry_after: Option<Duration>,
+    /// Bedrock's own error code and message, when Bedrock refused the call: the Bedrock-native
+    /// routes answer with them unchanged.
+    pub bedrock: Option<(String, String)>,
 }
 
 impl ApiError {
@@ -25,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            bedrock: None,
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {

@@ -1,7 +1,8 @@
 //! The HTTP APIs: the data port (the seed's `/invoke` and `/render` in `seed.rs`, OpenAI's
-//! `/v1/...` in `openai.rs`) and the admin port (`/healthz`, `/readyz`, `/metrics`), with what
+//! `/v1/...` in `openai.rs`, Bedrock Runtime's `/model/...` in `bedrock_runtime.rs`) and the admin port (`/healthz`, `/readyz`, `/metrics`), with what
 //! they share: reading bodies, names in paths, refusing web pages.
 
+mod bedrock_runtime;
 mod openai;
 mod seed;
 
@@ -29,6 +30,14 @@ pub fn data_router(state: Arc<AppState>) -> Router {
         .route("/render/{namespace}/{template}", post(seed::render))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route(
+            "/model/{model_id}/converse",
+            post(bedrock_runtime::converse),
+        )
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(bedrock_runtime::converse_stream),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -130,8 +130,9 @@ impl Upstream {
 /// Bedrock's error code and message as the app sees them: 429 for throttling, 504 for a model
 /// timeout, 502 for the rest, with Bedrock's code and message kept in ours.
 pub fn service_error(code: &str, message: &str) -> ApiError {
+    let original = Some((code.to_owned(), message.to_owned()));
     let message = format!("Bedrock {code}: {message}");
-    match code {
+    let error = match code {
         "ThrottlingException" | "ServiceQuotaExceededException" => {
             ApiError::rate_limited("upstream_throttled", message, Duration::from_secs(1))
         }
@@ -145,5 +146,9 @@ pub fn service_error(code: &str, message: &str) -> ApiError {
             ApiError::new(StatusCode::BAD_GATEWAY, "upstream_access_denied", message)
         }
         _ => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message),
+    };
+    ApiError {
+        bedrock: original,
+        ..error
     }
 }

@@ -1,0 +1,167 @@
+"""Apps written for Bedrock, unchanged but for `endpoint_url`, through the sidecar: boto3's
+bedrock-runtime client (Converse, ConverseStream, tool use, errors) and LangChain's
+`ChatBedrockConverse`. The app holds no AWS credentials: boto3 sends its requests unsigned and
+the sidecar signs with the pod's identity."""
+
+import json
+import urllib.request
+from decimal import Decimal
+
+import boto3
+import botocore
+import botocore.config
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import seed_manifests, start_sidecar
+
+HAIKU = "anthropic.claude-haiku-4-5-20251001-v1:0"
+UNSIGNED = botocore.config.Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1, "mode": "standard"})
+
+
+def runtime(url: str):
+    return boto3.client("bedrock-runtime", endpoint_url=url, region_name="us-east-1", config=UNSIGNED)
+
+
+def cost_counted(admin: str) -> Decimal:
+    with urllib.request.urlopen(f"{admin}/metrics") as r:
+        page = r.read().decode()
+    return sum((Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{")), Decimal(0))
+
+
+def haiku_cost(record) -> Decimal:
+    """Claude Haiku 4.5 through its US profile: $1.10 / $5.50 per million tokens."""
+    return (Decimal(record["inputTokens"]) * Decimal("1.1") + Decimal(record["outputTokens"]) * Decimal("5.5")) / 10**6
+
+
+def test_boto3_converse_by_endpoint_name_and_by_model_id(sidecar, emulator):
+    url, admin = sidecar
+    rt = runtime(url)
+    by_name = rt.converse(modelId="claude-haiku", system=[{"text": "Be brief."}],
+                          messages=[{"role": "user", "content": [{"text": "What is a sidecar?"}]}],
+                          inferenceConfig={"maxTokens": 64, "temperature": 0.2})
+    assert by_name["output"]["message"]["content"] == [{"text": "What is a sidecar?"}]
+    assert by_name["stopReason"] == "end_turn"
+    # The ModelEndpoint's model id works too, as an app written for Bedrock names it.
+    by_model = rt.converse(modelId=HAIKU, messages=[{"role": "user", "content": [{"text": "again"}]}])
+    assert by_model["output"]["message"]["content"][0]["text"] == "again"
+
+    calls = emulator.admin("/_emulator/requests?operation=Converse")
+    assert [c["modelId"] for c in calls] == [f"us.{HAIKU}"] * 2  # called through the endpoint's profile
+    assert [by_name["usage"]["inputTokens"], by_model["usage"]["inputTokens"]] == [c["inputTokens"] for c in calls]
+    header = by_name["ResponseMetadata"]["HTTPHeaders"]["x-ai-sidecar-cost-usd"]
+    assert Decimal(header) == haiku_cost(calls[0])
+    assert cost_counted(admin) == haiku_cost(calls[0]) + haiku_cost(calls[1])
+
+
+def test_boto3_converse_stream(sidecar):
+    url, _ = sidecar
+    out = runtime(url).converse_stream(modelId="claude-haiku",
+                                       messages=[{"role": "user", "content": [{"text": "stream this answer"}]}])
+    events = list(out["stream"])
+    assert "messageStart" in events[0]
+    text = "".join(e["contentBlockDelta"]["delta"]["text"] for e in events if "contentBlockDelta" in e)
+    assert text == "stream this answer"
+    assert [e["messageStop"]["stopReason"] for e in events if "messageStop" in e] == ["end_turn"]
+    metadata = events[-1]["metadata"]
+    assert metadata["usage"]["outputTokens"] == (len(text) + 3) // 4
+
+
+def test_boto3_tool_use_through_the_sidecar(sidecar):
+    url, _ = sidecar
+    rt = runtime(url)
+    config = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}}]}
+    question = {"role": "user", "content": [{"text": "get_weather in Quito?"}]}
+    first = rt.converse(modelId="claude-haiku", messages=[question], toolConfig=config)
+    assert first["stopReason"] == "tool_use"
+    use = next(b["toolUse"] for b in first["output"]["message"]["content"] if "toolUse" in b)
+    assert use["name"] == "get_weather" and isinstance(use["input"]["city"], str)
+    result = {"role": "user", "content": [{"toolResult": {"toolUseId": use["toolUseId"], "content": [{"json": {"sky": "clear"}}]}}]}
+    second = rt.converse(modelId="claude-haiku", messages=[question, first["output"]["message"], result], toolConfig=config)
+    assert second["stopReason"] == "end_turn"
+    assert json.loads(second["output"]["message"]["content"][0]["text"]) == {"sky": "clear"}
+
+    events = list(rt.converse_stream(modelId="claude-haiku", messages=[question], toolConfig=config)["stream"])
+    start = next(e["contentBlockStart"] for e in events if "contentBlockStart" in e)
+    assert start["start"]["toolUse"]["name"] == "get_weather"
+    arguments = "".join(e["contentBlockDelta"]["delta"]["toolUse"]["input"] for e in events
+                        if "toolUse" in e.get("contentBlockDelta", {}).get("delta", {}))
+    assert isinstance(json.loads(arguments)["city"], str)
+    # Blocks are numbered as Bedrock numbers them: the text first, then the call.
+    assert start["contentBlockIndex"] == 1
+
+
+def test_boto3_sees_bedrocks_errors(sidecar):
+    url, _ = sidecar
+    rt = runtime(url)
+    cases = [
+        ("other-model", [{"role": "user", "content": [{"text": "x"}]}], "AccessDeniedException", "endpoint_not_allowed"),
+        ("claude-haiku", [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": b"\x89PNG"}}}]}],
+         "ValidationException", "messages[0].content[0].image is not supported"),
+        ("claude-haiku", [{"role": "system", "content": [{"text": "x"}]}], "ValidationException", "invalid_request"),
+    ]
+    for model, messages, code, words in cases:
+        with pytest.raises(ClientError) as e:
+            rt.converse(modelId=model, messages=messages)
+        assert e.value.response["Error"]["Code"] == code, e.value.response
+        assert words in e.value.response["Error"]["Message"], e.value.response
+
+
+def test_boto3_sees_a_guardrail_block_as_bedrock_answers_it(sidecar, emulator):
+    """The seed's GuardrailPolicy blocks AWS access keys: Bedrock answers such a call with a 200 whose
+    stop reason is guardrail_intervened, and so does the sidecar. Nothing reaches the model."""
+    url, _ = sidecar
+    out = runtime(url).converse(modelId="claude-haiku",
+                                messages=[{"role": "user", "content": [{"text": "my key is AKIAIOSFODNN7EXAMPLE"}]}])
+    assert out["stopReason"] == "guardrail_intervened"
+    assert "AWS_ACCESS_KEY" in out["output"]["message"]["content"][0]["text"]
+    assert emulator.admin("/_emulator/requests?operation=Converse") == []
+
+
+def test_boto3_is_throttled_and_refused_over_budget(emulator, tmp_path):
+    manifests = seed_manifests().replace("requestsPerMinute: 60", "requestsPerMinute: 1")
+    proc, url, _ = start_sidecar(emulator.url, manifests, tmp_path)
+    try:
+        rt = runtime(url)
+        hello = [{"role": "user", "content": [{"text": "hello"}]}]
+        rt.converse(modelId="claude-haiku", messages=hello)
+        with pytest.raises(ClientError) as e:
+            rt.converse(modelId="claude-haiku", messages=hello)
+        assert e.value.response["Error"]["Code"] == "ThrottlingException"
+        assert e.value.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    broke = seed_manifests().replace('daily: "10.00"', 'daily: "0.000001"')
+    proc, url, _ = start_sidecar(emulator.url, broke, tmp_path)
+    try:
+        with pytest.raises(ClientError) as e:
+            runtime(url).converse(modelId="claude-haiku", messages=[{"role": "user", "content": [{"text": "hello"}]}])
+        assert e.value.response["Error"]["Code"] == "ServiceQuotaExceededException"
+        assert e.value.response["Error"]["Message"].startswith("budget_exceeded: ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_langchain_chat_bedrock_converse(sidecar):
+    """LangChain's Bedrock chat model with only `endpoint_url` changed: a plain call, a stream, and
+    a tool call through `bind_tools`."""
+    from langchain_aws import ChatBedrockConverse
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return f"Sunny in {city}"
+
+    url, _ = sidecar
+    model = ChatBedrockConverse(model="claude-haiku", region_name="us-east-1", client=runtime(url))
+    assert model.invoke("hello from langchain").content == "hello from langchain"
+    assert "".join(str(c.content) for c in model.stream("stream from langchain")).count("stream from langchain") == 1
+    called = model.bind_tools([get_weather]).invoke("get_weather in Lima?")
+    assert [c["name"] for c in called.tool_calls] == ["get_weather"]
+    assert isinstance(called.tool_calls[0]["args"]["city"], str)
