@@ -196,6 +196,24 @@ fn opted_in_pods_are_mutated_by_the_webhook_others_are_not_and_bad_ones_are_deni
         "token"
     );
 
+    // Asked for, the app's AWS SDKs are pointed at the sidecar for Bedrock Runtime only.
+    let run = cluster.apply(&pod(
+        "routed",
+        r#"{"ai.kernelpanic09.io/inject": "true", "ai.kernelpanic09.io/endpoints": "claude-haiku", "ai.kernelpanic09.io/route-bedrock-sdk": "true"}"#,
+    ));
+    assert!(run.success, "{}", run.stderr);
+    let routed = get("routed");
+    let app_env = &routed["spec"]["containers"][0]["env"];
+    assert!(
+        app_env
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "AWS_ENDPOINT_URL_BEDROCK_RUNTIME"
+                && e["value"] == "http://localhost:8090"),
+        "{app_env}"
+    );
+
     // An opt-in that is neither "true" nor "false" is refused, "false" is left alone.
     let run = cluster.apply(&pod(
         "typo",

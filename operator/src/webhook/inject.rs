@@ -21,6 +21,11 @@ pub const MEMORY_REQUEST_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-memory-
 pub const MEMORY_LIMIT_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-memory-limit";
 /// The label on injected pods, so the ledger controller can watch just them (selectors see labels only).
 pub const INJECTED_LABEL: &str = "ai.kernelpanic09.io/sidecar";
+/// `"true"`: the app's containers get `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` pointing at the sidecar,
+/// so an unchanged Bedrock app (boto3, the AWS SDKs, LangChain's Bedrock classes) calls through it.
+pub const ROUTE_BEDROCK_ANNOTATION: &str = "ai.kernelpanic09.io/route-bedrock-sdk";
+/// The AWS SDKs' endpoint setting for Bedrock Runtime only (other services keep theirs).
+pub const BEDROCK_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
 /// The sidecar container's name.
 pub const SIDECAR_NAME: &str = "ai-sidecar";
 /// Our projected token volume (not EKS's `aws-iam-token`, so the two webhooks never collide).
@@ -89,6 +94,35 @@ fn opted_in(pod: &Pod) -> Result<bool, Denial> {
             "{INJECT_ANNOTATION}: {other:?} is neither \"true\" nor \"false\": set \"true\" to have the AI sidecar injected, or remove the annotation"
         ))),
     }
+}
+
+/// Whether the app's Bedrock SDKs are pointed at the sidecar: `"true"` or `"false"` (the default).
+fn routes_bedrock(pod: &Pod) -> Result<bool, Denial> {
+    match annotation(pod, ROUTE_BEDROCK_ANNOTATION) {
+        Some("true") => Ok(true),
+        None | Some("false") => Ok(false),
+        Some(other) => Err(Denial(format!(
+            "{ROUTE_BEDROCK_ANNOTATION}: {other:?} is neither \"true\" nor \"false\": set \"true\" to point the app's AWS SDKs for Bedrock Runtime at the sidecar, or remove the annotation"
+        ))),
+    }
+}
+
+/// Sets [`BEDROCK_ENDPOINT_ENV`] on each app container that does not set it itself (an explicit
+/// value is the owner's choice and is kept).
+fn route_bedrock_ops(spec: &PodSpec) -> Vec<Value> {
+    let value =
+        json!({ "name": BEDROCK_ENDPOINT_ENV, "value": format!("http://localhost:{DATA_PORT}") });
+    let mut ops = Vec::new();
+    for (i, c) in spec.containers.iter().enumerate() {
+        match &c.env {
+            Some(env) if env.iter().any(|e| e.name == BEDROCK_ENDPOINT_ENV) => {}
+            Some(env) if !env.is_empty() => {
+                ops.push(json!({ "op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": value }));
+            }
+            _ => ops.push(json!({ "op": "add", "path": format!("/spec/containers/{i}/env"), "value": [value] })),
+        }
+    }
+    ops
 }
 
 /// The endpoints a pod asks for, validated.
@@ -376,6 +410,7 @@ pub fn patch_for(
     check_pod(spec, settings)?;
     let endpoints = requested_endpoints(pod)?;
     let resources = resources(pod, settings)?;
+    let route_bedrock = routes_bedrock(pod)?;
     let automounted = automounted_api_volume(spec);
     let container = sidecar_container(
         settings,
@@ -414,6 +449,9 @@ pub fn patch_for(
         );
     } else {
         ops.push(json!({ "op": "add", "path": "/spec/volumes", "value": volumes }));
+    }
+    if route_bedrock {
+        ops.extend(route_bedrock_ops(spec));
     }
     // Pods always have annotations here (the opt-in is one), so adding a key is enough.
     ops.push(json!({ "op": "add", "path": format!("/metadata/annotations/{}", pointer_key(INJECTED_ANNOTATION)), "value": settings.version }));
@@ -820,6 +858,64 @@ mod tests {
             patch_for(&pod(&annotations, &host_port_only), &settings())
                 .unwrap()
                 .is_some()
+        );
+    }
+
+    #[test]
+    fn bedrock_sdks_are_pointed_at_the_sidecar_when_asked() {
+        let annotations = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku", ROUTE_BEDROCK_ANNOTATION: "true" });
+        let p = pod(
+            &annotations,
+            &json!({ "containers": [
+                { "name": "app", "image": "app", "env": [ { "name": "A", "value": "1" } ] },
+                { "name": "worker", "image": "app" },
+                { "name": "own", "image": "app", "env": [ { "name": BEDROCK_ENDPOINT_ENV, "value": "https://vpce.example" } ] },
+            ] }),
+        );
+        let patched = apply(&p, &patch_for(&p, &settings()).unwrap().unwrap());
+        let endpoint = |c: usize| -> Vec<String> {
+            patched.spec.as_ref().unwrap().containers[c]
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == BEDROCK_ENDPOINT_ENV)
+                .filter_map(|e| e.value.clone())
+                .collect()
+        };
+        assert_eq!(endpoint(0), ["http://localhost:8090"]);
+        assert_eq!(endpoint(1), ["http://localhost:8090"]);
+        assert_eq!(
+            endpoint(2),
+            ["https://vpce.example"],
+            "the owner's own value is kept"
+        );
+        let a = patched.spec.as_ref().unwrap().containers[0]
+            .env
+            .as_ref()
+            .unwrap();
+        assert_eq!(a[0].name, "A", "the app's variables are kept");
+
+        let without = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku" });
+        let p = pod(
+            &without,
+            &json!({ "containers": [ { "name": "app", "image": "app" } ] }),
+        );
+        let patched = apply(&p, &patch_for(&p, &settings()).unwrap().unwrap());
+        assert!(
+            patched.spec.unwrap().containers[0].env.is_none(),
+            "off by default"
+        );
+
+        let typo = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku", ROUTE_BEDROCK_ANNOTATION: "yes" });
+        let p = pod(
+            &typo,
+            &json!({ "containers": [ { "name": "app", "image": "app" } ] }),
+        );
+        assert!(
+            patch_for(&p, &settings())
+                .unwrap_err()
+                .0
+                .contains(ROUTE_BEDROCK_ANNOTATION)
         );
     }
 }
