@@ -21,11 +21,15 @@ pub const MEMORY_REQUEST_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-memory-
 pub const MEMORY_LIMIT_ANNOTATION: &str = "ai.kernelpanic09.io/sidecar-memory-limit";
 /// The label on injected pods, so the ledger controller can watch just them (selectors see labels only).
 pub const INJECTED_LABEL: &str = "ai.kernelpanic09.io/sidecar";
-/// `"true"`: the app's containers get `AWS_ENDPOINT_URL_BEDROCK_RUNTIME` pointing at the sidecar,
-/// so an unchanged Bedrock app (boto3, the AWS SDKs, LangChain's Bedrock classes) calls through it.
+/// `"true"`: the app's containers get [`ROUTED_ENV`] pointing at the sidecar, so an unchanged
+/// Bedrock app (boto3, the AWS SDKs, LangChain's Bedrock classes, `AnthropicBedrock`) calls
+/// through it.
 pub const ROUTE_BEDROCK_ANNOTATION: &str = "ai.kernelpanic09.io/route-bedrock-sdk";
 /// The AWS SDKs' endpoint setting for Bedrock Runtime only (other services keep theirs).
 pub const BEDROCK_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
+/// The variables set by [`ROUTE_BEDROCK_ANNOTATION`]: the AWS SDKs' and the Anthropic SDKs'
+/// Bedrock client's (`AnthropicBedrock`) base URL.
+pub const ROUTED_ENV: [&str; 2] = [BEDROCK_ENDPOINT_ENV, "ANTHROPIC_BEDROCK_BASE_URL"];
 /// The sidecar container's name.
 pub const SIDECAR_NAME: &str = "ai-sidecar";
 /// Our projected token volume (not EKS's `aws-iam-token`, so the two webhooks never collide).

@@ -29,7 +29,7 @@ use crate::{
 };
 
 /// The `{modelId}` of the path, decoded, or Bedrock's refusal when it cannot be.
-pub(super) struct ModelId(String);
+pub(super) struct ModelId(pub(super) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for ModelId {
     type Rejection = Response;
@@ -94,7 +94,7 @@ struct ToolConfigIn {
 /// Request fields accepted and not acted on: metadata for the caller's own logs.
 const IGNORED: &[&str] = &["requestMetadata"];
 
-fn unsupported(field: &str) -> ApiError {
+pub(super) fn unsupported(field: &str) -> ApiError {
     ApiError::new(
         StatusCode::BAD_REQUEST,
         "unsupported_parameter",
@@ -116,7 +116,7 @@ fn member<'a>(union: &'a Map<String, Value>, at: &str) -> Result<(&'a str, &'a V
     }
 }
 
-fn text_field(value: &Value, at: &str) -> Result<String, ApiError> {
+pub(super) fn text_field(value: &Value, at: &str) -> Result<String, ApiError> {
     value
         .as_str()
         .map(str::to_owned)
@@ -242,9 +242,22 @@ fn tools(config: &ToolConfigIn) -> Result<Tools, ApiError> {
     Ok(Tools { tools, choice })
 }
 
+/// Whether `name` is Anthropic's name for the Bedrock model `model_id`: `claude-haiku-4-5` or
+/// `claude-haiku-4-5-20251001` for `anthropic.claude-haiku-4-5-20251001-v1:0`, as apps written
+/// for Anthropic's API name their model.
+fn is_anthropic_name_of(name: &str, model_id: &str) -> bool {
+    let base = k8s_ai_api::model_id::base_model_id(model_id);
+    name.starts_with("claude-")
+        && base
+            .strip_prefix("anthropic.")
+            .and_then(|rest| rest.strip_prefix(name))
+            .is_some_and(|after| after.starts_with('-') || after.starts_with(':'))
+}
+
 /// The endpoint `{modelId}` names: a ModelEndpoint's name, or the model id (or the inference
-/// profile it is called through) of exactly one endpoint this pod may use.
-fn endpoint(state: &AppState, model_id: &str) -> Result<Arc<EndpointConfig>, ApiError> {
+/// profile it is called through, or Anthropic's name for it) of exactly one endpoint this pod may
+/// use.
+pub(super) fn endpoint(state: &AppState, model_id: &str) -> Result<Arc<EndpointConfig>, ApiError> {
     let namespace = state.catalog.namespace().to_owned();
     let snapshot = state.catalog.snapshot();
     if snapshot.endpoints.contains_key(model_id) {
@@ -254,7 +267,11 @@ fn endpoint(state: &AppState, model_id: &str) -> Result<Arc<EndpointConfig>, Api
         .endpoints
         .values()
         .filter(|e| state.catalog.allows(&e.name))
-        .filter(|e| e.spec.model_id == model_id || e.model_to_call == model_id)
+        .filter(|e| {
+            e.spec.model_id == model_id
+                || e.model_to_call == model_id
+                || is_anthropic_name_of(model_id, &e.spec.model_id)
+        })
         .collect();
     matching.sort_by(|a, b| a.name.cmp(&b.name));
     match matching.as_slice() {
@@ -321,7 +338,7 @@ fn usage(answer: &ModelAnswer) -> Value {
     usage
 }
 
-fn latency_ms(started: Instant) -> u64 {
+pub(super) fn latency_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -508,14 +525,7 @@ impl Frames {
                 out
             }
             StreamEvent::Error(e) if e.code == "guardrail_blocked" => self.blocked(&e, started),
-            StreamEvent::Error(e) => {
-                let (fallback, _) = error_type(&e);
-                let (code, message) = match &e.bedrock {
-                    Some((code, message)) => (code.clone(), message.clone()),
-                    None => (fallback.to_owned(), format!("{}: {}", e.code, e.message)),
-                };
-                vec![exception(&code, &message)]
-            }
+            StreamEvent::Error(e) => vec![error_exception(&e)],
         }
     }
 
@@ -551,7 +561,7 @@ fn frame(headers: [(&'static str, String); 3], payload: &Value) -> Bytes {
     Bytes::from(buf)
 }
 
-fn event(kind: &'static str, payload: &Value) -> Bytes {
+pub(super) fn event(kind: &'static str, payload: &Value) -> Bytes {
     frame(
         [
             (":event-type", kind.to_owned()),
@@ -562,9 +572,18 @@ fn event(kind: &'static str, payload: &Value) -> Bytes {
     )
 }
 
+/// The exception frame that ends a stream with `e`: Bedrock's own, or ours named as Bedrock would.
+pub(super) fn error_exception(e: &ApiError) -> Bytes {
+    let (fallback, _) = error_type(e);
+    match &e.bedrock {
+        Some((code, message)) => exception(code, message),
+        None => exception(fallback, &format!("{}: {}", e.code, e.message)),
+    }
+}
+
 /// An exception that ends the stream, named as the stream's members are
 /// (`throttlingException`, `modelStreamErrorException`, ...).
-fn exception(code: &str, message: &str) -> Bytes {
+pub(super) fn exception(code: &str, message: &str) -> Bytes {
     let member = match code {
         "ThrottlingException"
         | "ValidationException"
@@ -602,7 +621,7 @@ fn event_stream(events: mpsc::Receiver<StreamEvent>, started: Instant) -> Respon
     stream_response(stream::iter(first.into_iter().map(Ok)).chain(rest).boxed())
 }
 
-fn stream_response(
+pub(super) fn stream_response(
     body: stream::BoxStream<'static, Result<Bytes, std::convert::Infallible>>,
 ) -> Response {
     let mut response = axum::body::Body::from_stream(body).into_response();

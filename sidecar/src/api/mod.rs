@@ -1,7 +1,9 @@
 //! The HTTP APIs: the data port (the seed's `/invoke` and `/render` in `seed.rs`, OpenAI's
-//! `/v1/...` in `openai.rs`, Bedrock Runtime's `/model/...` in `bedrock_runtime.rs`) and the admin port (`/healthz`, `/readyz`, `/metrics`), with what
+//! `/v1/...` in `openai.rs`, Bedrock Runtime's `/model/...` in `bedrock_runtime.rs`,
+//! Anthropic's Messages in `anthropic.rs`) and the admin port (`/healthz`, `/readyz`, `/metrics`), with what
 //! they share: reading bodies, names in paths, refusing web pages.
 
+mod anthropic;
 mod bedrock_runtime;
 mod openai;
 mod seed;
@@ -38,6 +40,12 @@ pub fn data_router(state: Arc<AppState>) -> Router {
             "/model/{model_id}/converse-stream",
             post(bedrock_runtime::converse_stream),
         )
+        .route("/model/{model_id}/invoke", post(anthropic::invoke))
+        .route(
+            "/model/{model_id}/invoke-with-response-stream",
+            post(anthropic::invoke_with_response_stream),
+        )
+        .route("/v1/messages", post(anthropic::messages))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

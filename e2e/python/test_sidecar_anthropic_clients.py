@@ -1,0 +1,125 @@
+"""Apps written for Anthropic's API through the sidecar: the Anthropic Python SDK with its base URL
+at the sidecar (`/v1/messages`) and its `AnthropicBedrock` client (InvokeModel with Anthropic
+bodies), text, tools and streams, each call charged what Bedrock counted."""
+
+import json
+import urllib.request
+from decimal import Decimal
+
+import anthropic
+import pytest
+
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def client(url: str) -> anthropic.Anthropic:
+    # The app changes only the base URL; the sidecar holds the AWS identity, the key is unused.
+    return anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+
+
+def bedrock_client(url: str) -> anthropic.AnthropicBedrock:
+    # It signs with whatever keys it has; the sidecar ignores the signature and signs itself.
+    return anthropic.AnthropicBedrock(base_url=url, aws_region="us-east-1", aws_access_key="unused",
+                                      aws_secret_key="unused", max_retries=0)
+
+
+def cost_counted(admin: str) -> Decimal:
+    with urllib.request.urlopen(f"{admin}/metrics") as r:
+        page = r.read().decode()
+    return sum((Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{")), Decimal(0))
+
+
+def haiku_cost(record) -> Decimal:
+    """Claude Haiku 4.5 through its US profile: $1.10 / $5.50 per million tokens."""
+    return (Decimal(record["inputTokens"]) * Decimal("1.1") + Decimal(record["outputTokens"]) * Decimal("5.5")) / 10**6
+
+
+def test_messages_text_tools_and_exact_cost(sidecar, emulator):
+    url, admin = sidecar
+    ac = client(url)
+    # The endpoint's name, and Anthropic's own name for the model, both reach the endpoint.
+    out = ac.messages.create(model="claude-haiku", max_tokens=64, system="Be brief.",
+                             messages=[{"role": "user", "content": "What is a sidecar?"}])
+    assert out.content[0].text == "What is a sidecar?"
+    assert out.stop_reason == "end_turn"
+    again = ac.messages.create(model="claude-haiku-4-5", max_tokens=64,
+                               messages=[{"role": "user", "content": [{"type": "text", "text": "again"}]}])
+    assert again.content[0].text == "again"
+
+    question = {"role": "user", "content": "get_weather in Nairobi?"}
+    called = ac.messages.create(model="claude-haiku", max_tokens=256, tools=[WEATHER], messages=[question])
+    assert called.stop_reason == "tool_use"
+    use = next(b for b in called.content if b.type == "tool_use")
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)
+    answered = ac.messages.create(model="claude-haiku", max_tokens=256, tools=[WEATHER], messages=[
+        question, {"role": "assistant", "content": called.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Warm"}]}])
+    assert answered.content[0].text == "Warm"
+
+    calls = emulator.admin("/_emulator/requests?operation=Converse")
+    assert [c.get("error") for c in calls] == [None] * 4
+    assert [o.usage.input_tokens for o in (out, again, called, answered)] == [c["inputTokens"] for c in calls]
+    # The metric is a float counter: equal to the exact sum within its precision.
+    assert abs(cost_counted(admin) - sum(haiku_cost(c) for c in calls)) < Decimal("1e-12")
+
+
+def test_messages_stream_with_the_sdks_accumulator(sidecar, emulator):
+    url, _ = sidecar
+    with client(url).messages.stream(model="claude-haiku", max_tokens=256, tools=[WEATHER],
+                                     messages=[{"role": "user", "content": "get_weather in Hanoi"}]) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[0].text == "Calling get_weather."
+    assert isinstance(final.content[1].input["city"], str)
+    record = emulator.admin("/_emulator/requests?operation=ConverseStream")[0]
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (record["inputTokens"], record["outputTokens"])
+
+    with client(url).messages.stream(model="claude-haiku", max_tokens=64,
+                                     messages=[{"role": "user", "content": "stream me"}]) as stream:
+        assert "".join(stream.text_stream) == "stream me"
+
+
+def test_anthropic_bedrock_client_through_invoke_model(sidecar, emulator):
+    url, admin = sidecar
+    ab = bedrock_client(url)
+    out = ab.messages.create(model="claude-haiku", max_tokens=64, messages=[{"role": "user", "content": "via invoke"}])
+    assert out.content[0].text == "via invoke"
+    assert out.model == "anthropic.claude-haiku-4-5-20251001-v1:0"
+    with ab.messages.stream(model="claude-haiku", max_tokens=64,
+                            messages=[{"role": "user", "content": "via stream"}]) as stream:
+        assert "".join(stream.text_stream) == "via stream"
+        final = stream.get_final_message()
+    assert final.stop_reason == "end_turn"
+    records = [r for r in emulator.admin("/_emulator/requests") if r.get("service") == "bedrock-runtime"]
+    assert [r["operation"] for r in records] == ["Converse", "ConverseStream"]
+    assert final.usage.output_tokens == records[1]["outputTokens"]
+    assert abs(cost_counted(admin) - sum(haiku_cost(r) for r in records)) < Decimal("1e-12")
+
+
+def test_anthropic_errors_and_refusals(sidecar, emulator):
+    url, _ = sidecar
+    ac = client(url)
+    with pytest.raises(anthropic.PermissionDeniedError) as e:
+        ac.messages.create(model="other-model", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["error"]["message"].startswith("endpoint_not_allowed: ")
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ac.messages.create(model="claude-haiku", max_tokens=8, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}])
+    assert "messages[0].content[0] of type \"image\" is not supported" in e.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ac.messages.create(model="claude-haiku", max_tokens=8, extra_body={"top_k": 5}, messages=[{"role": "user", "content": "x"}])
+    assert e.value.body["error"]["message"].startswith("unsupported_parameter: top_k")
+    # The seed's guardrail blocks AWS keys: a refusal, as Claude answers one, and no model call.
+    out = ac.messages.create(model="claude-haiku", max_tokens=8,
+                             messages=[{"role": "user", "content": "key AKIAIOSFODNN7EXAMPLE"}])
+    assert out.stop_reason == "refusal"
+    assert emulator.admin("/_emulator/requests?operation=Converse") == []
+    # InvokeModel bodies of other providers are refused, in Bedrock's words.
+    with pytest.raises(Exception) as e:
+        urllib.request.urlopen(urllib.request.Request(
+            f"{url}/model/claude-haiku/invoke", data=json.dumps({"inputText": "hi"}).encode(), method="POST"))
+    assert e.value.code == 400
+    assert e.value.headers["x-amzn-errortype"] == "ValidationException"
