@@ -131,7 +131,9 @@ pub async fn start_sidecar(
     start_sidecar_logging(emulator, manifests, ns, extra_env, None).await
 }
 
-/// `start_sidecar`, with its log (standard output) written to `log` when given.
+/// `start_sidecar`, with its log (standard output) written to `log` when given. A sidecar that
+/// exits before it is ready is started again on new ports (twice at most): another test may take
+/// a port between `free_port()` and the sidecar's bind.
 pub async fn start_sidecar_logging(
     emulator: &Running,
     manifests: Option<&str>,
@@ -139,6 +141,23 @@ pub async fn start_sidecar_logging(
     extra_env: &[(&str, &str)],
     log: Option<&std::path::Path>,
 ) -> Sidecar {
+    for _ in 0..2 {
+        if let Ok(sidecar) = try_start_sidecar(emulator, manifests, ns, extra_env, log).await {
+            return sidecar;
+        }
+    }
+    try_start_sidecar(emulator, manifests, ns, extra_env, log)
+        .await
+        .unwrap_or_else(|status| panic!("the sidecar exited before it was ready: {status}"))
+}
+
+async fn try_start_sidecar(
+    emulator: &Running,
+    manifests: Option<&str>,
+    ns: &str,
+    extra_env: &[(&str, &str)],
+    log: Option<&std::path::Path>,
+) -> Result<Sidecar, std::process::ExitStatus> {
     let dir = TempDir::new();
     let (port, mut admin_port) = (free_port(), free_port());
     // A test that picks the admin address reaches it on its port over 127.0.0.1.
@@ -174,7 +193,7 @@ pub async fn start_sidecar_logging(
         command.env(k, v);
     }
     let child = command.spawn().unwrap();
-    let sidecar = Sidecar {
+    let mut sidecar = Sidecar {
         child,
         url: format!("http://127.0.0.1:{port}"),
         admin: format!("http://127.0.0.1:{admin_port}"),
@@ -187,13 +206,16 @@ pub async fn start_sidecar_logging(
         {
             break;
         }
+        if let Ok(Some(status)) = sidecar.child.try_wait() {
+            return Err(status);
+        }
         assert!(
             Instant::now() < deadline,
             "the sidecar did not become ready"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    sidecar
+    Ok(sidecar)
 }
 
 pub async fn emulator(config: Config) -> Running {
