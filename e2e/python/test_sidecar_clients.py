@@ -10,6 +10,8 @@ from decimal import Decimal
 import openai
 import pytest
 
+from conftest import seed_manifests, start_sidecar
+
 
 def tokens(text: str) -> int:
     return (len(text.encode()) + 3) // 4
@@ -157,3 +159,95 @@ def test_langchain_openai_tool_calling_agent(sidecar):
     assert len(asked) == 1, result
     assert result["messages"][-1].content == f"Sunny in {asked[0]}"
     assert [m.type for m in result["messages"]] == ["human", "ai", "tool", "ai"]
+
+
+OLDER_MODEL = """---
+apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelEndpoint
+metadata:
+  name: claude-35-haiku
+  namespace: ai-workloads
+spec:
+  modelId: anthropic.claude-3-5-haiku-20241022-v1:0
+  region: us-east-1
+  maxTokens: 1024
+"""
+
+
+@pytest.fixture
+def two_models(emulator, tmp_path):
+    """The seed's Claude Haiku 4.5 (Bedrock constrains its output to a schema) and Claude 3.5
+    Haiku (it does not: the sidecar makes it call a tool shaped by the schema instead)."""
+    proc, url, admin = start_sidecar(emulator.url, seed_manifests() + OLDER_MODEL, tmp_path)
+    yield url, admin
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_structured_output_with_the_sdks_parse_helper(two_models):
+    """`chat.completions.parse` with a pydantic model, whole and streamed, on both models: the
+    answer validates against the schema (pydantic checks it) either way."""
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        population: int
+        capital: bool
+
+    class Answer(BaseModel):
+        city: City
+        neighbours: list[str]
+
+    url, _ = two_models
+    oa = client(url)
+    for model in ["claude-haiku", "claude-35-haiku"]:
+        out = oa.chat.completions.parse(model=model, response_format=Answer,
+                                        messages=[{"role": "user", "content": "Tell me about Lyon"}])
+        assert out.choices[0].finish_reason == "stop", model
+        parsed = out.choices[0].message.parsed
+        assert isinstance(parsed, Answer) and isinstance(parsed.city.population, int), model
+        assert not out.choices[0].message.tool_calls, model
+        with oa.chat.completions.stream(model=model, response_format=Answer,
+                                        messages=[{"role": "user", "content": "and Turin"}]) as stream:
+            final = stream.get_final_completion()
+        assert isinstance(final.choices[0].message.parsed, Answer), model
+        assert final.choices[0].finish_reason == "stop", model
+
+
+def test_json_object_and_strict_tools(two_models):
+    url, _ = two_models
+    oa = client(url)
+    out = oa.chat.completions.create(model="claude-35-haiku", response_format={"type": "json_object"},
+                                     messages=[{"role": "user", "content": "Some JSON please"}])
+    assert isinstance(json.loads(out.choices[0].message.content), dict)
+    assert out.choices[0].finish_reason == "stop"
+
+    from pydantic import BaseModel
+
+    class GetWeather(BaseModel):
+        city: str
+
+    strict_tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
+    assert strict_tool["function"]["strict"] is True
+    done = oa.chat.completions.create(model="claude-haiku", tools=[strict_tool],
+                                      messages=[{"role": "user", "content": "get_weather in Bern"}])
+    GetWeather.model_validate_json(done.choices[0].message.tool_calls[0].function.arguments)
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.chat.completions.create(model="claude-35-haiku", tools=[strict_tool],
+                                   messages=[{"role": "user", "content": "get_weather in Bern"}])
+    assert "tools[0].function.strict" in e.value.body["message"]
+
+
+def test_langchain_with_structured_output(two_models):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel
+
+    class Movie(BaseModel):
+        title: str
+        year: int
+
+    url, _ = two_models
+    for model in ["claude-haiku", "claude-35-haiku"]:
+        chat = ChatOpenAI(model=model, base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        movie = chat.with_structured_output(Movie).invoke("A film about operators")
+        assert isinstance(movie, Movie) and isinstance(movie.year, int), model

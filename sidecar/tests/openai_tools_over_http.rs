@@ -183,12 +183,6 @@ async fn tool_requests_bedrock_would_refuse_are_refused_here_first() {
             "nope",
         ),
         (
-            "strict schemas",
-            json!({ "messages": [user], "tools": [{ "type": "function", "function": { "name": "f", "strict": true, "parameters": { "type": "object" } } }] }),
-            "unsupported_parameter",
-            "strict",
-        ),
-        (
             "a bad tool name",
             json!({ "messages": [user], "tools": [{ "type": "function", "function": { "name": "get weather" } }] }),
             "invalid_request",

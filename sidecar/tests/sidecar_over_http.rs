@@ -593,7 +593,6 @@ async fn openai_fields_we_do_not_implement_are_refused_by_name() {
     // (field as the message names it, the body with it)
     let mut refused: Vec<(&str, Value)> = Vec::new();
     for (field, value) in [
-        ("response_format", json!({ "type": "json_object" })),
         ("n", json!(2)),
         ("logprobs", json!(true)),
         ("top_logprobs", json!(2)),

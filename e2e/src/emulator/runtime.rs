@@ -47,6 +47,8 @@ struct Prompt {
     tools: Option<ToolConfig>,
     /// The last user turn answers tool calls (the model answers from the results).
     answers_tools: bool,
+    /// The schema the answer must follow (`outputConfig.textFormat`), if any.
+    output_schema: Option<Value>,
 }
 
 /// The guardrail a request names.
@@ -117,6 +119,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         AwsError::validation("1 validation error detected: Value at 'messages' failed to satisfy constraint: Member must not be null")
     })?;
     let tools = tools::read_config(body)?;
+    let output_schema = tools::read_output_schema(body)?;
     tools::check_history(messages, tools.is_some())?;
     let mut texts = Vec::new();
     let mut cache_prefix = None;
@@ -226,9 +229,13 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         stop_sequences,
         cache_prefix,
         framing: text::framing_tokens(messages.len(), system)
-            + tools.as_ref().map_or(0, |t| t.tokens),
+            + tools.as_ref().map_or(0, |t| t.tokens)
+            + output_schema
+                .as_ref()
+                .map_or(0, |s| count_tokens(&s.to_string())),
         tools,
         answers_tools,
+        output_schema,
     })
 }
 
@@ -277,6 +284,7 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         framing: text::framing_tokens(messages.len(), system),
         tools: None,
         answers_tools: false,
+        output_schema: None,
     })
 }
 
@@ -439,7 +447,16 @@ impl Emulator {
             }
             _ => Vec::new(),
         };
-        let (mut answer, stop) = if tool_uses.is_empty() {
+        let (mut answer, stop) = if let Some(schema) = prompt
+            .output_schema
+            .as_ref()
+            .filter(|_| tool_uses.is_empty())
+        {
+            (
+                tools::structured_answer(schema, &last_user_text),
+                "end_turn",
+            )
+        } else if tool_uses.is_empty() {
             let (answer, stop) = text::answer(
                 &self.config().output,
                 &last_user_text,
@@ -579,6 +596,11 @@ impl Emulator {
             let guardrail = self.admit(&caller, model_id, &guardrail_config)?;
             if let Some(tools) = &prompt.tools {
                 tools::check_choice_supported(tools, base_model_id(model_id))?;
+            }
+            if prompt.output_schema.is_some() && !tools::has_structured_outputs(base_model_id(model_id)) {
+                return Err(AwsError::validation(
+                    "This model doesn't support the outputConfig.textFormat field. Remove outputConfig.textFormat and try again.",
+                ));
             }
             Ok((prompt, guardrail))
         });

@@ -27,6 +27,8 @@ pub struct ToolConfig {
     /// (name, input schema) of each tool.
     pub tools: Vec<(String, Value)>,
     pub choice: Choice,
+    /// Some tool asks for strict decoding (`toolSpec.strict`).
+    pub strict: bool,
     /// The tokens the tool definitions and the tool-use system prompt are billed.
     pub tokens: u64,
 }
@@ -66,6 +68,7 @@ pub fn read_config(body: &Value) -> Result<Option<ToolConfig>, AwsError> {
         AwsError::validation("1 validation error detected: Value '[]' at 'toolConfig.tools' failed to satisfy constraint: Member must have length greater than or equal to 1")
     })?;
     let mut read = Vec::with_capacity(tools.len());
+    let mut strict = false;
     for (i, tool) in tools.iter().enumerate() {
         let spec = &tool["toolSpec"];
         let name = spec["name"].as_str().unwrap_or_default();
@@ -86,6 +89,13 @@ pub fn read_config(body: &Value) -> Result<Option<ToolConfig>, AwsError> {
             .any(|(known, _): &(String, Value)| known == name)
         {
             return Err(AwsError::validation("tools: Tool names must be unique."));
+        }
+        if spec["strict"] == true {
+            strict = true;
+            check_closed(
+                schema,
+                &format!("toolConfig.tools.{i}.toolSpec.inputSchema.json"),
+            )?;
         }
         read.push((name.to_owned(), schema.clone()));
     }
@@ -115,12 +125,87 @@ pub fn read_config(body: &Value) -> Result<Option<ToolConfig>, AwsError> {
     Ok(Some(ToolConfig {
         tools: read,
         choice,
+        strict,
         tokens,
     }))
 }
 
+/// Whether Bedrock constrains this model's output to a schema (structured outputs): Claude 4.5
+/// and later.
+pub fn has_structured_outputs(base_model: &str) -> bool {
+    [
+        "anthropic.claude-sonnet-4-5",
+        "anthropic.claude-haiku-4-5",
+        "anthropic.claude-opus-4-5",
+        "anthropic.claude-opus-4-6",
+        "anthropic.claude-sonnet-4-6",
+    ]
+    .iter()
+    .any(|m| base_model.starts_with(m))
+}
+
+/// Constrained decoding takes closed objects only: every object schema must say
+/// `additionalProperties: false`, as Anthropic's structured outputs require.
+pub fn check_closed(schema: &Value, at: &str) -> Result<(), AwsError> {
+    match schema {
+        Value::Object(map) => {
+            if map.get("type").and_then(Value::as_str) == Some("object")
+                && map.get("additionalProperties") != Some(&Value::Bool(false))
+            {
+                return Err(AwsError::validation(format!(
+                    "{at}: For 'object' type, 'additionalProperties' must be explicitly set to false"
+                )));
+            }
+            map.iter()
+                .try_for_each(|(k, v)| check_closed(v, &format!("{at}.{k}")))
+        }
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_closed(v, &format!("{at}.{i}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `outputConfig.textFormat`: the schema (sent as JSON text) the answer must follow.
+pub fn read_output_schema(body: &Value) -> Result<Option<Value>, AwsError> {
+    let config = &body["outputConfig"];
+    if config.is_null() {
+        return Ok(None);
+    }
+    let format = &config["textFormat"];
+    if format["type"] != "json_schema" {
+        return Err(AwsError::validation(
+            "1 validation error detected: Value at 'outputConfig.textFormat.type' failed to satisfy constraint: Member must satisfy enum value set: [json_schema]",
+        ));
+    }
+    let text = format["structure"]["jsonSchema"]["schema"].as_str().ok_or_else(|| {
+        AwsError::validation("1 validation error detected: Value at 'outputConfig.textFormat.structure.jsonSchema.schema' failed to satisfy constraint: Member must not be null")
+    })?;
+    let schema: Value = serde_json::from_str(text).map_err(|e| {
+        AwsError::validation(format!(
+            "outputConfig.textFormat.structure.jsonSchema.schema is not valid JSON: {e}"
+        ))
+    })?;
+    check_closed(
+        &schema,
+        "outputConfig.textFormat.structure.jsonSchema.schema",
+    )?;
+    Ok(Some(schema))
+}
+
+/// An answer that follows `schema`, for the user's words `text`.
+pub fn structured_answer(schema: &Value, text: &str) -> String {
+    example(schema, text, 0).to_string()
+}
+
 /// Bedrock lets only some models be forced to call a tool.
 pub fn check_choice_supported(config: &ToolConfig, base_model: &str) -> Result<(), AwsError> {
+    if config.strict && !has_structured_outputs(base_model) {
+        return Err(AwsError::validation(
+            "This model doesn't support the toolConfig.tools.toolSpec.strict field. Remove toolConfig.tools.toolSpec.strict and try again.",
+        ));
+    }
     let field = match config.choice {
         Choice::Auto => return Ok(()),
         Choice::Any => "any",
@@ -239,38 +324,72 @@ fn tool_use_id(seed: &str, k: usize) -> String {
 }
 
 /// Arguments that satisfy `schema`: every required property (all of them when none is listed),
-/// strings taken from the user's words, numbers at their minimum or 1, the first of an enum.
+/// strings taken from the user's words, numbers at their minimum or 1, the first of an enum or a
+/// union (`anyOf`, `oneOf`, a list of types), references (`$ref` to `#/$defs/...`) followed.
 fn example(schema: &Value, text: &str, depth: usize) -> Value {
-    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
-        return first.clone();
-    }
-    match schema["type"].as_str().unwrap_or("string") {
-        "object" if depth < 4 => {
-            let properties = schema["properties"].as_object();
-            let required: Vec<&str> = schema["required"].as_array().map_or_else(
-                || {
-                    properties
-                        .map(|p| p.keys().map(String::as_str).collect())
-                        .unwrap_or_default()
-                },
-                |r| r.iter().filter_map(Value::as_str).collect(),
-            );
-            let mut out = serde_json::Map::new();
-            for name in required {
-                let property = properties.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
-                out.insert(name.to_owned(), example(property, text, depth + 1));
-            }
-            Value::Object(out)
+    Example { root: schema, text }.of(schema, depth)
+}
+
+struct Example<'a> {
+    root: &'a Value,
+    text: &'a str,
+}
+
+impl Example<'_> {
+    fn of(&self, schema: &Value, depth: usize) -> Value {
+        if depth > 8 {
+            return Value::Null;
         }
-        "object" => json!({}),
-        "integer" => schema["minimum"].as_i64().map_or(json!(1), |m| json!(m)),
-        "number" => schema["minimum"].as_f64().map_or(json!(1.5), |m| json!(m)),
-        "boolean" => json!(true),
-        "array" => json!([example(&schema["items"], text, depth + 1)]),
-        "null" => Value::Null,
-        _ => {
-            let words: String = text.chars().take(40).collect();
-            json!(words.trim())
+        if let Some(path) = schema["$ref"].as_str() {
+            let target = path
+                .strip_prefix('#')
+                .and_then(|p| self.root.pointer(p))
+                .unwrap_or(&Value::Null);
+            return self.of(target, depth + 1);
+        }
+        if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+            return first.clone();
+        }
+        if let Some(constant) = schema.get("const") {
+            return constant.clone();
+        }
+        if let Some(first) = ["anyOf", "oneOf", "allOf"]
+            .iter()
+            .find_map(|k| schema[*k].as_array().and_then(|o| o.first()))
+        {
+            return self.of(first, depth + 1);
+        }
+        let kind = match &schema["type"] {
+            Value::Array(kinds) => kinds.first().and_then(Value::as_str).unwrap_or("string"),
+            kind => kind.as_str().unwrap_or("string"),
+        };
+        match kind {
+            "object" => {
+                let properties = schema["properties"].as_object();
+                let required: Vec<&str> = schema["required"].as_array().map_or_else(
+                    || {
+                        properties
+                            .map(|p| p.keys().map(String::as_str).collect())
+                            .unwrap_or_default()
+                    },
+                    |r| r.iter().filter_map(Value::as_str).collect(),
+                );
+                let mut out = serde_json::Map::new();
+                for name in required {
+                    let property = properties.and_then(|p| p.get(name)).unwrap_or(&Value::Null);
+                    out.insert(name.to_owned(), self.of(property, depth + 1));
+                }
+                Value::Object(out)
+            }
+            "integer" => schema["minimum"].as_i64().map_or(json!(1), |m| json!(m)),
+            "number" => schema["minimum"].as_f64().map_or(json!(1.5), |m| json!(m)),
+            "boolean" => json!(true),
+            "array" => json!([self.of(&schema["items"], depth + 1)]),
+            "null" => Value::Null,
+            _ => {
+                let words: String = self.text.chars().take(40).collect();
+                json!(words.trim())
+            }
         }
     }
 }
@@ -363,6 +482,32 @@ mod tests {
         );
         assert!(
             refused(&[question, user("t1")], true).contains("exceeds the number of toolUse blocks")
+        );
+    }
+
+    #[test]
+    fn structured_answers_follow_references_and_unions_and_open_objects_are_refused() {
+        let schema = json!({
+            "type": "object", "additionalProperties": false, "required": ["who", "age", "tags"],
+            "properties": {
+                "who": { "$ref": "#/$defs/Person" },
+                "age": { "anyOf": [{ "type": "integer" }, { "type": "null" }] },
+                "tags": { "type": "array", "items": { "type": "string" } }
+            },
+            "$defs": { "Person": { "type": "object", "additionalProperties": false, "required": ["name"], "properties": { "name": { "type": "string" } } } }
+        });
+        let answer: Value = serde_json::from_str(&structured_answer(&schema, "Ada")).unwrap();
+        assert_eq!(
+            answer,
+            json!({ "who": { "name": "Ada" }, "age": 1, "tags": ["Ada"] })
+        );
+        let body = |schema: &Value| json!({ "outputConfig": { "textFormat": { "type": "json_schema", "structure": { "jsonSchema": { "schema": schema.to_string() } } } } });
+        assert!(read_output_schema(&body(&schema)).unwrap().is_some());
+        let open = json!({ "type": "object", "properties": { "a": { "type": "object" } }, "additionalProperties": false });
+        let refused = read_output_schema(&body(&open)).unwrap_err().message;
+        assert!(
+            refused.contains("'additionalProperties' must be explicitly set to false"),
+            "{refused}"
         );
     }
 }

@@ -191,7 +191,11 @@ fn tools(
         if t.get("type").is_some_and(|k| k != "custom" && !k.is_null()) {
             return Err(unsupported(&format!("{at}.type {}", t["type"])));
         }
-        only(t, &["type", "name", "description", "input_schema"], &at)?;
+        only(
+            t,
+            &["type", "name", "description", "input_schema", "strict"],
+            &at,
+        )?;
         let schema = t.get("input_schema").cloned().unwrap_or(Value::Null);
         if schema.get("type").and_then(Value::as_str) != Some("object") {
             return Err(ApiError::invalid(format!(
@@ -204,6 +208,7 @@ fn tools(
                 .get("description")
                 .and_then(Value::as_str)
                 .map(str::to_owned),
+            strict: t.get("strict") == Some(&Value::Bool(true)),
             schema,
         });
     }

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::{Body, check_sampling, parse, truncated};
 use crate::{
-    bedrock::{Block, ModelAnswer, ModelRequest, Tool, ToolChoice, Tools},
+    bedrock::{Block, ModelAnswer, ModelRequest, OutputSchema, Tool, ToolChoice, Tools},
     calls::{AppState, CallResult, StreamEvent, format_cost},
     catalog::EndpointConfig,
     errors::ApiError,
@@ -59,8 +59,35 @@ struct ConverseBody {
     inference_config: Option<InferenceIn>,
     #[serde(default)]
     tool_config: Option<ToolConfigIn>,
+    #[serde(default)]
+    output_config: Option<Value>,
     #[serde(flatten)]
     other: Map<String, Value>,
+}
+
+/// `outputConfig.textFormat`: the JSON Schema (as JSON text) the answer must follow.
+fn output_schema(config: &Value) -> Result<OutputSchema, ApiError> {
+    let format = &config["textFormat"];
+    if format["type"] != "json_schema" {
+        return Err(ApiError::invalid(
+            "outputConfig.textFormat.type must be \"json_schema\"",
+        ));
+    }
+    let definition = &format["structure"]["jsonSchema"];
+    let text = text_field(
+        &definition["schema"],
+        "outputConfig.textFormat.structure.jsonSchema.schema",
+    )?;
+    let schema: Value = serde_json::from_str(&text).map_err(|e| {
+        ApiError::invalid(format!(
+            "outputConfig.textFormat.structure.jsonSchema.schema is not JSON: {e}"
+        ))
+    })?;
+    Ok(OutputSchema {
+        name: definition["name"].as_str().unwrap_or("answer").to_owned(),
+        description: definition["description"].as_str().map(str::to_owned),
+        schema,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +236,7 @@ impl ConverseBody {
             }
         }
         request.tools = self.tool_config.as_ref().map(tools).transpose()?;
+        request.output_schema = self.output_config.as_ref().map(output_schema).transpose()?;
         Ok((request, inference.max_tokens))
     }
 }
@@ -225,6 +253,7 @@ fn tools(config: &ToolConfigIn) -> Result<Tools, ApiError> {
             name: text_field(&spec["name"], &format!("{at}.toolSpec.name"))?,
             description: spec["description"].as_str().map(str::to_owned),
             schema: spec["inputSchema"]["json"].clone(),
+            strict: spec["strict"] == true,
         });
     }
     let choice = match &config.tool_choice {

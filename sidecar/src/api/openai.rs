@@ -27,7 +27,10 @@ use tokio::sync::mpsc;
 
 use super::{Body, check_sampling, parse, role, truncated};
 use crate::{
-    bedrock::{Block, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
+    bedrock::{
+        Block, ModelAnswer, ModelRequest, OutputSchema, Role, Tool, ToolChoice, Tools, closed,
+        has_structured_outputs,
+    },
     calls::{AppState, CallResult, StreamEvent},
     errors::ApiError,
 };
@@ -121,8 +124,114 @@ struct ChatBody {
     tool_choice: Option<Value>,
     #[serde(default)]
     parallel_tool_calls: Option<bool>,
+    #[serde(default)]
+    response_format: Option<Value>,
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
+}
+
+/// What `response_format` asks of the answer.
+#[derive(Debug)]
+enum AnswerFormat {
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this schema.
+    JsonSchema(OutputSchema),
+}
+
+/// How the answer's JSON is had from Bedrock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// The answer's text (plain, or constrained by `outputConfig`).
+    Text,
+    /// The arguments of one tool the model is made to call: the answer's text for the app.
+    ForcedTool,
+}
+
+/// The name of the tool that carries a `json_object` answer.
+const JSON_OBJECT_TOOL: &str = "json_object";
+
+fn answer_format(value: Option<Value>) -> Result<AnswerFormat, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return Ok(AnswerFormat::Text);
+    };
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(AnswerFormat::Text),
+        Some("json_object") => Ok(AnswerFormat::JsonObject),
+        Some("json_schema") => {
+            let spec = &value["json_schema"];
+            let name = spec["name"].as_str().unwrap_or_default();
+            if !is_tool_name(name) {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.name must be 1 to 64 letters, digits, _ or -",
+                ));
+            }
+            let schema = spec
+                .get("schema")
+                .cloned()
+                .unwrap_or_else(|| json!({ "type": "object" }));
+            if schema.get("type").and_then(Value::as_str) != Some("object") {
+                return Err(ApiError::invalid(
+                    "response_format.json_schema.schema must be a JSON Schema of type \"object\"",
+                ));
+            }
+            Ok(AnswerFormat::JsonSchema(OutputSchema {
+                name: name.to_owned(),
+                description: spec["description"].as_str().map(str::to_owned),
+                schema: closed(&schema),
+            }))
+        }
+        _ => Err(ApiError::invalid(
+            "response_format.type must be \"text\", \"json_object\" or \"json_schema\"",
+        )),
+    }
+}
+
+/// Fits the request to the endpoint's model: strict tools and schemas where Bedrock constrains
+/// the model's output, a forced tool where it does not (the answer is then the tool's arguments).
+fn shape(request: &mut ModelRequest, format: AnswerFormat, model: &str) -> Result<Via, ApiError> {
+    let native = has_structured_outputs(model);
+    if let Some(i) = request
+        .tools
+        .iter()
+        .flat_map(|t| &t.tools)
+        .position(|t| t.strict)
+        .filter(|_| !native)
+    {
+        return Err(ApiError::invalid(format!(
+            "tools[{i}].function.strict: true needs a model Bedrock constrains to a schema (Claude 4.5 and later); {model} is not one: remove strict"
+        )));
+    }
+    let forced = match format {
+        AnswerFormat::Text => return Ok(Via::Text),
+        AnswerFormat::JsonSchema(schema) if native => {
+            request.output_schema = Some(schema);
+            return Ok(Via::Text);
+        }
+        AnswerFormat::JsonSchema(schema) => Tool {
+            name: schema.name,
+            description: schema.description,
+            schema: schema.schema,
+            strict: false,
+        },
+        AnswerFormat::JsonObject => Tool {
+            name: JSON_OBJECT_TOOL.to_owned(),
+            description: Some("Answer with a JSON object.".to_owned()),
+            schema: json!({ "type": "object" }),
+            strict: false,
+        },
+    };
+    if request.tools.is_some() {
+        return Err(ApiError::invalid(format!(
+            "response_format with tools needs a model Bedrock constrains to a schema (Claude 4.5 and later); {model} is not one"
+        )));
+    }
+    request.tools = Some(Tools {
+        choice: ToolChoice::Named(forced.name.clone()),
+        tools: vec![forced],
+    });
+    Ok(Via::ForcedTool)
 }
 
 /// Request fields of OpenAI's Chat Completions we accept and do not act on: identifiers and
@@ -149,7 +258,6 @@ fn is_neutral(name: &str, value: &Value) -> bool {
             "n" => value.as_u64() == Some(1),
             "logprobs" | "store" => value == &Value::Bool(false),
             "frequency_penalty" | "presence_penalty" => value.as_f64() == Some(0.0),
-            "response_format" => value == &json!({ "type": "text" }),
             "modalities" => value == &json!(["text"]),
             "service_tier" => matches!(value.as_str(), Some("auto" | "default")),
             _ => false,
@@ -201,6 +309,7 @@ fn text_of(content: &Value, index: usize) -> Result<String, ApiError> {
 struct ChatRequest {
     model: String,
     request: ModelRequest,
+    format: AnswerFormat,
     max_tokens: Option<u32>,
     stream: bool,
     include_usage: bool,
@@ -257,6 +366,7 @@ impl ChatBody {
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         Ok(ChatRequest {
             model: self.model,
+            format: answer_format(self.response_format)?,
             request,
             max_tokens,
             stream: self.stream,
@@ -359,17 +469,6 @@ fn tool(i: usize, t: ToolIn) -> Result<Tool, ApiError> {
             truncated(&t.function.name, 80)
         )));
     }
-    if t.function.strict == Some(true) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "unsupported_parameter",
-            format!(
-                "tools[{i}].function.strict: true is not supported by this sidecar's OpenAI \
-                 route: Bedrock does not guarantee arguments valid against the schema; remove it \
-                 (see docs/sidecar.md)"
-            ),
-        ));
-    }
     let schema = t
         .function
         .parameters
@@ -379,10 +478,13 @@ fn tool(i: usize, t: ToolIn) -> Result<Tool, ApiError> {
             "tools[{i}].function.parameters must be a JSON Schema of type \"object\""
         )));
     }
+    let strict = t.function.strict == Some(true);
     Ok(Tool {
         name: t.function.name,
         description: t.function.description.filter(|d| !d.is_empty()),
-        schema,
+        // Strict decoding needs closed objects; OpenAI's strict schemas are written so already.
+        schema: if strict { closed(&schema) } else { schema },
+        strict,
     })
 }
 
@@ -519,21 +621,33 @@ pub(super) async fn chat_completions(
     let outcome = async {
         let ChatRequest {
             model,
-            request,
+            mut request,
+            format,
             max_tokens,
             stream,
             include_usage,
         } = parse::<ChatBody>(&body, state.settings.max_body_bytes)?.into_request()?;
         let namespace = state.catalog.namespace().to_owned();
         let endpoint = state.endpoint(&namespace, &model)?;
+        let via = shape(&mut request, format, &endpoint.model_to_call)?;
         let prepared = state.prepare(endpoint, request, max_tokens).await?;
         let id = completion_id();
         let created = unix_now();
         if stream {
             let events = state.call_streaming(prepared).await?;
-            return Ok(openai_stream(events, id, created, model, include_usage));
+            return Ok(openai_stream(
+                events,
+                id,
+                created,
+                model,
+                include_usage,
+                via,
+            ));
         }
-        let result = state.call(prepared).await?;
+        let mut result = state.call(prepared).await?;
+        if via == Via::ForcedTool {
+            answer_from_forced_tool(&mut result.answer);
+        }
         Ok(Json(json!({
             "id": id,
             "object": "chat.completion",
@@ -545,6 +659,16 @@ pub(super) async fn chat_completions(
         .into_response())
     };
     outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+/// A forced tool's call as the answer's text, as the app asked for it (JSON, `finish_reason: stop`).
+fn answer_from_forced_tool(answer: &mut ModelAnswer) {
+    if let Some(call) = answer.tool_calls.drain(..).next() {
+        answer.text = call.arguments;
+    }
+    if answer.stop_reason == "tool_use" {
+        "end_turn".clone_into(&mut answer.stop_reason);
+    }
 }
 
 /// The answer as an assistant message: its text (`null` when it only calls tools) and calls.
@@ -569,6 +693,7 @@ fn openai_stream(
     created: u64,
     model: String,
     include_usage: bool,
+    via: Via,
 ) -> Response {
     let chunk = move |delta: Value, finish: Option<&str>| {
         json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -581,6 +706,11 @@ fn openai_stream(
                 StreamEvent::Delta(text) => vec![chunk(json!({ "content": text }), None)],
                 // A call's first chunk names it; the next ones add to its arguments. `index` counts
                 // the calls from 0 (not Bedrock's content blocks), as the SDKs' accumulators expect.
+                // A forced tool's arguments are the answer's text.
+                StreamEvent::ToolCall { .. } if via == Via::ForcedTool => vec![],
+                StreamEvent::ToolArguments { json, .. } if via == Via::ForcedTool => {
+                    vec![chunk(json!({ "content": json }), None)]
+                }
                 StreamEvent::ToolCall { index, id, name } => vec![chunk(
                     json!({ "tool_calls": [ { "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } } ] }),
                     None,
@@ -589,7 +719,10 @@ fn openai_stream(
                     json!({ "tool_calls": [ { "index": index, "function": { "arguments": json } } ] }),
                     None,
                 )],
-                StreamEvent::Done(result) => {
+                StreamEvent::Done(mut result) => {
+                    if via == Via::ForcedTool {
+                        answer_from_forced_tool(&mut result.answer);
+                    }
                     let mut last = vec![chunk(json!({}), Some(finish_reason(&result.answer.stop_reason)))];
                     if include_usage {
                         let mut usage_chunk = chunk(json!({}), None);

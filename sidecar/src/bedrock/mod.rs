@@ -15,7 +15,8 @@ use self::client::{BedrockClient, Signer};
 pub use self::{
     model::{
         Block, FRAMING_BOUND_PER_MESSAGE, FRAMING_BOUND_PER_REQUEST, Message, ModelAnswer,
-        ModelRequest, Role, Tool, ToolCall, ToolChoice, Tools,
+        ModelRequest, OutputSchema, Role, Tool, ToolCall, ToolChoice, Tools, closed,
+        has_structured_outputs,
     },
     stream::{ConverseEvents, StreamPart},
 };

@@ -52,6 +52,50 @@ pub struct Tool {
     pub description: Option<String>,
     /// The JSON Schema of its arguments (an object).
     pub schema: Value,
+    /// Bedrock's strict tool use: the arguments follow the schema (constrained decoding).
+    pub strict: bool,
+}
+
+/// A JSON Schema the answer's text must follow (Bedrock's structured outputs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputSchema {
+    pub name: String,
+    pub description: Option<String>,
+    pub schema: Value,
+}
+
+/// Whether Bedrock constrains this model's answers to a JSON Schema (Converse's
+/// `outputConfig.textFormat`, strict tools): Claude 4.5 and later, as Bedrock documents it.
+pub fn has_structured_outputs(model_id: &str) -> bool {
+    const MODELS: &[&str] = &[
+        "anthropic.claude-sonnet-4-5",
+        "anthropic.claude-haiku-4-5",
+        "anthropic.claude-opus-4-5",
+        "anthropic.claude-opus-4-6",
+        "anthropic.claude-sonnet-4-6",
+    ];
+    let base = k8s_ai_api::model_id::base_model_id(model_id);
+    MODELS.iter().any(|m| base.starts_with(m))
+}
+
+/// `schema` with `additionalProperties: false` on every object that does not say otherwise:
+/// constrained decoding needs closed objects (Anthropic refuses open ones), and OpenAI's strict
+/// schemas are written so already.
+pub fn closed(schema: &Value) -> Value {
+    match schema {
+        Value::Object(map) => {
+            let mut out: serde_json::Map<String, Value> =
+                map.iter().map(|(k, v)| (k.clone(), closed(v))).collect();
+            if out.get("type").and_then(Value::as_str) == Some("object")
+                && !out.contains_key("additionalProperties")
+            {
+                out.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(closed).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Whether and which tool the model must call.
@@ -79,6 +123,8 @@ pub struct ModelRequest {
     /// Alternating turns, starting with the user's (see [`ModelRequest::push`]).
     pub messages: Vec<Message>,
     pub tools: Option<Tools>,
+    /// The schema the answer's text must follow, if any.
+    pub output_schema: Option<OutputSchema>,
     pub max_tokens: u32,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -237,6 +283,7 @@ mod tests {
                 name: "get_weather".into(),
                 description: Some("the weather in a city".into()),
                 schema: serde_json::json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+                strict: false,
             }],
             choice: ToolChoice::Auto,
         });
@@ -245,5 +292,25 @@ mod tests {
             with_tools >= plain + TOOL_PROMPT_BOUND + FRAMING_BOUND_PER_TOOL_BLOCK + 80,
             "{with_tools}"
         );
+    }
+
+    #[test]
+    fn schemas_are_closed_where_they_do_not_say_otherwise() {
+        let schema = serde_json::json!({"type": "object", "properties": {
+            "a": {"type": "object", "properties": {}},
+            "b": {"type": "object", "additionalProperties": true},
+            "c": {"type": "array", "items": {"type": "object"}}
+        }});
+        let c = closed(&schema);
+        assert_eq!(c["additionalProperties"], false);
+        assert_eq!(c["properties"]["a"]["additionalProperties"], false);
+        assert_eq!(c["properties"]["b"]["additionalProperties"], true);
+        assert_eq!(c["properties"]["c"]["items"]["additionalProperties"], false);
+        assert!(has_structured_outputs(
+            "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+        ));
+        assert!(!has_structured_outputs(
+            "anthropic.claude-3-haiku-20240307-v1:0"
+        ));
     }
 }

@@ -22,6 +22,37 @@ pub(super) struct ConverseBody<'a> {
     guardrail_config: Option<GuardrailBody<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tool_config: Option<ToolConfigBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<OutputConfigBody<'a>>,
+}
+
+/// Structured outputs: `{"textFormat": {"type": "json_schema", "structure": {"jsonSchema": ...}}}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputConfigBody<'a> {
+    text_format: TextFormatBody<'a>,
+}
+
+#[derive(Serialize)]
+struct TextFormatBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    structure: StructureBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StructureBody<'a> {
+    json_schema: JsonSchemaBody<'a>,
+}
+
+#[derive(Serialize)]
+struct JsonSchemaBody<'a> {
+    /// Bedrock takes the schema as JSON text, not as an object.
+    schema: String,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -82,6 +113,8 @@ struct ToolSpecBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     description: Option<&'a str>,
     input_schema: SchemaBody<'a>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    strict: bool,
 }
 
 #[derive(Serialize)]
@@ -134,6 +167,7 @@ impl<'a> From<&'a Tools> for ToolConfigBody<'a> {
                         name: &tool.name,
                         description: tool.description.as_deref(),
                         input_schema: SchemaBody { json: &tool.schema },
+                        strict: tool.strict,
                     },
                 })
                 .collect(),
@@ -198,6 +232,18 @@ impl<'a> ConverseBody<'a> {
                 stream_processing_mode: stream.then_some("sync"),
             }),
             tool_config: r.tools.as_ref().map(ToolConfigBody::from),
+            output_config: r.output_schema.as_ref().map(|o| OutputConfigBody {
+                text_format: TextFormatBody {
+                    kind: "json_schema",
+                    structure: StructureBody {
+                        json_schema: JsonSchemaBody {
+                            schema: o.schema.to_string(),
+                            name: &o.name,
+                            description: o.description.as_deref(),
+                        },
+                    },
+                },
+            }),
         }
     }
 }
@@ -524,6 +570,7 @@ mod tests {
             stop_sequences: vec![],
             guardrail: Some(("gr-1".into(), "2".into())),
             tools: None,
+            output_schema: None,
         };
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
         assert_eq!(
@@ -579,6 +626,7 @@ mod tests {
                 name: "get_weather".into(),
                 description: None,
                 schema: serde_json::json!({"type": "object"}),
+                strict: false,
             }],
             choice: ToolChoice::Named("get_weather".into()),
         });
@@ -626,6 +674,25 @@ mod tests {
                 name: "get_weather".into(),
                 arguments: r#"{"city":"Paris"}"#.into()
             }]
+        );
+    }
+
+    #[test]
+    fn a_schema_for_the_answer_is_sent_as_json_text() {
+        let request = ModelRequest {
+            output_schema: Some(super::super::OutputSchema {
+                name: "person".into(),
+                description: None,
+                schema: serde_json::json!({"type": "object", "additionalProperties": false}),
+            }),
+            ..ModelRequest::default()
+        };
+        let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
+        assert_eq!(
+            json["outputConfig"],
+            serde_json::json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
+                "schema": r#"{"additionalProperties":false,"type":"object"}"#, "name": "person"
+            }}}})
         );
     }
 }
