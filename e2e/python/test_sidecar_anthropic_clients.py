@@ -107,8 +107,8 @@ def test_anthropic_errors_and_refusals(sidecar, emulator):
     assert e.value.body["error"]["message"].startswith("endpoint_not_allowed: ")
     with pytest.raises(anthropic.BadRequestError) as e:
         ac.messages.create(model="claude-haiku", max_tokens=8, messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}]}])
-    assert "messages[0].content[0] of type \"image\" is not supported" in e.value.body["error"]["message"]
+            {"type": "thinking", "thinking": "hmm", "signature": "x"}]}])
+    assert "messages[0].content[0] of type \"thinking\" is not supported" in e.value.body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as e:
         ac.messages.create(model="claude-haiku", max_tokens=8, extra_body={"top_k": 5}, messages=[{"role": "user", "content": "x"}])
     assert e.value.body["error"]["message"].startswith("unsupported_parameter: top_k")
@@ -123,3 +123,25 @@ def test_anthropic_errors_and_refusals(sidecar, emulator):
             f"{url}/model/claude-haiku/invoke", data=json.dumps({"inputText": "hi"}).encode(), method="POST"))
     assert e.value.code == 400
     assert e.value.headers["x-amzn-errortype"] == "ValidationException"
+
+
+def test_images_and_documents_through_both_anthropic_clients(sidecar):
+    import base64
+
+    from media import pdf, png
+
+    url, _ = sidecar
+    content = [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": base64.b64encode(png(75, 100)).decode()}},
+        {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": base64.b64encode(pdf(1)).decode()}, "title": "Spec"},
+        {"type": "text", "text": "Summarise"},
+    ]
+    for c in (client(url), bedrock_client(url)):
+        out = c.messages.create(model="claude-haiku", max_tokens=64, messages=[{"role": "user", "content": content}])
+        assert out.content[0].text == "Summarise"
+        # 75 × 100 / 750 = 10 tokens for the image, 1,500 for the page, 1 for the title.
+        assert out.usage.input_tokens == (len("Summarise") + 3) // 4 + 8 + 4 + 10 + 1500 + 1
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client(url).messages.create(model="claude-haiku", max_tokens=8, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]}])
+    assert "only base64 sources" in e.value.body["error"]["message"]

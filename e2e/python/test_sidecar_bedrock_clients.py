@@ -99,8 +99,8 @@ def test_boto3_sees_bedrocks_errors(sidecar):
     rt = runtime(url)
     cases = [
         ("other-model", [{"role": "user", "content": [{"text": "x"}]}], "AccessDeniedException", "endpoint_not_allowed"),
-        ("claude-haiku", [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": b"\x89PNG"}}}]}],
-         "ValidationException", "messages[0].content[0].image is not supported"),
+        ("claude-haiku", [{"role": "user", "content": [{"video": {"format": "mp4", "source": {"bytes": b"\x00"}}}]}],
+         "ValidationException", "messages[0].content[0].video is not supported"),
         ("claude-haiku", [{"role": "system", "content": [{"text": "x"}]}], "ValidationException", "invalid_request"),
     ]
     for model, messages, code, words in cases:
@@ -166,3 +166,22 @@ def test_langchain_chat_bedrock_converse(sidecar):
     called = model.bind_tools([get_weather]).invoke("get_weather in Lima?")
     assert [c["name"] for c in called.tool_calls] == ["get_weather"]
     assert isinstance(called.tool_calls[0]["args"]["city"], str)
+
+
+def test_boto3_images_and_documents(sidecar):
+    from media import pdf, png
+
+    url, _ = sidecar
+    rt = runtime(url)
+    out = rt.converse(modelId="claude-haiku", messages=[{"role": "user", "content": [
+        {"text": "Describe"},
+        {"image": {"format": "png", "source": {"bytes": png(150, 100)}}},
+        {"document": {"format": "pdf", "name": "Plan", "source": {"bytes": pdf(3)}}},
+    ]}])
+    # 150 × 100 / 750 = 20 tokens for the image, 1,500 a page, 1 for the name.
+    assert out["usage"]["inputTokens"] == (len("Describe") + 3) // 4 + 8 + 4 + 20 + 3 * 1500 + 1
+    with pytest.raises(ClientError) as e:
+        rt.converse(modelId="claude-haiku", messages=[{"role": "user", "content": [
+            {"text": "x"}, {"image": {"format": "jpeg", "source": {"bytes": png(1, 1)}}}]}])
+    assert e.value.response["Error"]["Code"] == "ValidationException"
+    assert "not a jpeg image" in e.value.response["Error"]["Message"]

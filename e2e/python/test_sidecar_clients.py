@@ -251,3 +251,36 @@ def test_langchain_with_structured_output(two_models):
         chat = ChatOpenAI(model=model, base_url=f"{url}/v1", api_key="unused", max_retries=0)
         movie = chat.with_structured_output(Movie).invoke("A film about operators")
         assert isinstance(movie, Movie) and isinstance(movie.year, int), model
+
+
+def test_images_and_pdfs_through_the_openai_sdk(sidecar, emulator):
+    """Image parts (data URLs) and file parts (a PDF) reach Bedrock as image and document blocks
+    and are billed as Bedrock bills them; a URL the pod would have to fetch is refused."""
+    import base64
+
+    from media import pdf, png
+
+    url, _ = sidecar
+    oa = client(url)
+    image = base64.b64encode(png(300, 250)).decode()
+    document = base64.b64encode(pdf(2)).decode()
+    out = oa.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": [
+        {"type": "text", "text": "What is in these?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}", "detail": "high"}},
+        {"type": "file", "file": {"filename": "q3 report.pdf", "file_data": f"data:application/pdf;base64,{document}"}},
+    ]}])
+    assert out.choices[0].message.content == "What is in these?"
+    text_only = tokens("What is in these?") + framing(1, False)
+    # The emulator bills 300 × 250 / 750 = 100 tokens for the image, 1,500 a PDF page and its name.
+    assert out.usage.prompt_tokens == text_only + 100 + 2 * 1500 + tokens("q3 report")
+    for part, words in [
+        ({"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data/"}}, "only data: URLs"),
+        ({"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}}, "image/png"),
+        ({"type": "file", "file": {"file_id": "file-abc"}}, "file_id is not supported"),
+        ({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}, "not supported"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as e:
+            oa.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": [part]}])
+        assert words in e.value.body["message"], e.value.body
+    calls = emulator.admin("/_emulator/requests?operation=Converse")
+    assert len(calls) == 1, "nothing refused reached Bedrock"

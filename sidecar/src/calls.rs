@@ -143,6 +143,7 @@ impl AppState {
         request.max_tokens = asked_max_tokens
             .unwrap_or(endpoint.spec.max_tokens)
             .clamp(1, endpoint.spec.max_tokens);
+        request.check_media().map_err(ApiError::invalid)?;
         if let Some(guardrail) = &endpoint.guardrail {
             if let Some(problem) = &guardrail.problem {
                 return Err(self.reject(

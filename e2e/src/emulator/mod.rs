@@ -11,6 +11,7 @@ pub mod config;
 mod control;
 pub mod error;
 mod guardrails;
+mod media;
 mod runtime;
 pub mod sigv4;
 mod sts;

@@ -23,7 +23,7 @@ use super::{
     config::{Config, Faults, glob_match},
     error::AwsError,
     guardrails::{Assessment, Policy, Source},
-    random_token,
+    media, random_token,
     text::{self, count_tokens},
     tools::{self, ToolConfig, ToolUse},
 };
@@ -49,6 +49,7 @@ struct Prompt {
     answers_tools: bool,
     /// The schema the answer must follow (`outputConfig.textFormat`), if any.
     output_schema: Option<Value>,
+    has_images: bool,
 }
 
 /// The guardrail a request names.
@@ -124,6 +125,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
     let mut texts = Vec::new();
     let mut cache_prefix = None;
     let mut seen = String::new();
+    let (mut media_tokens, mut images, mut documents) = (0u64, 0usize, 0usize);
     // Every block's text as the model reads it: texts, tool calls (name and input), tool results.
     let mut take_blocks = |blocks: &Value,
                            at: &str,
@@ -144,6 +146,15 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
                     call["name"].as_str().unwrap_or_default(),
                     call["input"]
                 )
+            } else if let Some(image) = block.get("image") {
+                media_tokens += media::image_tokens(image, &format!("{at}.content.{j}.image"))?;
+                images += 1;
+                continue;
+            } else if let Some(document) = block.get("document") {
+                media_tokens +=
+                    media::document_tokens(document, &format!("{at}.content.{j}.document"))?;
+                documents += 1;
+                continue;
             } else if let Some(result) = block.get("toolResult") {
                 result["content"]
                     .as_array()
@@ -206,6 +217,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
                 .any(|b| b.get("toolResult").is_some());
         }
     }
+    media::check_counts(images, documents)?;
     let config = &body["inferenceConfig"];
     let max_tokens = match config["maxTokens"].as_i64() {
         Some(n) if n < 1 => {
@@ -229,6 +241,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         stop_sequences,
         cache_prefix,
         framing: text::framing_tokens(messages.len(), system)
+            + media_tokens
             + tools.as_ref().map_or(0, |t| t.tokens)
             + output_schema
                 .as_ref()
@@ -236,6 +249,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         tools,
         answers_tools,
         output_schema,
+        has_images: images > 0,
     })
 }
 
@@ -285,6 +299,7 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         tools: None,
         answers_tools: false,
         output_schema: None,
+        has_images: false,
     })
 }
 
@@ -596,6 +611,11 @@ impl Emulator {
             let guardrail = self.admit(&caller, model_id, &guardrail_config)?;
             if let Some(tools) = &prompt.tools {
                 tools::check_choice_supported(tools, base_model_id(model_id))?;
+            }
+            if prompt.has_images && !media::reads_images(base_model_id(model_id)) {
+                return Err(AwsError::validation(
+                    "This model doesn't support the image content block that you provided. Try again with a model that supports images.",
+                ));
             }
             if prompt.output_schema.is_some() && !tools::has_structured_outputs(base_model_id(model_id)) {
                 return Err(AwsError::validation(

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::{Body, bedrock_runtime, check_sampling, parse, role, truncated};
+use super::{Body, bedrock_runtime, check_sampling, media, parse, role, truncated};
 use crate::{
     bedrock::{Block, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
     calls::{AppState, CallResult, StreamEvent, format_cost},
@@ -167,6 +167,23 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
                         Some(c) => text(c, &format!("{b_at}.content"))?,
                     },
                     error: b.get("is_error") == Some(&Value::Bool(true)),
+                }
+            }
+            "image" | "document" => {
+                only(b, &["type", "source", "title"], &b_at)?;
+                let source = &b["source"];
+                if source["type"] != "base64" {
+                    return Err(ApiError::invalid(format!(
+                        "{b_at}.source: only base64 sources are accepted: the sidecar fetches no URL (a URL fetched from the pod could reach anything the pod can)"
+                    )));
+                }
+                let media_type = source["media_type"].as_str().unwrap_or_default();
+                let data = source["data"].as_str().unwrap_or_default();
+                let bytes = media::base64(data, &format!("{b_at}.source.data"))?;
+                if kind == "image" {
+                    media::image(media_type, bytes, &b_at)?
+                } else {
+                    media::document(media_type, b["title"].as_str(), bytes, &b_at)?
                 }
             }
             other => {

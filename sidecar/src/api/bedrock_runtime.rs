@@ -22,7 +22,10 @@ use tokio::sync::mpsc;
 
 use super::{Body, check_sampling, parse, truncated};
 use crate::{
-    bedrock::{Block, ModelAnswer, ModelRequest, OutputSchema, Tool, ToolChoice, Tools},
+    bedrock::{
+        Block, DocumentFormat, ImageFormat, ModelAnswer, ModelRequest, OutputSchema, Tool,
+        ToolChoice, Tools,
+    },
     calls::{AppState, CallResult, StreamEvent, format_cost},
     catalog::EndpointConfig,
     errors::ApiError,
@@ -184,8 +187,39 @@ fn block(union: &Map<String, Value>, at: &str) -> Result<Block, ApiError> {
                 error: value["status"] == "error",
             })
         }
+        "image" => {
+            let format = value["format"].as_str().unwrap_or_default();
+            let format = ImageFormat::from_name(format).ok_or_else(|| {
+                ApiError::invalid(format!("{at}.image.format must be png, jpeg, gif or webp"))
+            })?;
+            Ok(Block::Image {
+                format,
+                bytes: source_bytes(value, &format!("{at}.image"))?,
+            })
+        }
+        "document" => {
+            let format = value["format"].as_str().unwrap_or_default();
+            let format = DocumentFormat::from_name(format).ok_or_else(|| {
+                unsupported(&format!(
+                    "{at}.document.format {format:?} (pdf, txt, md, csv and html are)"
+                ))
+            })?;
+            Ok(Block::Document {
+                format,
+                name: text_field(&value["name"], &format!("{at}.document.name"))?,
+                bytes: source_bytes(value, &format!("{at}.document"))?,
+            })
+        }
         other => Err(unsupported(&format!("{at}.{other}"))),
     }
+}
+
+/// A media block's bytes: `source.bytes` (base64 in JSON); an S3 location is refused.
+fn source_bytes(value: &Value, at: &str) -> Result<Vec<u8>, ApiError> {
+    let data = value["source"]["bytes"]
+        .as_str()
+        .ok_or_else(|| unsupported(&format!("{at}.source other than bytes (an s3Location)")))?;
+    super::media::base64(data, &format!("{at}.source.bytes"))
 }
 
 impl ConverseBody {

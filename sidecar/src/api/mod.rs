@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod bedrock_runtime;
+mod media;
 mod openai;
 mod seed;
 

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Body, check_sampling, parse, role, truncated};
+use super::{Body, check_sampling, media, parse, role, truncated};
 use crate::{
     bedrock::{
         Block, ModelAnswer, ModelRequest, OutputSchema, Role, Tool, ToolChoice, Tools, closed,
@@ -305,6 +305,55 @@ fn text_of(content: &Value, index: usize) -> Result<String, ApiError> {
     }
 }
 
+/// A user message's content: text, images (`image_url` with a data URL) and files (`file` with
+/// `file_data`, a PDF or text document).
+fn user_blocks(content: &Value, index: usize) -> Result<Vec<Block>, ApiError> {
+    let Value::Array(parts) = content else {
+        return Ok(vec![Block::Text(text_of(content, index)?)]);
+    };
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, p)| {
+            let at = format!("messages[{index}].content[{j}]");
+            match p["type"].as_str() {
+                Some("text") => p["text"]
+                    .as_str()
+                    .map(|t| Block::Text(t.to_owned()))
+                    .ok_or_else(|| ApiError::invalid(format!("{at}.text must be a string"))),
+                Some("image_url") => {
+                    let url = p["image_url"]["url"].as_str().ok_or_else(|| {
+                        ApiError::invalid(format!("{at}.image_url.url must be a string"))
+                    })?;
+                    media::image_from_url(url, &format!("{at}.image_url.url"))
+                }
+                Some("file") => {
+                    let file = &p["file"];
+                    if file.get("file_id").is_some_and(|id| !id.is_null()) {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "unsupported_parameter",
+                            format!("{at}.file.file_id is not supported by this sidecar's OpenAI route (there is no Files API): send file_data"),
+                        ));
+                    }
+                    let data = file["file_data"].as_str().ok_or_else(|| {
+                        ApiError::invalid(format!("{at}.file.file_data must be a data: URL"))
+                    })?;
+                    media::document_from_url(data, file["filename"].as_str(), &format!("{at}.file.file_data"))
+                }
+                other => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_parameter",
+                    format!(
+                        "{at} of type {} is not supported by this sidecar's OpenAI route (see docs/sidecar.md)",
+                        other.map_or_else(|| "(none)".to_owned(), |t| format!("{:?}", truncated(t, 40)))
+                    ),
+                )),
+            }
+        })
+        .collect()
+}
+
 /// What a chat request asks: the model (endpoint), the request, and how to answer.
 struct ChatRequest {
     model: String,
@@ -420,7 +469,9 @@ fn add_message(
         }
         other => {
             let role = role(other, i)?;
-            request.push(role, Block::Text(text_of(&m.content, i)?));
+            for block in user_blocks(&m.content, i)? {
+                request.push(role, block);
+            }
         }
     }
     Ok(())
@@ -527,7 +578,7 @@ fn tools(
         .messages
         .iter()
         .flat_map(|m| &m.content)
-        .any(|b| !matches!(b, Block::Text(_)));
+        .any(|b| matches!(b, Block::ToolUse { .. } | Block::ToolResult { .. }));
     let choice = match choice {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "auto" => Some(ToolChoice::Auto),

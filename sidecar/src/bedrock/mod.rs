@@ -14,9 +14,9 @@ use axum::http::StatusCode;
 use self::client::{BedrockClient, Signer};
 pub use self::{
     model::{
-        Block, FRAMING_BOUND_PER_MESSAGE, FRAMING_BOUND_PER_REQUEST, Message, ModelAnswer,
-        ModelRequest, OutputSchema, Role, Tool, ToolCall, ToolChoice, Tools, closed,
-        has_structured_outputs,
+        Block, DocumentFormat, FRAMING_BOUND_PER_MESSAGE, FRAMING_BOUND_PER_REQUEST, ImageFormat,
+        Message, ModelAnswer, ModelRequest, OutputSchema, Role, Tool, ToolCall, ToolChoice, Tools,
+        closed, has_structured_outputs,
     },
     stream::{ConverseEvents, StreamPart},
 };

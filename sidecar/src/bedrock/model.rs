@@ -36,6 +36,127 @@ pub enum Block {
         text: String,
         error: bool,
     },
+    /// An image: `png`, `jpeg`, `gif` or `webp`.
+    Image {
+        format: ImageFormat,
+        bytes: Vec<u8>,
+    },
+    /// A document (`pdf`, `txt`, `md`, `csv`, `html`), named as Bedrock requires.
+    Document {
+        format: DocumentFormat,
+        name: String,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The image formats Bedrock's Converse takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Png,
+    Jpeg,
+    Gif,
+    Webp,
+}
+
+impl ImageFormat {
+    /// From a media type (`image/png`).
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        Some(match media_type {
+            "image/png" => ImageFormat::Png,
+            "image/jpeg" | "image/jpg" => ImageFormat::Jpeg,
+            "image/gif" => ImageFormat::Gif,
+            "image/webp" => ImageFormat::Webp,
+            _ => return None,
+        })
+    }
+
+    /// From Converse's name (`png`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::from_media_type(&format!("image/{name}"))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageFormat::Png => "png",
+            ImageFormat::Jpeg => "jpeg",
+            ImageFormat::Gif => "gif",
+            ImageFormat::Webp => "webp",
+        }
+    }
+}
+
+/// The document formats the sidecar passes to Converse: those whose worst-case token count it
+/// can bound (a PDF by its pages, text by its bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentFormat {
+    Pdf,
+    Txt,
+    Md,
+    Csv,
+    Html,
+}
+
+impl DocumentFormat {
+    pub fn from_media_type(media_type: &str) -> Option<Self> {
+        Some(match media_type {
+            "application/pdf" => DocumentFormat::Pdf,
+            "text/plain" => DocumentFormat::Txt,
+            "text/markdown" => DocumentFormat::Md,
+            "text/csv" => DocumentFormat::Csv,
+            "text/html" => DocumentFormat::Html,
+            _ => return None,
+        })
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "pdf" => DocumentFormat::Pdf,
+            "txt" => DocumentFormat::Txt,
+            "md" => DocumentFormat::Md,
+            "csv" => DocumentFormat::Csv,
+            "html" => DocumentFormat::Html,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DocumentFormat::Pdf => "pdf",
+            DocumentFormat::Txt => "txt",
+            DocumentFormat::Md => "md",
+            DocumentFormat::Csv => "csv",
+            DocumentFormat::Html => "html",
+        }
+    }
+}
+
+/// Bedrock's limits on media in one Converse request (its documented quotas).
+pub const MAX_IMAGE_BYTES: usize = 3_750_000;
+pub const MAX_IMAGES: usize = 20;
+pub const MAX_DOCUMENT_BYTES: usize = 4_500_000;
+pub const MAX_DOCUMENTS: usize = 5;
+/// Input tokens reserved per image: Claude bills about width × height / 750 and scales images
+/// down to about 1,600 tokens; Nova's largest images cost a little more. Bound generously.
+pub const IMAGE_TOKEN_BOUND: u64 = 4096;
+/// Input tokens reserved per PDF page: its text, and the page as an image where the model reads
+/// pages as images (Claude bills 1,500–3,000 a page).
+pub const PDF_PAGE_TOKEN_BOUND: u64 = 4096;
+
+/// The pages of a PDF, counted by its page objects (`/Type /Page`, not `/Pages`); at least one.
+pub fn pdf_pages(bytes: &[u8]) -> u64 {
+    let needle = b"/Type";
+    let mut pages = 0u64;
+    let mut i = 0;
+    while let Some(at) = bytes[i..].windows(needle.len()).position(|w| w == needle) {
+        let rest = &bytes[i + at + needle.len()..];
+        let rest = rest.iter().skip_while(|b| b.is_ascii_whitespace()).copied();
+        let word: Vec<u8> = rest.take(6).collect();
+        if word.starts_with(b"/Page") && word.get(5).is_none_or(|b| *b != b's') {
+            pages += 1;
+        }
+        i += at + needle.len();
+    }
+    pages.max(1)
 }
 
 /// One turn of the conversation.
@@ -167,7 +288,7 @@ impl ModelRequest {
                 .flat_map(|m| m.content.iter_mut())
                 .filter_map(|b| match b {
                     Block::Text(t) | Block::ToolResult { text: t, .. } => Some(t),
-                    Block::ToolUse { .. } => None,
+                    Block::ToolUse { .. } | Block::Image { .. } | Block::Document { .. } => None,
                 }),
         )
     }
@@ -186,8 +307,24 @@ impl ModelRequest {
                 .messages
                 .iter()
                 .flat_map(|m| &m.content)
-                .filter(|b| !matches!(b, Block::Text(_)))
+                .filter(|b| matches!(b, Block::ToolUse { .. } | Block::ToolResult { .. }))
                 .count();
+        let media: u64 = self
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .map(|b| match b {
+                Block::Image { .. } => IMAGE_TOKEN_BOUND,
+                Block::Document {
+                    format: DocumentFormat::Pdf,
+                    bytes,
+                    ..
+                } => PDF_PAGE_TOKEN_BOUND.saturating_mul(pdf_pages(bytes)),
+                // A text document's token is at least one byte of it.
+                Block::Document { bytes, name, .. } => n(bytes.len() + name.len()),
+                _ => 0,
+            })
+            .fold(0, u64::saturating_add);
         n(self.input_text_len())
             .saturating_add(FRAMING_BOUND_PER_REQUEST)
             .saturating_add(FRAMING_BOUND_PER_MESSAGE.saturating_mul(n(messages)))
@@ -197,6 +334,46 @@ impl ModelRequest {
                 0
             })
             .saturating_add(FRAMING_BOUND_PER_TOOL_BLOCK.saturating_mul(n(tool_blocks)))
+            .saturating_add(media)
+    }
+
+    /// Refuses media over Bedrock's limits before anything is sent, naming the limit.
+    pub fn check_media(&self) -> Result<(), String> {
+        let blocks = || self.messages.iter().flat_map(|m| &m.content);
+        let images = blocks()
+            .filter(|b| matches!(b, Block::Image { .. }))
+            .count();
+        let documents = blocks()
+            .filter(|b| matches!(b, Block::Document { .. }))
+            .count();
+        if images > MAX_IMAGES {
+            return Err(format!(
+                "{images} images: Bedrock takes at most {MAX_IMAGES} in a request"
+            ));
+        }
+        if documents > MAX_DOCUMENTS {
+            return Err(format!(
+                "{documents} documents: Bedrock takes at most {MAX_DOCUMENTS} in a request"
+            ));
+        }
+        for b in blocks() {
+            match b {
+                Block::Image { bytes, .. } if bytes.len() > MAX_IMAGE_BYTES => {
+                    return Err(format!(
+                        "an image of {} bytes: Bedrock takes images of at most {MAX_IMAGE_BYTES} bytes",
+                        bytes.len()
+                    ));
+                }
+                Block::Document { bytes, .. } if bytes.len() > MAX_DOCUMENT_BYTES => {
+                    return Err(format!(
+                        "a document of {} bytes: Bedrock takes documents of at most {MAX_DOCUMENT_BYTES} bytes",
+                        bytes.len()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of what the model reads: texts, tool calls' names and arguments, tool definitions.
@@ -210,6 +387,8 @@ impl ModelRequest {
                 Block::Text(t) => t.len(),
                 Block::ToolUse { id, name, input } => id.len() + name.len() + json_len(input),
                 Block::ToolResult { id, text, .. } => id.len() + text.len(),
+                // Counted by their own bounds in `worst_case_input_tokens`.
+                Block::Image { .. } | Block::Document { .. } => 0,
             })
             .sum();
         let tools: usize = self
@@ -312,5 +491,46 @@ mod tests {
         assert!(!has_structured_outputs(
             "anthropic.claude-3-haiku-20240307-v1:0"
         ));
+    }
+
+    #[test]
+    fn media_is_reserved_for_and_held_to_bedrocks_limits() {
+        let mut r = ModelRequest::default();
+        r.push(Role::User, Block::Text("what is this?".into()));
+        let plain = r.worst_case_input_tokens();
+        r.push(
+            Role::User,
+            Block::Image {
+                format: ImageFormat::Png,
+                bytes: vec![0; 10],
+            },
+        );
+        let pdf = b"%PDF-1.7 1 0 obj <</Type /Pages /Count 2>> 2 0 obj <</Type /Page>> 3 0 obj <</Type/Page>>".to_vec();
+        assert_eq!(pdf_pages(&pdf), 2);
+        r.push(
+            Role::User,
+            Block::Document {
+                format: DocumentFormat::Pdf,
+                name: "report".into(),
+                bytes: pdf,
+            },
+        );
+        assert_eq!(
+            r.worst_case_input_tokens(),
+            plain + IMAGE_TOKEN_BOUND + 2 * PDF_PAGE_TOKEN_BOUND
+        );
+        assert!(r.check_media().is_ok());
+        r.push(
+            Role::User,
+            Block::Image {
+                format: ImageFormat::Png,
+                bytes: vec![0; MAX_IMAGE_BYTES + 1],
+            },
+        );
+        assert!(
+            r.check_media()
+                .unwrap_err()
+                .contains("at most 3750000 bytes")
+        );
     }
 }

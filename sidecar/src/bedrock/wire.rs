@@ -73,6 +73,27 @@ enum BlockBody<'a> {
     Text(&'a str),
     ToolUse(ToolUseBody<'a>),
     ToolResult(ToolResultBody<'a>),
+    Image(ImageBody),
+    Document(DocumentBody<'a>),
+}
+
+#[derive(Serialize)]
+struct ImageBody {
+    format: &'static str,
+    source: SourceBody,
+}
+
+#[derive(Serialize)]
+struct DocumentBody<'a> {
+    format: &'static str,
+    name: &'a str,
+    source: SourceBody,
+}
+
+/// A blob, base64 in restJson1.
+#[derive(Serialize)]
+struct SourceBody {
+    bytes: String,
 }
 
 #[derive(Serialize)]
@@ -151,6 +172,23 @@ impl<'a> From<&'a Block> for BlockBody<'a> {
                 tool_use_id: id,
                 content: [TextBlock { text }],
                 status: error.then_some("error"),
+            }),
+            Block::Image { format, bytes } => BlockBody::Image(ImageBody {
+                format: format.as_str(),
+                source: SourceBody {
+                    bytes: aws_smithy_types::base64::encode(bytes),
+                },
+            }),
+            Block::Document {
+                format,
+                name,
+                bytes,
+            } => BlockBody::Document(DocumentBody {
+                format: format.as_str(),
+                name,
+                source: SourceBody {
+                    bytes: aws_smithy_types::base64::encode(bytes),
+                },
             }),
         }
     }
