@@ -726,6 +726,17 @@ static TABLE: &[Row] = &[
     // quote $2.50 / $10, Cohere's own API price for the 08-2024 model; not Bedrock's.)
     row("cohere.command-r-plus-v1:0", COHERE, rates("3", "15")),
 
+    // ---- Embeddings (input tokens only) ---------------------------------------------------
+    // Titan Text Embeddings V2: $0.02 per million input tokens ($0.00002 per 1,000). [litellm];
+    // read 2026-12-06.
+    row("amazon.titan-embed-text-v2:0", AMAZON, rates("0.02", "0")),
+    // Titan Text Embeddings (v1): $0.10 per million ($0.0001 per 1,000). [litellm]; read 2026-12-06.
+    row("amazon.titan-embed-text-v1", AMAZON, rates("0.10", "0")),
+    // Cohere Embed 3, English and Multilingual: $0.10 per million ($0.0001 per 1,000). [litellm];
+    // read 2026-12-06.
+    row("cohere.embed-english-v3", COHERE, rates("0.10", "0")),
+    row("cohere.embed-multilingual-v3", COHERE, rates("0.10", "0")),
+
     // ---- AI21 Labs ------------------------------------------------------------------------
     // Jamba 1.5 Large: $2 / $8. [aws-2025-07], [litellm], [regions]; read 2026-11-25.
     row("ai21.jamba-1-5-large-v1:0", AI21, rates("2", "8")),
@@ -1104,7 +1115,14 @@ mod tests {
             assert!(!row.provider.is_empty());
             for price in std::iter::once(&row.price).chain(row.regional.iter().map(|r| &r.price)) {
                 assert!(price.input_per_million > Decimal::ZERO, "{}", row.id);
-                assert!(price.output_per_million > Decimal::ZERO, "{}", row.id);
+                // Embedding models bill input tokens only.
+                let embedding = row.id.contains(".titan-embed-") || row.id.contains(".embed-");
+                assert_eq!(
+                    price.output_per_million > Decimal::ZERO,
+                    !embedding,
+                    "{}",
+                    row.id
+                );
                 if let Some(read) = price.cache_read_per_million {
                     assert!(
                         read < price.input_per_million,

@@ -284,3 +284,87 @@ def test_images_and_pdfs_through_the_openai_sdk(sidecar, emulator):
         assert words in e.value.body["message"], e.value.body
     calls = emulator.admin("/_emulator/requests?operation=Converse")
     assert len(calls) == 1, "nothing refused reached Bedrock"
+
+
+EMBEDDING_MODELS = """---
+apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelEndpoint
+metadata:
+  name: titan-embed
+  namespace: ai-workloads
+spec:
+  modelId: amazon.titan-embed-text-v2:0
+  region: us-east-1
+---
+apiVersion: ai.kernelpanic09.io/v1alpha1
+kind: ModelEndpoint
+metadata:
+  name: cohere-embed
+  namespace: ai-workloads
+spec:
+  modelId: cohere.embed-english-v3
+  region: us-east-1
+"""
+
+
+@pytest.fixture
+def embedders(emulator, tmp_path):
+    proc, url, admin = start_sidecar(emulator.url, seed_manifests() + EMBEDDING_MODELS, tmp_path)
+    yield url, admin
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_embeddings_through_the_openai_sdk_and_langchain(embedders, emulator):
+    """The SDK asks for base64 vectors by default and decodes them; floats on request; batches
+    across Titan (a call a text) and Cohere (96 a call); each priced per input token."""
+    import math
+
+    url, admin = embedders
+    oa = client(url)
+    texts = ["the first text", "a second one", "and a third"]
+    titan = oa.embeddings.create(model="titan-embed", input=texts, dimensions=256)
+    assert [d.index for d in titan.data] == [0, 1, 2]
+    assert all(len(d.embedding) == 256 for d in titan.data)
+    assert all(abs(math.fsum(x * x for x in d.embedding) - 1) < 1e-3 for d in titan.data)
+    floats = oa.embeddings.create(model="titan-embed", input="the first text", dimensions=256, encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(titan.data[0].embedding, abs=1e-6)
+    cohere = oa.embeddings.create(model="cohere-embed", input=texts)
+    assert len(cohere.data) == 3 and len(cohere.data[0].embedding) == 1024
+
+    calls = emulator.admin("/_emulator/requests?operation=InvokeModel")
+    assert len(calls) == 3 + 1 + 1, "Titan: one call a text; Cohere: one for all"
+    assert titan.usage.prompt_tokens == sum(c["inputTokens"] for c in calls[:3])
+    assert cohere.usage.prompt_tokens == calls[4]["inputTokens"]
+    with urllib.request.urlopen(f"{admin}/metrics") as r:
+        page = r.read().decode()
+    counted = sum(Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
+                  if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{"))
+    titan_tokens = sum(c["inputTokens"] for c in calls[:4])
+    # Titan V2 $0.02 and Cohere Embed 3 $0.10 per million input tokens.
+    expected = (Decimal(titan_tokens) * Decimal("0.02") + Decimal(calls[4]["inputTokens"]) * Decimal("0.10")) / 10**6
+    assert abs(counted - expected) < Decimal("1e-12"), (counted, expected)
+
+    from langchain_openai import OpenAIEmbeddings
+    # LangChain sends token ids unless told the model is not OpenAI's.
+    lc = OpenAIEmbeddings(model="titan-embed", base_url=f"{url}/v1", api_key="unused", dimensions=512,
+                          check_embedding_ctx_length=False)
+    assert len(lc.embed_query("hello")) == 512
+    assert len(lc.embed_documents(["a", "b"])) == 2
+
+
+def test_embedding_endpoints_serve_only_embeddings(embedders):
+    url, _ = embedders
+    oa = client(url)
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.chat.completions.create(model="titan-embed", messages=[{"role": "user", "content": "hi"}])
+    assert "is an embedding model: call POST /v1/embeddings" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.embeddings.create(model="claude-haiku", input="hi")
+    assert "is not an embedding model" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.embeddings.create(model="titan-embed", input="hi", dimensions=300)
+    assert "[1024, 512, 256]" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.embeddings.create(model="titan-embed", input=[[1, 2, 3]])
+    assert e.value.body["code"] == "unsupported_parameter"

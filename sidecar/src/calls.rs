@@ -9,7 +9,10 @@ use rust_decimal::Decimal;
 use tokio::sync::mpsc;
 
 use crate::{
-    bedrock::{ConverseEvents, ModelAnswer, ModelRequest, StreamPart, ToolCall},
+    bedrock::{
+        Block, ConverseEvents, ModelAnswer, ModelRequest, Purpose, StreamPart, ToolCall,
+        embeddings::Family,
+    },
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
     limits::{Admission, Ledger},
@@ -56,6 +59,41 @@ pub enum StreamEvent {
     Done(CallResult),
     Error(ApiError),
 }
+
+/// Refuses a chat request to an embedding model's endpoint and the other way round; an
+/// embedding reserves no output tokens.
+fn check_purpose(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Result<(), ApiError> {
+    let embeds = Family::of(&endpoint.model_to_call).is_some();
+    match (request.purpose, embeds) {
+        (Purpose::Answer, true) => Err(ApiError::invalid(format!(
+            "ModelEndpoint {}'s model {} is an embedding model: call POST /v1/embeddings",
+            endpoint.name, endpoint.model_to_call
+        ))),
+        (Purpose::Embed, false) => Err(ApiError::invalid(format!(
+            "ModelEndpoint {}'s model {} is not an embedding model: /v1/embeddings serves Titan Text Embeddings and Cohere Embed 3 endpoints",
+            endpoint.name, endpoint.model_to_call
+        ))),
+        (Purpose::Embed, true) => {
+            request.max_tokens = 0;
+            Ok(())
+        }
+        (Purpose::Answer, false) => Ok(()),
+    }
+}
+
+/// One embedding call's vectors and Bedrock's count of its input tokens.
+type EmbedCall = Result<(Vec<Vec<f32>>, u64), ApiError>;
+
+/// The vectors of an embedding call, what Bedrock counted and what it cost.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub input_tokens: u64,
+    pub cost: Decimal,
+}
+
+/// Embedding calls made at once for one request (Titan embeds one text a call).
+const EMBED_CONCURRENCY: usize = 8;
 
 /// A call that passed every check and holds its reservations.
 pub struct Prepared {
@@ -144,6 +182,7 @@ impl AppState {
             .unwrap_or(endpoint.spec.max_tokens)
             .clamp(1, endpoint.spec.max_tokens);
         request.check_media().map_err(ApiError::invalid)?;
+        check_purpose(&endpoint, &mut request)?;
         if let Some(guardrail) = &endpoint.guardrail {
             if let Some(problem) = &guardrail.problem {
                 return Err(self.reject(
@@ -325,6 +364,95 @@ impl AppState {
             }
         }
         Ok(())
+    }
+
+    /// Embeds the text blocks of a prepared embedding request in `dimensions`, in order: one
+    /// InvokeModel a text for Titan, 96 for Cohere, a few at once. Tokens Bedrock counted are
+    /// charged even when another call of the request failed.
+    pub async fn embed(
+        &self,
+        prepared: Prepared,
+        family: Family,
+        dimensions: u32,
+    ) -> Result<Embedded, ApiError> {
+        use futures_util::StreamExt;
+        let texts: Vec<String> = prepared
+            .request
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|b| match b {
+                Block::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let endpoint = Arc::clone(&prepared.endpoint);
+        let (spec, model) = (&endpoint.spec, endpoint.model_to_call.as_str());
+        let deadline = self
+            .settings
+            .upstream_timeout
+            .saturating_sub(prepared.started.elapsed());
+        self.metrics.in_flight.inc();
+        let results: Vec<EmbedCall> =
+            futures_util::stream::iter(texts.chunks(family.batch()).map(<[String]>::to_vec))
+                .map(|batch: Vec<String>| async move {
+                    let body = bytes::Bytes::from(family.body(&batch, dimensions).to_string());
+                    let invoked = self
+                        .upstream
+                        .invoke(
+                            &spec.region,
+                            spec.irsa_role_arn.as_deref(),
+                            model,
+                            body,
+                            deadline,
+                        )
+                        .await?;
+                    let (vectors, counted) = family.read(&invoked.body).map_err(|e| {
+                        ApiError::new(
+                            StatusCode::BAD_GATEWAY,
+                            "upstream_error",
+                            format!("Bedrock's embedding could not be read: {e}"),
+                        )
+                    })?;
+                    // Bedrock's count, else (never seen) at least a token per 4 bytes.
+                    let tokens = counted
+                        .or(invoked.input_tokens)
+                        .unwrap_or_else(|| estimated_tokens(batch.iter().map(String::len).sum()));
+                    Ok((vectors, tokens))
+                })
+                .buffered(EMBED_CONCURRENCY)
+                .collect()
+                .await;
+        self.metrics.in_flight.dec();
+        let (mut vectors, mut input_tokens, mut failure) = (Vec::new(), 0u64, None);
+        for result in results {
+            match result {
+                Ok((v, tokens)) => {
+                    vectors.extend(v);
+                    input_tokens += tokens;
+                }
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        if input_tokens == 0
+            && let Some(e) = failure
+        {
+            return Err(self.failed(prepared, e));
+        }
+        let usage = TokenUsage {
+            input_tokens,
+            ..TokenUsage::default()
+        };
+        let outcome = failure.as_ref().map_or("success", |e| e.code);
+        let cost = self.account(prepared, &usage, GuardrailUnits::default(), outcome);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(Embedded {
+                vectors,
+                input_tokens,
+                cost,
+            }),
+        }
     }
 
     /// Calls the model and waits for the whole answer.

@@ -9,6 +9,7 @@
 
 pub mod config;
 mod control;
+mod embeddings;
 pub mod error;
 mod guardrails;
 mod media;

@@ -21,6 +21,7 @@ use k8s_ai_api::model_id::{self, Route};
 use super::{
     Caller, Emulator, Record,
     config::{Config, Faults, glob_match},
+    embeddings,
     error::AwsError,
     guardrails::{Assessment, Policy, Source},
     media, random_token,
@@ -1009,6 +1010,11 @@ pub async fn invoke_model(
 ) -> Response {
     let started = Instant::now();
     let _in_flight = emulator.call_in_flight();
+    if let Some(kind) = embeddings::kind(base_model_id(&model_id)) {
+        return emulator
+            .embed(kind, &model_id, (&uri, &headers, &body))
+            .await;
+    }
     let read = |request: &Value| invoke_request(&model_id, &headers, request);
     let outcome = match emulator
         .serve_model(
@@ -1046,6 +1052,69 @@ pub async fn invoke_model(
         h.insert(name, HeaderValue::from(value));
     }
     response
+}
+
+impl Emulator {
+    /// InvokeModel on an embedding model: accepted as every model call is, answered with
+    /// vectors, billed per input token (`x-amzn-bedrock-input-token-count`, as Bedrock sends it).
+    async fn embed(
+        &self,
+        kind: embeddings::Kind,
+        model_id: &str,
+        (uri, headers, body): (&Uri, &HeaderMap, &[u8]),
+    ) -> Response {
+        let mut asked = None;
+        let read = |request: &Value| {
+            let r = embeddings::read(kind, request)?;
+            let prompt = Prompt {
+                texts: r.texts.clone(),
+                last_user_text: String::new(),
+                max_tokens: 0,
+                stop_sequences: Vec::new(),
+                cache_prefix: None,
+                framing: 0,
+                tools: None,
+                answers_tools: false,
+                output_schema: None,
+                has_images: false,
+            };
+            asked = Some(r);
+            Ok((prompt, Value::Null))
+        };
+        let accepted = match self.accept("InvokeModel", model_id, uri, headers, body, read) {
+            Ok(accepted) => accepted,
+            Err(answer) => return answer,
+        };
+        let Some(asked) = asked else {
+            return AwsError::internal().into_response();
+        };
+        let (answer, tokens) = embeddings::answer(kind, &asked);
+        self.simulate_latency(0).await;
+        let outcome = Outcome {
+            text: String::new(),
+            stop: "end_turn",
+            input_tokens: tokens,
+            output_tokens: 0,
+            cache_read: 0,
+            cache_write: 0,
+            trace: None,
+            guardrail_usage: None,
+            tool_uses: Vec::new(),
+        };
+        self.record_call(
+            "InvokeModel",
+            model_id,
+            Some(&accepted.caller),
+            Ok(&outcome),
+            None,
+        );
+        let mut response = Json(answer).into_response();
+        response.headers_mut().insert(
+            "x-amzn-bedrock-input-token-count",
+            HeaderValue::from(tokens),
+        );
+        response
+    }
 }
 
 pub async fn apply_guardrail(

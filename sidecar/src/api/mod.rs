@@ -5,6 +5,7 @@
 
 mod anthropic;
 mod bedrock_runtime;
+mod embeddings;
 mod media;
 mod openai;
 mod seed;
@@ -33,6 +34,7 @@ pub fn data_router(state: Arc<AppState>) -> Router {
         .route("/render/{namespace}/{template}", post(seed::render))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route(
             "/model/{model_id}/converse",
             post(bedrock_runtime::converse),

@@ -382,6 +382,39 @@ impl BedrockClient {
         .await
     }
 
+    /// InvokeModel with `body` (the model's own JSON), retried as Converse: the answer's body and
+    /// Bedrock's count of its input tokens (the `x-amzn-bedrock-input-token-count` header).
+    pub async fn invoke(
+        &self,
+        region: &str,
+        signer: &Signer,
+        model_id: &str,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<Invoked, ApiError> {
+        let call = Call {
+            region,
+            signer,
+            path: format!("/model/{}/invoke", label(model_id)),
+            accept: "application/json",
+            body,
+        };
+        self.send(&call, deadline, async |response| {
+            let input_tokens = response
+                .headers()
+                .get("x-amzn-bedrock-input-token-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
+            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok(Invoked { body, input_tokens })
+        })
+        .await
+    }
+
     /// Sends `call`, retried as the SDK retries, within `deadline` for all attempts together;
     /// `read` turns a successful answer into the result (its failure is the attempt's).
     async fn send<T>(
@@ -506,6 +539,13 @@ impl BedrockClient {
             message: fields.message(),
         })
     }
+}
+
+/// InvokeModel's answer.
+pub struct Invoked {
+    pub body: Bytes,
+    /// Bedrock's count of the input tokens, when it sent one.
+    pub input_tokens: Option<u64>,
 }
 
 /// One Bedrock Runtime operation to send: where, signed how, with what body.

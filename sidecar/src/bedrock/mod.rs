@@ -3,6 +3,7 @@
 //! the sidecar's. Every call goes through one client (`client.rs`).
 
 mod client;
+pub mod embeddings;
 mod model;
 mod stream;
 mod wire;
@@ -11,12 +12,13 @@ use std::{sync::Arc, time::Duration};
 
 use axum::http::StatusCode;
 
+pub use self::client::Invoked;
 use self::client::{BedrockClient, Signer};
 pub use self::{
     model::{
         Block, DocumentFormat, FRAMING_BOUND_PER_MESSAGE, FRAMING_BOUND_PER_REQUEST, ImageFormat,
-        Message, ModelAnswer, ModelRequest, OutputSchema, Role, Tool, ToolCall, ToolChoice, Tools,
-        closed, has_structured_outputs,
+        Message, ModelAnswer, ModelRequest, OutputSchema, Purpose, Role, Tool, ToolCall,
+        ToolChoice, Tools, closed, has_structured_outputs,
     },
     stream::{ConverseEvents, StreamPart},
 };
@@ -103,6 +105,21 @@ impl Upstream {
                 request,
                 timeout.min(self.timeout),
             )
+            .await
+    }
+
+    /// InvokeModel with the model's own JSON `body`, retried within `timeout`.
+    pub async fn invoke(
+        &self,
+        region: &str,
+        role: Option<&str>,
+        model_id: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<Invoked, ApiError> {
+        let signer = self.signer(role).await?;
+        self.client
+            .invoke(region, &signer, model_id, body, timeout.min(self.timeout))
             .await
     }
 

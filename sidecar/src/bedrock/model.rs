@@ -237,9 +237,20 @@ pub struct Tools {
     pub choice: ToolChoice,
 }
 
+/// What the model is asked to do with the request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Purpose {
+    /// Answer the conversation.
+    #[default]
+    Answer,
+    /// Embed each text block of the user's message.
+    Embed,
+}
+
 /// What the app asked the model.
 #[derive(Debug, Clone, Default)]
 pub struct ModelRequest {
+    pub purpose: Purpose,
     pub system: Option<String>,
     /// Alternating turns, starting with the user's (see [`ModelRequest::push`]).
     pub messages: Vec<Message>,

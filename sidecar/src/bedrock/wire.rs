@@ -609,6 +609,7 @@ mod tests {
             guardrail: Some(("gr-1".into(), "2".into())),
             tools: None,
             output_schema: None,
+            purpose: super::super::Purpose::Answer,
         };
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
         assert_eq!(

@@ -1,0 +1,190 @@
+//! OpenAI's Embeddings API (`POST /v1/embeddings`) on Bedrock's embedding models: Titan Text
+//! Embeddings (V2 and v1) and Cohere Embed 3, with the limits, budget, PII filter and exact cost
+//! of every call.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Body, parse, truncated};
+use crate::{
+    bedrock::{Block, ModelRequest, Purpose, Role, embeddings::Family},
+    calls::AppState,
+    errors::ApiError,
+};
+
+/// The most inputs one request may embed (OpenAI's own limit).
+const MAX_INPUTS: usize = 2048;
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingsBody {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    dimensions: Option<u32>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+fn unsupported(field: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unsupported_parameter",
+        format!(
+            "{} is not supported by this sidecar's embeddings route: remove it (see docs/sidecar.md)",
+            truncated(field, 80)
+        ),
+    )
+}
+
+/// The texts of `input`: a string or a list of strings, none empty.
+fn texts(input: Value) -> Result<Vec<String>, ApiError> {
+    let texts = match input {
+        Value::String(s) => vec![s],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::String(s) => Some(s),
+                _ => None,
+            })
+            .collect(),
+        Value::Array(_) => {
+            return Err(unsupported(
+                "input as token ids (Bedrock's embedding models take text)",
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "input must be a string or a list of strings",
+            ));
+        }
+    };
+    if texts.is_empty() || texts.len() > MAX_INPUTS {
+        return Err(ApiError::invalid(format!(
+            "input must hold 1 to {MAX_INPUTS} texts, not {}",
+            texts.len()
+        )));
+    }
+    if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+        return Err(ApiError::invalid(format!("input[{i}] is empty")));
+    }
+    Ok(texts)
+}
+
+/// A vector as OpenAI sends it: floats, or their little-endian 32-bit bytes in base64 (what the
+/// OpenAI SDKs ask for by default).
+fn encoded(vector: &[f32], base64: bool) -> Value {
+    if base64 {
+        let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+        json!(aws_smithy_types::base64::encode(bytes))
+    } else {
+        json!(vector)
+    }
+}
+
+pub(super) async fn embeddings(State(state): State<Arc<AppState>>, Body(body): Body) -> Response {
+    let outcome = async {
+        let body: EmbeddingsBody = parse(&body, state.settings.max_body_bytes)?;
+        if let Some((name, _)) = body
+            .other
+            .iter()
+            .find(|(name, value)| !value.is_null() && name.as_str() != "user")
+        {
+            return Err(unsupported(name));
+        }
+        let base64 = match body.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "encoding_format must be \"float\" or \"base64\", not {:?}",
+                    truncated(other, 20)
+                )));
+            }
+        };
+        let texts = texts(body.input)?;
+        let namespace = state.catalog.namespace().to_owned();
+        let endpoint = state.endpoint(&namespace, &body.model)?;
+        // A chat model's endpoint is refused by `prepare`, naming the route it serves.
+        let family = Family::of(&endpoint.model_to_call);
+        let dimensions = match (family, body.dimensions) {
+            (Some(f), Some(d)) if !f.dimensions().contains(&d) => {
+                return Err(ApiError::invalid(format!(
+                    "dimensions: {} returns {:?}, not {d}",
+                    endpoint.model_to_call,
+                    f.dimensions()
+                )));
+            }
+            (Some(_), Some(d)) => d,
+            (Some(f), None) => f.dimensions()[0],
+            (None, _) => 0,
+        };
+        let mut request = ModelRequest {
+            purpose: Purpose::Embed,
+            ..ModelRequest::default()
+        };
+        for text in texts {
+            request.push(Role::User, Block::Text(text));
+        }
+        let prepared = state.prepare(endpoint, request, None).await?;
+        let Some(family) = family else {
+            return Err(ApiError::invalid("not an embedding model"));
+        };
+        let embedded = state.embed(prepared, family, dimensions).await?;
+        let data: Vec<Value> = embedded
+            .vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| json!({ "object": "embedding", "index": i, "embedding": encoded(v, base64) }))
+            .collect();
+        let mut response = Json(json!({
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": { "prompt_tokens": embedded.input_tokens, "total_tokens": embedded.input_tokens },
+        }))
+        .into_response();
+        if let Ok(cost) =
+            axum::http::HeaderValue::from_str(&crate::calls::format_cost(embedded.cost))
+        {
+            response.headers_mut().insert("x-ai-sidecar-cost-usd", cost);
+        }
+        Ok(response)
+    };
+    outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_and_encodings() {
+        assert_eq!(texts(json!("a")).unwrap(), ["a"]);
+        assert_eq!(texts(json!(["a", "b"])).unwrap(), ["a", "b"]);
+        assert!(
+            texts(json!([1, 2]))
+                .unwrap_err()
+                .message
+                .contains("token ids")
+        );
+        assert!(
+            texts(json!(["a", " "]))
+                .unwrap_err()
+                .message
+                .contains("input[1] is empty")
+        );
+        assert!(texts(json!([])).is_err());
+        assert_eq!(encoded(&[1.0, -2.0], true), json!("AACAPwAAAMA="));
+        assert_eq!(encoded(&[0.5], false), json!([0.5]));
+    }
+}
