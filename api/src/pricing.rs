@@ -95,8 +95,16 @@ pub struct TokenUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// Every token written to the cache, whatever its time to live.
     pub cache_write_input_tokens: u64,
+    /// Of `cache_write_input_tokens`, those written for an hour (`cacheDetails` with
+    /// `ttl: "1h"`), which cost more than the five-minute ones.
+    pub cache_write_1h_input_tokens: u64,
 }
+
+/// What an hour-long cache write costs, as a multiple of the input price: Anthropic bills 1-hour
+/// writes at twice the base input price (five-minute writes at 1.25 times).
+const CACHE_WRITE_1H_FACTOR: Decimal = Decimal::from_parts(2, 0, 0, false, 0);
 
 impl ModelPrice {
     /// The exact cost in US dollars of `usage`: each kind of token times its price, over one
@@ -111,6 +119,21 @@ impl ModelPrice {
             .input_tokens
             .saturating_add(usage.cache_read_input_tokens)
             .saturating_add(usage.cache_write_input_tokens);
+        let hour_writes = usage
+            .cache_write_1h_input_tokens
+            .min(usage.cache_write_input_tokens);
+        let five_minute_writes = usage.cache_write_input_tokens - hour_writes;
+        // An hour-long write costs twice the input price where the model prices writes at all
+        // (Anthropic's rule); a model without a write price charges writes as input.
+        let hour = |input: Decimal, has_write_price: bool| {
+            if has_write_price {
+                input
+                    .checked_mul(CACHE_WRITE_1H_FACTOR)
+                    .unwrap_or(Decimal::MAX)
+            } else {
+                input
+            }
+        };
         if let Some(long) = self
             .long_context
             .filter(|long| prompt_tokens > long.above_input_tokens)
@@ -119,7 +142,8 @@ impl ModelPrice {
                 (usage.input_tokens, long.input_per_million),
                 (usage.output_tokens, long.output_per_million),
                 (usage.cache_read_input_tokens, long.cache_read_per_million),
-                (usage.cache_write_input_tokens, long.cache_write_per_million),
+                (five_minute_writes, long.cache_write_per_million),
+                (hour_writes, hour(long.input_per_million, true)),
             ])
             .map_or(Decimal::MAX, |cost| cost.normalize());
         }
@@ -133,7 +157,14 @@ impl ModelPrice {
             (usage.input_tokens, self.input_per_million),
             (usage.output_tokens, self.output_per_million),
             (usage.cache_read_input_tokens, read),
-            (usage.cache_write_input_tokens, write),
+            (five_minute_writes, write),
+            (
+                hour_writes,
+                hour(
+                    self.input_per_million,
+                    self.cache_write_per_million.is_some(),
+                ),
+            ),
         ])
         .map_or(Decimal::MAX, |cost| cost.normalize())
     }
@@ -171,7 +202,7 @@ impl From<&Pricing> for ModelPrice {
 
 /// Σ tokens × price / 1e6, computed on integers so that nothing is ever rounded. `None` when a
 /// price is negative or the result does not fit a `Decimal`.
-fn exact_cost(terms: [(u64, Decimal); 4]) -> Option<Decimal> {
+fn exact_cost<const N: usize>(terms: [(u64, Decimal); N]) -> Option<Decimal> {
     let scale = terms.iter().map(|(_, price)| price.scale()).max()?;
     let mut micro_dollars: u128 = 0;
     for (tokens, price) in terms {
@@ -828,6 +859,7 @@ mod tests {
             output_tokens: output,
             cache_read_input_tokens: cache_read,
             cache_write_input_tokens: cache_write,
+            cache_write_1h_input_tokens: 0,
         }
     }
 
@@ -1003,6 +1035,27 @@ mod tests {
             llama.cost(&usage(1_000_000, 0, 0, 0))
         );
         assert_eq!(llama.cost(&usage(1_000_000, 0, 0, 0)), dec("0.72"));
+    }
+
+    #[test]
+    fn hour_long_cache_writes_cost_twice_the_input_price() {
+        // Claude Sonnet 4: $3 in; five-minute writes $3.75, hour-long ones $6.
+        let price = builtin_price(SONNET_4, "us-east-1").unwrap();
+        let mixed = TokenUsage {
+            cache_write_input_tokens: 3_000,
+            cache_write_1h_input_tokens: 1_000,
+            ..TokenUsage::default()
+        };
+        // 2 000 × 3.75 + 1 000 × 6 = 13 500 micro-dollars.
+        assert_eq!(price.cost(&mixed), dec("0.0135"));
+        // Nova prices no writes: an hour-long write is charged as input, like any other.
+        let nova = builtin_price("amazon.nova-micro-v1:0", "us-east-1").unwrap();
+        let hour = TokenUsage {
+            cache_write_input_tokens: 1_000,
+            cache_write_1h_input_tokens: 1_000,
+            ..TokenUsage::default()
+        };
+        assert_eq!(nova.cost(&hour), nova.cost(&usage(1_000, 0, 0, 0)));
     }
 
     #[test]

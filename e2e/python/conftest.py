@@ -99,22 +99,22 @@ def seed_manifests() -> str:
         model, model + "  inferenceProfile: geographic\n")
 
 
-def start_sidecar(aws_url: str, manifests: str, tmp_path):
+def start_sidecar(aws_url: str, manifests: str, tmp_path, extra_env: dict | None = None):
     """`ai-sidecar --standalone` on free ports: (process, data URL, admin URL). A port another
     process took between `free_port()` and the sidecar's bind is retried on new ones."""
     for _ in range(3):
         try:
-            return start_sidecar_once(aws_url, manifests, tmp_path)
+            return start_sidecar_once(aws_url, manifests, tmp_path, extra_env)
         except PortTaken:
             continue
-    return start_sidecar_once(aws_url, manifests, tmp_path)
+    return start_sidecar_once(aws_url, manifests, tmp_path, extra_env)
 
 
 class PortTaken(Exception):
     pass
 
 
-def start_sidecar_once(aws_url: str, manifests: str, tmp_path):
+def start_sidecar_once(aws_url: str, manifests: str, tmp_path, extra_env: dict | None = None):
     assert SIDECAR.exists(), f"{SIDECAR} not built: run `cargo build -p ai-sidecar` first"
     config = tmp_path / "sidecar.yaml"
     config.write_text(manifests)
@@ -129,6 +129,7 @@ def start_sidecar_once(aws_url: str, manifests: str, tmp_path):
         "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         "AWS_EC2_METADATA_DISABLED": "true",
+        **(extra_env or {}),
     }
     proc = subprocess.Popen([str(SIDECAR), "--standalone", "--config", str(config)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

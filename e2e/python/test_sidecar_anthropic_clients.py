@@ -145,3 +145,37 @@ def test_images_and_documents_through_both_anthropic_clients(sidecar):
         client(url).messages.create(model="claude-haiku", max_tokens=8, messages=[{"role": "user", "content": [
             {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]}])
     assert "only base64 sources" in e.value.body["error"]["message"]
+
+
+LONG_SYSTEM = "You are a careful reviewer of Kubernetes manifests. " * 400  # ~5,200 tokens
+
+
+def test_prompt_caching_with_both_ttls_is_charged_exactly(sidecar, emulator):
+    """Anthropic's cache_control on the system prompt (an hour) and on the question (five
+    minutes): the first call writes both, the second reads them; each kind of token is charged at
+    its own price (Haiku 4.5 via `us.`: input $1.10, cache read $0.11, five-minute write $1.375,
+    hour-long write $2.20, output $5.50 per million)."""
+    url, admin = sidecar
+    question = "Review this manifest. " * 300  # past the 4,096-token minimum with the system prompt
+    body = dict(model="claude-haiku", max_tokens=32,
+                system=[{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+                messages=[{"role": "user", "content": [
+                    {"type": "text", "text": question, "cache_control": {"type": "ephemeral"}}]}])
+    first = client(url).messages.create(**body)
+    second = client(url).messages.create(**body)
+    u1, u2 = first.usage, second.usage
+    assert u1.cache_creation.ephemeral_1h_input_tokens > 4096, u1
+    assert u1.cache_creation.ephemeral_5m_input_tokens > 0, u1
+    assert u1.cache_creation_input_tokens == u1.cache_creation.ephemeral_1h_input_tokens + u1.cache_creation.ephemeral_5m_input_tokens
+    assert u1.cache_read_input_tokens == 0
+    assert u2.cache_read_input_tokens == u1.cache_creation_input_tokens and u2.cache_creation_input_tokens == 0
+
+    def cost(u):
+        return (Decimal(u.input_tokens) * Decimal("1.1") + Decimal(u.output_tokens) * Decimal("5.5")
+                + Decimal(u.cache_read_input_tokens) * Decimal("0.11")
+                + Decimal(u.cache_creation.ephemeral_5m_input_tokens) * Decimal("1.375")
+                + Decimal(u.cache_creation.ephemeral_1h_input_tokens) * Decimal("2.2")) / 10**6
+    assert abs(cost_counted(admin) - cost(u1) - cost(u2)) < Decimal("1e-12")
+    records = emulator.admin("/_emulator/requests?operation=Converse")
+    assert [r["inputTokens"] for r in records] == [
+        u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens for u in (u1, u2)]

@@ -368,3 +368,33 @@ def test_embedding_endpoints_serve_only_embeddings(embedders):
     with pytest.raises(openai.BadRequestError) as e:
         oa.embeddings.create(model="titan-embed", input=[[1, 2, 3]])
     assert e.value.body["code"] == "unsupported_parameter"
+
+
+def test_prompt_caching_through_the_openai_sdk_by_hand_and_automatically(emulator, sidecar, tmp_path):
+    """`cache_control` on a system part (as LiteLLM takes it) is honoured; with
+    AI_SIDECAR_PROMPT_CACHE=auto the sidecar caches the system prompt of an app that asked nothing."""
+    long_system = "You answer questions about Kubernetes operators precisely. " * 400
+    url, _ = sidecar
+    marked = [{"role": "system", "content": [{"type": "text", "text": long_system, "cache_control": {"type": "ephemeral"}}]},
+              {"role": "user", "content": "What is a finalizer?"}]
+    first = client(url).chat.completions.create(model="claude-haiku", messages=marked)
+    second = client(url).chat.completions.create(model="claude-haiku", messages=marked)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens > 4096
+    assert second.usage.prompt_tokens == first.usage.prompt_tokens
+
+    plain = [{"role": "system", "content": long_system.replace("precisely", "briefly")},
+             {"role": "user", "content": "What is a finalizer?"}]
+    proc, auto_url, _ = start_sidecar(emulator.url, seed_manifests(), tmp_path,
+                                      {"AI_SIDECAR_PROMPT_CACHE": "auto"})
+    try:
+        client(auto_url).chat.completions.create(model="claude-haiku", messages=plain)
+        again = client(auto_url).chat.completions.create(model="claude-haiku", messages=plain)
+        assert again.usage.prompt_tokens_details.cached_tokens > 4096
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # Without the setting, the same plain request has no cache point: nothing is read or written.
+    untouched = client(url).chat.completions.create(model="claude-haiku", messages=plain)
+    assert untouched.usage.prompt_tokens_details.cached_tokens == 0
+    assert untouched.usage.model_extra["cache_creation_input_tokens"] == 0

@@ -18,7 +18,7 @@ use aws_sdk_bedrockruntime::{
     error::ProvideErrorMetadata,
     primitives::Blob,
     types::{
-        ContentBlock, ConversationRole, ConverseStreamOutput, GuardrailConfiguration,
+        CacheTtl, ContentBlock, ConversationRole, ConverseStreamOutput, GuardrailConfiguration,
         GuardrailContentBlock, GuardrailContentSource, GuardrailTextBlock, GuardrailTrace,
         InferenceConfiguration, Message, StopReason, SystemContentBlock,
     },
@@ -183,29 +183,31 @@ async fn converse_answers_with_the_real_shapes() {
         "one two "
     );
 
-    // Prompt caching: the prefix before a cache point is written once, then read.
-    let cached = |c: &aws_sdk_bedrockruntime::Client| {
+    // Prompt caching: the prefix before a cache point is written once, then read. Claude Haiku
+    // 4.5 caches prefixes of 4,096 tokens and more; an hour-long point is reported by its TTL.
+    let system = "A long and stable system prompt. ".repeat(600);
+    let cached = |c: &aws_sdk_bedrockruntime::Client, ttl: Option<CacheTtl>| {
         c.converse()
             .model_id(HAIKU_US)
-            .system(SystemContentBlock::Text(
-                "A long and stable system prompt.".into(),
-            ))
+            .system(SystemContentBlock::Text(system.clone()))
             .system(SystemContentBlock::CachePoint(
                 aws_sdk_bedrockruntime::types::CachePointBlock::builder()
                     .r#type(aws_sdk_bedrockruntime::types::CachePointType::Default)
+                    .set_ttl(ttl)
                     .build()
                     .unwrap(),
             ))
             .messages(user("question"))
             .send()
     };
-    let first = cached(&client).await.unwrap();
-    let second = cached(&client).await.unwrap();
-    let cache_tokens = i32::try_from(count_tokens("A long and stable system prompt.")).unwrap();
-    assert_eq!(
-        first.usage().unwrap().cache_write_input_tokens(),
-        Some(cache_tokens)
-    );
+    let first = cached(&client, Some(CacheTtl::OneHour)).await.unwrap();
+    let second = cached(&client, Some(CacheTtl::OneHour)).await.unwrap();
+    let cache_tokens = i32::try_from(count_tokens(&system)).unwrap();
+    let usage = first.usage().unwrap();
+    assert_eq!(usage.cache_write_input_tokens(), Some(cache_tokens));
+    assert_eq!(usage.cache_details().len(), 1);
+    assert_eq!(usage.cache_details()[0].ttl(), &CacheTtl::OneHour);
+    assert_eq!(usage.cache_details()[0].input_tokens(), cache_tokens);
     assert_eq!(
         second.usage().unwrap().cache_read_input_tokens(),
         Some(cache_tokens)
@@ -214,6 +216,22 @@ async fn converse_answers_with_the_real_shapes() {
         second.usage().unwrap().input_tokens(),
         i32::try_from(count_tokens("question") + framing_tokens(1, true)).unwrap()
     );
+    // A short prefix is not cached at all.
+    let short = client
+        .converse()
+        .model_id(HAIKU_US)
+        .system(SystemContentBlock::Text("Short.".into()))
+        .system(SystemContentBlock::CachePoint(
+            aws_sdk_bedrockruntime::types::CachePointBlock::builder()
+                .r#type(aws_sdk_bedrockruntime::types::CachePointType::Default)
+                .build()
+                .unwrap(),
+        ))
+        .messages(user("question"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(short.usage().unwrap().cache_write_input_tokens(), None);
 }
 
 #[tokio::test]

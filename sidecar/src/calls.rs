@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::{
     bedrock::{
         Block, ConverseEvents, ModelAnswer, ModelRequest, Purpose, StreamPart, ToolCall,
-        embeddings::Family,
+        caches_prompts, embeddings::Family,
     },
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
@@ -79,6 +79,36 @@ fn check_purpose(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Resul
         }
         (Purpose::Answer, false) => Ok(()),
     }
+}
+
+/// The most `request` can cost: `input` tokens, every one a cache write at the dearest time to
+/// live where the request has cache points (writes cost more than input), all its output tokens,
+/// and the Bedrock guardrail's text units on all of that.
+fn worst_case_cost(price: &ModelPrice, request: &ModelRequest, input: u64) -> Decimal {
+    let guardrail = if request.guardrail.is_some() {
+        let characters = u64::try_from(request.input_text_len()).unwrap_or(u64::MAX);
+        GuardrailUnits::worst_case(characters, u64::from(request.max_tokens)).cost()
+    } else {
+        Decimal::ZERO
+    };
+    let ttls: Vec<_> = request.cache_points().map(|p| p.ttl).collect();
+    let (writes, hour_writes) = if ttls.is_empty() {
+        (0, 0)
+    } else if ttls.contains(&Some(crate::bedrock::CacheTtl::OneHour)) {
+        (input, input)
+    } else {
+        (input, 0)
+    };
+    price
+        .cost(&TokenUsage {
+            input_tokens: input - writes,
+            output_tokens: u64::from(request.max_tokens),
+            cache_write_input_tokens: writes,
+            cache_write_1h_input_tokens: hour_writes,
+            ..TokenUsage::default()
+        })
+        .checked_add(guardrail)
+        .unwrap_or(Decimal::MAX)
 }
 
 /// One embedding call's vectors and Bedrock's count of its input tokens.
@@ -183,6 +213,12 @@ impl AppState {
             .clamp(1, endpoint.spec.max_tokens);
         request.check_media().map_err(ApiError::invalid)?;
         check_purpose(&endpoint, &mut request)?;
+        if self.settings.prompt_cache == crate::settings::PromptCache::Auto
+            && request.purpose == Purpose::Answer
+            && caches_prompts(&endpoint.model_to_call)
+        {
+            request.place_cache_points();
+        }
         if let Some(guardrail) = &endpoint.guardrail {
             if let Some(problem) = &guardrail.problem {
                 return Err(self.reject(
@@ -233,20 +269,7 @@ impl AppState {
         })
         .map_err(|e| self.reject(&endpoint, e))?;
         let worst_case_input = request.worst_case_input_tokens();
-        let guardrail_worst_case = if request.guardrail.is_some() {
-            let characters = u64::try_from(request.input_text_len()).unwrap_or(u64::MAX);
-            GuardrailUnits::worst_case(characters, u64::from(request.max_tokens)).cost()
-        } else {
-            Decimal::ZERO
-        };
-        let worst_case = price
-            .cost(&TokenUsage {
-                input_tokens: worst_case_input,
-                output_tokens: u64::from(request.max_tokens),
-                ..TokenUsage::default()
-            })
-            .checked_add(guardrail_worst_case)
-            .unwrap_or(Decimal::MAX);
+        let worst_case = worst_case_cost(&price, &request, worst_case_input);
         let admission = self
             .ledger
             .admit(

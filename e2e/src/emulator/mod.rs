@@ -7,6 +7,7 @@
 // Protocol handlers read best top to bottom, one operation each, even when long.
 #![allow(clippy::too_many_lines)]
 
+mod cache;
 pub mod config;
 mod control;
 mod embeddings;
@@ -196,7 +197,7 @@ struct Inner {
     guardrails: Mutex<guardrails::Store>,
     log: Mutex<VecDeque<Record>>,
     /// Hashes of prompt prefixes already cached (`cachePoint`), for cache read/write tokens.
-    prompt_cache: Mutex<std::collections::HashSet<u64>>,
+    prompt_cache: Mutex<cache::Store>,
     seq: AtomicU64,
     runtime_calls: AtomicU64,
     /// Model calls in flight now, and the most ever at once (a test checks a limit across pods).
@@ -254,7 +255,7 @@ impl Emulator {
             jwks: RwLock::new(Arc::new(JwkSet { keys: Vec::new() })),
             guardrails: Mutex::new(guardrails::Store::default()),
             log: Mutex::new(VecDeque::new()),
-            prompt_cache: Mutex::new(std::collections::HashSet::new()),
+            prompt_cache: Mutex::new(cache::Store::default()),
             seq: AtomicU64::new(0),
             runtime_calls: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),

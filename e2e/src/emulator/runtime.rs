@@ -1,10 +1,7 @@
 //! Bedrock Runtime: `Converse`, `ConverseStream` (AWS event-stream framing), `InvokeModel` with
 //! the Anthropic Messages body, and `ApplyGuardrail`.
 
-use std::{
-    hash::{DefaultHasher, Hash, Hasher},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aws_smithy_types::event_stream::{Header, HeaderValue as EsValue, Message};
 use axum::{
@@ -19,7 +16,7 @@ use serde_json::{Value, json};
 use k8s_ai_api::model_id::{self, Route};
 
 use super::{
-    Caller, Emulator, Record,
+    Caller, Emulator, Record, cache,
     config::{Config, Faults, glob_match},
     embeddings,
     error::AwsError,
@@ -41,8 +38,10 @@ struct Prompt {
     last_user_text: String,
     max_tokens: u32,
     stop_sequences: Vec<String>,
-    /// Text before a `cachePoint` block, if the request has one.
-    cache_prefix: Option<String>,
+    /// The text before each `cachePoint` (tools, system, messages, in order), and its TTL.
+    cache_points: Vec<(String, cache::Ttl)>,
+    /// The base model called (set once the model is known).
+    model: String,
     /// The framing tokens billed around the texts (`text::framing_tokens`).
     framing: u64,
     tools: Option<ToolConfig>,
@@ -66,8 +65,7 @@ struct Outcome {
     stop: &'static str,
     input_tokens: u64,
     output_tokens: u64,
-    cache_read: u64,
-    cache_write: u64,
+    cache: cache::CacheUse,
     trace: Option<Value>,
     /// The guardrail's text units, input and output summed (recorded for tests to price).
     guardrail_usage: Option<Value>,
@@ -98,11 +96,12 @@ impl Outcome {
         let mut usage = json!({
             "inputTokens": self.input_tokens,
             "outputTokens": self.output_tokens,
-            "totalTokens": self.input_tokens + self.output_tokens + self.cache_read + self.cache_write,
+            "totalTokens": self.input_tokens + self.output_tokens + self.cache.read + self.cache.write(),
         });
-        if self.cache_read + self.cache_write > 0 {
-            usage["cacheReadInputTokens"] = json!(self.cache_read);
-            usage["cacheWriteInputTokens"] = json!(self.cache_write);
+        if self.cache.read + self.cache.write() > 0 {
+            usage["cacheReadInputTokens"] = json!(self.cache.read);
+            usage["cacheWriteInputTokens"] = json!(self.cache.write());
+            usage["cacheDetails"] = self.cache.details();
         }
         usage
     }
@@ -124,8 +123,15 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
     let output_schema = tools::read_output_schema(body)?;
     tools::check_history(messages, tools.is_some())?;
     let mut texts = Vec::new();
-    let mut cache_prefix = None;
+    let mut cache_points = Vec::new();
+    // The prompt as the model reads it, in order: tools, system, messages.
     let mut seen = String::new();
+    if let Some(config) = &tools {
+        seen.push_str(&config.text);
+        if let Some(ttl) = config.cache_point {
+            cache_points.push((seen.clone(), ttl));
+        }
+    }
     let (mut media_tokens, mut images, mut documents) = (0u64, 0usize, 0usize);
     // Every block's text as the model reads it: texts, tool calls (name and input), tool results.
     let mut take_blocks = |blocks: &Value,
@@ -168,8 +174,9 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
                     })
                     .collect()
             } else {
-                if block.get("cachePoint").is_some() {
-                    cache_prefix = Some(seen.clone());
+                if let Some(point) = block.get("cachePoint") {
+                    let ttl = cache::read_point(point, &format!("{at}.content.{j}.cachePoint"))?;
+                    cache_points.push((seen.clone(), ttl));
                 }
                 continue;
             };
@@ -240,7 +247,8 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         last_user_text,
         max_tokens,
         stop_sequences,
-        cache_prefix,
+        cache_points,
+        model: String::new(),
         framing: text::framing_tokens(messages.len(), system)
             + media_tokens
             + tools.as_ref().map_or(0, |t| t.tokens)
@@ -295,7 +303,8 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         last_user_text,
         max_tokens: u32::try_from(max_tokens).unwrap_or(u32::MAX),
         stop_sequences,
-        cache_prefix: None,
+        cache_points: Vec::new(),
+        model: String::new(),
         framing: text::framing_tokens(messages.len(), system),
         tools: None,
         answers_tools: false,
@@ -430,8 +439,7 @@ impl Emulator {
                     stop: "guardrail_intervened",
                     input_tokens: 0,
                     output_tokens: 0,
-                    cache_read: 0,
-                    cache_write: 0,
+                    cache: cache::CacheUse::default(),
                     trace,
                     guardrail_usage: Some(usage),
                     tool_uses: Vec::new(),
@@ -441,22 +449,17 @@ impl Emulator {
         }
         let all_input: u64 =
             prompt.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + prompt.framing;
-        let (mut cache_read, mut cache_write) = (0, 0);
-        if let Some(prefix) = &prompt.cache_prefix {
-            let mut h = DefaultHasher::new();
-            prefix.hash(&mut h);
-            let first_time = self
-                .0
-                .prompt_cache
-                .lock()
-                .map_or(true, |mut c| c.insert(h.finish()));
-            let cached = count_tokens(prefix).min(all_input);
-            if first_time {
-                cache_write = cached;
-            } else {
-                cache_read = cached;
-            }
-        }
+        let cache = self.0.prompt_cache.lock().map_or_else(
+            |_| cache::CacheUse::default(),
+            |mut store| {
+                store.run(
+                    &prompt.model,
+                    &prompt.cache_points,
+                    all_input,
+                    Instant::now(),
+                )
+            },
+        );
         let tool_uses = match &prompt.tools {
             Some(config) if !prompt.answers_tools => {
                 tools::calls(config, &last_user_text, &random_token(16))
@@ -527,10 +530,9 @@ impl Emulator {
         Outcome {
             text: answer,
             stop,
-            input_tokens: all_input - cache_read - cache_write,
+            input_tokens: all_input - cache.read - cache.write(),
             output_tokens,
-            cache_read,
-            cache_write,
+            cache,
             trace,
             guardrail_usage,
             tool_uses,
@@ -562,7 +564,7 @@ impl Emulator {
     ) {
         let (input_tokens, output_tokens) = result.map_or((0, 0), |o| {
             (
-                o.input_tokens + o.cache_read + o.cache_write,
+                o.input_tokens + o.cache.read + o.cache.write(),
                 o.output_tokens,
             )
         });
@@ -608,8 +610,10 @@ impl Emulator {
                 e.into_response()
             })?;
         let accepted = parse_json(body).and_then(|request| {
-            let (prompt, guardrail_config) = read(&request)?;
+            let (mut prompt, guardrail_config) = read(&request)?;
             let guardrail = self.admit(&caller, model_id, &guardrail_config)?;
+            base_model_id(model_id).clone_into(&mut prompt.model);
+            cache::check_points(&prompt.cache_points, &prompt.model)?;
             if let Some(tools) = &prompt.tools {
                 tools::check_choice_supported(tools, base_model_id(model_id))?;
             }
@@ -1071,7 +1075,8 @@ impl Emulator {
                 last_user_text: String::new(),
                 max_tokens: 0,
                 stop_sequences: Vec::new(),
-                cache_prefix: None,
+                cache_points: Vec::new(),
+                model: String::new(),
                 framing: 0,
                 tools: None,
                 answers_tools: false,
@@ -1095,8 +1100,7 @@ impl Emulator {
             stop: "end_turn",
             input_tokens: tokens,
             output_tokens: 0,
-            cache_read: 0,
-            cache_write: 0,
+            cache: cache::CacheUse::default(),
             trace: None,
             guardrail_usage: None,
             tool_uses: Vec::new(),

@@ -29,6 +29,10 @@ pub struct ToolConfig {
     pub choice: Choice,
     /// Some tool asks for strict decoding (`toolSpec.strict`).
     pub strict: bool,
+    /// The tool definitions as the model reads them (the start of the prompt).
+    pub text: String,
+    /// A `cachePoint` after the tools, and its TTL.
+    pub cache_point: Option<super::cache::Ttl>,
     /// The tokens the tool definitions and the tool-use system prompt are billed.
     pub tokens: u64,
 }
@@ -69,7 +73,15 @@ pub fn read_config(body: &Value) -> Result<Option<ToolConfig>, AwsError> {
     })?;
     let mut read = Vec::with_capacity(tools.len());
     let mut strict = false;
+    let mut cache_point = None;
     for (i, tool) in tools.iter().enumerate() {
+        if let Some(point) = tool.get("cachePoint") {
+            cache_point = Some(super::cache::read_point(
+                point,
+                &format!("toolConfig.tools.{i}.cachePoint"),
+            )?);
+            continue;
+        }
         let spec = &tool["toolSpec"];
         let name = spec["name"].as_str().unwrap_or_default();
         if !is_tool_name(name) {
@@ -126,6 +138,8 @@ pub fn read_config(body: &Value) -> Result<Option<ToolConfig>, AwsError> {
         tools: read,
         choice,
         strict,
+        text: Value::Array(tools.clone()).to_string(),
+        cache_point,
         tokens,
     }))
 }

@@ -25,6 +25,9 @@ pub const INJECTED_LABEL: &str = "ai.kernelpanic09.io/sidecar";
 /// Bedrock app (boto3, the AWS SDKs, LangChain's Bedrock classes, `AnthropicBedrock`) calls
 /// through it.
 pub const ROUTE_BEDROCK_ANNOTATION: &str = "ai.kernelpanic09.io/route-bedrock-sdk";
+/// `"auto"`: the sidecar places prompt-cache points where the app placed none
+/// (`AI_SIDECAR_PROMPT_CACHE`); `"off"` or absent: it does not.
+pub const PROMPT_CACHE_ANNOTATION: &str = "ai.kernelpanic09.io/prompt-cache";
 /// The AWS SDKs' endpoint setting for Bedrock Runtime only (other services keep theirs).
 pub const BEDROCK_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
 /// The variables set by [`ROUTE_BEDROCK_ANNOTATION`]: the AWS SDKs' and the Anthropic SDKs'
@@ -111,19 +114,37 @@ fn routes_bedrock(pod: &Pod) -> Result<bool, Denial> {
     }
 }
 
-/// Sets [`BEDROCK_ENDPOINT_ENV`] on each app container that does not set it itself (an explicit
+/// The sidecar's prompt-cache setting the pod asks for, checked.
+fn prompt_cache(pod: &Pod) -> Result<&'static str, Denial> {
+    match annotation(pod, PROMPT_CACHE_ANNOTATION) {
+        None | Some("off") => Ok("off"),
+        Some("auto") => Ok("auto"),
+        Some(other) => Err(Denial(format!(
+            "{PROMPT_CACHE_ANNOTATION}: {other:?} is neither \"auto\" nor \"off\": set \"auto\" to have the sidecar place prompt-cache points, or remove the annotation"
+        ))),
+    }
+}
+
+/// Sets each of [`ROUTED_ENV`] on each app container that does not set it itself (an explicit
 /// value is the owner's choice and is kept).
 fn route_bedrock_ops(spec: &PodSpec) -> Vec<Value> {
-    let value =
-        json!({ "name": BEDROCK_ENDPOINT_ENV, "value": format!("http://localhost:{DATA_PORT}") });
+    let url = format!("http://localhost:{DATA_PORT}");
     let mut ops = Vec::new();
     for (i, c) in spec.containers.iter().enumerate() {
-        match &c.env {
-            Some(env) if env.iter().any(|e| e.name == BEDROCK_ENDPOINT_ENV) => {}
-            Some(env) if !env.is_empty() => {
-                ops.push(json!({ "op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": value }));
-            }
-            _ => ops.push(json!({ "op": "add", "path": format!("/spec/containers/{i}/env"), "value": [value] })),
+        let own = |name: &str| c.env.iter().flatten().any(|e| e.name == name);
+        let added: Vec<Value> = ROUTED_ENV
+            .iter()
+            .filter(|name| !own(name))
+            .map(|name| json!({ "name": name, "value": url }))
+            .collect();
+        if c.env.as_ref().is_some_and(|env| !env.is_empty()) {
+            ops.extend(added.into_iter().map(
+                |value| json!({ "op": "add", "path": format!("/spec/containers/{i}/env/-"), "value": value }),
+            ));
+        } else if !added.is_empty() {
+            ops.push(
+                json!({ "op": "add", "path": format!("/spec/containers/{i}/env"), "value": added }),
+            );
         }
     }
     ops
@@ -415,13 +436,19 @@ pub fn patch_for(
     let endpoints = requested_endpoints(pod)?;
     let resources = resources(pod, settings)?;
     let route_bedrock = routes_bedrock(pod)?;
+    let prompt_cache = prompt_cache(pod)?;
     let automounted = automounted_api_volume(spec);
-    let container = sidecar_container(
+    let mut container = sidecar_container(
         settings,
         &endpoints,
         &resources,
         automounted.unwrap_or(KUBE_API_VOLUME),
     );
+    if prompt_cache != "off"
+        && let Some(env) = container["env"].as_array_mut()
+    {
+        env.push(json!({ "name": "AI_SIDECAR_PROMPT_CACHE", "value": prompt_cache }));
+    }
     let mut volumes = vec![json!({
         "name": TOKEN_VOLUME,
         "projected": { "sources": [ { "serviceAccountToken": { "audience": "sts.amazonaws.com", "expirationSeconds": settings.sts_token_lifetime_seconds, "path": "token" } } ] },
@@ -893,6 +920,15 @@ mod tests {
             ["https://vpce.example"],
             "the owner's own value is kept"
         );
+        for c in 0..3 {
+            let anthropic: Vec<_> = patched.spec.as_ref().unwrap().containers[c]
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name == "ANTHROPIC_BEDROCK_BASE_URL")
+                .collect();
+            assert_eq!(anthropic.len(), 1, "container {c}");
+        }
         let a = patched.spec.as_ref().unwrap().containers[0]
             .env
             .as_ref()
@@ -920,6 +956,35 @@ mod tests {
                 .unwrap_err()
                 .0
                 .contains(ROUTE_BEDROCK_ANNOTATION)
+        );
+    }
+
+    #[test]
+    fn prompt_caching_is_passed_to_the_sidecar_when_asked() {
+        let asked = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku", PROMPT_CACHE_ANNOTATION: "auto" });
+        let p = pod(
+            &asked,
+            &json!({ "containers": [ { "name": "app", "image": "app" } ] }),
+        );
+        let patched = apply(&p, &patch_for(&p, &settings()).unwrap().unwrap());
+        let sidecar = &patched.spec.unwrap().init_containers.unwrap()[0];
+        assert!(
+            sidecar
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "AI_SIDECAR_PROMPT_CACHE" && e.value.as_deref() == Some("auto"))
+        );
+        let typo = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku", PROMPT_CACHE_ANNOTATION: "on" });
+        let p = pod(
+            &typo,
+            &json!({ "containers": [ { "name": "app", "image": "app" } ] }),
+        );
+        assert!(
+            patch_for(&p, &settings())
+                .unwrap_err()
+                .0
+                .contains(PROMPT_CACHE_ANNOTATION)
         );
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 
 use super::{Body, bedrock_runtime, check_sampling, media, parse, role, truncated};
 use crate::{
-    bedrock::{Block, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
+    bedrock::{Block, CachePoint, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
     calls::{AppState, CallResult, StreamEvent, format_cost},
     errors::ApiError,
 };
@@ -96,6 +96,24 @@ fn only(block: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Ap
     }
 }
 
+/// A block's `cache_control` as a cache point.
+fn cache_control(block: &Map<String, Value>, at: &str) -> Result<Option<CachePoint>, ApiError> {
+    super::cache_control(block.get("cache_control"), at)
+}
+
+/// The system prompt (a string or text blocks) and the cache point one of its blocks asks for.
+fn system(value: &Value) -> Result<(String, Option<CachePoint>), ApiError> {
+    let mut point = None;
+    if let Value::Array(blocks) = value {
+        for (k, b) in blocks.iter().enumerate() {
+            if let Some(b) = b.as_object() {
+                point = cache_control(b, &format!("system[{k}]"))?.or(point);
+            }
+        }
+    }
+    Ok((text(value, "system")?, point))
+}
+
 /// Text that is a string or a list of `text` blocks.
 fn text(value: &Value, at: &str) -> Result<String, ApiError> {
     match value {
@@ -113,7 +131,7 @@ fn text(value: &Value, at: &str) -> Result<String, ApiError> {
                         b.get("type").unwrap_or(&Value::Null)
                     )));
                 }
-                only(b, &["type", "text", "citations"], &b_at)?;
+                only(b, &["type", "text", "citations", "cache_control"], &b_at)?;
                 out.push_str(&bedrock_runtime::text_field(
                     &b["text"],
                     &format!("{b_at}.text"),
@@ -139,16 +157,17 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
             .as_object()
             .ok_or_else(|| ApiError::invalid(format!("{b_at} must be an object")))?;
         let kind = b.get("type").and_then(Value::as_str).unwrap_or_default();
+        let point = cache_control(b, &b_at)?;
         out.push(match kind {
             "text" => {
-                only(b, &["type", "text", "citations"], &b_at)?;
+                only(b, &["type", "text", "citations", "cache_control"], &b_at)?;
                 Block::Text(bedrock_runtime::text_field(
                     &b["text"],
                     &format!("{b_at}.text"),
                 )?)
             }
             "tool_use" => {
-                only(b, &["type", "id", "name", "input"], &b_at)?;
+                only(b, &["type", "id", "name", "input", "cache_control"], &b_at)?;
                 Block::ToolUse {
                     id: bedrock_runtime::text_field(&b["id"], &format!("{b_at}.id"))?,
                     name: bedrock_runtime::text_field(&b["name"], &format!("{b_at}.name"))?,
@@ -156,7 +175,11 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
                 }
             }
             "tool_result" => {
-                only(b, &["type", "tool_use_id", "content", "is_error"], &b_at)?;
+                only(
+                    b,
+                    &["type", "tool_use_id", "content", "is_error", "cache_control"],
+                    &b_at,
+                )?;
                 Block::ToolResult {
                     id: bedrock_runtime::text_field(
                         &b["tool_use_id"],
@@ -170,7 +193,7 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
                 }
             }
             "image" | "document" => {
-                only(b, &["type", "source", "title"], &b_at)?;
+                only(b, &["type", "source", "title", "cache_control"], &b_at)?;
                 let source = &b["source"];
                 if source["type"] != "base64" {
                     return Err(ApiError::invalid(format!(
@@ -193,6 +216,8 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
                 )));
             }
         });
+        // The prompt up to and with this block is cached.
+        out.extend(point.map(Block::CachePoint));
     }
     Ok(out)
 }
@@ -202,15 +227,24 @@ fn tools(
     choice: Option<&Map<String, Value>>,
 ) -> Result<Option<Tools>, ApiError> {
     let mut tools = Vec::new();
+    let mut cache = None;
     for (i, t) in offered.into_iter().flatten().enumerate() {
         let at = format!("tools[{i}]");
+        cache = cache_control(t, &at)?.or(cache);
         // Anthropic's server tools (web search, code execution, ...) have a `type`; Bedrock runs none.
         if t.get("type").is_some_and(|k| k != "custom" && !k.is_null()) {
             return Err(unsupported(&format!("{at}.type {}", t["type"])));
         }
         only(
             t,
-            &["type", "name", "description", "input_schema", "strict"],
+            &[
+                "type",
+                "name",
+                "description",
+                "input_schema",
+                "strict",
+                "cache_control",
+            ],
             &at,
         )?;
         let schema = t.get("input_schema").cloned().unwrap_or(Value::Null);
@@ -252,7 +286,11 @@ fn tools(
             }
         }
     };
-    Ok((!tools.is_empty()).then_some(Tools { tools, choice }))
+    Ok((!tools.is_empty()).then_some(Tools {
+        tools,
+        choice,
+        cache,
+    }))
 }
 
 /// What a Messages body asks: the request, its token cap, whether to stream.
@@ -274,11 +312,13 @@ impl MessagesBody {
             .max_tokens
             .ok_or_else(|| ApiError::invalid("max_tokens: field required"))?;
         check_sampling(self.temperature, self.top_p, Some(max_tokens))?;
+        let (system_text, system_cache) = match &self.system {
+            None | Some(Value::Null) => (String::new(), None),
+            Some(s) => system(s)?,
+        };
         let mut request = ModelRequest {
-            system: match &self.system {
-                None | Some(Value::Null) => None,
-                Some(s) => Some(text(s, "system")?).filter(|s| !s.is_empty()),
-            },
+            system: Some(system_text).filter(|s| !s.is_empty()),
+            system_cache,
             temperature: self.temperature,
             top_p: self.top_p,
             stop_sequences: self.stop_sequences,
@@ -343,6 +383,10 @@ fn usage(answer: &ModelAnswer) -> Value {
         "output_tokens": u.output_tokens,
         "cache_creation_input_tokens": u.cache_write_input_tokens,
         "cache_read_input_tokens": u.cache_read_input_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": u.cache_write_input_tokens - u.cache_write_1h_input_tokens.min(u.cache_write_input_tokens),
+            "ephemeral_1h_input_tokens": u.cache_write_1h_input_tokens,
+        },
     })
 }
 

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use super::{Body, check_sampling, parse, truncated};
 use crate::{
     bedrock::{
-        Block, DocumentFormat, ImageFormat, ModelAnswer, ModelRequest, OutputSchema, Tool,
-        ToolChoice, Tools,
+        Block, CachePoint, CacheTtl, DocumentFormat, ImageFormat, ModelAnswer, ModelRequest,
+        OutputSchema, Tool, ToolChoice, Tools,
     },
     calls::{AppState, CallResult, StreamEvent, format_cost},
     catalog::EndpointConfig,
@@ -197,6 +197,10 @@ fn block(union: &Map<String, Value>, at: &str) -> Result<Block, ApiError> {
                 bytes: source_bytes(value, &format!("{at}.image"))?,
             })
         }
+        "cachePoint" => Ok(Block::CachePoint(cache_point(
+            value,
+            &format!("{at}.cachePoint"),
+        )?)),
         "document" => {
             let format = value["format"].as_str().unwrap_or_default();
             let format = DocumentFormat::from_name(format).ok_or_else(|| {
@@ -212,6 +216,21 @@ fn block(union: &Map<String, Value>, at: &str) -> Result<Block, ApiError> {
         }
         other => Err(unsupported(&format!("{at}.{other}"))),
     }
+}
+
+/// A `cachePoint` (`{"type": "default", "ttl": "5m" | "1h"}`).
+fn cache_point(value: &Value, at: &str) -> Result<CachePoint, ApiError> {
+    if value["type"] != "default" {
+        return Err(ApiError::invalid(format!("{at}.type must be \"default\"")));
+    }
+    let ttl = match value.get("ttl").and_then(Value::as_str) {
+        None => None,
+        Some(name) => Some(
+            CacheTtl::from_name(name)
+                .ok_or_else(|| ApiError::invalid(format!("{at}.ttl must be \"5m\" or \"1h\"")))?,
+        ),
+    };
+    Ok(CachePoint { ttl })
 }
 
 /// A media block's bytes: `source.bytes` (base64 in JSON); an S3 location is refused.
@@ -241,15 +260,20 @@ impl ConverseBody {
         });
         check_sampling(inference.temperature, inference.top_p, inference.max_tokens)?;
         let mut system = Vec::new();
+        let mut system_cache = None;
         for (j, union) in self.system.iter().enumerate() {
             let at = format!("system[{j}]");
             match member(union, &at)? {
                 ("text", t) => system.push(text_field(t, &format!("{at}.text"))?),
+                ("cachePoint", point) => {
+                    system_cache = Some(cache_point(point, &format!("{at}.cachePoint"))?);
+                }
                 (other, _) => return Err(unsupported(&format!("{at}.{other}"))),
             }
         }
         let mut request = ModelRequest {
             system: (!system.is_empty()).then(|| system.join("\n")),
+            system_cache,
             temperature: inference.temperature,
             top_p: inference.top_p,
             stop_sequences: inference.stop_sequences,
@@ -277,10 +301,15 @@ impl ConverseBody {
 
 fn tools(config: &ToolConfigIn) -> Result<Tools, ApiError> {
     let mut tools = Vec::with_capacity(config.tools.len());
+    let mut cache = None;
     for (i, union) in config.tools.iter().enumerate() {
         let at = format!("toolConfig.tools[{i}]");
         let spec = match member(union, &at)? {
             ("toolSpec", spec) => spec,
+            ("cachePoint", point) => {
+                cache = Some(cache_point(point, &format!("{at}.cachePoint"))?);
+                continue;
+            }
             (other, _) => return Err(unsupported(&format!("{at}.{other}"))),
         };
         tools.push(Tool {
@@ -302,7 +331,11 @@ fn tools(config: &ToolConfigIn) -> Result<Tools, ApiError> {
             (other, _) => return Err(unsupported(&format!("toolConfig.toolChoice.{other}"))),
         },
     };
-    Ok(Tools { tools, choice })
+    Ok(Tools {
+        tools,
+        choice,
+        cache,
+    })
 }
 
 /// Whether `name` is Anthropic's name for the Bedrock model `model_id`: `claude-haiku-4-5` or
@@ -397,6 +430,17 @@ fn usage(answer: &ModelAnswer) -> Value {
     if u.cache_read_input_tokens + u.cache_write_input_tokens > 0 {
         usage["cacheReadInputTokens"] = json!(u.cache_read_input_tokens);
         usage["cacheWriteInputTokens"] = json!(u.cache_write_input_tokens);
+        let hour = u
+            .cache_write_1h_input_tokens
+            .min(u.cache_write_input_tokens);
+        let details: Vec<Value> = [("5m", u.cache_write_input_tokens - hour), ("1h", hour)]
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(ttl, n)| json!({ "ttl": ttl, "inputTokens": n }))
+            .collect();
+        if !details.is_empty() {
+            usage["cacheDetails"] = Value::Array(details);
+        }
     }
     usage
 }

@@ -22,7 +22,33 @@ use axum::{
     routing::{get, post},
 };
 
-use crate::{bedrock::Role, calls::AppState, errors::ApiError};
+use serde_json::Value;
+
+use crate::{
+    bedrock::{CachePoint, CacheTtl, Role},
+    calls::AppState,
+    errors::ApiError,
+};
+
+/// A `cache_control` (`{"type": "ephemeral", "ttl": "5m" | "1h"}`, Anthropic's, which LiteLLM
+/// also takes on OpenAI's content parts) as a cache point.
+fn cache_control(control: Option<&Value>, at: &str) -> Result<Option<CachePoint>, ApiError> {
+    let Some(control) = control.filter(|c| !c.is_null()) else {
+        return Ok(None);
+    };
+    if control["type"] != "ephemeral" {
+        return Err(ApiError::invalid(format!(
+            "{at}.cache_control.type must be \"ephemeral\""
+        )));
+    }
+    let ttl = match control.get("ttl").and_then(Value::as_str) {
+        None => None,
+        Some(name) => Some(CacheTtl::from_name(name).ok_or_else(|| {
+            ApiError::invalid(format!("{at}.cache_control.ttl must be \"5m\" or \"1h\""))
+        })?),
+    };
+    Ok(Some(CachePoint { ttl }))
+}
 
 type Shared = State<Arc<AppState>>;
 

@@ -73,6 +73,9 @@ struct ToolIn {
     #[serde(rename = "type")]
     kind: String,
     function: FunctionIn,
+    /// Anthropic's prompt caching on a tool, as LiteLLM takes it: the tools up to it are cached.
+    #[serde(default)]
+    cache_control: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +233,7 @@ fn shape(request: &mut ModelRequest, format: AnswerFormat, model: &str) -> Resul
     request.tools = Some(Tools {
         choice: ToolChoice::Named(forced.name.clone()),
         tools: vec![forced],
+        cache: None,
     });
     Ok(Via::ForcedTool)
 }
@@ -311,11 +315,11 @@ fn user_blocks(content: &Value, index: usize) -> Result<Vec<Block>, ApiError> {
     let Value::Array(parts) = content else {
         return Ok(vec![Block::Text(text_of(content, index)?)]);
     };
-    parts
-        .iter()
-        .enumerate()
-        .map(|(j, p)| {
-            let at = format!("messages[{index}].content[{j}]");
+    let mut blocks = Vec::with_capacity(parts.len());
+    for (j, p) in parts.iter().enumerate() {
+        let at = format!("messages[{index}].content[{j}]");
+        let point = super::cache_control(p.get("cache_control"), &at)?;
+        let block = {
             match p["type"].as_str() {
                 Some("text") => p["text"]
                     .as_str()
@@ -333,25 +337,37 @@ fn user_blocks(content: &Value, index: usize) -> Result<Vec<Block>, ApiError> {
                         return Err(ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "unsupported_parameter",
-                            format!("{at}.file.file_id is not supported by this sidecar's OpenAI route (there is no Files API): send file_data"),
+                            format!(
+                                "{at}.file.file_id is not supported by this sidecar's OpenAI route (there is no Files API): send file_data"
+                            ),
                         ));
                     }
                     let data = file["file_data"].as_str().ok_or_else(|| {
                         ApiError::invalid(format!("{at}.file.file_data must be a data: URL"))
                     })?;
-                    media::document_from_url(data, file["filename"].as_str(), &format!("{at}.file.file_data"))
+                    media::document_from_url(
+                        data,
+                        file["filename"].as_str(),
+                        &format!("{at}.file.file_data"),
+                    )
                 }
                 other => Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "unsupported_parameter",
                     format!(
                         "{at} of type {} is not supported by this sidecar's OpenAI route (see docs/sidecar.md)",
-                        other.map_or_else(|| "(none)".to_owned(), |t| format!("{:?}", truncated(t, 40)))
+                        other.map_or_else(
+                            || "(none)".to_owned(),
+                            |t| format!("{:?}", truncated(t, 40))
+                        )
                     ),
                 )),
             }
-        })
-        .collect()
+        }?;
+        blocks.push(block);
+        blocks.extend(point.map(Block::CachePoint));
+    }
+    Ok(blocks)
 }
 
 /// What a chat request asks: the model (endpoint), the request, and how to answer.
@@ -437,7 +453,15 @@ fn add_message(
         )));
     }
     match m.role.as_str() {
-        "system" | "developer" => system.push(text_of(&m.content, i)?),
+        "system" | "developer" => {
+            system.push(text_of(&m.content, i)?);
+            for (j, part) in m.content.as_array().into_iter().flatten().enumerate() {
+                let at = format!("messages[{i}].content[{j}]");
+                if let Some(point) = super::cache_control(part.get("cache_control"), &at)? {
+                    request.system_cache = Some(point);
+                }
+            }
+        }
         "tool" => {
             let id = m.tool_call_id.filter(|id| !id.is_empty()).ok_or_else(|| {
                 ApiError::invalid(format!(
@@ -564,7 +588,9 @@ fn tools(
         ));
     }
     let mut tools: Vec<Tool> = Vec::with_capacity(offered.len());
+    let mut cache = None;
     for (i, t) in offered.into_iter().enumerate() {
+        cache = super::cache_control(t.cache_control.as_ref(), &format!("tools[{i}]"))?.or(cache);
         let tool = tool(i, t)?;
         if tools.iter().any(|known| known.name == tool.name) {
             return Err(ApiError::invalid(format!(
@@ -629,6 +655,7 @@ fn tools(
     Ok(Some(Tools {
         tools,
         choice: choice.unwrap_or(ToolChoice::Auto),
+        cache,
     }))
 }
 
@@ -644,7 +671,12 @@ fn finish_reason(stop: &str) -> &'static str {
 fn openai_usage(result: &CallResult) -> Value {
     let u = &result.answer.usage;
     let prompt = u.input_tokens + u.cache_read_input_tokens + u.cache_write_input_tokens;
-    json!({ "prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens })
+    json!({
+        "prompt_tokens": prompt, "completion_tokens": u.output_tokens, "total_tokens": prompt + u.output_tokens,
+        // `cached_tokens`: read from the prompt cache (OpenAI's field); the writes, as LiteLLM names them.
+        "prompt_tokens_details": { "cached_tokens": u.cache_read_input_tokens },
+        "cache_creation_input_tokens": u.cache_write_input_tokens,
+    })
 }
 
 /// A completion id unique in this process (a counter) and, by 64 random bits, across pods.

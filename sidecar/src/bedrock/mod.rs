@@ -16,9 +16,10 @@ pub use self::client::Invoked;
 use self::client::{BedrockClient, Signer};
 pub use self::{
     model::{
-        Block, DocumentFormat, FRAMING_BOUND_PER_MESSAGE, FRAMING_BOUND_PER_REQUEST, ImageFormat,
-        Message, ModelAnswer, ModelRequest, OutputSchema, Purpose, Role, Tool, ToolCall,
-        ToolChoice, Tools, closed, has_structured_outputs,
+        Block, CachePoint, CacheTtl, DocumentFormat, FRAMING_BOUND_PER_MESSAGE,
+        FRAMING_BOUND_PER_REQUEST, ImageFormat, Message, ModelAnswer, ModelRequest, OutputSchema,
+        Purpose, Role, Tool, ToolCall, ToolChoice, Tools, caches_prompts, closed,
+        has_structured_outputs,
     },
     stream::{ConverseEvents, StreamPart},
 };

@@ -47,6 +47,55 @@ pub enum Block {
         name: String,
         bytes: Vec<u8>,
     },
+    /// The prompt up to here is to be cached.
+    CachePoint(CachePoint),
+}
+
+/// A point of the prompt up to which Bedrock caches it, and for how long.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CachePoint {
+    /// `None`: Bedrock's default (five minutes).
+    pub ttl: Option<CacheTtl>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheTtl {
+    FiveMinutes,
+    OneHour,
+}
+
+impl CacheTtl {
+    /// From Bedrock's and Anthropic's names (`5m`, `1h`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "5m" => Some(CacheTtl::FiveMinutes),
+            "1h" => Some(CacheTtl::OneHour),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheTtl::FiveMinutes => "5m",
+            CacheTtl::OneHour => "1h",
+        }
+    }
+}
+
+/// Whether Bedrock caches prompts of this model: Claude 3.5 Haiku, 3.7 Sonnet, the Claude 4
+/// family, Nova.
+pub fn caches_prompts(model_id: &str) -> bool {
+    let base = k8s_ai_api::model_id::base_model_id(model_id);
+    [
+        "anthropic.claude-3-5-haiku",
+        "anthropic.claude-3-7-",
+        "anthropic.claude-sonnet-4",
+        "anthropic.claude-opus-4",
+        "anthropic.claude-haiku-4",
+        "amazon.nova-",
+    ]
+    .iter()
+    .any(|p| base.starts_with(p))
 }
 
 /// The image formats Bedrock's Converse takes.
@@ -235,6 +284,8 @@ pub enum ToolChoice {
 pub struct Tools {
     pub tools: Vec<Tool>,
     pub choice: ToolChoice,
+    /// A cache point after the tool definitions.
+    pub cache: Option<CachePoint>,
 }
 
 /// What the model is asked to do with the request.
@@ -252,6 +303,8 @@ pub enum Purpose {
 pub struct ModelRequest {
     pub purpose: Purpose,
     pub system: Option<String>,
+    /// A cache point after the system prompt.
+    pub system_cache: Option<CachePoint>,
     /// Alternating turns, starting with the user's (see [`ModelRequest::push`]).
     pub messages: Vec<Message>,
     pub tools: Option<Tools>,
@@ -299,7 +352,10 @@ impl ModelRequest {
                 .flat_map(|m| m.content.iter_mut())
                 .filter_map(|b| match b {
                     Block::Text(t) | Block::ToolResult { text: t, .. } => Some(t),
-                    Block::ToolUse { .. } | Block::Image { .. } | Block::Document { .. } => None,
+                    Block::ToolUse { .. }
+                    | Block::Image { .. }
+                    | Block::Document { .. }
+                    | Block::CachePoint(_) => None,
                 }),
         )
     }
@@ -346,6 +402,44 @@ impl ModelRequest {
             })
             .saturating_add(FRAMING_BOUND_PER_TOOL_BLOCK.saturating_mul(n(tool_blocks)))
             .saturating_add(media)
+    }
+
+    /// The cache points of the request (tools, system, messages), placed by the app or the sidecar.
+    pub fn cache_points(&self) -> impl Iterator<Item = CachePoint> + '_ {
+        self.tools
+            .iter()
+            .filter_map(|t| t.cache)
+            .chain(self.system_cache)
+            .chain(
+                self.messages
+                    .iter()
+                    .flat_map(|m| &m.content)
+                    .filter_map(|b| match b {
+                        Block::CachePoint(p) => Some(*p),
+                        _ => None,
+                    }),
+            )
+    }
+
+    /// Places cache points where a conversation repeats itself, if the app placed none: after the
+    /// tools, after the system prompt, and at the end of the history before the newest user turn.
+    pub fn place_cache_points(&mut self) {
+        if self.cache_points().next().is_some() {
+            return;
+        }
+        let point = CachePoint::default();
+        if let Some(tools) = self.tools.as_mut() {
+            tools.cache = Some(point);
+        }
+        if self.system.is_some() {
+            self.system_cache = Some(point);
+        }
+        // The newest user turn is new; what came before it is what the next call repeats.
+        if let Some(before_last) = self.messages.len().checked_sub(2) {
+            self.messages[before_last]
+                .content
+                .push(Block::CachePoint(point));
+        }
     }
 
     /// Refuses media over Bedrock's limits before anything is sent, naming the limit.
@@ -399,7 +493,7 @@ impl ModelRequest {
                 Block::ToolUse { id, name, input } => id.len() + name.len() + json_len(input),
                 Block::ToolResult { id, text, .. } => id.len() + text.len(),
                 // Counted by their own bounds in `worst_case_input_tokens`.
-                Block::Image { .. } | Block::Document { .. } => 0,
+                Block::Image { .. } | Block::Document { .. } | Block::CachePoint(_) => 0,
             })
             .sum();
         let tools: usize = self
@@ -476,6 +570,7 @@ mod tests {
                 strict: false,
             }],
             choice: ToolChoice::Auto,
+            cache: None,
         });
         let with_tools = r.worst_case_input_tokens();
         assert!(
@@ -543,5 +638,35 @@ mod tests {
                 .unwrap_err()
                 .contains("at most 3750000 bytes")
         );
+    }
+
+    #[test]
+    fn automatic_cache_points_go_where_the_next_call_repeats_the_prompt() {
+        let mut r = ModelRequest {
+            system: Some("be brief".into()),
+            ..ModelRequest::default()
+        };
+        r.push(Role::User, Block::Text("one".into()));
+        r.push(Role::Assistant, Block::Text("two".into()));
+        r.push(Role::User, Block::Text("three".into()));
+        r.place_cache_points();
+        assert_eq!(r.cache_points().count(), 2);
+        assert!(r.system_cache.is_some());
+        assert_eq!(
+            r.messages[1].content.last(),
+            Some(&Block::CachePoint(CachePoint::default()))
+        );
+        // Points the app placed are left alone.
+        let mut own = ModelRequest::default();
+        own.push(Role::User, Block::Text("a".into()));
+        own.push(
+            Role::User,
+            Block::CachePoint(CachePoint {
+                ttl: Some(CacheTtl::OneHour),
+            }),
+        );
+        own.system = Some("s".into());
+        own.place_cache_points();
+        assert_eq!(own.cache_points().count(), 1);
     }
 }

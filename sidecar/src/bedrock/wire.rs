@@ -9,14 +9,14 @@ use k8s_ai_api::pricing::{GuardrailUnits, TokenUsage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Block, ModelAnswer, ModelRequest, ToolCall, ToolChoice, Tools};
+use super::{Block, CachePoint, CacheTtl, ModelAnswer, ModelRequest, ToolCall, ToolChoice, Tools};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ConverseBody<'a> {
     messages: Vec<MessageBody<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    system: Option<[TextBlock<'a>; 1]>,
+    system: Option<Vec<SystemBody<'a>>>,
     inference_config: InferenceBody<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     guardrail_config: Option<GuardrailBody<'a>>,
@@ -66,6 +66,31 @@ struct TextBlock<'a> {
     text: &'a str,
 }
 
+/// A system block: the prompt's text, or a cache point after it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum SystemBody<'a> {
+    Text(&'a str),
+    CachePoint(CachePointBody),
+}
+
+#[derive(Serialize)]
+struct CachePointBody {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<&'static str>,
+}
+
+impl From<CachePoint> for CachePointBody {
+    fn from(p: CachePoint) -> Self {
+        CachePointBody {
+            kind: "default",
+            ttl: p.ttl.map(CacheTtl::as_str),
+        }
+    }
+}
+
 /// A content block: one member set, named by its kind (`{"text": ...}`, `{"toolUse": {...}}`).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,6 +100,7 @@ enum BlockBody<'a> {
     ToolResult(ToolResultBody<'a>),
     Image(ImageBody),
     Document(DocumentBody<'a>),
+    CachePoint(CachePointBody),
 }
 
 #[derive(Serialize)]
@@ -121,10 +147,12 @@ struct ToolConfigBody<'a> {
     tool_choice: ToolChoiceBody<'a>,
 }
 
+/// An entry of `toolConfig.tools`: a tool, or a cache point after the tools.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct ToolBody<'a> {
-    tool_spec: ToolSpecBody<'a>,
+enum ToolBody<'a> {
+    ToolSpec(ToolSpecBody<'a>),
+    CachePoint(CachePointBody),
 }
 
 #[derive(Serialize)]
@@ -179,6 +207,7 @@ impl<'a> From<&'a Block> for BlockBody<'a> {
                     bytes: aws_smithy_types::base64::encode(bytes),
                 },
             }),
+            Block::CachePoint(point) => BlockBody::CachePoint((*point).into()),
             Block::Document {
                 format,
                 name,
@@ -200,14 +229,15 @@ impl<'a> From<&'a Tools> for ToolConfigBody<'a> {
             tools: t
                 .tools
                 .iter()
-                .map(|tool| ToolBody {
-                    tool_spec: ToolSpecBody {
+                .map(|tool| {
+                    ToolBody::ToolSpec(ToolSpecBody {
                         name: &tool.name,
                         description: tool.description.as_deref(),
                         input_schema: SchemaBody { json: &tool.schema },
                         strict: tool.strict,
-                    },
+                    })
                 })
+                .chain(t.cache.map(|p| ToolBody::CachePoint(p.into())))
                 .collect(),
             tool_choice: match &t.choice {
                 ToolChoice::Auto => ToolChoiceBody::Auto(Empty {}),
@@ -255,7 +285,11 @@ impl<'a> ConverseBody<'a> {
                     content: m.content.iter().map(BlockBody::from).collect(),
                 })
                 .collect(),
-            system: r.system.as_deref().map(|text| [TextBlock { text }]),
+            system: r.system.as_deref().map(|text| {
+                std::iter::once(SystemBody::Text(text))
+                    .chain(r.system_cache.map(|p| SystemBody::CachePoint(p.into())))
+                    .collect()
+            }),
             inference_config: InferenceBody {
                 // Bedrock's maxTokens is a 32-bit signed integer.
                 max_tokens: r.max_tokens.min(i32::MAX.unsigned_abs()),
@@ -409,6 +443,18 @@ struct UsageBody {
     cache_read_input_tokens: u64,
     #[serde(default)]
     cache_write_input_tokens: u64,
+    /// The tokens written, per time to live.
+    #[serde(default)]
+    cache_details: Vec<CacheDetailBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CacheDetailBody {
+    #[serde(default)]
+    ttl: String,
+    #[serde(default)]
+    input_tokens: u64,
 }
 
 impl UsageBody {
@@ -418,6 +464,12 @@ impl UsageBody {
             output_tokens: self.output_tokens,
             cache_read_input_tokens: self.cache_read_input_tokens,
             cache_write_input_tokens: self.cache_write_input_tokens,
+            cache_write_1h_input_tokens: self
+                .cache_details
+                .iter()
+                .filter(|d| d.ttl == "1h")
+                .map(|d| d.input_tokens)
+                .sum(),
         }
     }
 }
@@ -610,6 +662,7 @@ mod tests {
             tools: None,
             output_schema: None,
             purpose: super::super::Purpose::Answer,
+            system_cache: None,
         };
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
         assert_eq!(
@@ -668,6 +721,7 @@ mod tests {
                 strict: false,
             }],
             choice: ToolChoice::Named("get_weather".into()),
+            cache: None,
         });
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
         assert_eq!(
@@ -732,6 +786,45 @@ mod tests {
             serde_json::json!({"textFormat": {"type": "json_schema", "structure": {"jsonSchema": {
                 "schema": r#"{"additionalProperties":false,"type":"object"}"#, "name": "person"
             }}}})
+        );
+    }
+
+    #[test]
+    fn cache_points_and_their_details_take_bedrocks_shapes() {
+        use super::super::Role;
+        let hour = CachePoint {
+            ttl: Some(CacheTtl::OneHour),
+        };
+        let mut request = ModelRequest {
+            system: Some("be brief".into()),
+            system_cache: Some(hour),
+            ..ModelRequest::default()
+        };
+        request.push(Role::User, Block::Text("hi".into()));
+        request.push(Role::User, Block::CachePoint(CachePoint::default()));
+        let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
+        assert_eq!(
+            json["system"],
+            serde_json::json!([{"text": "be brief"}, {"cachePoint": {"type": "default", "ttl": "1h"}}])
+        );
+        assert_eq!(
+            json["messages"][0]["content"][1],
+            serde_json::json!({"cachePoint": {"type": "default"}})
+        );
+        let out: ConverseOutput = serde_json::from_value(serde_json::json!({
+            "output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": 5, "outputTokens": 1, "totalTokens": 4506, "cacheReadInputTokens": 0,
+                      "cacheWriteInputTokens": 4500, "cacheDetails": [{"ttl": "1h", "inputTokens": 4000}, {"ttl": "5m", "inputTokens": 500}]}
+        }))
+        .unwrap();
+        let usage = out.into_answer().usage;
+        assert_eq!(
+            (
+                usage.cache_write_input_tokens,
+                usage.cache_write_1h_input_tokens
+            ),
+            (4500, 4000)
         );
     }
 }
