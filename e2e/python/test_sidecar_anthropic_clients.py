@@ -179,3 +179,12 @@ def test_prompt_caching_with_both_ttls_is_charged_exactly(sidecar, emulator):
     records = emulator.admin("/_emulator/requests?operation=Converse")
     assert [r["inputTokens"] for r in records] == [
         u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens for u in (u1, u2)]
+
+
+def test_count_tokens_through_the_anthropic_sdk(sidecar):
+    url, _ = sidecar
+    ac = client(url)
+    messages = [{"role": "user", "content": "Count me, please."}]
+    counted = ac.messages.count_tokens(model="claude-haiku", system="Be brief.", messages=messages)
+    billed = ac.messages.create(model="claude-haiku", max_tokens=16, system="Be brief.", messages=messages)
+    assert counted.input_tokens == billed.usage.input_tokens

@@ -185,3 +185,17 @@ def test_boto3_images_and_documents(sidecar):
             {"text": "x"}, {"image": {"format": "jpeg", "source": {"bytes": png(1, 1)}}}]}])
     assert e.value.response["Error"]["Code"] == "ValidationException"
     assert "not a jpeg image" in e.value.response["Error"]["Message"]
+
+
+def test_boto3_count_tokens_is_free_and_matches_the_bill(sidecar, emulator):
+    """CountTokens through the sidecar counts what Converse then bills, and costs nothing."""
+    url, admin = sidecar
+    rt = runtime(url)
+    conversation = {"system": [{"text": "Be brief."}],
+                    "messages": [{"role": "user", "content": [{"text": "How many tokens is this?"}]}]}
+    counted = rt.count_tokens(modelId="claude-haiku", input={"converse": conversation})["inputTokens"]
+    assert cost_counted(admin) == 0
+    assert [r["operation"] for r in emulator.admin("/_emulator/requests")
+            if r.get("service") == "bedrock-runtime"] == ["CountTokens"]
+    billed = rt.converse(modelId="claude-haiku", **conversation)["usage"]["inputTokens"]
+    assert counted == billed

@@ -195,6 +195,69 @@ impl AppState {
             })
     }
 
+    /// The endpoint's guardrail on what the app sends: the local PII filter masks or blocks
+    /// (`guardrail_blocked`), and the synced Bedrock guardrail is named for the call.
+    fn guard_input(
+        &self,
+        endpoint: &EndpointConfig,
+        request: &mut ModelRequest,
+    ) -> Result<(), ApiError> {
+        let Some(guardrail) = &endpoint.guardrail else {
+            return Ok(());
+        };
+        if let Some(problem) = &guardrail.problem {
+            return Err(self.reject(
+                endpoint,
+                ApiError::unavailable("guardrail_unavailable", problem.clone()),
+            ));
+        }
+        if let Some(pii) = &guardrail.pii {
+            for text in request.texts_mut() {
+                match pii.apply(text) {
+                    Ok(std::borrow::Cow::Borrowed(_)) => {}
+                    Ok(std::borrow::Cow::Owned(masked)) => *text = masked,
+                    Err(blocked) => {
+                        self.ledger.reject(endpoint, "guardrail_blocked");
+                        let message = format!(
+                            "{} (sensitive information: {})",
+                            guardrail.blocked_input_message, blocked.entity
+                        );
+                        return Err(self.reject(
+                            endpoint,
+                            ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "guardrail_blocked",
+                                message,
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        request.guardrail.clone_from(&guardrail.bedrock);
+        Ok(())
+    }
+
+    /// Bedrock's count of the input tokens `request` would be billed (CountTokens, which is free:
+    /// no limit or budget is taken). The guardrail's input checks apply: the text leaves the pod.
+    pub async fn count_tokens(
+        &self,
+        endpoint: Arc<EndpointConfig>,
+        mut request: ModelRequest,
+    ) -> Result<u64, ApiError> {
+        self.guard_input(&endpoint, &mut request)?;
+        let spec = &endpoint.spec;
+        self.upstream
+            .count_tokens(
+                &spec.region,
+                spec.irsa_role_arn.as_deref(),
+                &endpoint.model_to_call,
+                &request,
+                self.settings.upstream_timeout,
+            )
+            .await
+    }
+
     /// Every check before a call; on success the call's limits and budget are reserved.
     pub async fn prepare(
         &self,
@@ -219,38 +282,7 @@ impl AppState {
         {
             request.place_cache_points();
         }
-        if let Some(guardrail) = &endpoint.guardrail {
-            if let Some(problem) = &guardrail.problem {
-                return Err(self.reject(
-                    &endpoint,
-                    ApiError::unavailable("guardrail_unavailable", problem.clone()),
-                ));
-            }
-            if let Some(pii) = &guardrail.pii {
-                for text in request.texts_mut() {
-                    match pii.apply(text) {
-                        Ok(std::borrow::Cow::Borrowed(_)) => {}
-                        Ok(std::borrow::Cow::Owned(masked)) => *text = masked,
-                        Err(blocked) => {
-                            self.ledger.reject(&endpoint, "guardrail_blocked");
-                            let message = format!(
-                                "{} (sensitive information: {})",
-                                guardrail.blocked_input_message, blocked.entity
-                            );
-                            return Err(self.reject(
-                                &endpoint,
-                                ApiError::new(
-                                    StatusCode::UNPROCESSABLE_ENTITY,
-                                    "guardrail_blocked",
-                                    message,
-                                ),
-                            ));
-                        }
-                    }
-                }
-            }
-            request.guardrail.clone_from(&guardrail.bedrock);
-        }
+        self.guard_input(&endpoint, &mut request)?;
         // Credentials first, within the request's deadline and holding no reservation: a request
         // that waits on STS never keeps another from its share of the limits or the budget.
         let started = Instant::now();

@@ -304,6 +304,10 @@ impl Emulator {
             )
             .route("/model/{model_id}/invoke", post(runtime::invoke_model))
             .route(
+                "/model/{model_id}/count-tokens",
+                post(runtime::count_tokens_route),
+            )
+            .route(
                 "/model/{model_id}/invoke-with-response-stream",
                 post(runtime::invoke_model_with_response_stream),
             )

@@ -1121,6 +1121,62 @@ impl Emulator {
     }
 }
 
+/// CountTokens: the input tokens a Converse input (or an Anthropic InvokeModel body) would be
+/// billed, caching aside; free, and recorded with no tokens billed.
+pub async fn count_tokens_route(
+    State(emulator): State<Emulator>,
+    Path(model_id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let read = |request: &Value| {
+        if !base_model_id(&model_id).starts_with("anthropic.") {
+            return Err(AwsError::validation(
+                "The provided model doesn't support counting tokens.",
+            ));
+        }
+        let input = &request["input"];
+        let prompt = if let Some(converse) = input.get("converse") {
+            let mut converse = converse.clone();
+            // A count needs no answer: any maxTokens is fine.
+            converse["inferenceConfig"] = json!({ "maxTokens": 1 });
+            converse_prompt(&converse)?
+        } else if let Some(body) = input["invokeModel"]["body"].as_str() {
+            anthropic_prompt(&parse_json(body.as_bytes())?)?
+        } else {
+            return Err(AwsError::validation(
+                "1 validation error detected: Value at 'input' failed to satisfy constraint: Member must have exactly one member set",
+            ));
+        };
+        Ok((prompt, Value::Null))
+    };
+    let accepted = match emulator.accept("CountTokens", &model_id, &uri, &headers, &body, read) {
+        Ok(accepted) => accepted,
+        Err(answer) => return answer,
+    };
+    let prompt = &accepted.prompt;
+    let tokens = prompt.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + prompt.framing;
+    let free = Outcome {
+        text: String::new(),
+        stop: "end_turn",
+        input_tokens: 0,
+        output_tokens: 0,
+        cache: cache::CacheUse::default(),
+        trace: None,
+        guardrail_usage: None,
+        tool_uses: Vec::new(),
+    };
+    emulator.record_call(
+        "CountTokens",
+        &model_id,
+        Some(&accepted.caller),
+        Ok(&free),
+        None,
+    );
+    Json(json!({ "inputTokens": tokens })).into_response()
+}
+
 pub async fn apply_guardrail(
     State(emulator): State<Emulator>,
     Path((id, version)): Path<(String, String)>,

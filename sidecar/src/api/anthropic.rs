@@ -624,6 +624,25 @@ fn sse(events: mpsc::Receiver<StreamEvent>, model: String) -> Response {
         .into_response()
 }
 
+/// `/v1/messages/count_tokens`: the input tokens of a Messages body (no `max_tokens` needed), as
+/// Bedrock's CountTokens counts them; free, so no limit or budget is taken.
+pub(super) async fn count_tokens(State(state): State<Arc<AppState>>, Body(body): Body) -> Response {
+    let outcome = async {
+        let mut parsed: MessagesBody = parse(&body, state.settings.max_body_bytes)?;
+        parsed.max_tokens.get_or_insert(1);
+        let asked = parsed.into_request()?;
+        let model = asked
+            .model
+            .ok_or_else(|| ApiError::invalid("model: field required"))?;
+        let endpoint = bedrock_runtime::endpoint(&state, &model)?;
+        state.count_tokens(endpoint, asked.request).await
+    };
+    match outcome.await {
+        Ok(tokens) => Json(json!({ "input_tokens": tokens })).into_response(),
+        Err(e) => anthropic_error(&e),
+    }
+}
+
 /// InvokeModel with an Anthropic body: the Messages answer in Bedrock's wire protocol.
 pub(super) async fn invoke(
     State(state): State<Arc<AppState>>,

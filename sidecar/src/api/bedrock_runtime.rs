@@ -538,6 +538,31 @@ pub(super) fn bedrock_error(e: &ApiError) -> Response {
     response
 }
 
+/// CountTokens: `{"input": {"converse": {...}}}` counted as Bedrock bills it (free: no limit or
+/// budget is taken); an `invokeModel` input is refused.
+pub(super) async fn count_tokens(
+    State(state): State<Arc<AppState>>,
+    ModelId(model_id): ModelId,
+    Body(body): Body,
+) -> Response {
+    let outcome = async {
+        let endpoint = endpoint(&state, &model_id)?;
+        let body: Value = parse(&body, state.settings.max_body_bytes)?;
+        let input = &body["input"];
+        if input.get("invokeModel").is_some() {
+            return Err(unsupported("input.invokeModel (count a converse input)"));
+        }
+        let converse: ConverseBody = serde_json::from_value(input["converse"].clone())
+            .map_err(|e| ApiError::invalid(format!("input.converse: {e}")))?;
+        let (request, _) = converse.into_request()?;
+        state.count_tokens(endpoint, request).await
+    };
+    match outcome.await {
+        Ok(tokens) => Json(json!({ "inputTokens": tokens })).into_response(),
+        Err(e) => bedrock_error(&e),
+    }
+}
+
 pub(super) async fn converse_stream(
     State(state): State<Arc<AppState>>,
     ModelId(model_id): ModelId,

@@ -75,6 +75,11 @@ pub fn data_router(state: Arc<AppState>) -> Router {
             post(anthropic::invoke_with_response_stream),
         )
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route(
+            "/model/{model_id}/count-tokens",
+            post(bedrock_runtime::count_tokens),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -382,6 +382,36 @@ impl BedrockClient {
         .await
     }
 
+    /// CountTokens for `request` as Converse would send it: Bedrock's count of its input tokens.
+    pub async fn count_tokens(
+        &self,
+        region: &str,
+        signer: &Signer,
+        model_id: &str,
+        request: &ModelRequest,
+        deadline: Duration,
+    ) -> Result<u64, ApiError> {
+        let body = json_body(&super::wire::CountTokensBody::new(request))?;
+        let call = Call {
+            region,
+            signer,
+            path: format!("/model/{}/count-tokens", label(model_id)),
+            accept: "application/json",
+            body,
+        };
+        self.send(&call, deadline, async |response| {
+            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+                .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
+                .to_bytes();
+            let counted: super::wire::CountTokensOutput = serde_json::from_slice(&bytes)
+                .map_err(|e| AttemptError::Malformed(e.to_string()))?;
+            Ok(counted.input_tokens)
+        })
+        .await
+    }
+
     /// InvokeModel with `body` (the model's own JSON), retried as Converse: the answer's body and
     /// Bedrock's count of its input tokens (the `x-amzn-bedrock-input-token-count` header).
     pub async fn invoke(

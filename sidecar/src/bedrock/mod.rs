@@ -109,6 +109,27 @@ impl Upstream {
             .await
     }
 
+    /// CountTokens for `request` as Converse would send it, retried within `timeout`.
+    pub async fn count_tokens(
+        &self,
+        region: &str,
+        role: Option<&str>,
+        model_id: &str,
+        request: &ModelRequest,
+        timeout: Duration,
+    ) -> Result<u64, ApiError> {
+        let signer = self.signer(role).await?;
+        self.client
+            .count_tokens(
+                region,
+                &signer,
+                model_id,
+                request,
+                timeout.min(self.timeout),
+            )
+            .await
+    }
+
     /// InvokeModel with the model's own JSON `body`, retried within `timeout`.
     pub async fn invoke(
         &self,

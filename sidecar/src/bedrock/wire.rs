@@ -320,6 +320,49 @@ impl<'a> ConverseBody<'a> {
     }
 }
 
+/// CountTokens' body: the conversation as Converse takes it (messages, system, tools), without
+/// what only a call needs (inference, guardrail and output settings).
+#[derive(Serialize)]
+pub(super) struct CountTokensBody<'a> {
+    input: CountInput<'a>,
+}
+
+#[derive(Serialize)]
+struct CountInput<'a> {
+    converse: ConverseTokensBody<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConverseTokensBody<'a> {
+    messages: Vec<MessageBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system: Option<Vec<SystemBody<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_config: Option<ToolConfigBody<'a>>,
+}
+
+impl<'a> CountTokensBody<'a> {
+    pub(super) fn new(r: &'a ModelRequest) -> Self {
+        let full = ConverseBody::new(r, false);
+        CountTokensBody {
+            input: CountInput {
+                converse: ConverseTokensBody {
+                    messages: full.messages,
+                    system: full.system,
+                    tool_config: full.tool_config,
+                },
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct CountTokensOutput {
+    pub(super) input_tokens: u64,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ConverseOutput {
