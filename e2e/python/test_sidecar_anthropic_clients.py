@@ -107,8 +107,8 @@ def test_anthropic_errors_and_refusals(sidecar, emulator):
     assert e.value.body["error"]["message"].startswith("endpoint_not_allowed: ")
     with pytest.raises(anthropic.BadRequestError) as e:
         ac.messages.create(model="claude-haiku", max_tokens=8, messages=[{"role": "user", "content": [
-            {"type": "thinking", "thinking": "hmm", "signature": "x"}]}])
-    assert "messages[0].content[0] of type \"thinking\" is not supported" in e.value.body["error"]["message"]
+            {"type": "redacted_thinking", "data": "x"}]}])
+    assert "messages[0].content[0] of type \"redacted_thinking\" is not supported" in e.value.body["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as e:
         ac.messages.create(model="claude-haiku", max_tokens=8, extra_body={"top_k": 5}, messages=[{"role": "user", "content": "x"}])
     assert e.value.body["error"]["message"].startswith("unsupported_parameter: top_k")
@@ -188,3 +188,28 @@ def test_count_tokens_through_the_anthropic_sdk(sidecar):
     counted = ac.messages.count_tokens(model="claude-haiku", system="Be brief.", messages=messages)
     billed = ac.messages.create(model="claude-haiku", max_tokens=16, system="Be brief.", messages=messages)
     assert counted.input_tokens == billed.usage.input_tokens
+
+
+def test_extended_thinking_through_the_anthropic_sdk(sidecar):
+    """thinking with a budget: the answer starts with a signed thinking block; the tool loop sends
+    it back as the SDK returned it; the stream helper accumulates thinking and its signature."""
+    url, _ = sidecar
+    ac = client(url)
+    thinking = {"type": "enabled", "budget_tokens": 2000}
+    question = {"role": "user", "content": "get_weather in Oslo?"}
+    first = ac.messages.create(model="claude-haiku", max_tokens=4000, thinking=thinking, tools=[WEATHER], messages=[question])
+    assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
+    assert first.content[0].signature
+    use = first.content[2]
+    second = ac.messages.create(model="claude-haiku", max_tokens=4000, thinking=thinking, tools=[WEATHER], messages=[
+        question, {"role": "assistant", "content": first.content},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "Snow"}]}])
+    assert second.content[-1].text == "Snow"
+    with ac.messages.stream(model="claude-haiku", max_tokens=4000, thinking=thinking,
+                            messages=[{"role": "user", "content": "and you?"}]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "thinking" and final.content[0].thinking.startswith("The user asks:")
+    assert final.content[0].signature
+    with pytest.raises(anthropic.BadRequestError) as e:
+        ac.messages.create(model="claude-haiku", max_tokens=1500, thinking=thinking, messages=[question])
+    assert "budget_tokens" in e.value.body["error"]["message"]

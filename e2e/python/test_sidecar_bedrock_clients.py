@@ -199,3 +199,48 @@ def test_boto3_count_tokens_is_free_and_matches_the_bill(sidecar, emulator):
             if r.get("service") == "bedrock-runtime"] == ["CountTokens"]
     billed = rt.converse(modelId="claude-haiku", **conversation)["usage"]["inputTokens"]
     assert counted == billed
+
+
+def test_boto3_reasoning_through_additional_model_request_fields(sidecar):
+    url, _ = sidecar
+    rt = runtime(url)
+    fields = {"thinking": {"type": "enabled", "budget_tokens": 1024}}
+    ask = {"modelId": "claude-haiku", "messages": [{"role": "user", "content": [{"text": "why?"}]}],
+           "inferenceConfig": {"maxTokens": 2048}, "additionalModelRequestFields": fields}
+    out = rt.converse(**ask)
+    first = out["output"]["message"]["content"][0]["reasoningContent"]["reasoningText"]
+    assert first["text"].startswith("The user asks: why?") and first["signature"]
+    events = list(rt.converse_stream(**ask)["stream"])
+    thought = "".join(e["contentBlockDelta"]["delta"]["reasoningContent"].get("text", "") for e in events
+                      if "reasoningContent" in e.get("contentBlockDelta", {}).get("delta", {}))
+    assert thought == first["text"]
+    text_blocks = {e["contentBlockDelta"]["contentBlockIndex"] for e in events
+                   if "text" in e.get("contentBlockDelta", {}).get("delta", {})}
+    assert text_blocks == {1}, "the reasoning is block 0, the text block 1"
+    with pytest.raises(ClientError) as e:
+        rt.converse(**{**ask, "additionalModelRequestFields": {"top_k": 5}})
+    assert "additionalModelRequestFields.top_k" in e.value.response["Error"]["Message"]
+
+
+def test_boto3_tool_loop_with_thinking_sends_the_reasoning_back(sidecar):
+    """Bedrock requires the last assistant turn of a tool loop to start with its reasoning while
+    the model thinks: boto3's own output message, appended as is, carries it through the sidecar."""
+    url, _ = sidecar
+    rt = runtime(url)
+    config = {"tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}}]}
+    ask = {"modelId": "claude-haiku", "toolConfig": config, "inferenceConfig": {"maxTokens": 2048},
+           "additionalModelRequestFields": {"thinking": {"type": "enabled", "budget_tokens": 1024}}}
+    question = {"role": "user", "content": [{"text": "get_weather in Lima?"}]}
+    first = rt.converse(messages=[question], **ask)
+    blocks = first["output"]["message"]["content"]
+    assert "reasoningContent" in blocks[0]
+    use = next(b["toolUse"] for b in blocks if "toolUse" in b)
+    result = {"role": "user", "content": [{"toolResult": {"toolUseId": use["toolUseId"], "content": [{"text": "Dry"}]}}]}
+    done = rt.converse(messages=[question, first["output"]["message"], result], **ask)
+    assert done["output"]["message"]["content"][-1]["text"] == "Dry"
+    # Without the reasoning block, Bedrock's refusal comes back in its own words.
+    stripped = {"role": "assistant", "content": [b for b in blocks if "reasoningContent" not in b]}
+    with pytest.raises(ClientError) as e:
+        rt.converse(messages=[question, stripped, result], **ask)
+    assert "Expected `thinking` or `redacted_thinking`" in e.value.response["Error"]["Message"]

@@ -398,3 +398,40 @@ def test_prompt_caching_through_the_openai_sdk_by_hand_and_automatically(emulato
     untouched = client(url).chat.completions.create(model="claude-haiku", messages=plain)
     assert untouched.usage.prompt_tokens_details.cached_tokens == 0
     assert untouched.usage.model_extra["cache_creation_input_tokens"] == 0
+
+
+def test_reasoning_effort_with_tools_round_trips_claudes_signed_thinking(sidecar, emulator):
+    """reasoning_effort becomes Claude's thinking budget; the answer carries reasoning_content and
+    the signed thinking_blocks, which the app's tool loop sends back as the SDK returned them (Bedrock
+    refuses a tool loop whose last assistant turn lost its thinking). Reasoning tokens are billed
+    as output, and charged as such."""
+    url, _ = sidecar
+    oa = client(url)
+    messages = [{"role": "user", "content": "What is get_weather in Porto?"}]
+    first = oa.chat.completions.create(model="claude-haiku", reasoning_effort="low", max_tokens=512,
+                                       tools=[WEATHER_TOOL], messages=messages)
+    message = first.choices[0].message
+    assert message.model_extra["reasoning_content"].startswith("The user asks:")
+    assert message.model_extra["thinking_blocks"][0]["signature"]
+    assert first.choices[0].finish_reason == "tool_calls"
+    messages += [message, {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "Mild"}]
+    second = oa.chat.completions.create(model="claude-haiku", reasoning_effort="low", max_tokens=512,
+                                        tools=[WEATHER_TOOL], messages=messages)
+    assert second.choices[0].message.content == "Mild"
+    calls = emulator.admin("/_emulator/requests?operation=Converse")
+    assert [c["outputTokens"] for c in calls] == [first.usage.completion_tokens, second.usage.completion_tokens]
+    reasoning_tokens = (len(message.model_extra["reasoning_content"].encode()) + 3) // 4
+    assert first.usage.completion_tokens >= reasoning_tokens
+
+    stream = oa.chat.completions.create(model="claude-haiku", reasoning_effort="medium", stream=True,
+                                        messages=[{"role": "user", "content": "think then answer"}])
+    thought, said = "", ""
+    for chunk in stream:
+        if chunk.choices:
+            thought += (chunk.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+            said += chunk.choices[0].delta.content or ""
+    assert thought.startswith("The user asks: think then answer") and said == "think then answer"
+    with pytest.raises(openai.BadRequestError) as e:
+        oa.chat.completions.create(model="claude-haiku", reasoning_effort="low", temperature=0.2,
+                                   messages=[{"role": "user", "content": "x"}])
+    assert "temperature" in e.value.body["message"]

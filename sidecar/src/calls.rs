@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 
 use crate::{
     bedrock::{
-        Block, ConverseEvents, ModelAnswer, ModelRequest, Purpose, StreamPart, ToolCall,
-        caches_prompts, embeddings::Family,
+        Block, ConverseEvents, ModelAnswer, ModelRequest, Purpose, ReasoningStyle, StreamPart,
+        ToolCall, caches_prompts, embeddings::Family, reasoning_style,
     },
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
@@ -56,6 +56,10 @@ pub enum StreamEvent {
         index: usize,
         json: String,
     },
+    /// More of the model's reasoning (before its answer).
+    Reasoning(String),
+    /// The signature that closes the reasoning (Claude needs it back in a later turn).
+    ReasoningSignature(String),
     Done(CallResult),
     Error(ApiError),
 }
@@ -109,6 +113,60 @@ fn worst_case_cost(price: &ModelPrice, request: &ModelRequest, input: u64) -> De
         })
         .checked_add(guardrail)
         .unwrap_or(Decimal::MAX)
+}
+
+/// Fits a request for reasoning to the endpoint's model: how the family is told to reason, and
+/// for Claude a thinking budget within the endpoint's token cap, on top of the answer's tokens.
+fn apply_reasoning(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Result<(), ApiError> {
+    let Some(effort) = request.effort else {
+        return Ok(());
+    };
+    let style = reasoning_style(&endpoint.model_to_call).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "reasoning: {} has no reasoning setting on Bedrock (Claude 3.7 and 4, Nova 2 and gpt-oss have): remove it",
+            endpoint.model_to_call
+        ))
+    })?;
+    request.reasoning_style = Some(style);
+    if style != ReasoningStyle::ClaudeThinking {
+        return Ok(());
+    }
+    if request
+        .temperature
+        .is_some_and(|t| (t - 1.0).abs() > f32::EPSILON)
+        || request.top_p.is_some_and(|p| p < 0.95)
+    {
+        return Err(ApiError::invalid(
+            "reasoning with temperature or top_p: Claude thinks only at temperature 1 and top_p of 0.95 or more; remove them",
+        ));
+    }
+    let cap = endpoint.spec.max_tokens;
+    // A budget the app set itself (Anthropic's and Bedrock's `thinking`) counts within its
+    // max_tokens, as Anthropic counts it.
+    if let Some(budget) = request.thinking_budget {
+        if budget < 1024 || budget >= request.max_tokens {
+            return Err(ApiError::invalid(format!(
+                "thinking.budget_tokens must be at least 1,024 and under max_tokens ({}, at most ModelEndpoint {}'s maxTokens of {cap})",
+                request.max_tokens, endpoint.name
+            )));
+        }
+        return Ok(());
+    }
+    let total = request
+        .max_tokens
+        .saturating_add(effort.thinking_budget())
+        .min(cap);
+    // Claude's budget must be under max_tokens, and at least 1,024.
+    let budget = effort.thinking_budget().min(total.saturating_sub(1));
+    if budget < 1024 {
+        return Err(ApiError::invalid(format!(
+            "reasoning: ModelEndpoint {}'s maxTokens of {cap} leaves no room for Claude's thinking (at least 1,024 tokens, under maxTokens)",
+            endpoint.name
+        )));
+    }
+    request.max_tokens = total;
+    request.thinking_budget = Some(budget);
+    Ok(())
 }
 
 /// One embedding call's vectors and Bedrock's count of its input tokens.
@@ -276,6 +334,7 @@ impl AppState {
             .clamp(1, endpoint.spec.max_tokens);
         request.check_media().map_err(ApiError::invalid)?;
         check_purpose(&endpoint, &mut request)?;
+        apply_reasoning(&endpoint, &mut request)?;
         if self.settings.prompt_cache == crate::settings::PromptCache::Auto
             && request.purpose == Purpose::Answer
             && caches_prompts(&endpoint.model_to_call)
@@ -607,7 +666,12 @@ impl AppState {
                     break;
                 }
             };
-            if first && matches!(part, StreamPart::Text(_) | StreamPart::ToolStart { .. }) {
+            if first
+                && matches!(
+                    part,
+                    StreamPart::Text(_) | StreamPart::ToolStart { .. } | StreamPart::Reasoning(_)
+                )
+            {
                 first = false;
                 self.metrics
                     .time_to_first_token
@@ -628,6 +692,8 @@ impl AppState {
             pii,
             pending,
             text,
+            reasoning,
+            reasoning_signature,
             tool_calls,
             stop_reason,
             reported,
@@ -643,11 +709,15 @@ impl AppState {
         }
         self.metrics.in_flight.dec();
         // What was used is charged even when the stream broke: Bedrock's count if it came, else an estimate.
-        let received = text.len() + tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>();
+        let received = text.len()
+            + reasoning.len()
+            + tool_calls.iter().map(|c| c.arguments.len()).sum::<usize>();
         let (usage, guardrail_units) =
             reported.unwrap_or_else(|| estimated_use(&prepared.request, received));
         let mut answer = ModelAnswer {
             text,
+            reasoning,
+            reasoning_signature,
             tool_calls,
             stop_reason,
             usage,
@@ -679,6 +749,8 @@ struct Received<'a> {
     /// `PiiFilter::releasable`): what was received and not yet released.
     pending: String,
     text: String,
+    reasoning: String,
+    reasoning_signature: String,
     tool_calls: Vec<ToolCall>,
     /// The content block of each tool call (Bedrock numbers text blocks too).
     tool_blocks: Vec<u32>,
@@ -693,6 +765,8 @@ impl<'a> Received<'a> {
             pii,
             pending: String::new(),
             text: String::new(),
+            reasoning: String::new(),
+            reasoning_signature: String::new(),
             tool_calls: Vec::new(),
             tool_blocks: Vec::new(),
             stop_reason: String::new(),
@@ -738,6 +812,15 @@ impl<'a> Received<'a> {
                     }
                     None => vec![],
                 }
+            }
+            // Reasoning goes out as it comes: the PII filter reads the answer, not the thinking.
+            StreamPart::Reasoning(text) => {
+                self.reasoning.push_str(&text);
+                vec![StreamEvent::Reasoning(text)]
+            }
+            StreamPart::ReasoningSignature(signature) => {
+                self.reasoning_signature.push_str(&signature);
+                vec![StreamEvent::ReasoningSignature(signature)]
             }
             StreamPart::Stop(reason) => {
                 self.stop_reason = reason;

@@ -601,7 +601,6 @@ async fn openai_fields_we_do_not_implement_are_refused_by_name() {
         ("presence_penalty", json!(-1)),
         ("logit_bias", json!({ "50256": -100 })),
         ("functions", json!([{ "name": "f" }])),
-        ("reasoning_effort", json!("low")),
         ("store", json!(true)),
         ("service_tier", json!("flex")),
         ("modalities", json!(["text", "audio"])),

@@ -14,6 +14,7 @@ mod embeddings;
 pub mod error;
 mod guardrails;
 mod media;
+mod reasoning;
 mod runtime;
 pub mod sigv4;
 mod sts;

@@ -21,7 +21,7 @@ use super::{
     embeddings,
     error::AwsError,
     guardrails::{Assessment, Policy, Source},
-    media, random_token,
+    media, random_token, reasoning,
     text::{self, count_tokens},
     tools::{self, ToolConfig, ToolUse},
 };
@@ -50,6 +50,8 @@ struct Prompt {
     /// The schema the answer must follow (`outputConfig.textFormat`), if any.
     output_schema: Option<Value>,
     has_images: bool,
+    /// How the model is asked to reason (`additionalModelRequestFields`), if it is.
+    reasoning: Option<reasoning::Asked>,
 }
 
 /// The guardrail a request names.
@@ -70,6 +72,8 @@ struct Outcome {
     /// The guardrail's text units, input and output summed (recorded for tests to price).
     guardrail_usage: Option<Value>,
     tool_uses: Vec<ToolUse>,
+    /// The model's reasoning before its answer, and its signature.
+    reasoning: Option<(String, String)>,
 }
 
 /// An assessment as a Converse trace shows it: what the policies found, and what was charged.
@@ -226,6 +230,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         }
     }
     media::check_counts(images, documents)?;
+    let reasoning = reasoning::read(body, messages)?;
     let config = &body["inferenceConfig"];
     let max_tokens = match config["maxTokens"].as_i64() {
         Some(n) if n < 1 => {
@@ -259,6 +264,7 @@ fn converse_prompt(body: &Value) -> Result<Prompt, AwsError> {
         answers_tools,
         output_schema,
         has_images: images > 0,
+        reasoning,
     })
 }
 
@@ -310,6 +316,7 @@ fn anthropic_prompt(body: &Value) -> Result<Prompt, AwsError> {
         answers_tools: false,
         output_schema: None,
         has_images: false,
+        reasoning: None,
     })
 }
 
@@ -443,6 +450,7 @@ impl Emulator {
                     trace,
                     guardrail_usage: Some(usage),
                     tool_uses: Vec::new(),
+                    reasoning: None,
                 };
             }
             input_assessment = Some(assessed);
@@ -492,8 +500,13 @@ impl Emulator {
             };
             (text, "tool_use")
         };
-        let output_tokens =
-            count_tokens(&answer) + tool_uses.iter().map(ToolUse::output_tokens).sum::<u64>();
+        let reasoning = prompt
+            .reasoning
+            .as_ref()
+            .map(|_| reasoning::think(&last_user_text, &random_token(32)));
+        let output_tokens = count_tokens(&answer)
+            + tool_uses.iter().map(ToolUse::output_tokens).sum::<u64>()
+            + reasoning.as_ref().map_or(0, |(text, _)| count_tokens(text));
         // A masked input is an intervention too (ApplyGuardrail reports GUARDRAIL_INTERVENED for it).
         let input_masked = input_assessment
             .as_ref()
@@ -536,6 +549,7 @@ impl Emulator {
             trace,
             guardrail_usage,
             tool_uses,
+            reasoning,
         }
     }
 
@@ -616,6 +630,9 @@ impl Emulator {
             cache::check_points(&prompt.cache_points, &prompt.model)?;
             if let Some(tools) = &prompt.tools {
                 tools::check_choice_supported(tools, base_model_id(model_id))?;
+            }
+            if let Some(asked) = &prompt.reasoning {
+                reasoning::check(asked, base_model_id(model_id), &request, prompt.max_tokens)?;
             }
             if prompt.has_images && !media::reads_images(base_model_id(model_id)) {
                 return Err(AwsError::validation(
@@ -704,6 +721,9 @@ pub async fn converse(
         Err(answer) => return answer,
     };
     let mut content = Vec::new();
+    if let Some((text, signature)) = &outcome.reasoning {
+        content.push(json!({ "reasoningContent": { "reasoningText": { "text": text, "signature": signature } } }));
+    }
     if !outcome.text.is_empty() || outcome.tool_uses.is_empty() {
         content.push(json!({ "text": outcome.text }));
     }
@@ -791,6 +811,24 @@ pub async fn converse_stream(
         Step::Wait(Duration::from_millis(config.latency.fixed_ms)),
         Step::Send(event("messageStart", &json!({ "role": "assistant" }))),
     ];
+    // Reasoning comes first, in a block of its own closed by its signature.
+    let text_block = u32::from(outcome.reasoning.is_some());
+    if let Some((thinking, signature)) = &outcome.reasoning {
+        for piece in text::chunks(thinking).chunks(4) {
+            steps.push(Step::Send(event(
+                "contentBlockDelta",
+                &json!({ "contentBlockIndex": 0, "delta": { "reasoningContent": { "text": piece.concat() } } }),
+            )));
+        }
+        steps.push(Step::Send(event(
+            "contentBlockDelta",
+            &json!({ "contentBlockIndex": 0, "delta": { "reasoningContent": { "signature": signature } } }),
+        )));
+        steps.push(Step::Send(event(
+            "contentBlockStop",
+            &json!({ "contentBlockIndex": 0 }),
+        )));
+    }
     for (i, chunk) in text::chunks(&outcome.text).into_iter().enumerate() {
         let sent = u32::try_from(i).unwrap_or(u32::MAX);
         if faults.stream_stall_after_tokens == Some(sent) {
@@ -819,17 +857,17 @@ pub async fn converse_stream(
         }
         steps.push(Step::Send(event(
             "contentBlockDelta",
-            &json!({ "contentBlockIndex": 0, "delta": { "text": chunk } }),
+            &json!({ "contentBlockIndex": text_block, "delta": { "text": chunk } }),
         )));
     }
     if !matches!(steps.last(), Some(Step::Stall | Step::Drop | Step::End)) {
-        let mut block = 0;
+        let mut block = text_block;
         if !outcome.text.is_empty() || outcome.tool_uses.is_empty() {
             steps.push(Step::Send(event(
                 "contentBlockStop",
-                &json!({ "contentBlockIndex": 0 }),
+                &json!({ "contentBlockIndex": text_block }),
             )));
-            block = 1;
+            block += 1;
         }
         // Each tool call is a block of its own: a start naming it, its input as JSON text in
         // pieces, a stop.
@@ -1082,6 +1120,7 @@ impl Emulator {
                 answers_tools: false,
                 output_schema: None,
                 has_images: false,
+                reasoning: None,
             };
             asked = Some(r);
             Ok((prompt, Value::Null))
@@ -1104,6 +1143,7 @@ impl Emulator {
             trace: None,
             guardrail_usage: None,
             tool_uses: Vec::new(),
+            reasoning: None,
         };
         self.record_call(
             "InvokeModel",
@@ -1166,6 +1206,7 @@ pub async fn count_tokens_route(
         trace: None,
         guardrail_usage: None,
         tool_uses: Vec::new(),
+        reasoning: None,
     };
     emulator.record_call(
         "CountTokens",

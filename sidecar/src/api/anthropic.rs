@@ -29,7 +29,9 @@ use tokio::sync::mpsc;
 
 use super::{Body, bedrock_runtime, check_sampling, media, parse, role, truncated};
 use crate::{
-    bedrock::{Block, CachePoint, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
+    bedrock::{
+        Block, CachePoint, Effort, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools,
+    },
     calls::{AppState, CallResult, StreamEvent, format_cost},
     errors::ApiError,
 };
@@ -61,6 +63,8 @@ struct MessagesBody {
     tool_choice: Option<Map<String, Value>>,
     #[serde(default)]
     stream: bool,
+    #[serde(default)]
+    thinking: Option<Value>,
     #[serde(flatten)]
     other: Map<String, Value>,
 }
@@ -190,6 +194,13 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
                         Some(c) => text(c, &format!("{b_at}.content"))?,
                     },
                     error: b.get("is_error") == Some(&Value::Bool(true)),
+                }
+            }
+            "thinking" => {
+                only(b, &["type", "thinking", "signature"], &b_at)?;
+                Block::Reasoning {
+                    text: bedrock_runtime::text_field(&b["thinking"], &format!("{b_at}.thinking"))?,
+                    signature: b["signature"].as_str().unwrap_or_default().to_owned(),
                 }
             }
             "image" | "document" => {
@@ -345,6 +356,25 @@ impl MessagesBody {
             ));
         }
         request.tools = tools(self.tools.as_ref(), self.tool_choice.as_ref())?;
+        match self.thinking.as_ref().map(|t| (t["type"].as_str(), t)) {
+            None | Some((Some("disabled"), _)) => {}
+            Some((Some("enabled"), t)) => {
+                let budget = t["budget_tokens"]
+                    .as_u64()
+                    .ok_or_else(|| ApiError::invalid("thinking.budget_tokens: field required"))?;
+                request.effort = Some(Effort::High);
+                request.thinking_budget = Some(u32::try_from(budget).unwrap_or(u32::MAX));
+            }
+            Some((kind, _)) => {
+                return Err(unsupported(&format!(
+                    "thinking of type {}",
+                    kind.map_or_else(
+                        || "(none)".to_owned(),
+                        |k| format!("{:?}", truncated(k, 20))
+                    )
+                )));
+            }
+        }
         Ok(Asked {
             model: self.model,
             request,
@@ -393,6 +423,9 @@ fn usage(answer: &ModelAnswer) -> Value {
 /// The Messages answer: its blocks (text, then tool calls), why it stopped, the usage.
 fn message(answer: &ModelAnswer, model: &str) -> Value {
     let mut content = Vec::new();
+    if !answer.reasoning.is_empty() {
+        content.push(json!({ "type": "thinking", "thinking": answer.reasoning, "signature": answer.reasoning_signature }));
+    }
     if !answer.text.is_empty() || answer.tool_calls.is_empty() {
         content.push(json!({ "type": "text", "text": answer.text }));
     }
@@ -454,12 +487,12 @@ async fn run(
     if asked.stream {
         Ok(Answer::Streamed(state.call_streaming(prepared).await?))
     } else {
-        Ok(Answer::Whole(state.call(prepared).await?))
+        Ok(Answer::Whole(Box::new(state.call(prepared).await?)))
     }
 }
 
 enum Answer {
-    Whole(CallResult),
+    Whole(Box<CallResult>),
     Streamed(mpsc::Receiver<StreamEvent>),
 }
 
@@ -498,7 +531,7 @@ struct Events {
     model: String,
     started: Instant,
     /// The block now open, and whether it is text.
-    open: Option<(u32, bool)>,
+    open: Option<(u32, &'static str)>,
     next: u32,
     /// InvokeModelWithResponseStream adds Bedrock's invocation metrics to `message_stop`.
     bedrock_metrics: bool,
@@ -522,19 +555,33 @@ impl Events {
             .collect()
     }
 
-    fn open_block(&mut self, block: &Value, is_text: bool) -> Vec<Value> {
+    fn open_block(&mut self, block: &Value, kind: &'static str) -> Vec<Value> {
         let mut out = self.close();
         let index = self.next;
         self.next += 1;
-        self.open = Some((index, is_text));
+        self.open = Some((index, kind));
         out.push(json!({ "type": "content_block_start", "index": index, "content_block": block }));
+        out
+    }
+
+    /// A piece of Claude's thinking (or its signature), in the thinking block.
+    fn thinking(&mut self, delta: &Value) -> Vec<Value> {
+        let mut out = match self.open {
+            Some((_, "thinking")) => vec![],
+            _ => self.open_block(
+                &json!({ "type": "thinking", "thinking": "", "signature": "" }),
+                "thinking",
+            ),
+        };
+        let index = self.open.map_or(0, |(i, _)| i);
+        out.push(json!({ "type": "content_block_delta", "index": index, "delta": delta }));
         out
     }
 
     fn text(&mut self, text: &str) -> Vec<Value> {
         let mut out = match self.open {
-            Some((_, true)) => vec![],
-            _ => self.open_block(&json!({ "type": "text", "text": "" }), true),
+            Some((_, "text")) => vec![],
+            _ => self.open_block(&json!({ "type": "text", "text": "" }), "text"),
         };
         let index = self.open.map_or(0, |(i, _)| i);
         out.push(json!({ "type": "content_block_delta", "index": index, "delta": { "type": "text_delta", "text": text } }));
@@ -568,8 +615,14 @@ impl Events {
             StreamEvent::Delta(text) => self.text(&text),
             StreamEvent::ToolCall { id, name, .. } => self.open_block(
                 &json!({ "type": "tool_use", "id": id, "name": name, "input": {} }),
-                false,
+                "tool_use",
             ),
+            StreamEvent::Reasoning(text) => {
+                self.thinking(&json!({ "type": "thinking_delta", "thinking": text }))
+            }
+            StreamEvent::ReasoningSignature(signature) => {
+                self.thinking(&json!({ "type": "signature_delta", "signature": signature }))
+            }
             StreamEvent::ToolArguments { json: partial, .. } => {
                 let index = self.open.map_or(0, |(i, _)| i);
                 vec![

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use super::{Body, check_sampling, parse, truncated};
 use crate::{
     bedrock::{
-        Block, CachePoint, CacheTtl, DocumentFormat, ImageFormat, ModelAnswer, ModelRequest,
-        OutputSchema, Tool, ToolChoice, Tools,
+        Block, CachePoint, CacheTtl, DocumentFormat, Effort, ImageFormat, ModelAnswer,
+        ModelRequest, OutputSchema, Tool, ToolChoice, Tools,
     },
     calls::{AppState, CallResult, StreamEvent, format_cost},
     catalog::EndpointConfig,
@@ -64,8 +64,47 @@ struct ConverseBody {
     tool_config: Option<ToolConfigIn>,
     #[serde(default)]
     output_config: Option<Value>,
+    #[serde(default)]
+    additional_model_request_fields: Option<Map<String, Value>>,
     #[serde(flatten)]
     other: Map<String, Value>,
+}
+
+/// The reasoning `additionalModelRequestFields` ask for (the only fields taken there): Claude's
+/// `thinking` (its exact budget), Nova 2's `reasoningConfig` or gpt-oss's `reasoning_effort`.
+fn reasoning_asked(
+    fields: &Map<String, Value>,
+    request: &mut ModelRequest,
+) -> Result<(), ApiError> {
+    for (name, value) in fields {
+        let at = format!("additionalModelRequestFields.{name}");
+        match name.as_str() {
+            "thinking" if value["type"] == "disabled" => {}
+            "thinking" if value["type"] == "enabled" => {
+                let budget = value["budget_tokens"].as_u64().ok_or_else(|| {
+                    ApiError::invalid(format!("{at}.budget_tokens must be a number"))
+                })?;
+                request.effort = Some(Effort::High);
+                request.thinking_budget = Some(u32::try_from(budget).unwrap_or(u32::MAX));
+            }
+            "reasoningConfig" => {
+                let effort = value["maxReasoningEffort"].as_str().unwrap_or("medium");
+                request.effort = Some(Effort::from_name(effort).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "{at}.maxReasoningEffort must be low, medium or high"
+                    ))
+                })?);
+            }
+            "reasoning_effort" => {
+                let effort = value.as_str().unwrap_or_default();
+                request.effort = Some(Effort::from_name(effort).ok_or_else(|| {
+                    ApiError::invalid(format!("{at} must be low, medium or high"))
+                })?);
+            }
+            _ => return Err(unsupported(&at)),
+        }
+    }
+    Ok(())
 }
 
 /// `outputConfig.textFormat`: the JSON Schema (as JSON text) the answer must follow.
@@ -201,6 +240,16 @@ fn block(union: &Map<String, Value>, at: &str) -> Result<Block, ApiError> {
             value,
             &format!("{at}.cachePoint"),
         )?)),
+        "reasoningContent" => {
+            let r = &value["reasoningText"];
+            Ok(Block::Reasoning {
+                text: text_field(
+                    &r["text"],
+                    &format!("{at}.reasoningContent.reasoningText.text"),
+                )?,
+                signature: r["signature"].as_str().unwrap_or_default().to_owned(),
+            })
+        }
         "document" => {
             let format = value["format"].as_str().unwrap_or_default();
             let format = DocumentFormat::from_name(format).ok_or_else(|| {
@@ -295,6 +344,9 @@ impl ConverseBody {
         }
         request.tools = self.tool_config.as_ref().map(tools).transpose()?;
         request.output_schema = self.output_config.as_ref().map(output_schema).transpose()?;
+        if let Some(fields) = &self.additional_model_request_fields {
+            reasoning_asked(fields, &mut request)?;
+        }
         Ok((request, inference.max_tokens))
     }
 }
@@ -452,6 +504,13 @@ pub(super) fn latency_ms(started: Instant) -> u64 {
 /// Converse's answer: the message's blocks (text, then tool calls), why it stopped, the usage.
 fn converse_answer(answer: &ModelAnswer, started: Instant) -> Value {
     let mut content = Vec::new();
+    if !answer.reasoning.is_empty() {
+        let mut text = json!({ "text": answer.reasoning });
+        if !answer.reasoning_signature.is_empty() {
+            text["signature"] = json!(answer.reasoning_signature);
+        }
+        content.push(json!({ "reasoningContent": { "reasoningText": text } }));
+    }
     if !answer.text.is_empty() || answer.tool_calls.is_empty() {
         content.push(json!({ "text": answer.text }));
     }
@@ -588,12 +647,20 @@ pub(super) async fn converse_stream(
     }
 }
 
-/// Writes ConverseStream's events, numbering content blocks as Bedrock does: the text first
-/// (block 0, no start event), then one block per tool call, each opened by a start event.
+/// What a content block of the stream holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Reasoning,
+    Text,
+    Tool,
+}
+
+/// Writes ConverseStream's events, numbering content blocks as Bedrock does: reasoning, text and
+/// each tool call in a block of its own, in order (only tool calls have a start event).
 #[derive(Default)]
 struct Frames {
     /// The block now open, if any.
-    open: Option<u32>,
+    open: Option<(u32, Kind)>,
     next: u32,
 }
 
@@ -605,32 +672,48 @@ impl Frames {
     fn close(&mut self) -> Vec<Bytes> {
         self.open
             .take()
-            .map(|b| event("contentBlockStop", &json!({ "contentBlockIndex": b })))
+            .map(|(b, _)| event("contentBlockStop", &json!({ "contentBlockIndex": b })))
             .into_iter()
             .collect()
     }
 
-    fn text_block(&mut self) -> u32 {
-        *self.open.get_or_insert_with(|| {
-            self.next += 1;
-            self.next - 1
-        })
+    /// The block to write `kind` into: the open one if it holds that kind (tool calls never
+    /// share one), else a new one after closing it.
+    fn block(&mut self, kind: Kind) -> (Vec<Bytes>, u32) {
+        match self.open {
+            Some((b, open)) if open == kind && kind != Kind::Tool => (Vec::new(), b),
+            _ => {
+                let out = self.close();
+                let b = self.next;
+                self.next += 1;
+                self.open = Some((b, kind));
+                (out, b)
+            }
+        }
+    }
+
+    fn delta(&mut self, kind: Kind, delta: &Value) -> Vec<Bytes> {
+        let (mut out, b) = self.block(kind);
+        out.push(event(
+            "contentBlockDelta",
+            &json!({ "contentBlockIndex": b, "delta": delta }),
+        ));
+        out
     }
 
     fn take(&mut self, event_in: StreamEvent, started: Instant) -> Vec<Bytes> {
         match event_in {
-            StreamEvent::Delta(text) => {
-                let b = self.text_block();
-                vec![event(
-                    "contentBlockDelta",
-                    &json!({ "contentBlockIndex": b, "delta": { "text": text } }),
-                )]
-            }
+            StreamEvent::Delta(text) => self.delta(Kind::Text, &json!({ "text": text })),
+            StreamEvent::Reasoning(text) => self.delta(
+                Kind::Reasoning,
+                &json!({ "reasoningContent": { "text": text } }),
+            ),
+            StreamEvent::ReasoningSignature(signature) => self.delta(
+                Kind::Reasoning,
+                &json!({ "reasoningContent": { "signature": signature } }),
+            ),
             StreamEvent::ToolCall { id, name, .. } => {
-                let mut out = self.close();
-                let b = self.next;
-                self.next += 1;
-                self.open = Some(b);
+                let (mut out, b) = self.block(Kind::Tool);
                 out.push(event(
                     "contentBlockStart",
                     &json!({ "contentBlockIndex": b, "start": { "toolUse": { "toolUseId": id, "name": name } } }),
@@ -638,7 +721,7 @@ impl Frames {
                 out
             }
             StreamEvent::ToolArguments { json: input, .. } => {
-                let b = self.open.unwrap_or(0);
+                let b = self.open.map_or(0, |(b, _)| b);
                 vec![event(
                     "contentBlockDelta",
                     &json!({ "contentBlockIndex": b, "delta": { "toolUse": { "input": input } } }),
@@ -663,12 +746,7 @@ impl Frames {
 
     /// A guardrail's block mid-answer: its message as text, and the stop Bedrock reports.
     fn blocked(&mut self, e: &ApiError, started: Instant) -> Vec<Bytes> {
-        let mut out = self.close();
-        let b = self.text_block();
-        out.push(event(
-            "contentBlockDelta",
-            &json!({ "contentBlockIndex": b, "delta": { "text": e.message } }),
-        ));
+        let mut out = self.delta(Kind::Text, &json!({ "text": e.message }));
         out.extend(self.close());
         out.push(event(
             "messageStop",

@@ -28,8 +28,8 @@ use tokio::sync::mpsc;
 use super::{Body, check_sampling, media, parse, role, truncated};
 use crate::{
     bedrock::{
-        Block, ModelAnswer, ModelRequest, OutputSchema, Role, Tool, ToolChoice, Tools, closed,
-        has_structured_outputs,
+        Block, Effort, ModelAnswer, ModelRequest, OutputSchema, Role, Tool, ToolChoice, Tools,
+        closed, has_structured_outputs,
     },
     calls::{AppState, CallResult, StreamEvent},
     errors::ApiError,
@@ -46,6 +46,14 @@ struct ChatMessage {
     tool_calls: Option<Vec<ToolCallIn>>,
     #[serde(default)]
     tool_call_id: Option<String>,
+    /// The reasoning an earlier answer carried, echoed back; only its signed form (below) is used.
+    #[serde(default)]
+    #[allow(dead_code)] // accepted so an echoed answer is not refused
+    reasoning_content: Option<Value>,
+    /// Claude's signed thinking of an earlier answer (LiteLLM's `thinking_blocks`): Bedrock
+    /// needs it back before that turn's tool calls while the model reasons.
+    #[serde(default)]
+    thinking_blocks: Option<Vec<Value>>,
     /// `name`, `audio`, ...: refused unless empty (SDKs echo `"refusal": null`).
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
@@ -129,6 +137,8 @@ struct ChatBody {
     parallel_tool_calls: Option<bool>,
     #[serde(default)]
     response_format: Option<Value>,
+    #[serde(default)]
+    reasoning_effort: Option<String>,
     #[serde(flatten)]
     other: serde_json::Map<String, Value>,
 }
@@ -428,6 +438,15 @@ impl ChatBody {
             self.parallel_tool_calls,
             &request,
         )?;
+        request.effort = match self.reasoning_effort.as_deref() {
+            None | Some("none") => None,
+            Some(name) => Some(Effort::from_name(name).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "reasoning_effort must be \"none\", \"minimal\", \"low\", \"medium\" or \"high\", not {:?}",
+                    truncated(name, 20)
+                ))
+            })?),
+        };
         let include_usage = self.stream_options.is_some_and(|o| o.include_usage);
         Ok(ChatRequest {
             model: self.model,
@@ -479,6 +498,22 @@ fn add_message(
             );
         }
         "assistant" => {
+            for (k, t) in m.thinking_blocks.iter().flatten().enumerate() {
+                let (Some(text), Some(signature)) =
+                    (t["thinking"].as_str(), t["signature"].as_str())
+                else {
+                    return Err(ApiError::invalid(format!(
+                        "messages[{i}].thinking_blocks[{k}] needs its thinking and signature, as the answer gave them"
+                    )));
+                };
+                request.push(
+                    Role::Assistant,
+                    Block::Reasoning {
+                        text: text.to_owned(),
+                        signature: signature.to_owned(),
+                    },
+                );
+            }
             // An assistant turn with only tool calls has no text: Bedrock refuses blank text.
             let text = match &m.content {
                 Value::Null => String::new(),
@@ -757,6 +792,14 @@ fn answer_from_forced_tool(answer: &mut ModelAnswer) {
 /// The answer as an assistant message: its text (`null` when it only calls tools) and calls.
 fn assistant_message(answer: &ModelAnswer) -> Value {
     let mut message = json!({ "role": "assistant", "content": answer.text });
+    if !answer.reasoning.is_empty() {
+        // Where the common clients read reasoning (DeepSeek's and LiteLLM's field), and Claude's
+        // signed thinking to send back with a later turn (LiteLLM's `thinking_blocks`).
+        message["reasoning_content"] = json!(answer.reasoning);
+        if !answer.reasoning_signature.is_empty() {
+            message["thinking_blocks"] = json!([{ "type": "thinking", "thinking": answer.reasoning, "signature": answer.reasoning_signature }]);
+        }
+    }
     if !answer.tool_calls.is_empty() {
         if answer.text.is_empty() {
             message["content"] = Value::Null;
@@ -787,6 +830,11 @@ fn openai_stream(
         .chain(stream::unfold(events, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) }).flat_map(move |event| {
             let items: Vec<Value> = match event {
                 StreamEvent::Delta(text) => vec![chunk(json!({ "content": text }), None)],
+                StreamEvent::Reasoning(text) => vec![chunk(json!({ "reasoning_content": text }), None)],
+                StreamEvent::ReasoningSignature(signature) => vec![chunk(
+                    json!({ "thinking_blocks": [ { "type": "thinking", "thinking": "", "signature": signature } ] }),
+                    None,
+                )],
                 // A call's first chunk names it; the next ones add to its arguments. `index` counts
                 // the calls from 0 (not Bedrock's content blocks), as the SDKs' accumulators expect.
                 // A forced tool's arguments are the answer's text.

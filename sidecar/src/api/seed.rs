@@ -124,6 +124,10 @@ fn seed_stream(events: mpsc::Receiver<StreamEvent>, extra: Value) -> Response {
         StreamEvent::ToolCall { .. } | StreamEvent::ToolArguments { .. } => {
             Ok(Event::default().comment("tool call"))
         }
+        // The seed's API asks for no reasoning.
+        StreamEvent::Reasoning(_) | StreamEvent::ReasoningSignature(_) => {
+            Ok(Event::default().comment("reasoning"))
+        }
     })
 }
 

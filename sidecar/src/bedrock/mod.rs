@@ -16,10 +16,10 @@ pub use self::client::Invoked;
 use self::client::{BedrockClient, Signer};
 pub use self::{
     model::{
-        Block, CachePoint, CacheTtl, DocumentFormat, FRAMING_BOUND_PER_MESSAGE,
+        Block, CachePoint, CacheTtl, DocumentFormat, Effort, FRAMING_BOUND_PER_MESSAGE,
         FRAMING_BOUND_PER_REQUEST, ImageFormat, Message, ModelAnswer, ModelRequest, OutputSchema,
-        Purpose, Role, Tool, ToolCall, ToolChoice, Tools, caches_prompts, closed,
-        has_structured_outputs,
+        Purpose, ReasoningStyle, Role, Tool, ToolCall, ToolChoice, Tools, caches_prompts, closed,
+        has_structured_outputs, reasoning_style,
     },
     stream::{ConverseEvents, StreamPart},
 };

@@ -49,6 +49,81 @@ pub enum Block {
     },
     /// The prompt up to here is to be cached.
     CachePoint(CachePoint),
+    /// The model's reasoning in an earlier turn, sent back with its signature (Claude needs it
+    /// before the tool calls of the turn being answered).
+    Reasoning {
+        text: String,
+        signature: String,
+    },
+}
+
+/// How much the model reasons before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effort {
+    Low,
+    Medium,
+    High,
+}
+
+impl Effort {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "minimal" | "low" => Some(Effort::Low),
+            "medium" => Some(Effort::Medium),
+            "high" => Some(Effort::High),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effort::Low => "low",
+            Effort::Medium => "medium",
+            Effort::High => "high",
+        }
+    }
+
+    /// Claude's thinking budget for this effort (at least Anthropic's minimum of 1,024).
+    pub fn thinking_budget(self) -> u32 {
+        match self {
+            Effort::Low => 1024,
+            Effort::Medium => 4096,
+            Effort::High => 16384,
+        }
+    }
+}
+
+/// How a model is told to reason, by family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningStyle {
+    /// Claude's extended thinking: `thinking: {type: enabled, budget_tokens}`.
+    ClaudeThinking,
+    /// Nova 2's `reasoningConfig: {type: enabled, maxReasoningEffort}`.
+    NovaReasoning,
+    /// gpt-oss's `reasoning_effort`.
+    ReasoningEffort,
+}
+
+/// How Bedrock lets this model's reasoning be asked for, if it does.
+pub fn reasoning_style(model_id: &str) -> Option<ReasoningStyle> {
+    let base = k8s_ai_api::model_id::base_model_id(model_id);
+    if [
+        "anthropic.claude-3-7-",
+        "anthropic.claude-sonnet-4",
+        "anthropic.claude-opus-4",
+        "anthropic.claude-haiku-4-5",
+    ]
+    .iter()
+    .any(|p| base.starts_with(p))
+    {
+        Some(ReasoningStyle::ClaudeThinking)
+    } else if base.starts_with("amazon.nova-2") {
+        Some(ReasoningStyle::NovaReasoning)
+    } else if base.starts_with("openai.gpt-oss") {
+        Some(ReasoningStyle::ReasoningEffort)
+    } else {
+        None
+    }
 }
 
 /// A point of the prompt up to which Bedrock caches it, and for how long.
@@ -310,6 +385,12 @@ pub struct ModelRequest {
     pub tools: Option<Tools>,
     /// The schema the answer's text must follow, if any.
     pub output_schema: Option<OutputSchema>,
+    /// How much the model reasons first, if asked.
+    pub effort: Option<Effort>,
+    /// Claude's thinking budget, set from `effort` once the model and its token cap are known.
+    pub thinking_budget: Option<u32>,
+    /// How the model is told to reason (set with `effort`, once the model is known).
+    pub reasoning_style: Option<ReasoningStyle>,
     pub max_tokens: u32,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -355,7 +436,8 @@ impl ModelRequest {
                     Block::ToolUse { .. }
                     | Block::Image { .. }
                     | Block::Document { .. }
-                    | Block::CachePoint(_) => None,
+                    | Block::CachePoint(_)
+                    | Block::Reasoning { .. } => None,
                 }),
         )
     }
@@ -494,6 +576,7 @@ impl ModelRequest {
                 Block::ToolResult { id, text, .. } => id.len() + text.len(),
                 // Counted by their own bounds in `worst_case_input_tokens`.
                 Block::Image { .. } | Block::Document { .. } | Block::CachePoint(_) => 0,
+                Block::Reasoning { text, signature } => text.len() + signature.len(),
             })
             .sum();
         let tools: usize = self
@@ -521,6 +604,10 @@ pub struct ToolCall {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelAnswer {
     pub text: String,
+    /// The model's reasoning before its answer (its thinking), and the signature that lets it be
+    /// sent back in a later turn.
+    pub reasoning: String,
+    pub reasoning_signature: String,
     pub tool_calls: Vec<ToolCall>,
     pub stop_reason: String,
     pub usage: TokenUsage,

@@ -34,6 +34,10 @@ pub enum StreamPart {
     },
     /// More of the arguments (JSON text) of the tool call in content block `block`.
     ToolInput { block: u32, json: String },
+    /// More of the model's reasoning.
+    Reasoning(String),
+    /// The signature of the reasoning so far.
+    ReasoningSignature(String),
     /// The model stopped, for this reason (`end_turn`, `max_tokens`, `guardrail_intervened`, …).
     Stop(String),
     /// Bedrock's count of what the call used: tokens, and the guardrail's text units.
@@ -166,13 +170,22 @@ fn part(message: &Message) -> Result<StreamPart, ApiError> {
         }
         "contentBlockDelta" => {
             let event: ContentBlockDeltaEvent = payload(message, "contentBlockDelta")?;
-            match (event.delta.text, event.delta.tool_use) {
-                (Some(text), _) => StreamPart::Text(text),
-                (None, Some(tool)) => StreamPart::ToolInput {
+            match (
+                event.delta.text,
+                event.delta.tool_use,
+                event.delta.reasoning_content,
+            ) {
+                (Some(text), _, _) => StreamPart::Text(text),
+                (None, Some(tool), _) => StreamPart::ToolInput {
                     block: event.content_block_index,
                     json: tool.input,
                 },
-                (None, None) => StreamPart::Other,
+                (None, None, Some(r)) => match (r.text, r.signature) {
+                    (Some(text), _) => StreamPart::Reasoning(text),
+                    (None, Some(signature)) => StreamPart::ReasoningSignature(signature),
+                    (None, None) => StreamPart::Other,
+                },
+                (None, None, None) => StreamPart::Other,
             }
         }
         "messageStop" => {

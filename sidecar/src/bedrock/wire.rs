@@ -9,7 +9,10 @@ use k8s_ai_api::pricing::{GuardrailUnits, TokenUsage};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Block, CachePoint, CacheTtl, ModelAnswer, ModelRequest, ToolCall, ToolChoice, Tools};
+use super::{
+    Block, CachePoint, CacheTtl, ModelAnswer, ModelRequest, ReasoningStyle, ToolCall, ToolChoice,
+    Tools,
+};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,6 +27,9 @@ pub(super) struct ConverseBody<'a> {
     tool_config: Option<ToolConfigBody<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output_config: Option<OutputConfigBody<'a>>,
+    /// The model family's own settings: here, how it reasons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    additional_model_request_fields: Option<Value>,
 }
 
 /// Structured outputs: `{"textFormat": {"type": "json_schema", "structure": {"jsonSchema": ...}}}`.
@@ -101,6 +107,20 @@ enum BlockBody<'a> {
     Image(ImageBody),
     Document(DocumentBody<'a>),
     CachePoint(CachePointBody),
+    ReasoningContent(ReasoningBody<'a>),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReasoningBody<'a> {
+    reasoning_text: ReasoningTextBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ReasoningTextBody<'a> {
+    text: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    signature: &'a str,
 }
 
 #[derive(Serialize)]
@@ -208,6 +228,9 @@ impl<'a> From<&'a Block> for BlockBody<'a> {
                 },
             }),
             Block::CachePoint(point) => BlockBody::CachePoint((*point).into()),
+            Block::Reasoning { text, signature } => BlockBody::ReasoningContent(ReasoningBody {
+                reasoning_text: ReasoningTextBody { text, signature },
+            }),
             Block::Document {
                 format,
                 name,
@@ -304,6 +327,7 @@ impl<'a> ConverseBody<'a> {
                 stream_processing_mode: stream.then_some("sync"),
             }),
             tool_config: r.tools.as_ref().map(ToolConfigBody::from),
+            additional_model_request_fields: reasoning_fields(r),
             output_config: r.output_schema.as_ref().map(|o| OutputConfigBody {
                 text_format: TextFormatBody {
                     kind: "json_schema",
@@ -318,6 +342,25 @@ impl<'a> ConverseBody<'a> {
             }),
         }
     }
+}
+
+/// The model family's reasoning setting, if the request asks the model to reason.
+fn reasoning_fields(r: &ModelRequest) -> Option<Value> {
+    if let Some(budget) = r.thinking_budget {
+        return Some(
+            serde_json::json!({ "thinking": { "type": "enabled", "budget_tokens": budget } }),
+        );
+    }
+    let effort = r.effort?;
+    Some(match r.reasoning_style? {
+        ReasoningStyle::ClaudeThinking => return None,
+        ReasoningStyle::NovaReasoning => serde_json::json!({
+            "reasoningConfig": { "type": "enabled", "maxReasoningEffort": effort.as_str() }
+        }),
+        ReasoningStyle::ReasoningEffort => {
+            serde_json::json!({ "reasoning_effort": effort.as_str() })
+        }
+    })
 }
 
 /// CountTokens' body: the conversation as Converse takes it (messages, system, tools), without
@@ -463,6 +506,23 @@ struct OutputBlock {
     text: Option<String>,
     #[serde(default)]
     tool_use: Option<OutputToolUse>,
+    #[serde(default)]
+    reasoning_content: Option<OutputReasoning>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OutputReasoning {
+    #[serde(default)]
+    reasoning_text: Option<OutputReasoningText>,
+}
+
+#[derive(Deserialize)]
+struct OutputReasoningText {
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    signature: String,
 }
 
 #[derive(Deserialize)]
@@ -525,7 +585,12 @@ impl ConverseOutput {
             .map(|m| m.content)
             .unwrap_or_default();
         let (mut text, mut tool_calls) = (String::new(), Vec::new());
+        let (mut reasoning, mut reasoning_signature) = (String::new(), String::new());
         for block in blocks {
+            if let Some(r) = block.reasoning_content.and_then(|r| r.reasoning_text) {
+                reasoning.push_str(&r.text);
+                reasoning_signature = r.signature;
+            }
             if let Some(t) = block.text {
                 text.push_str(&t);
             }
@@ -540,6 +605,8 @@ impl ConverseOutput {
         let u = self.usage.unwrap_or_default();
         ModelAnswer {
             text,
+            reasoning,
+            reasoning_signature,
             tool_calls,
             stop_reason: self.stop_reason,
             guardrail_units: self
@@ -581,6 +648,17 @@ pub(super) struct DeltaBody {
     pub(super) text: Option<String>,
     #[serde(default)]
     pub(super) tool_use: Option<ToolUseDelta>,
+    #[serde(default)]
+    pub(super) reasoning_content: Option<ReasoningDelta>,
+}
+
+/// A piece of reasoning: text, or the signature that closes it.
+#[derive(Deserialize)]
+pub(super) struct ReasoningDelta {
+    #[serde(default)]
+    pub(super) text: Option<String>,
+    #[serde(default)]
+    pub(super) signature: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -706,6 +784,9 @@ mod tests {
             output_schema: None,
             purpose: super::super::Purpose::Answer,
             system_cache: None,
+            effort: None,
+            thinking_budget: None,
+            reasoning_style: None,
         };
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
         assert_eq!(
