@@ -9,6 +9,8 @@ from decimal import Decimal
 import anthropic
 import pytest
 
+from costs import cost_counted, haiku_cost
+
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
@@ -22,18 +24,6 @@ def bedrock_client(url: str) -> anthropic.AnthropicBedrock:
     # It signs with whatever keys it has; the sidecar ignores the signature and signs itself.
     return anthropic.AnthropicBedrock(base_url=url, aws_region="us-east-1", aws_access_key="unused",
                                       aws_secret_key="unused", max_retries=0)
-
-
-def cost_counted(admin: str) -> Decimal:
-    with urllib.request.urlopen(f"{admin}/metrics") as r:
-        page = r.read().decode()
-    return sum((Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
-                if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{")), Decimal(0))
-
-
-def haiku_cost(record) -> Decimal:
-    """Claude Haiku 4.5 through its US profile: $1.10 / $5.50 per million tokens."""
-    return (Decimal(record["inputTokens"]) * Decimal("1.1") + Decimal(record["outputTokens"]) * Decimal("5.5")) / 10**6
 
 
 def test_messages_text_tools_and_exact_cost(sidecar, emulator):

@@ -4,7 +4,6 @@ bedrock-runtime client (Converse, ConverseStream, tool use, errors) and LangChai
 the sidecar signs with the pod's identity."""
 
 import json
-import urllib.request
 from decimal import Decimal
 
 import boto3
@@ -14,6 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import seed_manifests, start_sidecar
+from costs import cost_counted, haiku_cost
 
 HAIKU = "anthropic.claude-haiku-4-5-20251001-v1:0"
 UNSIGNED = botocore.config.Config(signature_version=botocore.UNSIGNED, retries={"max_attempts": 1, "mode": "standard"})
@@ -21,18 +21,6 @@ UNSIGNED = botocore.config.Config(signature_version=botocore.UNSIGNED, retries={
 
 def runtime(url: str):
     return boto3.client("bedrock-runtime", endpoint_url=url, region_name="us-east-1", config=UNSIGNED)
-
-
-def cost_counted(admin: str) -> Decimal:
-    with urllib.request.urlopen(f"{admin}/metrics") as r:
-        page = r.read().decode()
-    return sum((Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
-                if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{")), Decimal(0))
-
-
-def haiku_cost(record) -> Decimal:
-    """Claude Haiku 4.5 through its US profile: $1.10 / $5.50 per million tokens."""
-    return (Decimal(record["inputTokens"]) * Decimal("1.1") + Decimal(record["outputTokens"]) * Decimal("5.5")) / 10**6
 
 
 def test_boto3_converse_by_endpoint_name_and_by_model_id(sidecar, emulator):

@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from conftest import seed_manifests, start_sidecar
+from costs import cost_counted
 
 
 def tokens(text: str) -> int:
@@ -111,10 +112,7 @@ def test_openai_sdk_tool_call_round_trip(sidecar, emulator):
     calls = emulator.admin("/_emulator/requests?operation=Converse")
     assert [r.get("error") for r in calls] == [None, None]
     assert [r["inputTokens"] for r in calls] == [first.usage.prompt_tokens, second.usage.prompt_tokens]
-    with urllib.request.urlopen(f"{admin}/metrics") as r:
-        page = r.read().decode()
-    counted = sum(Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
-                  if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{"))
+    counted = cost_counted(admin)
     # Claude Haiku 4.5 through its US profile: $1.10 / $5.50 per million tokens.
     expected = sum(Decimal(r["inputTokens"]) * Decimal("1.1") + Decimal(r["outputTokens"]) * Decimal("5.5") for r in calls) / 10**6
     assert abs(counted - expected) < Decimal("1e-12"), (counted, expected)
@@ -336,10 +334,7 @@ def test_embeddings_through_the_openai_sdk_and_langchain(embedders, emulator):
     assert len(calls) == 3 + 1 + 1, "Titan: one call a text; Cohere: one for all"
     assert titan.usage.prompt_tokens == sum(c["inputTokens"] for c in calls[:3])
     assert cohere.usage.prompt_tokens == calls[4]["inputTokens"]
-    with urllib.request.urlopen(f"{admin}/metrics") as r:
-        page = r.read().decode()
-    counted = sum(Decimal(line.rsplit(" ", 1)[1]) for line in page.splitlines()
-                  if line.startswith("k8s_ai_operator_bedrock_invocation_cost_dollars_total{"))
+    counted = cost_counted(admin)
     titan_tokens = sum(c["inputTokens"] for c in calls[:4])
     # Titan V2 $0.02 and Cohere Embed 3 $0.10 per million input tokens.
     expected = (Decimal(titan_tokens) * Decimal("0.02") + Decimal(calls[4]["inputTokens"]) * Decimal("0.10")) / 10**6

@@ -84,3 +84,41 @@ status:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_new_request_shapes_are_accepted_by_ministack(ministack, tmp_path):
+    """The Converse bodies the sidecar now writes (tools and tool history, cache points with a TTL,
+    Claude's thinking, a document) parse in an emulator nobody here wrote. MiniStack answers them
+    all with its mock text and does not model tools, caching or thinking (nor CountTokens or
+    embeddings): those behaviours are checked against our emulator, which follows Bedrock's
+    documentation, elsewhere."""
+    import base64
+
+    from media import pdf
+
+    proc, url, _ = start_sidecar(ministack, seed_manifests(), tmp_path)
+    try:
+        weather = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}}}}]
+        history = [
+            {"role": "user", "content": "get_weather in Rome?"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Rome\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+        ]
+        document = base64.b64encode(pdf(1)).decode()
+        for body in [
+            {"model": "claude-haiku", "tools": weather, "messages": history},
+            {"model": "claude-haiku", "reasoning_effort": "low", "max_tokens": 256,
+             "messages": [{"role": "user", "content": "think"}]},
+            {"model": "claude-haiku", "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]},
+                {"role": "user", "content": [{"type": "text", "text": "Read this."},
+                                             {"type": "file", "file": {"filename": "a.pdf", "file_data": f"data:application/pdf;base64,{document}"}}]}]},
+        ]:
+            status, text = post(f"{url}/v1/chat/completions", body)
+            assert status == 200, (body, text)
+            assert json.loads(text)["choices"][0]["message"]["content"].startswith("[ministack mock")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,6 +1,7 @@
 //! Shared by the sidecar's fuzz targets: the sidecar's data API in process (`--standalone` with
 //! the seed's objects), in front of a fake Bedrock on loopback whose ConverseStream answer is
-//! whatever the current input says. Real HTTP, real AWS SDK (SigV4, event-stream decoding).
+//! whatever the current input says. Real HTTP, real SigV4 and event-stream decoding (the
+//! sidecar's Bedrock client, on the AWS crates the SDK is built on).
 
 use std::{
     net::SocketAddr,
@@ -154,9 +155,20 @@ pub fn check_answer(status: StatusCode, body: &[u8]) {
         }
         let error: serde_json::Value = serde_json::from_slice(body)
             .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {}", String::from_utf8_lossy(body)));
-        let code = error["error"]["code"].as_str().expect("error.code");
-        assert!(!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty() && m.len() <= 1024));
+        // Bedrock's routes answer `{"message"}` (the code in a header), Anthropic's route
+        // `{"type": "error", "error": {"type", "message"}}`; ours `{"error": {"code", "message"}}`.
+        // Either way the message starts with, or the body carries, a stable snake_case code.
+        let (code, message) = if let Some(message) = error["message"].as_str() {
+            (message.split(':').next().unwrap_or_default(), message)
+        } else if error["type"] == "error" {
+            let message = error["error"]["message"].as_str().expect("error.message");
+            (message.split(':').next().unwrap_or_default(), message)
+        } else {
+            let code = error["error"]["code"].as_str().expect("error.code");
+            (code, error["error"]["message"].as_str().expect("error.message"))
+        };
+        assert!(!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "code {code:?}");
+        assert!(!message.is_empty() && message.len() <= 1200, "message {message:?}");
     }
 }
 

@@ -333,6 +333,7 @@ impl AppState {
             .unwrap_or(endpoint.spec.max_tokens)
             .clamp(1, endpoint.spec.max_tokens);
         request.check_media().map_err(ApiError::invalid)?;
+        request.check_blank_text().map_err(ApiError::invalid)?;
         check_purpose(&endpoint, &mut request)?;
         apply_reasoning(&endpoint, &mut request)?;
         if self.settings.prompt_cache == crate::settings::PromptCache::Auto

@@ -696,29 +696,27 @@ pub(super) async fn count_tokens(State(state): State<Arc<AppState>>, Body(body):
     }
 }
 
+/// An InvokeModel call with an Anthropic body: the model as Bedrock names it in answers, and
+/// the answer, whole or streamed (`stream`, by the route).
+async fn invoked(
+    state: &Arc<AppState>,
+    model_id: &str,
+    body: &[u8],
+    stream: bool,
+) -> Result<(String, Result<Answer, ApiError>), ApiError> {
+    let endpoint = bedrock_runtime::endpoint(state, model_id)?;
+    let asked = invoke_body(body, state)?;
+    let model = k8s_ai_api::model_id::base_model_id(&endpoint.model_to_call).to_owned();
+    Ok((model, run(state, endpoint, Asked { stream, ..asked }).await))
+}
+
 /// InvokeModel with an Anthropic body: the Messages answer in Bedrock's wire protocol.
 pub(super) async fn invoke(
     State(state): State<Arc<AppState>>,
     bedrock_runtime::ModelId(model_id): bedrock_runtime::ModelId,
     Body(body): Body,
 ) -> Response {
-    let outcome = async {
-        let endpoint = bedrock_runtime::endpoint(&state, &model_id)?;
-        let asked = invoke_body(&body, &state)?;
-        let model = k8s_ai_api::model_id::base_model_id(&endpoint.model_to_call).to_owned();
-        Ok((
-            model,
-            run(
-                &state,
-                endpoint,
-                Asked {
-                    stream: false,
-                    ..asked
-                },
-            )
-            .await,
-        ))
-    };
+    let outcome = invoked(&state, &model_id, &body, false);
     match outcome.await {
         Ok((model, Ok(Answer::Whole(result)))) => {
             let mut response = Json(message(&result.answer, &model)).into_response();
@@ -754,23 +752,7 @@ pub(super) async fn invoke_with_response_stream(
     bedrock_runtime::ModelId(model_id): bedrock_runtime::ModelId,
     Body(body): Body,
 ) -> Response {
-    let outcome = async {
-        let endpoint = bedrock_runtime::endpoint(&state, &model_id)?;
-        let asked = invoke_body(&body, &state)?;
-        let model = k8s_ai_api::model_id::base_model_id(&endpoint.model_to_call).to_owned();
-        Ok((
-            model,
-            run(
-                &state,
-                endpoint,
-                Asked {
-                    stream: true,
-                    ..asked
-                },
-            )
-            .await,
-        ))
-    };
+    let outcome = invoked(&state, &model_id, &body, true);
     let (model, events) = match outcome.await {
         Ok((model, Ok(Answer::Streamed(events)))) => (model, Some(events)),
         Ok((model, Err(e))) if e.code == "guardrail_blocked" => {

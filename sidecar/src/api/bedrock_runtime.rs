@@ -26,7 +26,7 @@ use crate::{
         Block, CachePoint, CacheTtl, DocumentFormat, Effort, ImageFormat, ModelAnswer,
         ModelRequest, OutputSchema, Tool, ToolChoice, Tools,
     },
-    calls::{AppState, CallResult, StreamEvent, format_cost},
+    calls::{AppState, CallResult, Prepared, StreamEvent, format_cost},
     catalog::EndpointConfig,
     errors::ApiError,
 };
@@ -440,6 +440,14 @@ pub(super) fn endpoint(state: &AppState, model_id: &str) -> Result<Arc<EndpointC
     }
 }
 
+/// A Converse body for `{modelId}`, read and checked, its limits and budget reserved.
+async fn prepare(state: &AppState, model_id: &str, body: &[u8]) -> Result<Prepared, ApiError> {
+    let endpoint = endpoint(state, model_id)?;
+    let (request, max_tokens) =
+        parse::<ConverseBody>(body, state.settings.max_body_bytes)?.into_request()?;
+    state.prepare(endpoint, request, max_tokens).await
+}
+
 pub(super) async fn converse(
     State(state): State<Arc<AppState>>,
     ModelId(model_id): ModelId,
@@ -447,10 +455,7 @@ pub(super) async fn converse(
 ) -> Response {
     let started = Instant::now();
     let outcome = async {
-        let endpoint = endpoint(&state, &model_id)?;
-        let (request, max_tokens) =
-            parse::<ConverseBody>(&body, state.settings.max_body_bytes)?.into_request()?;
-        let prepared = state.prepare(endpoint, request, max_tokens).await?;
+        let prepared = prepare(&state, &model_id, &body).await?;
         state.call(prepared).await
     };
     match outcome.await {
@@ -629,10 +634,7 @@ pub(super) async fn converse_stream(
 ) -> Response {
     let started = Instant::now();
     let outcome = async {
-        let endpoint = endpoint(&state, &model_id)?;
-        let (request, max_tokens) =
-            parse::<ConverseBody>(&body, state.settings.max_body_bytes)?.into_request()?;
-        let prepared = state.prepare(endpoint, request, max_tokens).await?;
+        let prepared = prepare(&state, &model_id, &body).await?;
         state.call_streaming(prepared).await
     };
     match outcome.await {

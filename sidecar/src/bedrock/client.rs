@@ -345,11 +345,7 @@ impl BedrockClient {
             body,
         };
         self.send(&call, deadline, async |response| {
-            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
-                .to_bytes();
+            let bytes = read_body(response.into_body()).await?;
             let out: ConverseOutput = serde_json::from_slice(&bytes)
                 .map_err(|e| AttemptError::Malformed(e.to_string()))?;
             Ok(out.into_answer())
@@ -400,11 +396,7 @@ impl BedrockClient {
             body,
         };
         self.send(&call, deadline, async |response| {
-            let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
-                .to_bytes();
+            let bytes = read_body(response.into_body()).await?;
             let counted: super::wire::CountTokensOutput = serde_json::from_slice(&bytes)
                 .map_err(|e| AttemptError::Malformed(e.to_string()))?;
             Ok(counted.input_tokens)
@@ -435,11 +427,7 @@ impl BedrockClient {
                 .get("x-amzn-bedrock-input-token-count")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok());
-            let body = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-                .collect()
-                .await
-                .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
-                .to_bytes();
+            let body = read_body(response.into_body()).await?;
             Ok(Invoked { body, input_tokens })
         })
         .await
@@ -556,11 +544,7 @@ impl BedrockClient {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
-            .to_bytes();
+        let bytes = read_body(response.into_body()).await?;
         let fields: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         let code = error_code(error_type.as_deref(), &fields, status);
         Err(AttemptError::Service {
@@ -586,6 +570,15 @@ struct Call<'a> {
     path: String,
     accept: &'static str,
     body: Bytes,
+}
+
+/// An answer's whole body, at most [`MAX_ANSWER_BYTES`].
+async fn read_body(body: Incoming) -> Result<Bytes, AttemptError> {
+    Ok(Limited::new(body, MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|e| AttemptError::Io(format!("reading the answer: {e}")))?
+        .to_bytes())
 }
 
 fn json_body(body: &impl Serialize) -> Result<Bytes, ApiError> {

@@ -524,6 +524,24 @@ impl ModelRequest {
         }
     }
 
+    /// Refuses a message with blank text before anything is sent: Bedrock refuses it (a
+    /// ValidationException the app would get as a 502).
+    pub fn check_blank_text(&self) -> Result<(), String> {
+        for (i, m) in self.messages.iter().enumerate() {
+            if m.content
+                .iter()
+                .any(|b| matches!(b, Block::Text(t) if t.trim().is_empty()))
+            {
+                return Err(format!(
+                    "the {} turn {} has blank text, which Bedrock refuses: send some text or leave it out",
+                    m.role.as_str(),
+                    i + 1
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses media over Bedrock's limits before anything is sent, naming the limit.
     pub fn check_media(&self) -> Result<(), String> {
         let blocks = || self.messages.iter().flat_map(|m| &m.content);
