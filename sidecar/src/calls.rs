@@ -95,13 +95,12 @@ fn worst_case_cost(price: &ModelPrice, request: &ModelRequest, input: u64) -> De
     } else {
         Decimal::ZERO
     };
-    let ttls: Vec<_> = request.cache_points().map(|p| p.ttl).collect();
-    let (writes, hour_writes) = if ttls.is_empty() {
-        (0, 0)
-    } else if ttls.contains(&Some(crate::bedrock::CacheTtl::OneHour)) {
-        (input, input)
-    } else {
-        (input, 0)
+    let hour = Some(crate::bedrock::CacheTtl::OneHour);
+    let mut ttls = request.cache_points().map(|p| p.ttl);
+    let (writes, hour_writes) = match ttls.next() {
+        None => (0, 0),
+        Some(first) if first == hour || ttls.any(|t| t == hour) => (input, input),
+        Some(_) => (input, 0),
     };
     price
         .cost(&TokenUsage {

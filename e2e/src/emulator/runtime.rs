@@ -96,6 +96,21 @@ fn add_usage(a: &Value, b: &Value) -> Value {
 }
 
 impl Outcome {
+    /// A call that bills `input_tokens` and produces no text (an embedding; a count, at 0).
+    fn input_only(input_tokens: u64) -> Self {
+        Outcome {
+            text: String::new(),
+            stop: "end_turn",
+            input_tokens,
+            output_tokens: 0,
+            cache: cache::CacheUse::default(),
+            trace: None,
+            guardrail_usage: None,
+            tool_uses: Vec::new(),
+            reasoning: None,
+        }
+    }
+
     fn usage(&self) -> Value {
         let mut usage = json!({
             "inputTokens": self.input_tokens,
@@ -1134,17 +1149,7 @@ impl Emulator {
         };
         let (answer, tokens) = embeddings::answer(kind, &asked);
         self.simulate_latency(0).await;
-        let outcome = Outcome {
-            text: String::new(),
-            stop: "end_turn",
-            input_tokens: tokens,
-            output_tokens: 0,
-            cache: cache::CacheUse::default(),
-            trace: None,
-            guardrail_usage: None,
-            tool_uses: Vec::new(),
-            reasoning: None,
-        };
+        let outcome = Outcome::input_only(tokens);
         self.record_call(
             "InvokeModel",
             model_id,
@@ -1197,17 +1202,7 @@ pub async fn count_tokens_route(
     };
     let prompt = &accepted.prompt;
     let tokens = prompt.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + prompt.framing;
-    let free = Outcome {
-        text: String::new(),
-        stop: "end_turn",
-        input_tokens: 0,
-        output_tokens: 0,
-        cache: cache::CacheUse::default(),
-        trace: None,
-        guardrail_usage: None,
-        tool_uses: Vec::new(),
-        reasoning: None,
-    };
+    let free = Outcome::input_only(0);
     emulator.record_call(
         "CountTokens",
         &model_id,
