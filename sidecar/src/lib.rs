@@ -84,14 +84,19 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
             aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
         ))
         .build_https();
+    // The region for STS only (each endpoint names its own) from the environment, never IMDS:
+    // a pod that cannot reach it (EKS's hop limit of 1) would start 2 s late on its timeouts.
+    let region = aws_config::meta::region::RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .region()
+    .await
+    .unwrap_or_else(|| aws_config::Region::new("us-east-1"));
     let base = aws_config::defaults(BehaviorVersion::latest())
         .http_client(https.clone())
+        .region(region.clone())
         .load()
         .await;
-    let region = base
-        .region()
-        .cloned()
-        .unwrap_or_else(|| aws_config::Region::new("us-east-1"));
     // AssumeRoleWithWebIdentity is unsigned: its client needs no credentials of its own.
     let sts_config = aws_config::defaults(BehaviorVersion::latest())
         .http_client(https)
@@ -115,7 +120,6 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         session,
         settings.credential_refresh_before,
     ));
-    let base = base.into_builder().region(region).build();
     let upstream = Upstream::new(
         base,
         roles,
