@@ -6,12 +6,15 @@ test node reaches no registry, so its images are assembled here (one layer, no b
       --file /usr/bin/curl:/usr/bin/curl --libs-of /usr/bin/curl --dir /tmp:1777 \
       --symlink /bin/sh:busybox --entrypoint /bin/sh --user 65532:65532
 
---file SRC:DST copies a file (mode kept); --tree SRC:DST a directory's files; --libs-of BIN adds the shared libraries BIN loads (as
+--file SRC:DST copies a file (mode kept); --tree SRC:DST a directory's files (but those under a
+directory named like a --skip pattern); --libs-of BIN adds the shared libraries BIN loads (as
 `ldd` lists them) and its dynamic loader; --text DST:CONTENT writes a small file; --dir
-DST[:MODE[:UID]] makes a directory. The tar is deterministic: same inputs, same digest.
+DST[:MODE[:UID]] makes a directory. @FILE reads more arguments from FILE, one a line. The tar is
+deterministic: same inputs, same digest.
 """
 
 import argparse
+import fnmatch
 import hashlib
 import io
 import json
@@ -89,11 +92,13 @@ def blob(out: tarfile.TarFile, data: bytes) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     fromfile_prefix_chars="@")
     parser.add_argument("--name", required=True, action="append", help="the image reference, e.g. localhost/k8s-ai/app:e2e (repeatable: more names for the same image)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--file", action="append", default=[], help="SRC:DST")
     parser.add_argument("--tree", action="append", default=[], help="SRC_DIR:DST_DIR, regular files only")
+    parser.add_argument("--skip", action="append", default=[], help="a directory name pattern --tree leaves out, e.g. __pycache__")
     parser.add_argument("--libs-of", action="append", default=[], help="a dynamically linked binary")
     parser.add_argument("--text", action="append", default=[], help="DST:CONTENT")
     parser.add_argument("--dir", action="append", default=[], help="DST[:OCTAL MODE[:OWNER UID]]")
@@ -115,7 +120,7 @@ def main():
     for spec in args.tree:
         src, _, dst = spec.partition(":")
         for dirpath, dirnames, filenames in os.walk(src):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in args.skip))
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
                 if os.path.isfile(path) and not os.path.islink(path):

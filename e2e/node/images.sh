@@ -7,6 +7,9 @@
 #   localhost/k8s-ai/app:e2e        an app with a shell (busybox) and curl, for the quick start;
 #                                    also named docker.io/curlimages/curl:8.11.1, so the README's
 #                                    Deployment applies verbatim (its image is never pulled here)
+#   localhost/k8s-ai/python-app:e2e the same with Python and boto3 (e2e/node/python_app.py), for
+#                                    an unchanged Bedrock app routed through the sidecar; built
+#                                    only when $PYTHON names an interpreter that has boto3
 # The two of ours sit on what distroless/static holds (CA certificates, tzdata, an /etc/passwd
 # with the nonroot user 65532), taken from Debian's packages. No registry is reachable here, so
 # nothing is pulled; the issue on images builds the Dockerfiles themselves with buildah.
@@ -46,3 +49,11 @@ for tool in sh ash sleep cat echo grep sed tr wc head tail ls env kill date prin
   app+=(--symlink "/bin/$tool:busybox")
 done
 image --name localhost/k8s-ai/app:e2e --name docker.io/curlimages/curl:8.11.1 --out "$out/app.tar" "${app[@]}" --cmd /bin/sh
+
+# An unchanged Bedrock app, when $PYTHON names an interpreter with boto3 (the tests pass their
+# venv's, pinned by e2e/python/requirements.txt): busybox as above, Python and boto3.
+if [[ -n ${PYTHON:-} ]]; then
+  "$PYTHON" e2e/node/python_app.py boto3 > "$out/python-app.args"
+  image --name localhost/k8s-ai/python-app:e2e --out "$out/python-app.tar" "${app[@]}" @"$out/python-app.args" --cmd /bin/sh
+  rm "$out/python-app.args"
+fi

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -97,7 +98,7 @@ def bring_up(tmp_dir) -> tuple[Node, Emulator]:
     subprocess.run([str(NODE_SH), "up"], check=True)
     state = json.loads((NODE_DIR / "node.json").read_text())
     images = tmp_dir / "images"
-    subprocess.run([str(ROOT / "e2e" / "node" / "images.sh"), str(images)], check=True)
+    subprocess.run([str(ROOT / "e2e" / "node" / "images.sh"), str(images)], check=True, env={**os.environ, "PYTHON": sys.executable})
     subprocess.run([str(NODE_SH), "import", *map(str, sorted(images.glob("*.tar")))], check=True)
     node = Node(state)
     emulator = start_node_emulator(state, tmp_dir)

@@ -328,6 +328,68 @@ def ledgers_of(node: Node, namespace: str, pod: str) -> list[dict]:
     return [u for u in node.json("get", "modelusages", "-n", namespace)["items"] if u["metadata"]["name"].startswith(pod)]
 
 
+PYTHON_APP_IMAGE = "localhost/k8s-ai/python-app:e2e"
+
+# An app written for Bedrock, unchanged: boto3's defaults and its own (any) credentials; nothing
+# in it knows the sidecar. It prints what it saw as JSON.
+BEDROCK_APP = """
+import boto3, json
+client = boto3.client("bedrock-runtime")
+question = [{"role": "user", "content": [{"text": "What is a Kubernetes operator?"}]}]
+answer = client.converse(modelId="claude-haiku", messages=question, inferenceConfig={"maxTokens": 200})
+streamed, stream_usage = [], None
+for event in client.converse_stream(modelId="us.anthropic.claude-haiku-4-5-20251001-v1:0", messages=question)["stream"]:
+    streamed.append(event.get("contentBlockDelta", {}).get("delta", {}).get("text", ""))
+    stream_usage = event.get("metadata", {}).get("usage", stream_usage)
+print(json.dumps({
+    "endpoint": client.meta.endpoint_url,
+    "text": answer["output"]["message"]["content"][0]["text"],
+    "usage": answer["usage"],
+    "cost": answer["ResponseMetadata"]["HTTPHeaders"].get("x-ai-sidecar-cost-usd"),
+    "streamed": "".join(streamed),
+    "streamUsage": stream_usage,
+}))
+"""
+
+
+def test_unchanged_bedrock_app_calls_through_the_sidecar(node, workloads):
+    """`route-bedrock-sdk`: a pod whose app is plain boto3 (no endpoint_url, dummy keys of its own)
+    gets Converse and ConverseStream answered through its sidecar: the calls reach Bedrock signed
+    with the endpoint's role as the pod's identity assumed it, and land in the pod's ledger."""
+    pod = json.loads(annotated_pod("bedrock-app", workloads, ["sleep", "3600"]))
+    pod["metadata"]["annotations"]["ai.kernelpanic09.io/route-bedrock-sdk"] = "true"
+    pod["spec"]["containers"][0].update(image=PYTHON_APP_IMAGE, env=[
+        {"name": "AWS_DEFAULT_REGION", "value": "us-east-1"},
+        {"name": "AWS_ACCESS_KEY_ID", "value": "AKIAIOSFODNN7EXAMPLE"},
+        {"name": "AWS_SECRET_ACCESS_KEY", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"},
+    ])
+    node.apply(json.dumps(pod))
+    node.out("wait", "-n", workloads, "--for=condition=Ready", "pod/bedrock-app", "--timeout=90s", timeout=100)
+    env = {e["name"]: e.get("value") for e in node.json("get", "pod", "bedrock-app", "-n", workloads)["spec"]["containers"][0]["env"]}
+    assert env["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] == "http://localhost:8090", env
+    before = max((r["seq"] for r in node.emulator.admin("/_emulator/requests")), default=0)
+
+    run = node.kubectl("exec", "-n", workloads, "bedrock-app", "-c", "app", "--", "python3", "-c", BEDROCK_APP, check=False, timeout=120)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\n" + node.kubectl("logs", "-n", workloads, "bedrock-app", "-c", "ai-sidecar", check=False).stdout
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["endpoint"] == "http://localhost:8090", seen
+    assert seen["text"].startswith("A Kubernetes operator is a controller"), seen
+    assert seen["streamed"].startswith("A Kubernetes operator is a controller"), seen
+    assert seen["usage"]["inputTokens"] > 0 and seen["streamUsage"]["outputTokens"] > 0, seen
+    assert Decimal(seen["cost"]) > 0, seen
+
+    calls = [r for r in node.emulator.admin("/_emulator/requests") if r["seq"] > before and r["operation"] in ("Converse", "ConverseStream")]
+    assert [r["operation"] for r in calls] == ["Converse", "ConverseStream"], calls
+    # Signed as the pod's sidecar, never with the app's own keys.
+    assert all(r["principal"].endswith(":assumed-role/bedrock-invoker/ai-sidecar-bedrock-app") for r in calls), calls
+    ledger = node.wait_until("both calls in the pod's ledger", lambda: next(
+        (u for u in ledgers_of(node, workloads, "bedrock-app") if u.get("status", {}).get("month", {}).get("invocations") == 2), None), timeout=30)
+    month = ledger["status"]["month"]
+    assert month["inputTokens"] == seen["usage"]["inputTokens"] + seen["streamUsage"]["inputTokens"], (month, seen)
+    assert Decimal(month["cost"]) > Decimal(seen["cost"]), (month, seen)
+    node.out("delete", "pod", "bedrock-app", "-n", workloads, "--wait=false")
+
+
 INVOKE = ("curl -sf -X POST http://localhost:8090/invoke/ai-workloads/claude-haiku -H 'Content-Type: application/json' "
           "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'")
 
