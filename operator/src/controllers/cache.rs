@@ -81,7 +81,10 @@ where
             .wait_for(|listed| *listed)
             .await
             .map(|_| ())
-            .map_err(|_| super::Error::CacheGone(K::kind(&()).into_owned()))
+            .map_err(|source| super::Error::CacheGone {
+                kind: K::kind(&()).into_owned(),
+                source,
+            })
     }
 }
 

@@ -224,7 +224,7 @@ async fn reconcile(ledger: Arc<ModelUsage>, ctx: Arc<Context>) -> Result<Action,
     .map_err(|e| match e {
         kube::runtime::finalizer::Error::ApplyFailed(e)
         | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
+        other => Error::Finalizer(Box::new(other)),
     })
 }
 

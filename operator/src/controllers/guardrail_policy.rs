@@ -275,19 +275,17 @@ fn configs(spec: &GuardrailPolicySpec) -> Result<Configs, BuildError> {
     })
 }
 
-fn bedrock_error<E: ProvideErrorMetadata + std::fmt::Display>(
-    operation: &'static str,
-    e: &SdkError<E>,
-) -> Error {
-    let message = match e {
-        SdkError::ServiceError(s) => format!(
-            "{}: {}",
-            s.err().code().unwrap_or("error"),
-            s.err().message().unwrap_or_default()
-        ),
-        other => other.to_string(),
-    };
-    Error::Bedrock { operation, message }
+/// A failed Bedrock call as the reconcile's error: the message says what Bedrock said, the source
+/// keeps the SDK's error.
+fn bedrock_error<E>(operation: &'static str, e: SdkError<E>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    Error::Bedrock {
+        operation,
+        message: super::aws_error_message(&e),
+        source: Some(Box::new(e)),
+    }
 }
 
 fn not_found<E: ProvideErrorMetadata>(e: &SdkError<E>) -> bool {
@@ -302,7 +300,7 @@ async fn wait_ready(bedrock: &Client, id: &str) -> Result<GetGuardrailOutput, Er
             .guardrail_identifier(id)
             .send()
             .await
-            .map_err(|e| bedrock_error("GetGuardrail", &e))?;
+            .map_err(|e| bedrock_error("GetGuardrail", e))?;
         if *g.status() != GuardrailStatus::Creating
             && *g.status() != GuardrailStatus::Updating
             && *g.status() != GuardrailStatus::Versioning
@@ -314,6 +312,7 @@ async fn wait_ready(bedrock: &Client, id: &str) -> Result<GetGuardrailOutput, Er
     Err(Error::Bedrock {
         operation: "GetGuardrail",
         message: format!("guardrail {id} stayed busy for 30 s"),
+        source: None,
     })
 }
 
@@ -333,14 +332,14 @@ async fn existing(
         {
             Ok(_) => return Ok(Some(id)),
             Err(e) if not_found(&e) => {}
-            Err(e) => return Err(bedrock_error("GetGuardrail", &e)),
+            Err(e) => return Err(bedrock_error("GetGuardrail", e)),
         }
     }
     // Every page: an account may hold more guardrails than one page lists, and a guardrail not
     // found here would be created a second time.
     let mut pages = bedrock.list_guardrails().into_paginator().send();
     while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| bedrock_error("ListGuardrails", &e))?;
+        let page = page.map_err(|e| bedrock_error("ListGuardrails", e))?;
         if let Some(g) = page.guardrails().iter().find(|g| g.name() == name) {
             return Ok(Some(g.id().to_owned()));
         }
@@ -373,7 +372,7 @@ async fn ensure_guardrail(
         .client_request_token(policy.uid().unwrap_or_default())
         .send()
         .await
-        .map_err(|e| bedrock_error("CreateGuardrail", &e))?;
+        .map_err(|e| bedrock_error("CreateGuardrail", e))?;
     Ok(created.guardrail_id().to_owned())
 }
 
@@ -393,6 +392,7 @@ async fn ensure_draft(
     let built = configs(spec).map_err(|e| Error::Bedrock {
         operation: "UpdateGuardrail",
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     bedrock
         .update_guardrail()
@@ -407,7 +407,7 @@ async fn ensure_draft(
         .set_word_policy_config(built.words)
         .send()
         .await
-        .map_err(|e| bedrock_error("UpdateGuardrail", &e))?;
+        .map_err(|e| bedrock_error("UpdateGuardrail", e))?;
     tracing::info!(policy = %policy.name_any(), guardrail = %id, "updated the guardrail's DRAFT to the spec");
     wait_ready(bedrock, id).await
 }
@@ -436,7 +436,7 @@ async fn ensure_version(
             Ok(g) if fingerprint_of_guardrail(&g) == wanted => return Ok(v),
             Ok(_) => {}
             Err(e) if not_found(&e) => {}
-            Err(e) => return Err(bedrock_error("GetGuardrail", &e)),
+            Err(e) => return Err(bedrock_error("GetGuardrail", e)),
         }
     }
     // Same spec, same token: a version cut before a crash is returned, not cut twice.
@@ -460,7 +460,7 @@ async fn ensure_version(
         ))
         .send()
         .await
-        .map_err(|e| bedrock_error("CreateGuardrailVersion", &e))?;
+        .map_err(|e| bedrock_error("CreateGuardrailVersion", e))?;
     wait_ready(bedrock, id).await?;
     Ok(created.version().to_owned())
 }
@@ -471,6 +471,7 @@ async fn apply(policy: Arc<GuardrailPolicy>, ctx: &Context) -> Result<Action, Er
     let built = configs(&policy.spec).map_err(|e| Error::Bedrock {
         operation: "CreateGuardrail",
         message: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     let wanted = fingerprint_of_spec(&policy.spec);
     let id = ensure_guardrail(&bedrock, &policy, &name, built).await?;
@@ -502,7 +503,7 @@ async fn write_status(
     policy: &GuardrailPolicy,
     status: serde_json::Value,
 ) -> Result<(), Error> {
-    let patch = json!({ "apiVersion": "ai.kernelpanic09.io/v1alpha1", "kind": "GuardrailPolicy", "status": status });
+    let patch = super::status_patch::<GuardrailPolicy>(status);
     Api::<GuardrailPolicy>::all(ctx.client.clone())
         .patch_status(
             &policy.name_any(),
@@ -531,7 +532,7 @@ async fn cleanup(policy: Arc<GuardrailPolicy>, ctx: &Context) -> Result<Action, 
                 tracing::info!(policy = %policy.name_any(), guardrail = %id, "deleted the Bedrock guardrail");
             }
             Err(e) if not_found(&e) => {}
-            Err(e) => return Err(bedrock_error("DeleteGuardrail", &e)),
+            Err(e) => return Err(bedrock_error("DeleteGuardrail", e)),
         }
     }
     Ok(Action::await_change())
@@ -573,7 +574,7 @@ async fn reconcile(policy: Arc<GuardrailPolicy>, ctx: Arc<Context>) -> Result<Ac
             }
             Err(e)
         }
-        Err(e) => Err(Error::Finalizer(e.to_string())),
+        Err(e) => Err(Error::Finalizer(Box::new(e))),
     }
 }
 

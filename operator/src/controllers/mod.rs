@@ -14,6 +14,7 @@ pub mod sidecar_rbac;
 
 use std::{sync::Arc, time::Duration};
 
+use aws_sdk_bedrock::error::{ProvideErrorMetadata, SdkError};
 use futures_util::{Stream, StreamExt};
 use k8s_ai_api::ModelUsage;
 use k8s_openapi::api::core::v1::Pod;
@@ -55,11 +56,17 @@ pub enum Error {
     Bedrock {
         operation: &'static str,
         message: String,
+        /// The SDK's error, when there is one (not when a guardrail stayed busy).
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// Adding or removing the finalizer failed (a failed apply or cleanup is its own error).
     #[error("finalizer: {0}")]
-    Finalizer(String),
-    #[error("the operator's cache of {0}s has stopped")]
-    CacheGone(String),
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the operator's cache of {kind}s has stopped")]
+    CacheGone {
+        kind: String,
+        source: tokio::sync::watch::error::RecvError,
+    },
 }
 
 impl Error {
@@ -75,9 +82,34 @@ impl Error {
             Error::NoNamespace => "NoNamespace",
             Error::Bedrock { .. } => "BedrockError",
             Error::Finalizer(_) => "FinalizerError",
-            Error::CacheGone(_) => "CacheGone",
+            Error::CacheGone { .. } => "CacheGone",
         }
     }
+}
+
+/// An AWS SDK error as Conditions, Events and logs show it: a service error's code and message
+/// (`code: message`), else the SDK's own description.
+pub fn aws_error_message<E: ProvideErrorMetadata + std::fmt::Display>(e: &SdkError<E>) -> String {
+    match e {
+        SdkError::ServiceError(s) => format!(
+            "{}: {}",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A server-side apply patch of `K`'s status subresource: `status` under `K`'s own `apiVersion`
+/// and `kind`, which an apply patch must name.
+pub fn status_patch<K: kube::Resource<DynamicType = ()>>(
+    status: serde_json::Value,
+) -> serde_json::Value {
+    let mut patch = serde_json::Map::new();
+    patch.insert("apiVersion".into(), K::api_version(&()).into());
+    patch.insert("kind".into(), K::kind(&()).into());
+    patch.insert("status".into(), status);
+    serde_json::Value::Object(patch)
 }
 
 /// Publishes an Event on `object` (call on transitions only): Normal when `good`, else Warning.
@@ -186,6 +218,36 @@ pub async fn drive<K, E: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_patches_name_the_api_version_and_kind() {
+        use k8s_ai_api::{GuardrailPolicy, ModelEndpoint, PromptTemplate};
+        let status = serde_json::json!({ "observedGeneration": 1 });
+        for (patch, kind) in [
+            (
+                status_patch::<ModelEndpoint>(status.clone()),
+                "ModelEndpoint",
+            ),
+            (
+                status_patch::<PromptTemplate>(status.clone()),
+                "PromptTemplate",
+            ),
+            (
+                status_patch::<GuardrailPolicy>(status.clone()),
+                "GuardrailPolicy",
+            ),
+        ] {
+            assert_eq!(
+                serde_json::to_string(&patch).unwrap(),
+                serde_json::to_string(&serde_json::json!({
+                    "apiVersion": "ai.kernelpanic09.io/v1alpha1",
+                    "kind": kind,
+                    "status": { "observedGeneration": 1 },
+                }))
+                .unwrap()
+            );
+        }
+    }
 
     #[test]
     fn retry_delays_double_per_failure_up_to_the_recheck_and_reset_on_success() {

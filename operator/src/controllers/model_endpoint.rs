@@ -36,11 +36,7 @@ use super::{
 
 const MANAGER: &str = "k8s-ai-operator/modelendpoint";
 
-fn wanted(
-    type_: &'static str,
-    ok: Result<String, (&'static str, String)>,
-    ok_reason: &'static str,
-) -> Wanted {
+fn wanted(type_: &'static str, ok: Check, ok_reason: &'static str) -> Wanted {
     match ok {
         Ok(message) => Wanted {
             type_,
@@ -48,32 +44,59 @@ fn wanted(
             reason: ok_reason,
             message,
         },
-        Err((reason, message)) => Wanted {
+        Err(CheckFailure { reason, message }) => Wanted {
             type_,
             status: false,
-            reason,
+            reason: reason.as_str(),
             message,
         },
     }
 }
 
-fn aws_error<E: ProvideErrorMetadata + std::fmt::Display>(
-    e: &aws_sdk_bedrock::error::SdkError<E>,
-) -> String {
-    match e {
-        aws_sdk_bedrock::error::SdkError::ServiceError(s) => {
-            format!(
-                "{}: {}",
-                s.err().code().unwrap_or("error"),
-                s.err().message().unwrap_or_default()
-            )
+/// Why a check failed: the reason of its condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    AssumeRoleFailed,
+    CredentialsInvalid,
+    BedrockUnreachable,
+    InferenceProfileNotFound,
+    InferenceProfileMismatch,
+    ModelNotFound,
+    GuardrailPolicyNotFound,
+    PriceUnknown,
+}
+
+impl Reason {
+    /// The condition's `reason`, as published.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::AssumeRoleFailed => "AssumeRoleFailed",
+            Self::CredentialsInvalid => "CredentialsInvalid",
+            Self::BedrockUnreachable => "BedrockUnreachable",
+            Self::InferenceProfileNotFound => "InferenceProfileNotFound",
+            Self::InferenceProfileMismatch => "InferenceProfileMismatch",
+            Self::ModelNotFound => "ModelNotFound",
+            Self::GuardrailPolicyNotFound => "GuardrailPolicyNotFound",
+            Self::PriceUnknown => "PriceUnknown",
         }
-        other => other.to_string(),
     }
 }
 
-/// The outcome of one check: what passed, or the condition's reason and message.
-type Check = Result<String, (&'static str, String)>;
+/// A failed check: the condition's reason and a message saying what to change.
+#[derive(Clone, Debug)]
+struct CheckFailure {
+    reason: Reason,
+    message: String,
+}
+
+impl CheckFailure {
+    fn new(reason: Reason, message: String) -> Self {
+        Self { reason, message }
+    }
+}
+
+/// The outcome of one check: what passed, or why not.
+type Check = Result<String, CheckFailure>;
 
 /// What the AWS checks found: the credentials, the model, and the id calls will send.
 #[derive(Clone, Debug)]
@@ -114,14 +137,14 @@ async fn check_aws(ctx: &Context, endpoint: &ModelEndpoint) -> Checked {
                         ));
                         Ok(format!("assumed {role}"))
                     }
-                    None => Err((
-                        "AssumeRoleFailed",
+                    None => Err(CheckFailure::new(
+                        Reason::AssumeRoleFailed,
                         format!("STS returned no credentials for {role}"),
                     )),
                 },
-                Err(e) => Err((
-                    "AssumeRoleFailed",
-                    format!("cannot assume {role}: {}", aws_error(&e)),
+                Err(e) => Err(CheckFailure::new(
+                    Reason::AssumeRoleFailed,
+                    format!("cannot assume {role}: {}", super::aws_error_message(&e)),
                 )),
             }
         }
@@ -129,8 +152,8 @@ async fn check_aws(ctx: &Context, endpoint: &ModelEndpoint) -> Checked {
     if credentials.is_err() {
         return Checked {
             credentials,
-            available: Err((
-                "CredentialsInvalid",
+            available: Err(CheckFailure::new(
+                Reason::CredentialsInvalid,
                 "cannot check the model without credentials".to_owned(),
             )),
             resolved_model_id: None,
@@ -161,7 +184,7 @@ async fn inference_profile_models(
     bedrock: &aws_sdk_bedrock::Client,
     region: &str,
     profile: &str,
-) -> Result<Option<Vec<String>>, (&'static str, String)> {
+) -> Result<Option<Vec<String>>, CheckFailure> {
     match bedrock
         .get_inference_profile()
         .inference_profile_identifier(profile)
@@ -175,11 +198,11 @@ async fn inference_profile_models(
                 .collect(),
         )),
         Err(e) if not_found(&e) => Ok(None),
-        Err(e) => Err((
-            "BedrockUnreachable",
+        Err(e) => Err(CheckFailure::new(
+            Reason::BedrockUnreachable,
             format!(
                 "looking up inference profile {profile} in {region}: {}",
-                aws_error(&e)
+                super::aws_error_message(&e)
             ),
         )),
     }
@@ -191,14 +214,14 @@ async fn inference_profile_models(
 async fn resolve_model(
     bedrock: &aws_sdk_bedrock::Client,
     spec: &ModelEndpointSpec,
-) -> Result<(String, String), (&'static str, String)> {
+) -> Result<(String, String), CheckFailure> {
     let region = spec.region.as_str();
     let list_hint = format!("aws bedrock list-inference-profiles --region {region}");
     let parsed = model_id::parse(&spec.model_id);
     if let ProfileChoice::Named(profile) = spec.profile_choice() {
         let Some(models) = inference_profile_models(bedrock, region, profile).await? else {
-            return Err((
-                "InferenceProfileNotFound",
+            return Err(CheckFailure::new(
+                Reason::InferenceProfileNotFound,
                 format!(
                     "inference profile {profile} does not exist in {region}: set spec.inferenceProfile to one that does ({list_hint}), or to geographic or global"
                 ),
@@ -210,8 +233,8 @@ async fn resolve_model(
                 .iter()
                 .any(|arn| arn.ends_with(&format!("/{}", m.base)))
         {
-            return Err((
-                "InferenceProfileMismatch",
+            return Err(CheckFailure::new(
+                Reason::InferenceProfileMismatch,
                 format!(
                     "inference profile {profile} does not route to {}: it serves {}",
                     m.base,
@@ -231,8 +254,8 @@ async fn resolve_model(
                 .await?
                 .is_none()
         {
-            return Err((
-                "InferenceProfileNotFound",
+            return Err(CheckFailure::new(
+                Reason::InferenceProfileNotFound,
                 format!(
                     "inference profile {} does not exist in {region} ({list_hint})",
                     spec.model_id
@@ -250,8 +273,8 @@ async fn resolve_model(
                 format!("calls inference profile {} in {region}", spec.model_id),
                 spec.model_id.clone(),
             )),
-            None => Err((
-                "InferenceProfileNotFound",
+            None => Err(CheckFailure::new(
+                Reason::InferenceProfileNotFound,
                 format!(
                     "inference profile {} is not offered in {region}: write the base model id {} and let the operator pick the profile, or name one from {list_hint}",
                     spec.model_id, parsed.base
@@ -268,7 +291,7 @@ async fn resolve_base_model(
     bedrock: &aws_sdk_bedrock::Client,
     spec: &ModelEndpointSpec,
     base: &str,
-) -> Result<(String, String), (&'static str, String)> {
+) -> Result<(String, String), CheckFailure> {
     let region = spec.region.as_str();
     let details = match bedrock
         .get_foundation_model()
@@ -278,18 +301,18 @@ async fn resolve_base_model(
     {
         Ok(out) => out.model_details,
         Err(e) if not_found(&e) => {
-            return Err((
-                "ModelNotFound",
+            return Err(CheckFailure::new(
+                Reason::ModelNotFound,
                 format!(
                     "{base} is not offered in {region}: choose a region that offers it (aws bedrock list-foundation-models --region <region>) or another model; {}",
-                    aws_error(&e)
+                    super::aws_error_message(&e)
                 ),
             ));
         }
         Err(e) => {
-            return Err((
-                "BedrockUnreachable",
-                format!("{base} in {region}: {}", aws_error(&e)),
+            return Err(CheckFailure::new(
+                Reason::BedrockUnreachable,
+                format!("{base} in {region}: {}", super::aws_error_message(&e)),
             ));
         }
     };
@@ -342,8 +365,8 @@ async fn resolve_base_model(
         }
         _ => "set spec.inferenceProfile to global, or to the id or ARN of a profile",
     };
-    Err((
-        "InferenceProfileNotFound",
+    Err(CheckFailure::new(
+        Reason::InferenceProfileNotFound,
         format!(
             "{base} needs an inference profile in {region} ({tried}): {fix} (aws bedrock list-inference-profiles --region {region})"
         ),
@@ -381,10 +404,7 @@ async fn cached_aws_check(ctx: &Context, endpoint: &ModelEndpoint) -> Checked {
 }
 
 /// Whether the referenced GuardrailPolicy exists, and whether it is synced to Bedrock yet.
-async fn resolve_guardrail(
-    ctx: &Context,
-    endpoint: &ModelEndpoint,
-) -> Result<Result<String, (&'static str, String)>, Error> {
+async fn resolve_guardrail(ctx: &Context, endpoint: &ModelEndpoint) -> Result<Check, Error> {
     Ok(match &endpoint.spec.guardrail_policy_ref {
         None => Ok("no guardrail".to_owned()),
         Some(policy) => {
@@ -394,8 +414,8 @@ async fn resolve_guardrail(
                 name: policy.clone(),
                 source,
             })? {
-                None => Err((
-                    "GuardrailPolicyNotFound",
+                None => Err(CheckFailure::new(
+                    Reason::GuardrailPolicyNotFound,
                     format!("GuardrailPolicy {policy} does not exist"),
                 )),
                 Some(p) => Ok(
@@ -477,7 +497,7 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
                 p.input_per_million, p.output_per_million
             )
         })
-        .map_err(|e| ("PriceUnknown", e.to_string()));
+        .map_err(|e| CheckFailure::new(Reason::PriceUnknown, e.to_string()));
     let checks = [
         wanted("CredentialsValid", checked.credentials, "CredentialsValid"),
         wanted("Available", checked.available, "ModelAvailable"),
@@ -524,20 +544,16 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         .chain(budget)
         .map(|w| conditions::set(&previous, w, generation))
         .collect();
-    let status = json!({
-        "apiVersion": "ai.kernelpanic09.io/v1alpha1",
-        "kind": "ModelEndpoint",
-        "status": {
-            "available": is_ready,
-            "conditions": conditions,
-            "observedGeneration": generation,
-            "resolvedModelId": checked.resolved_model_id,
-        },
+    let mut status = json!({
+        "available": is_ready,
+        "conditions": conditions,
+        "observedGeneration": generation,
+        "resolvedModelId": checked.resolved_model_id,
     });
-    let mut status = status;
-    if let (Some(s), Some(u)) = (status["status"].as_object_mut(), usage.as_object()) {
+    if let (Some(s), Some(u)) = (status.as_object_mut(), usage.as_object()) {
         s.extend(u.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
+    let status = super::status_patch::<ModelEndpoint>(status);
     Api::<ModelEndpoint>::namespaced(ctx.client.clone(), &ns)
         .patch_status(
             &name,
@@ -680,6 +696,28 @@ mod tests {
             cost_this_month: month.parse().unwrap(),
             ..Totals::default()
         }
+    }
+
+    #[test]
+    fn check_reasons_are_published_as_their_names() {
+        for reason in [
+            Reason::AssumeRoleFailed,
+            Reason::CredentialsInvalid,
+            Reason::BedrockUnreachable,
+            Reason::InferenceProfileNotFound,
+            Reason::InferenceProfileMismatch,
+            Reason::ModelNotFound,
+            Reason::GuardrailPolicyNotFound,
+            Reason::PriceUnknown,
+        ] {
+            assert_eq!(reason.as_str(), format!("{reason:?}"));
+        }
+        let failed = wanted(
+            "Available",
+            Err(CheckFailure::new(Reason::ModelNotFound, "m".into())),
+            "ModelAvailable",
+        );
+        assert_eq!((failed.status, failed.reason), (false, "ModelNotFound"));
     }
 
     #[test]

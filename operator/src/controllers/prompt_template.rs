@@ -76,11 +76,9 @@ async fn reconcile(template: Arc<PromptTemplate>, ctx: Arc<Context>) -> Result<A
     let wanted = validity(&template, exists);
     let transition = conditions::transition(&previous, &wanted);
     let condition = conditions::set(&previous, wanted, generation);
-    let status = json!({
-        "apiVersion": "ai.kernelpanic09.io/v1alpha1",
-        "kind": "PromptTemplate",
-        "status": { "conditions": [condition], "observedGeneration": generation },
-    });
+    let status = super::status_patch::<PromptTemplate>(
+        json!({ "conditions": [condition], "observedGeneration": generation }),
+    );
     let templates: Api<PromptTemplate> = Api::namespaced(ctx.client.clone(), &ns);
     templates
         .patch_status(
