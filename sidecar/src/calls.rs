@@ -10,8 +10,9 @@ use tokio::sync::mpsc;
 
 use crate::{
     bedrock::{
-        Block, ConverseEvents, ModelAnswer, ModelRequest, Purpose, ReasoningStyle, StreamPart,
-        ToolCall, caches_prompts, embeddings::Family, reasoning_style,
+        Block, ConverseEvents, Effort, ModelAnswer, ModelRequest, Purpose, ReasoningStyle,
+        StreamPart, Thinking, ToolCall, adaptive_thinking_only, caches_prompts, embeddings::Family,
+        reasoning_style,
     },
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
@@ -115,19 +116,45 @@ fn worst_case_cost(price: &ModelPrice, request: &ModelRequest, input: u64) -> De
 }
 
 /// Fits a request for reasoning to the endpoint's model: how the family is told to reason, and
-/// for Claude a thinking budget within the endpoint's token cap, on top of the answer's tokens.
+/// for Claude its thinking (adaptive where the model has it, else a budget) within the
+/// endpoint's token cap, on top of the answer's tokens.
 fn apply_reasoning(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Result<(), ApiError> {
+    let model = &endpoint.model_to_call;
+    if adaptive_thinking_only(model)
+        && matches!(
+            request.thinking,
+            Some(Thinking::Budget(_) | Thinking::Disabled)
+        )
+    {
+        return Err(ApiError::invalid(format!(
+            "thinking: {model} takes adaptive thinking only (Bedrock refuses a budget or disabled thinking on it): use thinking {{\"type\": \"adaptive\"}} with output_config.effort, or leave thinking out"
+        )));
+    }
     let Some(effort) = request.effort else {
         return Ok(());
     };
-    let style = reasoning_style(&endpoint.model_to_call).ok_or_else(|| {
+    let style = reasoning_style(model).ok_or_else(|| {
         ApiError::invalid(format!(
-            "reasoning: {} has no reasoning setting on Bedrock (Claude 3.7 and 4, Nova 2 and gpt-oss have): remove it",
-            endpoint.model_to_call
+            "reasoning: {model} has no reasoning setting on Bedrock (Claude 3.7 and 4, Nova 2 and gpt-oss have): remove it"
         ))
     })?;
     request.reasoning_style = Some(style);
-    if style != ReasoningStyle::ClaudeThinking {
+    if style == ReasoningStyle::ClaudeThinking
+        && matches!(request.thinking, Some(Thinking::Adaptive { .. }))
+    {
+        return Err(ApiError::invalid(format!(
+            "thinking.type adaptive: {model} has extended thinking only (adaptive thinking is Claude 4.6's and later's): use type enabled with budget_tokens"
+        )));
+    }
+    if effort == Effort::Max && style != ReasoningStyle::ClaudeAdaptive {
+        return Err(ApiError::invalid(format!(
+            "effort max: {model} has no adaptive thinking, which max is an effort of: use low, medium or high"
+        )));
+    }
+    if !matches!(
+        style,
+        ReasoningStyle::ClaudeThinking | ReasoningStyle::ClaudeAdaptive
+    ) {
         return Ok(());
     }
     if request
@@ -140,21 +167,35 @@ fn apply_reasoning(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Res
         ));
     }
     let cap = endpoint.spec.max_tokens;
-    // A budget the app set itself (Anthropic's and Bedrock's `thinking`) counts within its
-    // max_tokens, as Anthropic counts it.
-    if let Some(budget) = request.thinking_budget {
-        if budget < 1024 || budget >= request.max_tokens {
-            return Err(ApiError::invalid(format!(
-                "thinking.budget_tokens must be at least 1,024 and under max_tokens ({}, at most ModelEndpoint {}'s maxTokens of {cap})",
-                request.max_tokens, endpoint.name
-            )));
+    match request.thinking {
+        // A budget the app set itself (Anthropic's and Bedrock's `thinking`) counts within its
+        // max_tokens, as Anthropic counts it; a model without budgets refuses it upstream.
+        Some(Thinking::Budget(budget)) => {
+            if budget < 1024 || budget >= request.max_tokens {
+                return Err(ApiError::invalid(format!(
+                    "thinking.budget_tokens must be at least 1,024 and under max_tokens ({}, at most ModelEndpoint {}'s maxTokens of {cap})",
+                    request.max_tokens, endpoint.name
+                )));
+            }
+            return Ok(());
         }
-        return Ok(());
+        // So does adaptive thinking the app asked for itself.
+        Some(Thinking::Adaptive { .. } | Thinking::Disabled) => return Ok(()),
+        None => {}
     }
     let total = request
         .max_tokens
         .saturating_add(effort.thinking_budget())
         .min(cap);
+    if style == ReasoningStyle::ClaudeAdaptive {
+        // An effort from the OpenAI API wants the reasoning back: ask for its summary where the
+        // model would leave it out.
+        request.max_tokens = total;
+        request.thinking = Some(Thinking::Adaptive {
+            summarized: adaptive_thinking_only(model).then_some(true),
+        });
+        return Ok(());
+    }
     // Claude's budget must be under max_tokens, and at least 1,024.
     let budget = effort.thinking_budget().min(total.saturating_sub(1));
     if budget < 1024 {
@@ -164,7 +205,7 @@ fn apply_reasoning(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Res
         )));
     }
     request.max_tokens = total;
-    request.thinking_budget = Some(budget);
+    request.thinking = Some(Thinking::Budget(budget));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Reasoning as Bedrock asks for it in `additionalModelRequestFields`: Claude's extended
-//! thinking (a token budget, with Anthropic's rules on it and on the conversation), Nova 2's
+//! thinking (a token budget, with Anthropic's rules on it and on the conversation) and adaptive
+//! thinking (`output_config.effort`; the only kind Claude after 4.6 takes), Nova 2's
 //! `reasoningConfig`, gpt-oss's `reasoning_effort`; and the emulated model's thinking.
 
 use serde_json::Value;
@@ -11,6 +12,10 @@ use super::error::AwsError;
 pub enum Asked {
     /// Claude's `thinking`, with its budget.
     Thinking { budget: u64 },
+    /// Claude's adaptive thinking; `display` as asked (`summarized` or `omitted`).
+    Adaptive { display: Option<String> },
+    /// Claude's `thinking: {type: disabled}`.
+    Disabled,
     /// Nova 2's `reasoningConfig`.
     NovaReasoning,
     /// gpt-oss's `reasoning_effort`.
@@ -27,9 +32,41 @@ fn extraneous(key: &str) -> AwsError {
 /// Claude needs them: the final assistant turn of a tool loop starts with its thinking.
 pub fn read(body: &Value, messages: &[Value]) -> Result<Option<Asked>, AwsError> {
     let fields = &body["additionalModelRequestFields"];
+    if let Some(config) = fields.get("output_config") {
+        let effort = config.get("effort");
+        if let Some(key) = config
+            .as_object()
+            .and_then(|c| c.keys().find(|k| *k != "effort"))
+        {
+            return Err(AwsError::validation(format!(
+                "output_config.{key}: Extra inputs are not permitted"
+            )));
+        }
+        if !effort
+            .and_then(Value::as_str)
+            .is_some_and(|e| ["low", "medium", "high", "max"].contains(&e))
+        {
+            return Err(AwsError::validation(
+                "output_config.effort: Input should be 'low', 'medium', 'high' or 'max'",
+            ));
+        }
+    }
     let asked = if let Some(thinking) = fields.get("thinking") {
         match thinking["type"].as_str() {
-            Some("disabled") => None,
+            Some("disabled") => Some(Asked::Disabled),
+            Some("adaptive") => {
+                let display = thinking
+                    .get("display")
+                    .map(|d| d.as_str().unwrap_or_default());
+                if display.is_some_and(|d| d != "summarized" && d != "omitted") {
+                    return Err(AwsError::validation(
+                        "thinking.adaptive.display: Input should be 'summarized' or 'omitted'",
+                    ));
+                }
+                Some(Asked::Adaptive {
+                    display: display.map(str::to_owned),
+                })
+            }
             Some("enabled") => {
                 let budget = thinking["budget_tokens"].as_u64().unwrap_or(0);
                 if budget < 1024 {
@@ -41,7 +78,7 @@ pub fn read(body: &Value, messages: &[Value]) -> Result<Option<Asked>, AwsError>
             }
             _ => {
                 return Err(AwsError::validation(
-                    "thinking: Input tag does not match any of the expected tags: 'disabled', 'enabled'",
+                    "thinking: Input tag does not match any of the expected tags: 'adaptive', 'disabled', 'enabled'",
                 ));
             }
         }
@@ -52,7 +89,7 @@ pub fn read(body: &Value, messages: &[Value]) -> Result<Option<Asked>, AwsError>
     } else {
         None
     };
-    if let (Some(Asked::Thinking { .. }), Some((i, last))) = (
+    if let (Some(Asked::Thinking { .. } | Asked::Adaptive { .. }), Some((i, last))) = (
         &asked,
         messages
             .iter()
@@ -84,9 +121,47 @@ pub fn read(body: &Value, messages: &[Value]) -> Result<Option<Asked>, AwsError>
     Ok(asked)
 }
 
+/// Claude models with adaptive thinking (Bedrock's "Adaptive thinking" page).
+const ADAPTIVE: &[&str] = &[
+    "anthropic.claude-opus-4-6",
+    "anthropic.claude-sonnet-4-6",
+    "anthropic.claude-opus-4-7",
+    "anthropic.claude-opus-4-8",
+    "anthropic.claude-opus-5",
+    "anthropic.claude-sonnet-5",
+    "anthropic.claude-mythos-",
+    "anthropic.claude-fable-",
+];
+
+/// Of those, the two that still take a budget (deprecated there) and show their thinking unless
+/// told to omit it; the later ones take adaptive thinking only and omit it unless asked.
+const ADAPTIVE_AND_BUDGET: &[&str] = &["anthropic.claude-opus-4-6", "anthropic.claude-sonnet-4-6"];
+
+fn starts(model: &str, prefixes: &[&str]) -> bool {
+    prefixes.iter().any(|p| model.starts_with(p))
+}
+
+const ADAPTIVE_ONLY: &str = "\"thinking.type.enabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\" to control thinking behavior.";
+
+impl Asked {
+    /// Whether the answer carries the thinking's text (else only its signature).
+    pub fn shows_thinking(&self, base_model: &str) -> bool {
+        match self {
+            Asked::Adaptive { display: Some(d) } => d == "summarized",
+            Asked::Adaptive { display: None } => starts(base_model, ADAPTIVE_AND_BUDGET),
+            _ => true,
+        }
+    }
+
+    /// Whether the model thinks before it answers.
+    pub fn thinks(&self) -> bool {
+        !matches!(self, Asked::Disabled)
+    }
+}
+
 /// Checks what was asked against the model and the request, as Bedrock and Anthropic do.
 pub fn check(
-    asked: &Asked,
+    asked: Option<&Asked>,
     base_model: &str,
     body: &Value,
     max_tokens: u32,
@@ -98,8 +173,38 @@ pub fn check(
         "anthropic.claude-haiku-4-5",
     ]
     .iter()
-    .any(|p| base_model.starts_with(p));
+    .any(|p| base_model.starts_with(p))
+        || starts(base_model, ADAPTIVE);
+    let adaptive = starts(base_model, ADAPTIVE);
+    let adaptive_only = adaptive && !starts(base_model, ADAPTIVE_AND_BUDGET);
+    if body["additionalModelRequestFields"]
+        .get("output_config")
+        .is_some()
+    {
+        if !adaptive && !base_model.starts_with("anthropic.claude-opus-4-5") {
+            return Err(extraneous("output_config"));
+        }
+        let effort = &body["additionalModelRequestFields"]["output_config"]["effort"];
+        if effort == "max" && !adaptive {
+            return Err(AwsError::validation(
+                "output_config.effort: 'max' is not supported for this model.",
+            ));
+        }
+    }
+    let Some(asked) = asked else {
+        return Ok(());
+    };
     match asked {
+        Asked::Disabled if adaptive_only => Err(AwsError::validation(
+            "\"thinking.type.disabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\" to control thinking behavior.",
+        )),
+        Asked::Disabled if claude_thinks => Ok(()),
+        Asked::Disabled => Err(extraneous("thinking")),
+        Asked::Adaptive { .. } if !claude_thinks => Err(extraneous("thinking")),
+        Asked::Adaptive { .. } if !adaptive => Err(AwsError::validation(
+            "\"thinking.type.adaptive\" is not supported for this model. Use \"thinking.type.enabled\" with \"budget_tokens\" to control thinking behavior.",
+        )),
+        Asked::Thinking { .. } if adaptive_only => Err(AwsError::validation(ADAPTIVE_ONLY)),
         Asked::Thinking { budget } => {
             if !claude_thinks {
                 return Err(extraneous("thinking"));
@@ -109,22 +214,9 @@ pub fn check(
                     "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size (max_tokens: {max_tokens}, budget_tokens: {budget})"
                 )));
             }
-            let config = &body["inferenceConfig"];
-            if config["temperature"]
-                .as_f64()
-                .is_some_and(|t| (t - 1.0).abs() > f64::EPSILON)
-            {
-                return Err(AwsError::validation(
-                    "`temperature` may only be set to 1 when thinking is enabled. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#feature-compatibility",
-                ));
-            }
-            if config["topP"].as_f64().is_some_and(|p| p < 0.95) {
-                return Err(AwsError::validation(
-                    "`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#feature-compatibility",
-                ));
-            }
-            Ok(())
+            sampling_with_thinking(body)
         }
+        Asked::Adaptive { .. } => sampling_with_thinking(body),
         Asked::NovaReasoning if !base_model.starts_with("amazon.nova-2") => {
             Err(extraneous("reasoningConfig"))
         }
@@ -133,6 +225,25 @@ pub fn check(
         }
         Asked::NovaReasoning | Asked::ReasoningEffort => Ok(()),
     }
+}
+
+/// Anthropic's sampling rules while Claude thinks.
+fn sampling_with_thinking(body: &Value) -> Result<(), AwsError> {
+    let config = &body["inferenceConfig"];
+    if config["temperature"]
+        .as_f64()
+        .is_some_and(|t| (t - 1.0).abs() > f64::EPSILON)
+    {
+        return Err(AwsError::validation(
+            "`temperature` may only be set to 1 when thinking is enabled. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#feature-compatibility",
+        ));
+    }
+    if config["topP"].as_f64().is_some_and(|p| p < 0.95) {
+        return Err(AwsError::validation(
+            "`top_p` must be greater than or equal to 0.95 or unset when thinking is enabled. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking#feature-compatibility",
+        ));
+    }
+    Ok(())
 }
 
 /// The emulated model's thinking about `question`, and its signature.
@@ -161,16 +272,16 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(check(&asked, HAIKU, &body(json!({})), 4000).is_ok());
+        assert!(check(Some(&asked), HAIKU, &body(json!({})), 4000).is_ok());
         assert!(
-            check(&asked, HAIKU, &body(json!({})), 1500)
+            check(Some(&asked), HAIKU, &body(json!({})), 1500)
                 .unwrap_err()
                 .message
                 .contains("greater than `thinking.budget_tokens`")
         );
         assert!(
             check(
-                &asked,
+                Some(&asked),
                 "meta.llama3-3-70b-instruct-v1:0",
                 &body(json!({})),
                 4000
@@ -181,7 +292,7 @@ mod tests {
         );
         let hot = json!({ "inferenceConfig": { "maxTokens": 4000, "temperature": 0.2 } });
         assert!(
-            check(&asked, HAIKU, &hot, 4000)
+            check(Some(&asked), HAIKU, &hot, 4000)
                 .unwrap_err()
                 .message
                 .contains("temperature")
@@ -209,5 +320,83 @@ mod tests {
             { "reasoningContent": { "reasoningText": { "text": "hm", "signature": "c2ln" } } },
             { "toolUse": { "toolUseId": "t", "name": "f", "input": {} } }] });
         assert!(read(&thinking, &[question, thought, result]).is_ok());
+    }
+
+    #[test]
+    fn adaptive_thinking_where_claude_has_it_and_only_it_after_4_6() {
+        const OPUS_4_6: &str = "anthropic.claude-opus-4-6-v1";
+        const OPUS_4_7: &str = "anthropic.claude-opus-4-7";
+        let body = |fields: Value| json!({ "additionalModelRequestFields": fields, "inferenceConfig": { "maxTokens": 4000 } });
+        let adaptive =
+            json!({ "thinking": { "type": "adaptive" }, "output_config": { "effort": "max" } });
+        let budget = json!({ "thinking": { "type": "enabled", "budget_tokens": 2000 } });
+        let checked = |fields: &Value, model: &str| {
+            let request = body(fields.clone());
+            let asked = read(&request, &[])?;
+            check(asked.as_ref(), model, &request, 4000)
+        };
+        assert!(checked(&adaptive, OPUS_4_6).is_ok());
+        assert!(checked(&adaptive, OPUS_4_7).is_ok());
+        assert!(
+            checked(&budget, OPUS_4_6).is_ok(),
+            "deprecated on 4.6, not refused"
+        );
+        let refused = checked(&budget, OPUS_4_7).unwrap_err().message;
+        assert!(
+            refused.contains("\"thinking.type.enabled\" is not supported for this model"),
+            "{refused}"
+        );
+        let refused = checked(
+            &json!({ "thinking": { "type": "disabled" } }),
+            "anthropic.claude-fable-5",
+        )
+        .unwrap_err()
+        .message;
+        assert!(refused.contains("thinking.type.disabled"), "{refused}");
+        let refused = checked(&adaptive, HAIKU).unwrap_err().message;
+        assert!(
+            refused.contains("extraneous key [output_config]"),
+            "{refused}"
+        );
+        let refused = checked(&json!({ "thinking": { "type": "adaptive" } }), HAIKU)
+            .unwrap_err()
+            .message;
+        assert!(
+            refused.contains("\"thinking.type.adaptive\" is not supported"),
+            "{refused}"
+        );
+        assert!(
+            read(
+                &body(json!({ "output_config": { "effort": "extreme" } })),
+                &[]
+            )
+            .is_err()
+        );
+        assert!(
+            read(
+                &body(json!({ "thinking": { "type": "adaptive", "display": "full" } })),
+                &[]
+            )
+            .is_err()
+        );
+
+        let shown = |fields: Value, model: &str| {
+            read(&body(fields), &[])
+                .unwrap()
+                .unwrap()
+                .shows_thinking(model)
+        };
+        assert!(shown(
+            json!({ "thinking": { "type": "adaptive" } }),
+            OPUS_4_6
+        ));
+        assert!(!shown(
+            json!({ "thinking": { "type": "adaptive" } }),
+            OPUS_4_7
+        ));
+        assert!(shown(
+            json!({ "thinking": { "type": "adaptive", "display": "summarized" } }),
+            OPUS_4_7
+        ));
     }
 }

@@ -515,13 +515,20 @@ impl Emulator {
             };
             (text, "tool_use")
         };
-        let reasoning = prompt
+        let mut reasoning = prompt
             .reasoning
             .as_ref()
+            .filter(|asked| asked.thinks())
             .map(|_| reasoning::think(&last_user_text, &random_token(32)));
+        // Thinking is billed whole, shown or not.
         let output_tokens = count_tokens(&answer)
             + tool_uses.iter().map(ToolUse::output_tokens).sum::<u64>()
             + reasoning.as_ref().map_or(0, |(text, _)| count_tokens(text));
+        if let (Some((text, _)), Some(asked)) = (&mut reasoning, &prompt.reasoning)
+            && !asked.shows_thinking(&prompt.model)
+        {
+            text.clear();
+        }
         // A masked input is an intervention too (ApplyGuardrail reports GUARDRAIL_INTERVENED for it).
         let input_masked = input_assessment
             .as_ref()
@@ -646,9 +653,12 @@ impl Emulator {
             if let Some(tools) = &prompt.tools {
                 tools::check_choice_supported(tools, base_model_id(model_id))?;
             }
-            if let Some(asked) = &prompt.reasoning {
-                reasoning::check(asked, base_model_id(model_id), &request, prompt.max_tokens)?;
-            }
+            reasoning::check(
+                prompt.reasoning.as_ref(),
+                base_model_id(model_id),
+                &request,
+                prompt.max_tokens,
+            )?;
             if prompt.has_images && !media::reads_images(base_model_id(model_id)) {
                 return Err(AwsError::validation(
                     "This model doesn't support the image content block that you provided. Try again with a model that supports images.",

@@ -27,11 +27,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::{Body, bedrock_runtime, check_sampling, media, parse, role, truncated};
+use super::{
+    Body, bedrock_runtime, check_sampling, claude_thinking, media, parse, role, truncated,
+};
 use crate::{
-    bedrock::{
-        Block, CachePoint, Effort, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools,
-    },
+    bedrock::{Block, CachePoint, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
     calls::{AppState, CallResult, StreamEvent, format_cost},
     errors::ApiError,
 };
@@ -65,6 +65,8 @@ struct MessagesBody {
     stream: bool,
     #[serde(default)]
     thinking: Option<Value>,
+    #[serde(default)]
+    output_config: Option<Value>,
     #[serde(flatten)]
     other: Map<String, Value>,
 }
@@ -356,25 +358,12 @@ impl MessagesBody {
             ));
         }
         request.tools = tools(self.tools.as_ref(), self.tool_choice.as_ref())?;
-        match self.thinking.as_ref().map(|t| (t["type"].as_str(), t)) {
-            None | Some((Some("disabled"), _)) => {}
-            Some((Some("enabled"), t)) => {
-                let budget = t["budget_tokens"]
-                    .as_u64()
-                    .ok_or_else(|| ApiError::invalid("thinking.budget_tokens: field required"))?;
-                request.effort = Some(Effort::High);
-                request.thinking_budget = Some(u32::try_from(budget).unwrap_or(u32::MAX));
-            }
-            Some((kind, _)) => {
-                return Err(unsupported(&format!(
-                    "thinking of type {}",
-                    kind.map_or_else(
-                        || "(none)".to_owned(),
-                        |k| format!("{:?}", truncated(k, 20))
-                    )
-                )));
-            }
-        }
+        claude_thinking(
+            self.thinking.as_ref(),
+            self.output_config.as_ref(),
+            "",
+            &mut request,
+        )?;
         Ok(Asked {
             model: self.model,
             request,
@@ -423,7 +412,7 @@ fn usage(answer: &ModelAnswer) -> Value {
 /// The Messages answer: its blocks (text, then tool calls), why it stopped, the usage.
 fn message(answer: &ModelAnswer, model: &str) -> Value {
     let mut content = Vec::new();
-    if !answer.reasoning.is_empty() {
+    if answer.thought() {
         content.push(json!({ "type": "thinking", "thinking": answer.reasoning, "signature": answer.reasoning_signature }));
     }
     if !answer.text.is_empty() || answer.tool_calls.is_empty() {

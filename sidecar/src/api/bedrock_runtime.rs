@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::{Body, check_sampling, parse, truncated};
+use super::{Body, check_sampling, claude_thinking, parse, truncated};
 use crate::{
     bedrock::{
         Block, CachePoint, CacheTtl, DocumentFormat, Effort, ImageFormat, ModelAnswer,
@@ -71,22 +71,22 @@ struct ConverseBody {
 }
 
 /// The reasoning `additionalModelRequestFields` ask for (the only fields taken there): Claude's
-/// `thinking` (its exact budget), Nova 2's `reasoningConfig` or gpt-oss's `reasoning_effort`.
+/// `thinking` (a budget, or adaptive with `output_config.effort`), Nova 2's `reasoningConfig` or
+/// gpt-oss's `reasoning_effort`.
 fn reasoning_asked(
     fields: &Map<String, Value>,
     request: &mut ModelRequest,
 ) -> Result<(), ApiError> {
+    claude_thinking(
+        fields.get("thinking"),
+        fields.get("output_config"),
+        "additionalModelRequestFields.",
+        request,
+    )?;
     for (name, value) in fields {
         let at = format!("additionalModelRequestFields.{name}");
         match name.as_str() {
-            "thinking" if value["type"] == "disabled" => {}
-            "thinking" if value["type"] == "enabled" => {
-                let budget = value["budget_tokens"].as_u64().ok_or_else(|| {
-                    ApiError::invalid(format!("{at}.budget_tokens must be a number"))
-                })?;
-                request.effort = Some(Effort::High);
-                request.thinking_budget = Some(u32::try_from(budget).unwrap_or(u32::MAX));
-            }
+            "thinking" | "output_config" => {}
             "reasoningConfig" => {
                 let effort = value["maxReasoningEffort"].as_str().unwrap_or("medium");
                 request.effort = Some(Effort::from_name(effort).ok_or_else(|| {
@@ -509,7 +509,7 @@ pub(super) fn latency_ms(started: Instant) -> u64 {
 /// Converse's answer: the message's blocks (text, then tool calls), why it stopped, the usage.
 fn converse_answer(answer: &ModelAnswer, started: Instant) -> Value {
     let mut content = Vec::new();
-    if !answer.reasoning.is_empty() {
+    if answer.thought() {
         let mut text = json!({ "text": answer.reasoning });
         if !answer.reasoning_signature.is_empty() {
             text["signature"] = json!(answer.reasoning_signature);

@@ -25,7 +25,7 @@ use axum::{
 use serde_json::Value;
 
 use crate::{
-    bedrock::{CachePoint, CacheTtl, Role},
+    bedrock::{CachePoint, CacheTtl, Effort, ModelRequest, Role, Thinking},
     calls::AppState,
     errors::ApiError,
 };
@@ -48,6 +48,89 @@ fn cache_control(control: Option<&Value>, at: &str) -> Result<Option<CachePoint>
         })?),
     };
     Ok(Some(CachePoint { ttl }))
+}
+
+/// Claude's `thinking` (Anthropic's Messages field, and Bedrock's in
+/// `additionalModelRequestFields`) with `output_config`'s effort, as the request's thinking.
+/// `at` names where they were, for errors.
+fn claude_thinking(
+    thinking: Option<&Value>,
+    output_config: Option<&Value>,
+    at: &str,
+    request: &mut ModelRequest,
+) -> Result<(), ApiError> {
+    let effort = match output_config.filter(|c| !c.is_null()) {
+        None => None,
+        Some(config) => {
+            let fields = config
+                .as_object()
+                .ok_or_else(|| ApiError::invalid(format!("{at}output_config must be an object")))?;
+            if let Some(name) = fields.keys().find(|k| *k != "effort") {
+                return Err(ApiError::invalid(format!(
+                    "{at}output_config.{} is not supported by this sidecar: remove it (see docs/sidecar.md)",
+                    truncated(name, 40)
+                )));
+            }
+            fields
+                .get("effort")
+                .map(|e| {
+                    e.as_str().and_then(Effort::from_claude_name).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "{at}output_config.effort must be \"low\", \"medium\", \"high\" or \"max\""
+                    ))
+                })
+                })
+                .transpose()?
+        }
+    };
+    let kind = thinking
+        .filter(|t| !t.is_null())
+        .map(|t| (t["type"].as_str(), t));
+    match kind {
+        None | Some((Some("disabled"), _)) if effort.is_some() => {
+            return Err(ApiError::invalid(format!(
+                "{at}output_config.effort without adaptive thinking is not supported by this sidecar: add thinking {{\"type\": \"adaptive\"}} or remove it"
+            )));
+        }
+        None => {}
+        Some((Some("disabled"), _)) => request.thinking = Some(Thinking::Disabled),
+        Some((Some("enabled"), t)) => {
+            if effort.is_some() {
+                return Err(ApiError::invalid(format!(
+                    "{at}output_config.effort goes with adaptive thinking, not with budget_tokens: use one of them"
+                )));
+            }
+            let budget = t["budget_tokens"].as_u64().ok_or_else(|| {
+                ApiError::invalid(format!("{at}thinking.budget_tokens: a number is required"))
+            })?;
+            request.effort = Some(Effort::High);
+            request.thinking = Some(Thinking::Budget(u32::try_from(budget).unwrap_or(u32::MAX)));
+        }
+        Some((Some("adaptive"), t)) => {
+            let summarized = match t.get("display").and_then(Value::as_str) {
+                None => None,
+                Some("summarized") => Some(true),
+                Some("omitted") => Some(false),
+                Some(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "{at}thinking.display must be \"summarized\" or \"omitted\""
+                    )));
+                }
+            };
+            request.effort = Some(effort.unwrap_or(Effort::High));
+            request.thinking = Some(Thinking::Adaptive { summarized });
+        }
+        Some((other, _)) => {
+            return Err(ApiError::invalid(format!(
+                "{at}thinking.type must be \"enabled\", \"adaptive\" or \"disabled\", not {}",
+                other.map_or_else(
+                    || "missing".to_owned(),
+                    |k| format!("{:?}", truncated(k, 20))
+                )
+            )));
+        }
+    }
+    Ok(())
 }
 
 type Shared = State<Arc<AppState>>;

@@ -792,7 +792,7 @@ fn answer_from_forced_tool(answer: &mut ModelAnswer) {
 /// The answer as an assistant message: its text (`null` when it only calls tools) and calls.
 fn assistant_message(answer: &ModelAnswer) -> Value {
     let mut message = json!({ "role": "assistant", "content": answer.text });
-    if !answer.reasoning.is_empty() {
+    if answer.thought() {
         // Where the common clients read reasoning (DeepSeek's and LiteLLM's field), and Claude's
         // signed thinking to send back with a later turn (LiteLLM's `thinking_blocks`).
         message["reasoning_content"] = json!(answer.reasoning);

@@ -18,8 +18,8 @@ pub use self::{
     model::{
         Block, CachePoint, CacheTtl, DocumentFormat, Effort, FRAMING_BOUND_PER_MESSAGE,
         FRAMING_BOUND_PER_REQUEST, ImageFormat, Message, ModelAnswer, ModelRequest, OutputSchema,
-        Purpose, ReasoningStyle, Role, Tool, ToolCall, ToolChoice, Tools, caches_prompts, closed,
-        has_structured_outputs, reasoning_style,
+        Purpose, ReasoningStyle, Role, Thinking, Tool, ToolCall, ToolChoice, Tools,
+        adaptive_thinking_only, caches_prompts, closed, has_structured_outputs, reasoning_style,
     },
     stream::{ConverseEvents, StreamPart},
 };

@@ -63,9 +63,12 @@ pub enum Effort {
     Low,
     Medium,
     High,
+    /// Claude's adaptive thinking only (`output_config.effort: max`).
+    Max,
 }
 
 impl Effort {
+    /// The efforts every reasoning family takes (OpenAI's `reasoning_effort`, Nova 2, gpt-oss).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
             "minimal" | "low" => Some(Effort::Low),
@@ -75,22 +78,48 @@ impl Effort {
         }
     }
 
+    /// Claude's `output_config.effort`, which has `max` too.
+    pub fn from_claude_name(name: &str) -> Option<Self> {
+        match name {
+            "max" => Some(Effort::Max),
+            "minimal" => None,
+            other => Self::from_name(other),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Effort::Low => "low",
             Effort::Medium => "medium",
             Effort::High => "high",
+            Effort::Max => "max",
         }
     }
 
-    /// Claude's thinking budget for this effort (at least Anthropic's minimum of 1,024).
+    /// The thinking tokens this effort is given on top of the answer's: Claude's budget for
+    /// extended thinking (at least Anthropic's minimum of 1,024), its headroom for adaptive.
     pub fn thinking_budget(self) -> u32 {
         match self {
             Effort::Low => 1024,
             Effort::Medium => 4096,
             Effort::High => 16384,
+            Effort::Max => 32768,
         }
     }
+}
+
+/// Claude's thinking as it is sent: the app's own `thinking`, or one made from an effort.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thinking {
+    /// Extended thinking with a budget (`thinking: {type: enabled, budget_tokens}`).
+    Budget(u32),
+    /// Adaptive thinking (`thinking: {type: adaptive}` with `output_config.effort`): Claude
+    /// decides how much to think. `summarized: Some(true)` asks for the thinking's summary where
+    /// the model omits it by default; `Some(false)` asks it omitted.
+    Adaptive { summarized: Option<bool> },
+    /// The app's own `thinking: {type: disabled}`, passed on (the models after Claude 4.6
+    /// refuse it).
+    Disabled,
 }
 
 /// How a model is told to reason, by family.
@@ -98,15 +127,44 @@ impl Effort {
 pub enum ReasoningStyle {
     /// Claude's extended thinking: `thinking: {type: enabled, budget_tokens}`.
     ClaudeThinking,
+    /// Claude 4.6 and later: adaptive thinking (`thinking: {type: adaptive}` and an effort);
+    /// budgets are deprecated on 4.6 and refused on later models.
+    ClaudeAdaptive,
     /// Nova 2's `reasoningConfig: {type: enabled, maxReasoningEffort}`.
     NovaReasoning,
     /// gpt-oss's `reasoning_effort`.
     ReasoningEffort,
 }
 
+/// Claude models with adaptive thinking, as Bedrock's "Adaptive thinking" page lists them.
+const ADAPTIVE_THINKING: &[&str] = &[
+    "anthropic.claude-opus-4-6",
+    "anthropic.claude-sonnet-4-6",
+    "anthropic.claude-opus-4-7",
+    "anthropic.claude-opus-4-8",
+    "anthropic.claude-opus-5",
+    "anthropic.claude-sonnet-5",
+    "anthropic.claude-mythos-",
+    "anthropic.claude-fable-",
+];
+
+/// Whether this Claude takes adaptive thinking only (a budget or `disabled` is a 400) and leaves
+/// its thinking out of the answer unless asked for a summary (`display: summarized`): the models
+/// after Claude 4.6.
+pub fn adaptive_thinking_only(model_id: &str) -> bool {
+    let base = k8s_ai_api::model_id::base_model_id(model_id);
+    reasoning_style(base) == Some(ReasoningStyle::ClaudeAdaptive)
+        && !["anthropic.claude-opus-4-6", "anthropic.claude-sonnet-4-6"]
+            .iter()
+            .any(|p| base.starts_with(p))
+}
+
 /// How Bedrock lets this model's reasoning be asked for, if it does.
 pub fn reasoning_style(model_id: &str) -> Option<ReasoningStyle> {
     let base = k8s_ai_api::model_id::base_model_id(model_id);
+    if ADAPTIVE_THINKING.iter().any(|p| base.starts_with(p)) {
+        return Some(ReasoningStyle::ClaudeAdaptive);
+    }
     if [
         "anthropic.claude-3-7-",
         "anthropic.claude-sonnet-4",
@@ -387,8 +445,9 @@ pub struct ModelRequest {
     pub output_schema: Option<OutputSchema>,
     /// How much the model reasons first, if asked.
     pub effort: Option<Effort>,
-    /// Claude's thinking budget, set from `effort` once the model and its token cap are known.
-    pub thinking_budget: Option<u32>,
+    /// Claude's thinking: the app's own, or made from `effort` once the model and its token cap
+    /// are known.
+    pub thinking: Option<Thinking>,
     /// How the model is told to reason (set with `effort`, once the model is known).
     pub reasoning_style: Option<ReasoningStyle>,
     pub max_tokens: u32,
@@ -631,6 +690,14 @@ pub struct ModelAnswer {
     pub usage: TokenUsage,
     /// Text units the Bedrock guardrail evaluated (from the trace), charged on top of tokens.
     pub guardrail_units: GuardrailUnits,
+}
+
+impl ModelAnswer {
+    /// Whether the model thought first: its thinking, or only the signature of thinking it left
+    /// out (Claude's adaptive thinking omits the text unless asked), which a tool loop sends back.
+    pub fn thought(&self) -> bool {
+        !self.reasoning.is_empty() || !self.reasoning_signature.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Block, CachePoint, CacheTtl, ModelAnswer, ModelRequest, ReasoningStyle, ToolCall, ToolChoice,
-    Tools,
+    Block, CachePoint, CacheTtl, Effort, ModelAnswer, ModelRequest, ReasoningStyle, Thinking,
+    ToolCall, ToolChoice, Tools,
 };
 
 #[derive(Serialize)]
@@ -346,14 +346,30 @@ impl<'a> ConverseBody<'a> {
 
 /// The model family's reasoning setting, if the request asks the model to reason.
 fn reasoning_fields(r: &ModelRequest) -> Option<Value> {
-    if let Some(budget) = r.thinking_budget {
-        return Some(
-            serde_json::json!({ "thinking": { "type": "enabled", "budget_tokens": budget } }),
-        );
+    match r.thinking {
+        Some(Thinking::Budget(budget)) => {
+            return Some(
+                serde_json::json!({ "thinking": { "type": "enabled", "budget_tokens": budget } }),
+            );
+        }
+        Some(Thinking::Adaptive { summarized }) => {
+            let mut thinking = serde_json::json!({ "type": "adaptive" });
+            if let Some(summarized) = summarized {
+                thinking["display"] = (if summarized { "summarized" } else { "omitted" }).into();
+            }
+            let effort = r.effort.unwrap_or(Effort::High).as_str();
+            return Some(
+                serde_json::json!({ "thinking": thinking, "output_config": { "effort": effort } }),
+            );
+        }
+        Some(Thinking::Disabled) => {
+            return Some(serde_json::json!({ "thinking": { "type": "disabled" } }));
+        }
+        None => {}
     }
     let effort = r.effort?;
     Some(match r.reasoning_style? {
-        ReasoningStyle::ClaudeThinking => return None,
+        ReasoningStyle::ClaudeThinking | ReasoningStyle::ClaudeAdaptive => return None,
         ReasoningStyle::NovaReasoning => serde_json::json!({
             "reasoningConfig": { "type": "enabled", "maxReasoningEffort": effort.as_str() }
         }),
@@ -785,7 +801,7 @@ mod tests {
             purpose: super::super::Purpose::Answer,
             system_cache: None,
             effort: None,
-            thinking_budget: None,
+            thinking: None,
             reasoning_style: None,
         };
         let json = serde_json::to_value(ConverseBody::new(&request, false)).unwrap();
