@@ -1,6 +1,7 @@
 """The user documentation stays true to the code: the generated API reference is current, the alert
-rules load and pass their unit tests, every error code of the sidecar is explained, and every
-relative link in docs/ leads somewhere."""
+rules load and pass their unit tests, every error code of the sidecar is explained, every
+relative link in docs/ leads somewhere, and the module map of docs/architecture.md names every
+source file that exists and no other."""
 
 import pathlib
 import re
@@ -189,6 +190,38 @@ def test_relative_links_in_docs_resolve():
         elif fragment and file.suffix == ".md" and fragment not in anchors(file):
             broken.append(f"{doc.name}: {target} (no such heading)")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+# --- Module map ----------------------------------------------------------------------------------
+
+CRATES = ["api", "operator", "sidecar", "e2e", "webhook-certs", "fuzz"]
+
+
+def module_map() -> list[str]:
+    """The files named in the first column of the tables under docs/architecture.md's
+    "Module map" heading, in order."""
+    text = (DOCS / "architecture.md").read_text()
+    m = re.search(r"(?ms)^## Module map\n(.*?)(?=^## )", text)
+    assert m, "docs/architecture.md has no \"## Module map\" section followed by another section"
+    return re.findall(r"(?m)^\|\s*`([^`]+)`\s*\|", m.group(1))
+
+
+def source_files() -> set[str]:
+    files = {p for crate in CRATES for p in (ROOT / crate / "src").rglob("*.rs")}
+    files |= set((ROOT / "e2e" / "python").glob("*.py"))
+    return {p.relative_to(ROOT).as_posix() for p in files}
+
+
+def test_module_map_names_every_source_file_and_no_other():
+    named = module_map()
+    existing = source_files()
+    assert len(existing) > 80 and "sidecar/src/pii/detect.rs" in existing, f"found only {sorted(existing)}"
+    duplicates = sorted({f for f in named if named.count(f) > 1})
+    missing = sorted(existing - set(named))
+    stale = sorted(set(named) - existing)
+    assert not (duplicates or missing or stale), (
+        "docs/architecture.md#module-map is out of date:\n"
+        f"  not in the map: {missing}\n  in the map, no such file: {stale}\n  named twice: {duplicates}")
 
 
 @pytest.mark.parametrize("heading,anchor", [
