@@ -1,6 +1,6 @@
 //! The ledger's lifecycle (first part): for each injected pod and each endpoint it may use, a
 //! `ModelUsage` owned by the pod, which its sidecar fills in; and the sums of the live ledgers
-//! folded into each ModelEndpoint's status (cost today and this month, invocations, tokens).
+//! written into each ModelEndpoint's status (cost today and this month, invocations, tokens).
 //!
 //! Deleted pods' counters are folded into the endpoint's retired totals by `fold`; each ledger's
 //! share of the endpoint's limits is set by `allocation`, its share of the budget by `budget`.
