@@ -11,14 +11,15 @@ fn main() {
         return;
     }
     // A static-pie binary relocates itself at start: packed relative relocations (DT_RELR, musl
-    // 1.2.4+) are ~8 KiB instead of ~650 KiB of RELA entries read into memory on every start.
+    // 1.2.4+) are a small fraction of the RELA entries otherwise read into memory on every start.
     println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,-z,pack-relative-relocs");
     // Stripped here, not by the profile (see its `strip`); `make sidecar-symbol-order` keeps them.
     if std::env::var_os("AI_SIDECAR_KEEP_SYMBOLS").is_none() {
         println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,--strip-all");
     }
     // The kernel maps code 64 KiB or more around each page run: the functions a sidecar runs,
-    // spread over 13 MB by default, would keep ~9 MiB resident; rust-lld lays them out together.
+    // spread over all its code by default, would keep most of it resident; rust-lld lays them out
+    // together.
     match (rust_lld_dir(), symbol_order()) {
         (Some(dir), Some(order)) => {
             println!("cargo:rustc-link-arg-bin=ai-sidecar=-B{}", dir.display());

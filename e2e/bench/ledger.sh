@@ -30,9 +30,9 @@
 # most, BENCH_PARALLEL (4 kubectl create), BENCH_BUILD (1; 0 uses the last release build),
 # BENCH_MIN_FREE_MIB (3072: below it the operator is stopped and the run fails), BENCH_KEEP=1,
 # BENCH_OPERATOR_LOG (warn: the operator's --log filter).
-# Develop with small numbers, e.g. BENCH_LEDGERS=200 BENCH_ENDPOINTS=4 BENCH_PAGE= (about a minute);
-# the full size takes about 15 minutes on 2 cores and, at the time of writing, 10 GB of memory at
-# the API server's peak.
+# Develop with small numbers, e.g. BENCH_LEDGERS=200 BENCH_ENDPOINTS=4 BENCH_PAGE=: the full size
+# takes many minutes on 2 cores and gigabytes of memory at the API server's peak (hence
+# BENCH_MIN_FREE_MIB; docs/benchmarks.md has the last run's figures).
 #
 # The Markdown summary goes to stdout; unless BENCH_PAGE is empty, it also replaces the section
 # "Ledger at scale" of docs/benchmarks.md. With BENCH_FORMAT=markdown (make bench's hook) only the

@@ -3,8 +3,8 @@
 # which sidecar/build.rs has the linker (rust-lld) lay out first and together in the image's binary.
 #
 # Why: the kernel maps a program's code 64 KiB or more at a time around each page it runs. Laid out
-# as the compiler leaves it, the ~3 MB of functions a sidecar runs are spread over its 13 MB of code
-# and a sidecar in a cluster held 11.8 MiB of it resident; laid out together, 5.9 MiB.
+# as the compiler leaves it, the small part of its code a sidecar runs is spread over all of it, so
+# most of the binary stays resident; laid out together, only the part it runs does.
 #
 # How: a build with symbols (same profile, AI_SIDECAR_KEEP_SYMBOLS=1, its own target directory) runs
 # under valgrind's callgrind through what a pod's sidecar does:

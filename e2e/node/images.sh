@@ -34,7 +34,7 @@ distroless=(
 )
 
 image() { python3 e2e/node/image.py "$@"; }
-# The debug build's ~400 MB of debug info would be copied into containerd on every run: drop it.
+# The debug build is mostly debug info, which would be copied into containerd on every run: drop it.
 strip --strip-debug -o "$out/k8s-ai-operator" "$target_dir/$musl/debug/k8s-ai-operator"
 image --name localhost/k8s-ai/operator:e2e --out "$out/operator.tar" "${distroless[@]}" \
   --file "$out/k8s-ai-operator:/k8s-ai-operator" --entrypoint /k8s-ai-operator --user 65532:65532

@@ -8,7 +8,8 @@ with the interpreter whose packages the image should carry (the test venv's):
 
 The interpreter and standard library keep their paths (Python finds its prefix from where it
 runs); the packages go to /opt/app/site-packages, on the image's PYTHONPATH. botocore keeps only
-the service models the apps here call (its other ~400 are 30 MB nobody loads)."""
+the service models the apps here call (the hundreds of others are most of its size, and nobody
+loads them)."""
 
 import importlib.metadata
 import os
@@ -64,7 +65,7 @@ def main():
     args += [f"--skip={pattern}" for pattern in
              ("__pycache__", "site-packages", "test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3", "config-*")]
     dynload = os.path.join(stdlib, "lib-dynload")
-    # Tk's module would bring X11 and Tk (~6 MB) to an image without a display.
+    # Tk's module would bring X11 and Tk to an image without a display.
     args += [f"--libs-of={os.path.join(dynload, name)}" for name in sorted(os.listdir(dynload))
              if name.endswith(".so") and not name.startswith("_tkinter")]
     for dist in required(sys.argv[1:]):

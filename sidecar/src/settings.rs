@@ -115,8 +115,9 @@ pub struct Settings {
     pub report_interval: Duration,
 
     /// Threads serving requests. One (the default) runs everything on a single thread, as a
-    /// sidecar of one pod needs: the least memory and the lowest added latency, about 18,000
-    /// requests/s on a core. More spread the load over that many cores (give the container the CPU).
+    /// sidecar of one pod needs: the least memory and the lowest added latency (throughput on one
+    /// core: docs/benchmarks.md). More spread the load over that many cores (give the container
+    /// the CPU).
     #[arg(long, env = "AI_SIDECAR_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub worker_threads: u16,
 
