@@ -232,3 +232,48 @@ def test_boto3_tool_loop_with_thinking_sends_the_reasoning_back(sidecar):
     with pytest.raises(ClientError) as e:
         rt.converse(messages=[question, stripped, result], **ask)
     assert "Expected `thinking` or `redacted_thinking`" in e.value.response["Error"]["Message"]
+
+
+def test_native_embedding_bodies_through_boto3_and_langchain(emulator, tmp_path):
+    """InvokeModel on an embedding endpoint with the model's own body, as LangChain's
+    `BedrockEmbeddings` and boto3 apps send it: the body reaches Bedrock as the app wrote it
+    (Cohere's `input_type` included), the answer comes back as Bedrock sent it, and its input
+    tokens are charged at the model's price."""
+    from langchain_aws import BedrockEmbeddings
+
+    from costs import cost_counted
+    from test_sidecar_clients import EMBEDDING_MODELS
+
+    proc, url, admin = start_sidecar(emulator.url, seed_manifests() + EMBEDDING_MODELS, tmp_path)
+    try:
+        rt = runtime(url)
+        titan = rt.invoke_model(modelId="titan-embed", body=json.dumps({"inputText": "a native text", "dimensions": 512, "normalize": True}))
+        answer = json.loads(titan["body"].read())
+        assert len(answer["embedding"]) == 512 and answer["inputTextTokenCount"] > 0
+        assert int(titan["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"]) == answer["inputTextTokenCount"]
+        cohere = rt.invoke_model(modelId="cohere.embed-english-v3", body=json.dumps(
+            {"texts": ["a query"], "input_type": "search_query"}))
+        assert len(json.loads(cohere["body"].read())["embeddings"][0]) == 1024
+        sent = emulator.admin("/_emulator/requests?operation=InvokeModel")
+        assert [r["modelId"] for r in sent] == ["amazon.titan-embed-text-v2:0", "cohere.embed-english-v3"]
+
+        lc = BedrockEmbeddings(model_id="titan-embed", client=rt)
+        assert len(lc.embed_query("hello")) == 1024
+        assert [len(v) for v in lc.embed_documents(["a", "b"])] == [1024, 1024]
+
+        calls = emulator.admin("/_emulator/requests?operation=InvokeModel")
+        titan_tokens = sum(c["inputTokens"] for c in calls if c["modelId"].startswith("amazon.titan"))
+        cohere_tokens = sum(c["inputTokens"] for c in calls if c["modelId"].startswith("cohere"))
+        expected = (Decimal(titan_tokens) * Decimal("0.02") + Decimal(cohere_tokens) * Decimal("0.10")) / 10**6
+        assert abs(cost_counted(admin) - expected) < Decimal("1e-12")
+
+        # Bedrock's own refusal of a malformed body, in its shape; a missing text is ours.
+        with pytest.raises(ClientError) as e:
+            rt.invoke_model(modelId="cohere-embed", body=json.dumps({"texts": ["x"]}))
+        assert e.value.response["Error"]["Code"] == "ValidationException"
+        with pytest.raises(ClientError) as e:
+            rt.invoke_model(modelId="titan-embed", body=json.dumps({"text": "x"}))
+        assert "inputText" in e.value.response["Error"]["Message"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -209,8 +209,8 @@ fn apply_reasoning(endpoint: &EndpointConfig, request: &mut ModelRequest) -> Res
     Ok(())
 }
 
-/// One embedding call's vectors and Bedrock's count of its input tokens.
-type EmbedCall = Result<(Vec<Vec<f32>>, u64), ApiError>;
+/// One embedding call's answer and Bedrock's count of its input tokens.
+type EmbedCall = Result<(bytes::Bytes, u64), ApiError>;
 
 /// The vectors of an embedding call, what Bedrock counted and what it cost.
 #[derive(Debug, Clone)]
@@ -230,6 +230,21 @@ pub struct Prepared {
     request: ModelRequest,
     admission: Admission,
     started: Instant,
+}
+
+impl Prepared {
+    /// The request's texts in order, as the guardrail left them (an embedding request's inputs).
+    fn texts(&self) -> Vec<String> {
+        self.request
+            .messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .filter_map(|b| match b {
+                Block::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Formats dollars with at least 6 decimals (the seed's `"0.000224"`), more when the exact value has them.
@@ -530,17 +545,61 @@ impl AppState {
         family: Family,
         dimensions: u32,
     ) -> Result<Embedded, ApiError> {
-        use futures_util::StreamExt;
-        let texts: Vec<String> = prepared
-            .request
-            .messages
-            .iter()
-            .flat_map(|m| &m.content)
-            .filter_map(|b| match b {
-                Block::Text(t) => Some(t.clone()),
-                _ => None,
+        let texts = prepared.texts();
+        let bodies = texts
+            .chunks(family.batch())
+            .map(|batch| {
+                let body = bytes::Bytes::from(family.body(batch, dimensions).to_string());
+                (body, batch.iter().map(String::len).sum())
             })
             .collect();
+        let (answers, input_tokens, cost) = self.embed_calls(prepared, family, bodies).await?;
+        let mut vectors = Vec::new();
+        for answer in answers {
+            let (v, _) = family.read(&answer).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_error",
+                    format!("Bedrock's embedding could not be read: {e}"),
+                )
+            })?;
+            vectors.extend(v);
+        }
+        Ok(Embedded {
+            vectors,
+            input_tokens,
+            cost,
+        })
+    }
+
+    /// One InvokeModel with the app's own embedding body (`fields`), its texts replaced by the
+    /// prepared ones (masked, where the guardrail masks): Bedrock's answer as it sent it, and
+    /// what it counted and cost.
+    pub async fn embed_native(
+        &self,
+        prepared: Prepared,
+        family: Family,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(bytes::Bytes, u64, Decimal), ApiError> {
+        let texts = prepared.texts();
+        let size = texts.iter().map(String::len).sum();
+        family.set_native_texts(&mut fields, texts);
+        let body = bytes::Bytes::from(serde_json::Value::Object(fields).to_string());
+        let (mut answers, tokens, cost) = self
+            .embed_calls(prepared, family, vec![(body, size)])
+            .await?;
+        Ok((answers.pop().unwrap_or_default(), tokens, cost))
+    }
+
+    /// Sends embedding `bodies` (each with its texts' size, for an estimate Bedrock never needed
+    /// so far), a few at once, and charges what Bedrock counted: the answers' bodies in order.
+    async fn embed_calls(
+        &self,
+        prepared: Prepared,
+        family: Family,
+        bodies: Vec<(bytes::Bytes, usize)>,
+    ) -> Result<(Vec<bytes::Bytes>, u64, Decimal), ApiError> {
+        use futures_util::StreamExt;
         let endpoint = Arc::clone(&prepared.endpoint);
         let (spec, model) = (&endpoint.spec, endpoint.model_to_call.as_str());
         let deadline = self
@@ -548,42 +607,34 @@ impl AppState {
             .upstream_timeout
             .saturating_sub(prepared.started.elapsed());
         self.metrics.in_flight.inc();
-        let results: Vec<EmbedCall> =
-            futures_util::stream::iter(texts.chunks(family.batch()).map(<[String]>::to_vec))
-                .map(|batch: Vec<String>| async move {
-                    let body = bytes::Bytes::from(family.body(&batch, dimensions).to_string());
-                    let invoked = self
-                        .upstream
-                        .invoke(
-                            &spec.region,
-                            spec.irsa_role_arn.as_deref(),
-                            model,
-                            body,
-                            deadline,
-                        )
-                        .await?;
-                    let (vectors, counted) = family.read(&invoked.body).map_err(|e| {
-                        ApiError::new(
-                            StatusCode::BAD_GATEWAY,
-                            "upstream_error",
-                            format!("Bedrock's embedding could not be read: {e}"),
-                        )
-                    })?;
-                    // Bedrock's count, else (never seen) at least a token per 4 bytes.
-                    let tokens = counted
-                        .or(invoked.input_tokens)
-                        .unwrap_or_else(|| estimated_tokens(batch.iter().map(String::len).sum()));
-                    Ok((vectors, tokens))
-                })
-                .buffered(EMBED_CONCURRENCY)
-                .collect()
-                .await;
+        let results: Vec<EmbedCall> = futures_util::stream::iter(bodies)
+            .map(|(body, size)| async move {
+                let invoked = self
+                    .upstream
+                    .invoke(
+                        &spec.region,
+                        spec.irsa_role_arn.as_deref(),
+                        model,
+                        body,
+                        deadline,
+                    )
+                    .await?;
+                // Bedrock's count, else (never seen) at least a token per 4 bytes.
+                let tokens = family
+                    .counted_tokens(&invoked.body)
+                    .or(invoked.input_tokens)
+                    .unwrap_or_else(|| estimated_tokens(size));
+                Ok((invoked.body, tokens))
+            })
+            .buffered(EMBED_CONCURRENCY)
+            .collect()
+            .await;
         self.metrics.in_flight.dec();
-        let (mut vectors, mut input_tokens, mut failure) = (Vec::new(), 0u64, None);
+        let (mut answers, mut input_tokens, mut failure) = (Vec::new(), 0u64, None);
         for result in results {
             match result {
-                Ok((v, tokens)) => {
-                    vectors.extend(v);
+                Ok((answer, tokens)) => {
+                    answers.push(answer);
                     input_tokens += tokens;
                 }
                 Err(e) => failure = failure.or(Some(e)),
@@ -602,11 +653,7 @@ impl AppState {
         let cost = self.account(prepared, &usage, GuardrailUnits::default(), outcome);
         match failure {
             Some(e) => Err(e),
-            None => Ok(Embedded {
-                vectors,
-                input_tokens,
-                cost,
-            }),
+            None => Ok((answers, input_tokens, cost)),
         }
     }
 

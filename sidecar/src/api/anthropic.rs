@@ -31,7 +31,10 @@ use super::{
     Body, bedrock_runtime, check_sampling, claude_thinking, media, parse, role, truncated,
 };
 use crate::{
-    bedrock::{Block, CachePoint, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools},
+    bedrock::{
+        Block, CachePoint, ModelAnswer, ModelRequest, Role, Tool, ToolChoice, Tools,
+        embeddings::Family,
+    },
     calls::{AppState, CallResult, StreamEvent, format_cost},
     errors::ApiError,
 };
@@ -699,12 +702,18 @@ async fn invoked(
     Ok((model, run(state, endpoint, Asked { stream, ..asked }).await))
 }
 
-/// InvokeModel with an Anthropic body: the Messages answer in Bedrock's wire protocol.
+/// InvokeModel with an Anthropic body: the Messages answer in Bedrock's wire protocol (an
+/// embedding endpoint's own bodies go to [`super::embeddings::invoke_native`]).
 pub(super) async fn invoke(
     State(state): State<Arc<AppState>>,
     bedrock_runtime::ModelId(model_id): bedrock_runtime::ModelId,
     Body(body): Body,
 ) -> Response {
+    if let Ok(endpoint) = bedrock_runtime::endpoint(&state, &model_id)
+        && let Some(family) = Family::of(&endpoint.model_to_call)
+    {
+        return super::embeddings::invoke_native(&state, endpoint, family, &body).await;
+    }
     let outcome = invoked(&state, &model_id, &body, false);
     match outcome.await {
         Ok((model, Ok(Answer::Whole(result)))) => {

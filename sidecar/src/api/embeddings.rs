@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{
     Json,
     extract::State,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -17,6 +17,7 @@ use super::{Body, parse, truncated};
 use crate::{
     bedrock::{Block, ModelRequest, Purpose, Role, embeddings::Family},
     calls::AppState,
+    catalog::EndpointConfig,
     errors::ApiError,
 };
 
@@ -161,6 +162,53 @@ pub(super) async fn embeddings(State(state): State<Arc<AppState>>, Body(body): B
         Ok(response)
     };
     outcome.await.unwrap_or_else(ApiError::into_response)
+}
+
+/// InvokeModel on an embedding endpoint, with the model's own body (Titan's `inputText`,
+/// Cohere's `texts`, as LangChain's `BedrockEmbeddings` sends them): the texts pass the same
+/// checks as on `/v1/embeddings`, the body goes on with the rest of its fields as the app wrote
+/// them, and Bedrock's answer comes back as it sent it. Errors are Bedrock's shape.
+pub(super) async fn invoke_native(
+    state: &AppState,
+    endpoint: Arc<EndpointConfig>,
+    family: Family,
+    body: &[u8],
+) -> Response {
+    let outcome = async {
+        let fields: Map<String, Value> = parse(body, state.settings.max_body_bytes)?;
+        let texts = family.native_texts(&fields).map_err(ApiError::invalid)?;
+        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(ApiError::invalid(format!("text {i} is empty")));
+        }
+        let mut request = ModelRequest {
+            purpose: Purpose::Embed,
+            ..ModelRequest::default()
+        };
+        for text in texts {
+            request.push(Role::User, Block::Text(text));
+        }
+        let prepared = state.prepare(endpoint, request, None).await?;
+        state.embed_native(prepared, family, fields).await
+    };
+    match outcome.await {
+        Ok((answer, input_tokens, cost)) => {
+            let mut response = (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                answer,
+            )
+                .into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                "x-amzn-bedrock-input-token-count",
+                HeaderValue::from(input_tokens),
+            );
+            if let Ok(cost) = HeaderValue::from_str(&crate::calls::format_cost(cost)) {
+                headers.insert("x-ai-sidecar-cost-usd", cost);
+            }
+            response
+        }
+        Err(e) => super::bedrock_runtime::bedrock_error(&e),
+    }
 }
 
 #[cfg(test)]

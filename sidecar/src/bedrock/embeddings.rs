@@ -2,7 +2,7 @@
 //! call; Cohere up to 96.
 
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 /// The embedding models the sidecar serves, by family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,56 @@ impl Family {
         }
     }
 
+    /// The texts of the family's own InvokeModel body (Titan's `inputText`, Cohere's `texts`),
+    /// as LangChain's `BedrockEmbeddings` and boto3 apps send it.
+    pub fn native_texts(self, body: &Map<String, Value>) -> Result<Vec<String>, String> {
+        match self {
+            Family::TitanV2 | Family::TitanV1 => match body.get("inputText") {
+                Some(Value::String(text)) => Ok(vec![text.clone()]),
+                _ => Err("inputText: a string is required (Titan's body)".to_owned()),
+            },
+            Family::Cohere => {
+                let texts: Vec<String> = match body.get("texts") {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .map(|t| t.as_str().map(str::to_owned))
+                        .collect::<Option<_>>()
+                        .ok_or("texts: strings only")?,
+                    _ => return Err("texts: a list of strings is required (Cohere's body)".into()),
+                };
+                if texts.is_empty() || texts.len() > COHERE_BATCH {
+                    return Err(format!(
+                        "texts: 1 to {COHERE_BATCH} texts a call, not {}",
+                        texts.len()
+                    ));
+                }
+                Ok(texts)
+            }
+        }
+    }
+
+    /// Puts `texts` where [`Family::native_texts`] found them.
+    pub fn set_native_texts(self, body: &mut Map<String, Value>, mut texts: Vec<String>) {
+        match self {
+            Family::TitanV2 | Family::TitanV1 => {
+                body.insert("inputText".into(), texts.pop().unwrap_or_default().into());
+            }
+            Family::Cohere => {
+                body.insert("texts".into(), texts.into());
+            }
+        }
+    }
+
+    /// The input tokens an answer's body counts (Titan's does; Cohere's count comes in a header).
+    pub fn counted_tokens(self, body: &[u8]) -> Option<u64> {
+        match self {
+            Family::TitanV2 | Family::TitanV1 => serde_json::from_slice::<TokenCount>(body)
+                .ok()
+                .map(|c| c.input_text_token_count),
+            Family::Cohere => None,
+        }
+    }
+
     /// The vectors of an answer, and the input tokens its body counts (Titan's do; Cohere's
     /// count comes in a header).
     pub fn read(self, body: &[u8]) -> Result<(Vec<Vec<f32>>, Option<u64>), String> {
@@ -87,6 +137,12 @@ impl Family {
             }
         }
     }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenCount {
+    input_text_token_count: u64,
 }
 
 #[derive(Deserialize)]
