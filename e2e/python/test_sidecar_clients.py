@@ -159,6 +159,93 @@ def test_langchain_openai_tool_calling_agent(sidecar):
     assert [m.type for m in result["messages"]] == ["human", "ai", "tool", "ai"]
 
 
+@pytest.fixture
+def image_host():
+    """A plain web server on loopback standing in for the images a team hosts: /img/ holds a PNG,
+    a redirect back to it, a non-image and one over Bedrock's size; /private/ a PNG the pod does
+    not allow. Yields its base URL and the paths it was asked for."""
+    import http.server
+    import threading
+
+    from media import png
+
+    asked = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            asked.append(self.path)
+            if self.path == "/img/redirect.png":
+                self.send_response(302)
+                self.send_header("Location", "/img/cat.png")
+                self.end_headers()
+                return
+            body, kind = {
+                "/img/cat.png": (png(300, 250), "image/png"),
+                "/img/page.html": (b"<html></html>", "text/html; charset=utf-8"),
+                "/img/huge.png": (b"\x89PNG" + b"\0" * 3_800_000, "image/png"),
+                "/private/cat.png": (png(300, 250), "image/png"),
+            }.get(self.path, (None, None))
+            if body is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+
+
+def test_image_urls_are_fetched_only_under_the_prefixes_the_pod_allows(emulator, image_host, tmp_path):
+    """With AI_SIDECAR_IMAGE_URL_ALLOW (the image-url-allow annotation), an image URL under an
+    allowed prefix is fetched and reaches Bedrock as an image (billed by its size), from the
+    OpenAI and the Anthropic SDK; anything else is a 400 naming the URL and why, and fetches
+    nothing outside the prefix: other paths, redirects (not followed), non-images, oversize bodies."""
+    import anthropic
+
+    host, asked = image_host
+    proc, url, _ = start_sidecar(emulator.url, seed_manifests(), tmp_path,
+                                 extra_env={"AI_SIDECAR_IMAGE_URL_ALLOW": f"{host}/img/"})
+    try:
+        oa = client(url)
+        out = oa.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": [
+            {"type": "text", "text": "What is in this?"},
+            {"type": "image_url", "image_url": {"url": f"{host}/img/cat.png"}},
+        ]}])
+        # 300 × 250 / 750 = 100 tokens: the image itself reached Bedrock.
+        assert out.usage.prompt_tokens == tokens("What is in this?") + framing(1, False) + 100
+        ac = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+        answer = ac.messages.create(model="claude-haiku", max_tokens=100, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": f"{host}/img/cat.png"}},
+            {"type": "text", "text": "What is in this?"}]}])
+        assert answer.usage.input_tokens == out.usage.prompt_tokens
+        assert asked == ["/img/cat.png", "/img/cat.png"]
+
+        for path, words in [
+            ("/private/cat.png", "under none of the pod's allowed prefixes"),
+            ("/img/../private/cat.png", ". or .. segments"),
+            ("/img/redirect.png", "a redirect, which is not followed"),
+            ("/img/page.html", "images must be image/png"),
+            ("/img/huge.png", "over 3750000 bytes"),
+            ("/img/missing.png", "404"),
+        ]:
+            with pytest.raises(openai.BadRequestError) as e:
+                oa.chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": host + path}}]}])
+            assert words in e.value.body["message"], (path, e.value.body)
+        assert "/private/cat.png" not in asked and asked.count("/img/cat.png") == 2, asked
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 OLDER_MODEL = """---
 apiVersion: ai.kernelpanic09.io/v1alpha1
 kind: ModelEndpoint

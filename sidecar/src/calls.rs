@@ -33,6 +33,8 @@ pub struct AppState {
     pub refusals: Arc<RefusalLog>,
     /// The API server, in cluster mode (usage reports).
     pub kube: Option<kube::Client>,
+    /// Images from the URLs the pod allows.
+    pub images: crate::fetch::ImageFetcher,
 }
 
 /// The answer to a completed call.

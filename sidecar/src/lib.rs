@@ -6,6 +6,7 @@ pub mod calls;
 pub mod catalog;
 pub mod credentials;
 pub mod errors;
+pub mod fetch;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
@@ -44,6 +45,8 @@ pub enum StartError {
     Kube(#[from] kube::Error),
     #[error("cannot set up TLS for Bedrock")]
     Tls(#[source] rustls::Error),
+    #[error(transparent)]
+    ImageUrlAllow(#[from] fetch::AllowListError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -127,7 +130,9 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         settings.credential_refresh_before,
     )
     .map_err(StartError::Tls)?;
+    let images = fetch::ImageFetcher::new(&settings.image_url_allow)?;
     let state = Arc::new(AppState {
+        images,
         settings,
         catalog,
         upstream,

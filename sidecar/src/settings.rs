@@ -93,6 +93,13 @@ pub struct Settings {
     )]
     pub prompt_cache: PromptCache,
 
+    /// URL prefixes images may be fetched from (`https://host[:port]/path/`, comma-separated),
+    /// for OpenAI's `image_url` and Anthropic's `url` image sources. Empty (the default): only
+    /// inline images (data: URLs, base64), since a URL fetched from the pod could reach anything
+    /// the pod can. Redirects are not followed.
+    #[arg(long, env = "AI_SIDECAR_IMAGE_URL_ALLOW", default_value = "")]
+    pub image_url_allow: String,
+
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "AI_SIDECAR_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -28,6 +28,9 @@ pub const ROUTE_BEDROCK_ANNOTATION: &str = "ai.kernelpanic09.io/route-bedrock-sd
 /// `"auto"`: the sidecar places prompt-cache points where the app placed none
 /// (`AI_SIDECAR_PROMPT_CACHE`); `"off"` or absent: it does not.
 pub const PROMPT_CACHE_ANNOTATION: &str = "ai.kernelpanic09.io/prompt-cache";
+/// Comma-separated URL prefixes (`https://host[:port]/path/`) the sidecar may fetch images from
+/// (`AI_SIDECAR_IMAGE_URL_ALLOW`); absent: it fetches none.
+pub const IMAGE_URL_ALLOW_ANNOTATION: &str = "ai.kernelpanic09.io/image-url-allow";
 /// The AWS SDKs' endpoint setting for Bedrock Runtime only (other services keep theirs).
 pub const BEDROCK_ENDPOINT_ENV: &str = "AWS_ENDPOINT_URL_BEDROCK_RUNTIME";
 /// The variables set by [`ROUTE_BEDROCK_ANNOTATION`]: the AWS SDKs' and the Anthropic SDKs'
@@ -123,6 +126,40 @@ fn prompt_cache(pod: &Pod) -> Result<&'static str, Denial> {
             "{PROMPT_CACHE_ANNOTATION}: {other:?} is neither \"auto\" nor \"off\": set \"auto\" to have the sidecar place prompt-cache points, or remove the annotation"
         ))),
     }
+}
+
+/// The image URL prefixes the pod allows, checked as the sidecar checks them at start (so a typo
+/// is a denial naming it, not a sidecar that does not start).
+fn image_url_allow(pod: &Pod) -> Result<Option<String>, Denial> {
+    let Some(list) = annotation(pod, IMAGE_URL_ALLOW_ANNOTATION) else {
+        return Ok(None);
+    };
+    let mut entries = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let rest = entry
+            .strip_prefix("https://")
+            .or_else(|| entry.strip_prefix("http://"));
+        let well_formed = rest.is_some_and(|rest| {
+            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+            !host.is_empty()
+                && !host.contains('@')
+                && !entry.contains(['?', '#', ' '])
+                && entry.ends_with('/')
+                && !path.split('/').any(|s| {
+                    matches!(
+                        s.to_ascii_lowercase().replace("%2e", ".").as_str(),
+                        "." | ".."
+                    )
+                })
+        });
+        if !well_formed {
+            return Err(Denial(format!(
+                "{IMAGE_URL_ALLOW_ANNOTATION}: {entry:?} is not a URL prefix: write https://host[:port]/path/ (ending in /, no credentials, query or dot segments), comma-separated"
+            )));
+        }
+        entries.push(entry);
+    }
+    Ok((!entries.is_empty()).then(|| entries.join(",")))
 }
 
 /// Sets each of [`ROUTED_ENV`] on each app container that does not set it itself (an explicit
@@ -437,6 +474,7 @@ pub fn patch_for(
     let resources = resources(pod, settings)?;
     let route_bedrock = routes_bedrock(pod)?;
     let prompt_cache = prompt_cache(pod)?;
+    let image_url_allow = image_url_allow(pod)?;
     let automounted = automounted_api_volume(spec);
     let mut container = sidecar_container(
         settings,
@@ -448,6 +486,11 @@ pub fn patch_for(
         && let Some(env) = container["env"].as_array_mut()
     {
         env.push(json!({ "name": "AI_SIDECAR_PROMPT_CACHE", "value": prompt_cache }));
+    }
+    if let Some(list) = image_url_allow
+        && let Some(env) = container["env"].as_array_mut()
+    {
+        env.push(json!({ "name": "AI_SIDECAR_IMAGE_URL_ALLOW", "value": list }));
     }
     let mut volumes = vec![json!({
         "name": TOKEN_VOLUME,
@@ -986,5 +1029,39 @@ mod tests {
                 .0
                 .contains(PROMPT_CACHE_ANNOTATION)
         );
+    }
+
+    #[test]
+    fn image_url_prefixes_reach_the_sidecar_and_bad_ones_are_denied() {
+        let containers = json!({ "containers": [ { "name": "app", "image": "app" } ] });
+        let asked = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku",
+            IMAGE_URL_ALLOW_ANNOTATION: "https://assets.example.com/public/, http://images.internal:8080/" });
+        let p = pod(&asked, &containers);
+        let patched = apply(&p, &patch_for(&p, &settings()).unwrap().unwrap());
+        let sidecar = &patched.spec.unwrap().init_containers.unwrap()[0];
+        assert!(
+            sidecar
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "AI_SIDECAR_IMAGE_URL_ALLOW"
+                    && e.value.as_deref()
+                        == Some("https://assets.example.com/public/,http://images.internal:8080/"))
+        );
+        for bad in [
+            "assets.example.com/",
+            "https://host/no-slash",
+            "https://u@host/",
+            "https://host/a/../",
+            "ftp://host/",
+        ] {
+            let asked = json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku", IMAGE_URL_ALLOW_ANNOTATION: bad });
+            let p = pod(&asked, &containers);
+            let denial = patch_for(&p, &settings()).unwrap_err().0;
+            assert!(
+                denial.contains(IMAGE_URL_ALLOW_ANNOTATION),
+                "{bad}: {denial}"
+            );
+        }
     }
 }

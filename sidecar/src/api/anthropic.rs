@@ -213,7 +213,7 @@ fn blocks(content: &Value, at: &str) -> Result<Vec<Block>, ApiError> {
                 let source = &b["source"];
                 if source["type"] != "base64" {
                     return Err(ApiError::invalid(format!(
-                        "{b_at}.source: only base64 sources are accepted: the sidecar fetches no URL (a URL fetched from the pod could reach anything the pod can)"
+                        "{b_at}.source: only base64 sources are accepted: a URL fetched from the pod could reach anything the pod can, so the sidecar fetches images only under the prefixes the pod allows (annotation ai.kernelpanic09.io/image-url-allow) and documents never"
                     )));
                 }
                 let media_type = source["media_type"].as_str().unwrap_or_default();
@@ -318,6 +318,13 @@ struct Asked {
 }
 
 impl MessagesBody {
+    /// The body with its allowed image URLs fetched and put inline.
+    async fn inline_images(mut self, state: &AppState) -> Result<Self, ApiError> {
+        let contents = self.messages.iter_mut().map(|m| &mut m.content).collect();
+        media::inline_image_urls(contents, media::ImageUrls::Anthropic, &state.images).await?;
+        Ok(self)
+    }
+
     fn into_request(self) -> Result<Asked, ApiError> {
         for (name, value) in &self.other {
             if !value.is_null() && !IGNORED.contains(&name.as_str()) {
@@ -490,7 +497,10 @@ enum Answer {
 
 pub(super) async fn messages(State(state): State<Arc<AppState>>, Body(body): Body) -> Response {
     let outcome = async {
-        let asked = parse::<MessagesBody>(&body, state.settings.max_body_bytes)?.into_request()?;
+        let asked = parse::<MessagesBody>(&body, state.settings.max_body_bytes)?
+            .inline_images(&state)
+            .await?
+            .into_request()?;
         let model = asked
             .model
             .clone()
@@ -675,7 +685,7 @@ pub(super) async fn count_tokens(State(state): State<Arc<AppState>>, Body(body):
     let outcome = async {
         let mut parsed: MessagesBody = parse(&body, state.settings.max_body_bytes)?;
         parsed.max_tokens.get_or_insert(1);
-        let asked = parsed.into_request()?;
+        let asked = parsed.inline_images(&state).await?.into_request()?;
         let model = asked
             .model
             .ok_or_else(|| ApiError::invalid("model: field required"))?;
@@ -697,7 +707,10 @@ async fn invoked(
     stream: bool,
 ) -> Result<(String, Result<Answer, ApiError>), ApiError> {
     let endpoint = bedrock_runtime::endpoint(state, model_id)?;
-    let asked = invoke_body(body, state)?;
+    let asked = invoke_body(body, state)?
+        .inline_images(state)
+        .await?
+        .into_request()?;
     let model = k8s_ai_api::model_id::base_model_id(&endpoint.model_to_call).to_owned();
     Ok((model, run(state, endpoint, Asked { stream, ..asked }).await))
 }
@@ -803,7 +816,7 @@ fn chunk(event: &Value) -> Bytes {
 
 /// An InvokeModel body, which must be Anthropic's Messages (`anthropic_version`); the model is
 /// the path's, and streaming is the route's.
-fn invoke_body(body: &[u8], state: &AppState) -> Result<Asked, ApiError> {
+fn invoke_body(body: &[u8], state: &AppState) -> Result<MessagesBody, ApiError> {
     let parsed: MessagesBody = parse(body, state.settings.max_body_bytes)?;
     if parsed.anthropic_version.is_none() {
         return Err(ApiError::new(
@@ -822,5 +835,5 @@ fn invoke_body(body: &[u8], state: &AppState) -> Result<Asked, ApiError> {
             "stream (call invoke-with-response-stream instead)",
         ));
     }
-    parsed.into_request()
+    Ok(parsed)
 }

@@ -1,18 +1,116 @@
 //! Images and documents as the APIs carry them (data URLs, base64 sources), read into the
-//! sidecar's blocks. Nothing is fetched from a URL: fetching from the pod would let anyone who
-//! can write a prompt make the pod call any address it reaches (SSRF).
+//! sidecar's blocks. An image URL is fetched only under a prefix the pod allows
+//! ([`crate::fetch`]): fetching any URL from the pod would let anyone who can write a prompt make
+//! the pod call any address it reaches (SSRF).
+
+use serde_json::{Value, json};
 
 use crate::{
-    bedrock::{Block, DocumentFormat, ImageFormat},
+    bedrock::{Block, DocumentFormat, ImageFormat, MAX_IMAGES},
     errors::ApiError,
+    fetch::ImageFetcher,
 };
+
+/// Where an API puts an image's URL.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ImageUrls {
+    /// OpenAI's `{"type": "image_url", "image_url": {"url"}}`.
+    OpenAi,
+    /// Anthropic's `{"type": "image", "source": {"type": "url", "url"}}`.
+    Anthropic,
+}
+
+/// Images fetched at once for one request.
+const FETCH_CONCURRENCY: usize = 4;
+
+impl ImageUrls {
+    fn url(self, part: &Value) -> Option<&str> {
+        let url = match self {
+            ImageUrls::OpenAi if part["type"] == "image_url" => part["image_url"]["url"].as_str(),
+            ImageUrls::Anthropic if part["type"] == "image" && part["source"]["type"] == "url" => {
+                part["source"]["url"].as_str()
+            }
+            _ => None,
+        }?;
+        (url.starts_with("https://") || url.starts_with("http://")).then_some(url)
+    }
+
+    fn at(self, message: usize, part: usize) -> String {
+        match self {
+            ImageUrls::OpenAi => format!("messages[{message}].content[{part}].image_url.url"),
+            ImageUrls::Anthropic => format!("messages[{message}].content[{part}].source.url"),
+        }
+    }
+
+    fn inline(self, part: &mut Value, media_type: &str, bytes: &[u8]) {
+        let data = aws_smithy_types::base64::encode(bytes);
+        match self {
+            ImageUrls::OpenAi => {
+                part["image_url"]["url"] = format!("data:{media_type};base64,{data}").into();
+            }
+            ImageUrls::Anthropic => {
+                part["source"] =
+                    json!({ "type": "base64", "media_type": media_type, "data": data });
+            }
+        }
+    }
+}
+
+/// Fetches the http(s) image URLs in messages' `contents` (where `shape` puts them) that the pod
+/// allows and puts each image inline, so the converters read it as if the app had sent it so.
+/// With no URL allowed nothing is fetched, and the converters refuse the URLs, saying why.
+pub(super) async fn inline_image_urls(
+    contents: Vec<&mut Value>,
+    shape: ImageUrls,
+    fetcher: &ImageFetcher,
+) -> Result<(), ApiError> {
+    use futures_util::StreamExt;
+    if !fetcher.enabled() {
+        return Ok(());
+    }
+    let mut contents = contents;
+    let found: Vec<(usize, usize, String)> = contents
+        .iter()
+        .enumerate()
+        .flat_map(|(i, content)| {
+            content
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .filter_map(move |(j, part)| shape.url(part).map(|url| (i, j, url.to_owned())))
+        })
+        .collect();
+    if found.len() > MAX_IMAGES {
+        return Err(ApiError::invalid(format!(
+            "{} image URLs: Bedrock takes at most {MAX_IMAGES} images in a request",
+            found.len()
+        )));
+    }
+    let jobs: Vec<(String, String)> = found
+        .iter()
+        .map(|(i, j, url)| (url.clone(), shape.at(*i, *j)))
+        .collect();
+    let images: Vec<_> = futures_util::stream::iter(jobs)
+        .map(|(url, at)| async move { fetcher.fetch(&url, &at).await })
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+    for ((i, j, _), image) in found.iter().zip(images) {
+        let (media_type, bytes) = image?;
+        if let Some(part) = contents[*i].get_mut(*j) {
+            shape.inline(part, &media_type, &bytes);
+        }
+    }
+    Ok(())
+}
 
 /// The media type and bytes of a `data:<type>;base64,<data>` URL.
 fn data_url<'a>(url: &'a str, at: &str) -> Result<(&'a str, Vec<u8>), ApiError> {
     let Some(rest) = url.strip_prefix("data:") else {
         let scheme = url.split(':').next().unwrap_or_default();
         return Err(ApiError::invalid(format!(
-            "{at}: only data: URLs are accepted ({}: is not): the sidecar fetches nothing, since a URL fetched from the pod could reach anything the pod can; send the bytes inline (data:image/png;base64,...)",
+            "{at}: only data: URLs are accepted ({}: is not): a URL fetched from the pod could reach anything the pod can, so the sidecar fetches only under the prefixes the pod allows (annotation ai.kernelpanic09.io/image-url-allow, none here); send the bytes inline (data:image/png;base64,...)",
             super::truncated(scheme, 16)
         )));
     };

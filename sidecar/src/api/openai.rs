@@ -744,7 +744,12 @@ pub(super) async fn chat_completions(
             max_tokens,
             stream,
             include_usage,
-        } = parse::<ChatBody>(&body, state.settings.max_body_bytes)?.into_request()?;
+        } = {
+            let mut body = parse::<ChatBody>(&body, state.settings.max_body_bytes)?;
+            let contents = body.messages.iter_mut().map(|m| &mut m.content).collect();
+            media::inline_image_urls(contents, media::ImageUrls::OpenAi, &state.images).await?;
+            body.into_request()?
+        };
         let namespace = state.catalog.namespace().to_owned();
         let endpoint = state.endpoint(&namespace, &model)?;
         let via = shape(&mut request, format, &endpoint.model_to_call)?;

@@ -226,7 +226,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 
 /// Bedrock Runtime over a shared connection pool, one endpoint per region.
 pub struct BedrockClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    http: HttpsClient,
     base: aws_types::SdkConfig,
     targets: Mutex<HashMap<String, Target>>,
     retry: RetryPolicy,
@@ -238,24 +238,7 @@ pub struct BedrockClient {
 impl BedrockClient {
     /// Fails only if rustls cannot offer its default protocol versions with ring (it always can).
     pub fn new(base: aws_types::SdkConfig) -> Result<Self, rustls::Error> {
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        tcp.set_nodelay(true);
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(native_roots())
-        .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(https);
+        let http = https_client()?;
         let retry = RetryPolicy::from_sdk(base.retry_config());
         Ok(BedrockClient {
             http,
@@ -619,6 +602,31 @@ fn service_key<'a>(
 }
 
 /// The system's root certificates, as the SDK loads them; none found is logged, not fatal.
+/// An HTTP/1 client on rustls (ring) with the system's CA certificates and a pool kept 90 s.
+pub(crate) fn https_client() -> Result<HttpsClient, rustls::Error> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.set_nodelay(true);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(native_roots())
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(https))
+}
+
+/// What [`https_client`] builds.
+pub(crate) type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 fn native_roots() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();

@@ -14,12 +14,14 @@ use axum::http::StatusCode;
 
 pub use self::client::Invoked;
 use self::client::{BedrockClient, Signer};
+pub(crate) use self::client::{HttpsClient, https_client};
 pub use self::{
     model::{
         Block, CachePoint, CacheTtl, DocumentFormat, Effort, FRAMING_BOUND_PER_MESSAGE,
-        FRAMING_BOUND_PER_REQUEST, ImageFormat, Message, ModelAnswer, ModelRequest, OutputSchema,
-        Purpose, ReasoningStyle, Role, Thinking, Tool, ToolCall, ToolChoice, Tools,
-        adaptive_thinking_only, caches_prompts, closed, has_structured_outputs, reasoning_style,
+        FRAMING_BOUND_PER_REQUEST, ImageFormat, MAX_IMAGE_BYTES, MAX_IMAGES, Message, ModelAnswer,
+        ModelRequest, OutputSchema, Purpose, ReasoningStyle, Role, Thinking, Tool, ToolCall,
+        ToolChoice, Tools, adaptive_thinking_only, caches_prompts, closed, has_structured_outputs,
+        reasoning_style,
     },
     stream::{ConverseEvents, StreamPart},
 };
