@@ -188,6 +188,16 @@ def test_boto3_count_tokens_is_free_and_matches_the_bill(sidecar, emulator):
     billed = rt.converse(modelId="claude-haiku", **conversation)["usage"]["inputTokens"]
     assert counted == billed
 
+    # The same conversation as an InvokeModel body (boto3 sends the blob in base64).
+    body = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 100, "system": "Be brief.",
+                       "messages": [{"role": "user", "content": "How many tokens is this?"}]})
+    as_invoke = rt.count_tokens(modelId="claude-haiku", input={"invokeModel": {"body": body.encode()}})["inputTokens"]
+    invoked = rt.invoke_model(modelId="claude-haiku", body=body)
+    assert as_invoke == int(invoked["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"]) == billed
+    with pytest.raises(ClientError) as e:
+        rt.count_tokens(modelId="claude-haiku", input={"invokeModel": {"body": b'{"inputText": "x"}'}})
+    assert "anthropic_version" in e.value.response["Error"]["Message"]
+
 
 def test_boto3_reasoning_through_additional_model_request_fields(sidecar):
     url, _ = sidecar

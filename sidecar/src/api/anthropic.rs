@@ -808,6 +808,16 @@ pub(super) async fn invoke_with_response_stream(
     bedrock_runtime::stream_response(stream::iter(first).chain(rest).map(Ok).boxed())
 }
 
+/// The request of an InvokeModel body CountTokens counts (Anthropic's, `max_tokens` optional).
+pub(super) async fn counted_invoke_body(
+    state: &AppState,
+    body: &[u8],
+) -> Result<ModelRequest, ApiError> {
+    let mut parsed = invoke_body(body, state)?;
+    parsed.max_tokens.get_or_insert(1);
+    Ok(parsed.inline_images(state).await?.into_request()?.request)
+}
+
 /// A `chunk` event: one Anthropic stream event, its JSON in base64, as Bedrock wraps them.
 fn chunk(event: &Value) -> Bytes {
     let bytes = aws_smithy_types::base64::encode(event.to_string());

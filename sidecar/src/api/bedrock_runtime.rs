@@ -602,8 +602,9 @@ pub(super) fn bedrock_error(e: &ApiError) -> Response {
     response
 }
 
-/// CountTokens: `{"input": {"converse": {...}}}` counted as Bedrock bills it (free: no limit or
-/// budget is taken); an `invokeModel` input is refused.
+/// CountTokens: `{"input": {"converse": {...}}}`, or `{"input": {"invokeModel": {"body"}}}` with
+/// an Anthropic Messages body (base64, as the AWS SDKs send a blob), counted as Bedrock bills it
+/// (free: no limit or budget is taken).
 pub(super) async fn count_tokens(
     State(state): State<Arc<AppState>>,
     ModelId(model_id): ModelId,
@@ -613,8 +614,13 @@ pub(super) async fn count_tokens(
         let endpoint = endpoint(&state, &model_id)?;
         let body: Value = parse(&body, state.settings.max_body_bytes)?;
         let input = &body["input"];
-        if input.get("invokeModel").is_some() {
-            return Err(unsupported("input.invokeModel (count a converse input)"));
+        if let Some(invoke) = input.get("invokeModel") {
+            let encoded = invoke["body"].as_str().ok_or_else(|| {
+                ApiError::invalid("input.invokeModel.body: the model's body (base64) is required")
+            })?;
+            let bytes = super::media::base64(encoded, "input.invokeModel.body")?;
+            let request = super::anthropic::counted_invoke_body(&state, &bytes).await?;
+            return state.count_tokens(endpoint, request).await;
         }
         let converse: ConverseBody = serde_json::from_value(input["converse"].clone())
             .map_err(|e| ApiError::invalid(format!("input.converse: {e}")))?;
