@@ -159,6 +159,53 @@ def test_langchain_openai_tool_calling_agent(sidecar):
     assert [m.type for m in result["messages"]] == ["human", "ai", "tool", "ai"]
 
 
+SEND_TOOL = {"type": "function", "function": {
+    "name": "send_note",
+    "description": "Send a note",
+    "parameters": {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]},
+}}
+
+
+def test_pii_filter_reads_tool_call_arguments(sidecar, emulator):
+    """The guardrail's PII filter reads the arguments of the model's tool calls as it reads its
+    text: an e-mail address the model writes into them is masked, whole and streamed (arguments
+    then arrive whole, filtered), from the OpenAI and the Anthropic SDK; an AWS key refuses the
+    answer. The emulator's model is told what to say (a fixed answer, also its arguments)."""
+    import anthropic
+
+    url, _ = sidecar
+    oa = client(url)
+    config = emulator.admin("/_emulator/config")
+    ask = [{"role": "user", "content": "Please use send_note."}]
+    named = {"type": "function", "function": {"name": "send_note"}}
+    try:
+        emulator.admin("/_emulator/config", "PUT", {**config, "output": {"mode": "fixed", "text": "Write to jane.doe@example.com today"}})
+        whole = oa.chat.completions.create(model="claude-haiku", messages=ask, tools=[SEND_TOOL], tool_choice=named)
+        arguments = whole.choices[0].message.tool_calls[0].function.arguments
+        assert "{EMAIL}" in json.loads(arguments)["note"] and "jane.doe" not in arguments, arguments
+
+        streamed = ""
+        for chunk in oa.chat.completions.create(model="claude-haiku", messages=ask, tools=[SEND_TOOL], tool_choice=named, stream=True):
+            for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                streamed += call.function.arguments or ""
+        assert json.loads(streamed) == json.loads(arguments)
+
+        ac = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0)
+        tool = {"name": "send_note", "description": "Send a note", "input_schema": SEND_TOOL["function"]["parameters"]}
+        with ac.messages.stream(model="claude-haiku", max_tokens=200, tools=[tool], tool_choice={"type": "tool", "name": "send_note"},
+                                messages=[{"role": "user", "content": "Please use send_note."}]) as stream:
+            final = stream.get_final_message()
+        use = next(b for b in final.content if b.type == "tool_use")
+        assert "{EMAIL}" in use.input["note"] and "jane.doe" not in json.dumps(use.input), use.input
+
+        emulator.admin("/_emulator/config", "PUT", {**config, "output": {"mode": "fixed", "text": "key AKIAIOSFODNN7EXAMPLE"}})
+        with pytest.raises(openai.UnprocessableEntityError) as e:
+            oa.chat.completions.create(model="claude-haiku", messages=ask, tools=[SEND_TOOL], tool_choice=named)
+        assert e.value.body["code"] == "guardrail_blocked" and "AWS_ACCESS_KEY" in e.value.body["message"]
+    finally:
+        emulator.admin("/_emulator/config", "PUT", config)
+
+
 @pytest.fixture
 def image_host():
     """A plain web server on loopback standing in for the images a team hosts: /img/ holds a PNG,

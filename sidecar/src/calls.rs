@@ -534,6 +534,11 @@ impl AppState {
                 Ok(std::borrow::Cow::Owned(masked)) => answer.text = masked,
                 Err(blocked) => return Err(output_blocked(guardrail, &blocked)),
             }
+            for call in &mut answer.tool_calls {
+                if let Some(masked) = filtered_arguments(pii, guardrail, &call.arguments)? {
+                    call.arguments = masked;
+                }
+            }
         }
         Ok(())
     }
@@ -844,6 +849,9 @@ struct Received<'a> {
     tool_calls: Vec<ToolCall>,
     /// The content block of each tool call (Bedrock numbers text blocks too).
     tool_blocks: Vec<u32>,
+    /// With a PII filter, a call's arguments leave whole, filtered, once the next call starts or
+    /// the answer ends (a masked string cannot be cut into deltas): the calls sent so far.
+    arguments_sent: usize,
     stop_reason: String,
     /// Bedrock's count of tokens and guardrail units, from the metadata event.
     reported: Option<(TokenUsage, GuardrailUnits)>,
@@ -859,6 +867,7 @@ impl<'a> Received<'a> {
             reasoning_signature: String::new(),
             tool_calls: Vec::new(),
             tool_blocks: Vec::new(),
+            arguments_sent: 0,
             stop_reason: String::new(),
             reported: None,
         }
@@ -877,7 +886,9 @@ impl<'a> Received<'a> {
                 }
             }
             StreamPart::ToolStart { block, id, name } => {
-                // Text held back by the PII filter leaves before the call that follows it.
+                // The previous call's arguments, then text held back by the PII filter, leave
+                // before the call that follows them.
+                let mut events = self.filtered_arguments()?;
                 let rest = held_back_release(self.pii, &self.pending, None)?;
                 self.pending.clear();
                 let index = self.tool_calls.len();
@@ -887,18 +898,21 @@ impl<'a> Received<'a> {
                     name: name.clone(),
                     arguments: String::new(),
                 });
-                let call = StreamEvent::ToolCall { index, id, name };
-                if rest.is_empty() {
-                    vec![call]
-                } else {
-                    vec![StreamEvent::Delta(rest), call]
+                if !rest.is_empty() {
+                    events.push(StreamEvent::Delta(rest));
                 }
+                events.push(StreamEvent::ToolCall { index, id, name });
+                events
             }
             StreamPart::ToolInput { block, json } => {
                 match self.tool_blocks.iter().position(|b| *b == block) {
                     Some(index) => {
                         self.tool_calls[index].arguments.push_str(&json);
-                        vec![StreamEvent::ToolArguments { index, json }]
+                        if self.pii.is_some() {
+                            vec![]
+                        } else {
+                            vec![StreamEvent::ToolArguments { index, json }]
+                        }
                     }
                     None => vec![],
                 }
@@ -914,7 +928,7 @@ impl<'a> Received<'a> {
             }
             StreamPart::Stop(reason) => {
                 self.stop_reason = reason;
-                vec![]
+                self.filtered_arguments()?
             }
             StreamPart::Usage(tokens, units) => {
                 self.reported = Some((tokens, units));
@@ -922,6 +936,26 @@ impl<'a> Received<'a> {
             }
             StreamPart::Other => vec![],
         })
+    }
+}
+
+impl Received<'_> {
+    /// With a PII filter, the arguments of the calls not sent yet, filtered whole.
+    fn filtered_arguments(&mut self) -> Result<Vec<StreamEvent>, ApiError> {
+        let Some((filter, guardrail)) = self.pii else {
+            return Ok(vec![]);
+        };
+        let mut events = Vec::new();
+        for index in self.arguments_sent..self.tool_calls.len() {
+            let arguments = &self.tool_calls[index].arguments;
+            let json = filtered_arguments(filter, guardrail, arguments)?
+                .unwrap_or_else(|| arguments.clone());
+            if !json.is_empty() {
+                events.push(StreamEvent::ToolArguments { index, json });
+            }
+        }
+        self.arguments_sent = self.tool_calls.len();
+        Ok(events)
     }
 }
 
@@ -1010,6 +1044,54 @@ fn held_back_release(
         .releasable(whole, 0)
         .map(|(rest, _)| rest)
         .map_err(|blocked| output_blocked(guardrail, &blocked))
+}
+
+/// A tool call's arguments through the PII filter: each string in the JSON masked as the answer's
+/// text is (arguments that are not JSON, as text), or the call refused. `None`: nothing to mask.
+fn filtered_arguments(
+    filter: &crate::pii::PiiFilter,
+    guardrail: &GuardrailConfig,
+    arguments: &str,
+) -> Result<Option<String>, ApiError> {
+    fn mask(
+        filter: &crate::pii::PiiFilter,
+        value: &mut serde_json::Value,
+    ) -> Result<bool, crate::pii::Blocked> {
+        Ok(match value {
+            serde_json::Value::String(text) => match filter.apply(text)? {
+                std::borrow::Cow::Borrowed(_) => false,
+                std::borrow::Cow::Owned(masked) => {
+                    *text = masked;
+                    true
+                }
+            },
+            serde_json::Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= mask(filter, item)?;
+                }
+                changed
+            }
+            serde_json::Value::Object(fields) => {
+                let mut changed = false;
+                for item in fields.values_mut() {
+                    changed |= mask(filter, item)?;
+                }
+                changed
+            }
+            _ => false,
+        })
+    }
+    let blocked = |b: crate::pii::Blocked| output_blocked(guardrail, &b);
+    match serde_json::from_str::<serde_json::Value>(arguments) {
+        Ok(mut value) => Ok(mask(filter, &mut value)
+            .map_err(blocked)?
+            .then(|| value.to_string())),
+        Err(_) => match filter.apply(arguments).map_err(blocked)? {
+            std::borrow::Cow::Borrowed(_) => Ok(None),
+            std::borrow::Cow::Owned(masked) => Ok(Some(masked)),
+        },
+    }
 }
 
 /// The refusal of an answer in which the local PII filter found a `BLOCK` entity.

@@ -17,7 +17,7 @@ use k8s_ai_api::model_id::{self, Route};
 
 use super::{
     Caller, Emulator, Record, cache,
-    config::{Config, Faults, glob_match},
+    config::{Config, Faults, OutputMode, glob_match},
     embeddings,
     error::AwsError,
     guardrails::{Assessment, Policy, Source},
@@ -485,7 +485,12 @@ impl Emulator {
         );
         let tool_uses = match &prompt.tools {
             Some(config) if !prompt.answers_tools => {
-                tools::calls(config, &last_user_text, &random_token(16))
+                // A model told what to say (a fixed answer) says it in its arguments too.
+                let words = match &self.config().output {
+                    OutputMode::Fixed { text } => text.clone(),
+                    _ => last_user_text.clone(),
+                };
+                tools::calls(config, &last_user_text, &words, &random_token(16))
             }
             _ => Vec::new(),
         };

@@ -300,7 +300,8 @@ pub fn check_history(messages: &[Value], has_config: bool) -> Result<(), AwsErro
 
 /// The calls the emulated model makes for `text` (the user's last words): with `auto`, each tool
 /// whose name the text mentions; with `any`, those or else the first tool; a named tool always.
-pub fn calls(config: &ToolConfig, text: &str, seed: &str) -> Vec<ToolUse> {
+/// Their string arguments are taken from `words` (the user's, or the model's fixed answer).
+pub fn calls(config: &ToolConfig, text: &str, words: &str, seed: &str) -> Vec<ToolUse> {
     let lower = text.to_lowercase();
     let mentioned: Vec<&(String, Value)> = config
         .tools
@@ -318,7 +319,7 @@ pub fn calls(config: &ToolConfig, text: &str, seed: &str) -> Vec<ToolUse> {
         .map(|(k, (name, schema))| ToolUse {
             id: tool_use_id(seed, k),
             name: name.clone(),
-            input: example(schema, text, 0),
+            input: example(schema, words, 0),
         })
         .collect()
 }
@@ -431,19 +432,27 @@ mod tests {
     #[test]
     fn the_model_calls_the_tools_it_is_asked_about_with_valid_arguments() {
         let auto = config(json!({ "auto": {} }));
-        let calls = calls(&auto, "What is get_weather in Paris?", "s");
+        let calls = calls(
+            &auto,
+            "What is get_weather in Paris?",
+            "What is get_weather in Paris?",
+            "s",
+        );
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].name, "get_weather");
         assert_eq!(calls[0].input["unit"], "c");
         assert_eq!(calls[0].input["days"], 2);
         assert!(calls[0].id.starts_with("tooluse_") && calls[0].id.len() == 30);
-        assert!(super::calls(&auto, "hello", "s").is_empty());
+        assert!(super::calls(&auto, "hello", "hello", "s").is_empty());
         assert_eq!(
-            super::calls(&config(json!({ "any": {} })), "hello", "s")[0].name,
+            super::calls(&config(json!({ "any": {} })), "hello", "hello", "s")[0].name,
             "get_weather"
         );
         let named = config(json!({ "tool": { "name": "get_time" } }));
-        assert_eq!(super::calls(&named, "get_weather", "s")[0].name, "get_time");
+        assert_eq!(
+            super::calls(&named, "get_weather", "get_weather", "s")[0].name,
+            "get_time"
+        );
         assert!(auto.tokens > TOOL_PROMPT_AUTO);
     }
 
