@@ -1,5 +1,6 @@
 //! Binding listeners: `[::]` means every address of both families (IPV6_V6ONLY off), so one
-//! default serves IPv4, IPv6 and dual-stack clusters. The sidecar has the same function.
+//! default serves IPv4, IPv6 and dual-stack clusters. The sidecar compiles this file too
+//! (`#[path]` in sidecar/src/lib.rs).
 
 use std::{
     io,

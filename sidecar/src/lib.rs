@@ -8,6 +8,8 @@ pub mod credentials;
 pub mod errors;
 pub mod fetch;
 pub mod limits;
+// The operator's binder, compiled in here too: one file for both binaries, not a crate of its own.
+#[path = "../../operator/src/listen.rs"]
 pub mod listen;
 pub mod metrics;
 pub mod pii;
