@@ -79,6 +79,20 @@ impl EndpointConfig {
         (zero || ungranted) && young(self.ledger_created)
     }
 
+    /// Whether this new pod still waits for the operator to sync the endpoint's guardrail policy
+    /// to Bedrock (a policy applied just before the pod): until then only the local PII filter
+    /// applies, so the app's first calls would go without the policy's Bedrock filters. Bounded
+    /// as [`Self::awaiting_first_share`] is, from the pod's ledger.
+    pub fn awaiting_guardrail(&self, now: std::time::SystemTime) -> bool {
+        let unsynced = self
+            .guardrail
+            .as_ref()
+            .is_some_and(|g| g.bedrock.is_none() && g.problem.is_none());
+        let since = self.ledger_created.or(self.awaiting_ledger_since);
+        unsynced
+            && since.is_some_and(|t| now.duration_since(t).unwrap_or_default() < FIRST_SHARE_WAIT)
+    }
+
     /// The limits this pod enforces: its allocation when it has one, else the endpoint's own.
     pub fn effective_rate_limit(&self) -> k8s_ai_api::model_endpoint::RateLimit {
         match &self.allocation {
@@ -557,6 +571,16 @@ mod tests {
             !waiting(&ledger(&just_now, 12), now),
             "its ledger came with a share"
         );
+        // The seed's policy is not synced to Bedrock yet: a new pod waits for it, within the bound.
+        let guardrail = |at| injected.snapshot().endpoints["claude-haiku"].awaiting_guardrail(at);
+        assert!(guardrail(now), "a young pod waits for the policy's sync");
+        assert!(!guardrail(now + FIRST_SHARE_WAIT), "ready after the bound");
+        let synced = ledger(&just_now, 12).replace(
+            "kind: GuardrailPolicy\n",
+            "kind: GuardrailPolicy\nstatus: {guardrailId: gr-1, version: \"1\"}\n",
+        );
+        injected.update(&parse_manifests(&synced).unwrap());
+        assert!(!guardrail(now), "synced");
     }
 
     #[test]

@@ -245,11 +245,19 @@ async fn readyz(State(state): Shared) -> Response {
     }
     let now = std::time::SystemTime::now();
     let snapshot = state.catalog.snapshot();
-    let mut waiting: Vec<&str> = snapshot
+    let mut waiting: Vec<String> = snapshot
         .endpoints
         .values()
-        .filter(|e| e.awaiting_first_share(now))
-        .map(|e| e.name.as_str())
+        .filter_map(|e| {
+            let share = e.awaiting_first_share(now);
+            let guardrail = e.awaiting_guardrail(now);
+            match (share, guardrail) {
+                (false, false) => None,
+                (true, false) => Some(format!("the first share of {}", e.name)),
+                (false, true) => Some(format!("the guardrail of {}", e.name)),
+                (true, true) => Some(format!("the first share and guardrail of {}", e.name)),
+            }
+        })
         .collect();
     if waiting.is_empty() {
         return "ok".into_response();
@@ -257,10 +265,7 @@ async fn readyz(State(state): Shared) -> Response {
     waiting.sort_unstable();
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "waiting for the operator's first share of {}",
-            waiting.join(", ")
-        ),
+        format!("waiting for the operator: {}", waiting.join("; ")),
     )
         .into_response()
 }
