@@ -387,7 +387,9 @@ def test_unchanged_bedrock_app_calls_through_the_sidecar(node, workloads):
     month = ledger["status"]["month"]
     assert month["inputTokens"] == seen["usage"]["inputTokens"] + seen["streamUsage"]["inputTokens"], (month, seen)
     assert Decimal(month["cost"]) > Decimal(seen["cost"]), (month, seen)
-    node.out("delete", "pod", "bedrock-app", "-n", workloads, "--wait=false")
+    # Gone, its ledger folded, before the next test counts the endpoint's invocations.
+    node.out("delete", "pod", "bedrock-app", "-n", workloads, "--grace-period=5")
+    node.wait_until("the pod's ledger to be folded and removed", lambda: not ledgers_of(node, workloads, "bedrock-app"), timeout=90)
 
 
 INVOKE = ("curl -sf -X POST http://localhost:8090/invoke/ai-workloads/claude-haiku -H 'Content-Type: application/json' "
