@@ -81,6 +81,18 @@ fn texts(input: Value) -> Result<Vec<String>, ApiError> {
     Ok(texts)
 }
 
+/// An embedding request of `texts`, one user turn each, for the same checks as a chat.
+fn embedding_request(texts: Vec<String>) -> ModelRequest {
+    let mut request = ModelRequest {
+        purpose: Purpose::Embed,
+        ..ModelRequest::default()
+    };
+    for text in texts {
+        request.push(Role::User, Block::Text(text));
+    }
+    request
+}
+
 /// A vector as OpenAI sends it: floats, or their little-endian 32-bit bytes in base64 (what the
 /// OpenAI SDKs ask for by default).
 fn encoded(vector: &[f32], base64: bool) -> Value {
@@ -129,14 +141,9 @@ pub(super) async fn embeddings(State(state): State<Arc<AppState>>, Body(body): B
             (Some(f), None) => f.dimensions()[0],
             (None, _) => 0,
         };
-        let mut request = ModelRequest {
-            purpose: Purpose::Embed,
-            ..ModelRequest::default()
-        };
-        for text in texts {
-            request.push(Role::User, Block::Text(text));
-        }
-        let prepared = state.prepare(endpoint, request, None).await?;
+        let prepared = state
+            .prepare(endpoint, embedding_request(texts), None)
+            .await?;
         let Some(family) = family else {
             return Err(ApiError::invalid("not an embedding model"));
         };
@@ -180,14 +187,9 @@ pub(super) async fn invoke_native(
         if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
             return Err(ApiError::invalid(format!("text {i} is empty")));
         }
-        let mut request = ModelRequest {
-            purpose: Purpose::Embed,
-            ..ModelRequest::default()
-        };
-        for text in texts {
-            request.push(Role::User, Block::Text(text));
-        }
-        let prepared = state.prepare(endpoint, request, None).await?;
+        let prepared = state
+            .prepare(endpoint, embedding_request(texts), None)
+            .await?;
         state.embed_native(prepared, family, fields).await
     };
     match outcome.await {
