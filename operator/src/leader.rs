@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, runtime::watcher};
 
 use crate::{
-    controllers::{self, Context, cache::Shared},
+    controllers::{self, Context, cache::SharedWatch},
     metrics::Metrics,
     webhook::inject::INJECTED_LABEL,
 };
@@ -50,8 +50,8 @@ pub async fn lead(
         instance: Some(leadership.identity.clone()),
     };
     // One watch of ModelUsages and one of injected Pods, shared by every controller.
-    let mut ledgers = Shared::<ModelUsage>::default();
-    let mut pods = Shared::<Pod>::default();
+    let mut ledgers = SharedWatch::<ModelUsage>::default();
+    let mut pods = SharedWatch::<Pod>::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: kube::runtime::events::Recorder::new(client.clone(), reporter),

@@ -16,7 +16,7 @@ use crate::{
     },
     catalog::{Catalog, EndpointConfig, GuardrailConfig},
     errors::ApiError,
-    limits::{Admission, Ledger},
+    limits::{Reservation, Tally},
     metrics::{CallLabels, Metrics, RejectLabels, TokenLabels},
     refusals::RefusalLog,
     settings::Settings,
@@ -27,7 +27,7 @@ pub struct AppState {
     pub settings: Settings,
     pub catalog: Arc<Catalog>,
     pub upstream: crate::bedrock::Upstream,
-    pub ledger: Ledger,
+    pub tally: Tally,
     pub metrics: Metrics,
     /// Warn lines for refused and failed calls, rate-limited.
     pub refusals: Arc<RefusalLog>,
@@ -230,7 +230,7 @@ pub struct Prepared {
     endpoint: Arc<EndpointConfig>,
     price: ModelPrice,
     request: ModelRequest,
-    admission: Admission,
+    reservation: Reservation,
     started: Instant,
 }
 
@@ -332,7 +332,7 @@ impl AppState {
                     Ok(std::borrow::Cow::Borrowed(_)) => {}
                     Ok(std::borrow::Cow::Owned(masked)) => *text = masked,
                     Err(blocked) => {
-                        self.ledger.reject(endpoint, "guardrail_blocked");
+                        self.tally.reject(endpoint, "guardrail_blocked");
                         let message = format!(
                             "{} (sensitive information: {})",
                             guardrail.blocked_input_message, blocked.entity
@@ -419,8 +419,8 @@ impl AppState {
         .map_err(|e| self.reject(&endpoint, e))?;
         let worst_case_input = request.worst_case_input_tokens();
         let worst_case = worst_case_cost(&price, &request, worst_case_input);
-        let admission = self
-            .ledger
+        let reservation = self
+            .tally
             .admit(
                 &endpoint,
                 worst_case_input + u64::from(request.max_tokens),
@@ -431,7 +431,7 @@ impl AppState {
             endpoint,
             price,
             request,
-            admission,
+            reservation,
             started,
         })
     }
@@ -448,7 +448,7 @@ impl AppState {
         let Prepared {
             endpoint,
             price,
-            admission,
+            reservation,
             started,
             ..
         } = prepared;
@@ -456,7 +456,7 @@ impl AppState {
             .cost(usage)
             .checked_add(guardrail_units.cost())
             .unwrap_or(Decimal::MAX);
-        admission.settle(
+        reservation.settle(
             usage.input_tokens + usage.cache_read_input_tokens + usage.cache_write_input_tokens,
             usage.output_tokens,
             cost,

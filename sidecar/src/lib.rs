@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     bedrock::Upstream, calls::AppState, catalog::Catalog, credentials::RoleCredentialsRegistry,
-    limits::Ledger, metrics::Metrics, settings::Settings,
+    limits::Tally, metrics::Metrics, settings::Settings,
 };
 
 /// Why the sidecar cannot start.
@@ -138,7 +138,7 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         settings,
         catalog,
         upstream,
-        ledger: Ledger::default(),
+        tally: Tally::default(),
         metrics: Metrics::default(),
         refusals: Arc::default(),
         kube: kube_client,

@@ -434,19 +434,20 @@ struct EndpointState {
     usage: Mutex<Usage>,
 }
 
-/// Limits, budgets and usage of every endpoint of this pod.
+/// This pod's tally: limits, budgets and usage of each of its endpoints, in memory (the
+/// operator's ledger, the ModelUsage object, is what it reports to).
 #[derive(Default)]
-pub struct Ledger {
+pub struct Tally {
     endpoints: Mutex<HashMap<String, Arc<EndpointState>>>,
-    /// Endpoints whose stored counters have been taken over (see [`Ledger::resume`]).
+    /// Endpoints whose stored counters have been taken over (see [`Tally::resume`]).
     resumed: Mutex<std::collections::HashSet<String>>,
-    /// Woken when a call ends above a share that was taken back (see [`Ledger::unit_released`]).
+    /// Woken when a call ends above a share that was taken back (see [`Tally::unit_released`]).
     released: Arc<tokio::sync::Notify>,
 }
 
 /// A call admitted against an endpoint's limits: settle it with the real usage, or drop it to
 /// give everything back.
-pub struct Admission {
+pub struct Reservation {
     state: Arc<EndpointState>,
     reserved_cost: Decimal,
     reserved_tokens: u64,
@@ -454,7 +455,7 @@ pub struct Admission {
     settled: bool,
 }
 
-impl Admission {
+impl Reservation {
     /// Records the call's real usage and cost, and releases what was reserved.
     pub fn settle(mut self, input_tokens: u64, output_tokens: u64, cost: Decimal) {
         self.settled = true;
@@ -482,7 +483,7 @@ impl Admission {
     }
 }
 
-impl Drop for Admission {
+impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.settled {
             // The call never reached the model (or failed before it was charged): give it all back.
@@ -552,7 +553,7 @@ impl Default for Calendar {
     }
 }
 
-impl Ledger {
+impl Tally {
     fn state(&self, endpoint: &EndpointConfig) -> Arc<EndpointState> {
         let time_zone = endpoint
             .spec
@@ -671,7 +672,7 @@ impl Ledger {
         endpoint: &EndpointConfig,
         max_tokens: u64,
         worst_case_cost: Decimal,
-    ) -> Result<Admission, ApiError> {
+    ) -> Result<Reservation, ApiError> {
         let state = self.state(endpoint);
         let mut limiters = lock(&state.limiters);
         let now = Instant::now();
@@ -737,25 +738,25 @@ impl Ledger {
         let permit = InFlightPermit(Arc::clone(&limiters.in_flight));
         drop(limiters);
         lock(&state.usage).demand.add(1, 0);
-        let admission = Admission {
+        let reservation = Reservation {
             state: Arc::clone(&state),
             reserved_cost: Decimal::ZERO,
             reserved_tokens,
             _permit: permit,
             settled: false,
         };
-        self.reserve_budget(endpoint, admission, worst_case_cost)
+        self.reserve_budget(endpoint, reservation, worst_case_cost)
     }
 
     fn reserve_budget(
         &self,
         endpoint: &EndpointConfig,
-        mut admission: Admission,
+        mut reservation: Reservation,
         worst_case: Decimal,
-    ) -> Result<Admission, ApiError> {
+    ) -> Result<Reservation, ApiError> {
         let budget = endpoint.spec.cost_budget.clone().unwrap_or_default();
-        let (day, month) = admission.state.calendar.periods(SystemTime::now());
-        let mut usage = lock(&admission.state.usage);
+        let (day, month) = reservation.state.calendar.periods(SystemTime::now());
+        let mut usage = lock(&reservation.state.usage);
         if usage.day.period != day {
             usage.budget_wanted = None;
         }
@@ -773,12 +774,12 @@ impl Ledger {
             let retry = if granted(endpoint, (&day, &month)) && !endpoint.budget_exhausted {
                 GRANT_RETRY
             } else {
-                admission
+                reservation
                     .state
                     .calendar
                     .until_next(which, SystemTime::now())
             };
-            drop(admission);
+            drop(reservation);
             self.reject(endpoint, "budget_exceeded");
             return Err(ApiError::rate_limited(
                 "budget_exceeded",
@@ -791,8 +792,8 @@ impl Ledger {
         }
         usage.reserved += worst_case;
         drop(usage);
-        admission.reserved_cost = worst_case;
-        Ok(admission)
+        reservation.reserved_cost = worst_case;
+        Ok(reservation)
     }
 }
 
@@ -887,9 +888,9 @@ mod tests {
             catalog.update(&crate::catalog::parse_manifests(&yaml).unwrap());
             Arc::clone(&catalog.snapshot().endpoints["claude-haiku"])
         };
-        let ledger = Ledger::default();
+        let tally = Tally::default();
         let enforced =
-            |e: &EndpointConfig| ledger.holding(e).allocation.map(|a| a.requests_per_minute);
+            |e: &EndpointConfig| tally.holding(e).allocation.map(|a| a.requests_per_minute);
         assert_eq!(enforced(&with_ledger("first", 5, 7)), Some(7));
         assert_eq!(
             enforced(&with_ledger("first", 3, 9)),

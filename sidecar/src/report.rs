@@ -53,19 +53,19 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closi
         .values()
         .filter(|c| c.allocation.is_some())
     {
-        state.ledger.holding(config);
+        state.tally.holding(config);
     }
     resume(state, &api).await;
     let mut written = 0;
-    for (endpoint, usage) in state.ledger.all_usage() {
-        if state.ledger.needs_resume(&endpoint) {
+    for (endpoint, usage) in state.tally.all_usage() {
+        if state.tally.needs_resume(&endpoint) {
             continue; // its stored counters could not be read yet: reporting now would lose them
         }
         let (requests_per_minute, tokens_per_minute) = usage.demand_per_minute();
         let holding = snapshot
             .endpoints
             .get(&endpoint)
-            .map(|config| state.ledger.holding(config));
+            .map(|config| state.tally.holding(config));
         let status = ModelUsageStatus {
             day: Some(period(&usage.day)),
             month: Some(period(&usage.month)),
@@ -107,8 +107,8 @@ pub async fn report_once(state: &AppState, client: &Client, sequence: u64, closi
 /// container restarted, the pod did not) stored in the ledger.
 async fn resume(state: &AppState, api: &Api<ModelUsage>) {
     let snapshot = state.catalog.snapshot();
-    for (endpoint, _) in state.ledger.all_usage() {
-        if !state.ledger.needs_resume(&endpoint) {
+    for (endpoint, _) in state.tally.all_usage() {
+        if !state.tally.needs_resume(&endpoint) {
             continue;
         }
         let Some(config) = snapshot.endpoints.get(&endpoint) else {
@@ -126,7 +126,7 @@ async fn resume(state: &AppState, api: &Api<ModelUsage>) {
                 if stored.as_ref().is_some_and(|s| s.sequence > 0) {
                     tracing::info!(ledger = %name, "taking over the counters of an earlier run of this sidecar");
                 }
-                state.ledger.resume(config, stored.as_ref());
+                state.tally.resume(config, stored.as_ref());
             }
             Err(e) => {
                 tracing::warn!(ledger = %name, error = %e, "cannot read the ledger; will retry");
@@ -153,7 +153,7 @@ pub async fn run(state: Arc<AppState>, client: Client, interval: Duration) {
                 tokio::time::sleep(SHARE_REPORT_DELAY).await;
                 tick.reset();
             }
-            () = state.ledger.unit_released() => {
+            () = state.tally.unit_released() => {
                 tokio::time::sleep(SHARE_REPORT_DELAY).await;
                 tick.reset();
             }

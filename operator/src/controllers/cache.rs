@@ -89,7 +89,7 @@ where
 }
 
 /// A watch of one kind, feeding one store and any number of subscribers.
-pub struct Shared<K>
+pub struct SharedWatch<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
@@ -99,7 +99,7 @@ where
     subscribers: Vec<mpsc::Sender<Change<K>>>,
 }
 
-impl<K> Default for Shared<K>
+impl<K> Default for SharedWatch<K>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
@@ -114,7 +114,7 @@ where
     }
 }
 
-impl<K> Shared<K>
+impl<K> SharedWatch<K>
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
@@ -126,7 +126,7 @@ where
         }
     }
 
-    /// Every change from the start of the watch; subscribe before [`Shared::run`].
+    /// Every change from the start of the watch; subscribe before [`SharedWatch::run`].
     pub fn subscribe(&mut self) -> impl Stream<Item = Change<K>> + Send + 'static {
         let (tx, rx) = mpsc::channel(BUFFER);
         self.subscribers.push(tx);
