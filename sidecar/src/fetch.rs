@@ -77,7 +77,7 @@ impl ImageFetcher {
         }
         let path = url.path();
         if has_dot_segment(path) {
-            return Some("its path has . or .. segments".to_owned());
+            return Some("its path has . or .. segments, or an encoded /".to_owned());
         }
         let allowed = self.allowed.iter().any(|p| {
             p.scheme.eq_ignore_ascii_case(scheme)
@@ -102,12 +102,15 @@ impl ImageFetcher {
         let uri: Uri = url
             .parse()
             .map_err(|_| refused("it is not a valid URL".to_owned()))?;
-        let (Some(http), None) = (&self.http, self.refusal(&uri)) else {
-            return Err(refused(self.refusal(&uri).unwrap_or_else(|| {
+        let Some(http) = &self.http else {
+            return Err(refused(
                 "the pod allows no image URL (annotation ai.kernelpanic09.io/image-url-allow)"
-                    .to_owned()
-            })));
+                    .to_owned(),
+            ));
         };
+        if let Some(why) = self.refusal(&uri) {
+            return Err(refused(why));
+        }
         let request = http::Request::get(uri)
             .header(http::header::ACCEPT, "image/*")
             .body(Full::new(Bytes::new()))
@@ -171,7 +174,7 @@ fn parse_prefix(entry: &str) -> Result<Prefix, AllowListError> {
         ));
     }
     if has_dot_segment(path) {
-        return Err(error("the path has . or .. segments"));
+        return Err(error("the path has . or .. segments, or an encoded /"));
     }
     Ok(Prefix {
         scheme: scheme.to_owned(),
