@@ -117,8 +117,8 @@ pub enum Thinking {
     /// decides how much to think. `summarized: Some(true)` asks for the thinking's summary where
     /// the model omits it by default; `Some(false)` asks it omitted.
     Adaptive { summarized: Option<bool> },
-    /// The app's own `thinking: {type: disabled}`, passed on (the models after Claude 4.6
-    /// refuse it).
+    /// The app's own `thinking: {type: disabled}`: sent as no thinking, and refused up front on
+    /// the models after Claude 4.6, which refuse it.
     Disabled,
 }
 

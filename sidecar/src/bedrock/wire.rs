@@ -362,10 +362,9 @@ fn reasoning_fields(r: &ModelRequest) -> Option<Value> {
                 serde_json::json!({ "thinking": thinking, "output_config": { "effort": effort } }),
             );
         }
-        Some(Thinking::Disabled) => {
-            return Some(serde_json::json!({ "thinking": { "type": "disabled" } }));
-        }
-        None => {}
+        // No thinking is what leaving it out asks for, on every model that takes `disabled`
+        // (those that do not are refused it before the call).
+        Some(Thinking::Disabled) | None => {}
     }
     let effort = r.effort?;
     Some(match r.reasoning_style? {
