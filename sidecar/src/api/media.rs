@@ -60,7 +60,7 @@ impl ImageUrls {
 /// allows and puts each image inline, so the converters read it as if the app had sent it so.
 /// With no URL allowed nothing is fetched, and the converters refuse the URLs, saying why.
 pub(super) async fn inline_image_urls(
-    contents: Vec<&mut Value>,
+    mut contents: Vec<&mut Value>,
     shape: ImageUrls,
     fetcher: &ImageFetcher,
 ) -> Result<(), ApiError> {
@@ -68,7 +68,6 @@ pub(super) async fn inline_image_urls(
     if !fetcher.enabled() {
         return Ok(());
     }
-    let mut contents = contents;
     let found: Vec<(usize, usize, String)> = contents
         .iter()
         .enumerate()
