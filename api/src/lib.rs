@@ -6,6 +6,7 @@
 
 pub mod exposition;
 pub mod guardrail_policy;
+pub mod image_url;
 pub mod model_endpoint;
 pub mod model_id;
 pub mod model_usage;

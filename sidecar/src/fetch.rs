@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
+use k8s_ai_api::image_url::{UrlPrefix, has_dot_segment, parse_prefix as parse_prefix_text};
 
 use crate::{
     bedrock::{HttpsClient, MAX_IMAGE_BYTES},
@@ -17,14 +18,6 @@ use crate::{
 
 /// How long one image may take, connection included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One allowed prefix: a scheme and authority matched exactly, a path matched as a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Prefix {
-    scheme: String,
-    authority: String,
-    path: String,
-}
 
 /// The allow-list could not be read: the sidecar does not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +31,7 @@ pub struct AllowListError {
 
 /// Fetches images from allowed URLs.
 pub struct ImageFetcher {
-    allowed: Vec<Prefix>,
+    allowed: Vec<UrlPrefix>,
     http: Option<HttpsClient>,
 }
 
@@ -150,46 +143,11 @@ impl ImageFetcher {
     }
 }
 
-fn parse_prefix(entry: &str) -> Result<Prefix, AllowListError> {
-    let error = |reason| AllowListError {
+fn parse_prefix(entry: &str) -> Result<UrlPrefix, AllowListError> {
+    parse_prefix_text(entry).map_err(|reason| AllowListError {
         entry: entry.to_owned(),
         reason,
-    };
-    let uri: Uri = entry.parse().map_err(|_| error("not a URL"))?;
-    let scheme = uri.scheme_str().ok_or(error("no scheme"))?;
-    if scheme != "https" && scheme != "http" {
-        return Err(error("only http and https"));
-    }
-    let authority = uri.authority().ok_or(error("no host"))?.as_str();
-    if authority.contains('@') {
-        return Err(error("credentials in a URL are not allowed"));
-    }
-    if uri.query().is_some() {
-        return Err(error("a prefix has no query"));
-    }
-    let path = uri.path();
-    if !path.ends_with('/') {
-        return Err(error(
-            "the path must end with / (a prefix of paths, not of names)",
-        ));
-    }
-    if has_dot_segment(path) {
-        return Err(error("the path has . or .. segments, or an encoded /"));
-    }
-    Ok(Prefix {
-        scheme: scheme.to_owned(),
-        authority: authority.to_ascii_lowercase(),
-        path: path.to_owned(),
     })
-}
-
-/// Whether a path has a `.` or `..` segment, percent-encoded or not: the server would resolve it
-/// out of the prefix the path seems to be under.
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    }) || path.to_ascii_lowercase().contains("%2f")
 }
 
 fn shown(url: &str) -> String {

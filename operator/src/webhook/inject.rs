@@ -136,25 +136,9 @@ fn image_url_allow(pod: &Pod) -> Result<Option<String>, Denial> {
     };
     let mut entries = Vec::new();
     for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let rest = entry
-            .strip_prefix("https://")
-            .or_else(|| entry.strip_prefix("http://"));
-        let well_formed = rest.is_some_and(|rest| {
-            let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-            !host.is_empty()
-                && !host.contains('@')
-                && !entry.contains(['?', '#', ' '])
-                && entry.ends_with('/')
-                && !path.split('/').any(|s| {
-                    matches!(
-                        s.to_ascii_lowercase().replace("%2e", ".").as_str(),
-                        "." | ".."
-                    )
-                })
-        });
-        if !well_formed {
+        if let Err(why) = k8s_ai_api::image_url::parse_prefix(entry) {
             return Err(Denial(format!(
-                "{IMAGE_URL_ALLOW_ANNOTATION}: {entry:?} is not a URL prefix: write https://host[:port]/path/ (ending in /, no credentials, query or dot segments), comma-separated"
+                "{IMAGE_URL_ALLOW_ANNOTATION}: {entry:?} is not a URL prefix ({why}): write https://host[:port]/path/ (ending in /, no credentials, query or dot segments), comma-separated"
             )));
         }
         entries.push(entry);
