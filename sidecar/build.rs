@@ -7,6 +7,15 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=symbol-order.txt");
     println!("cargo:rerun-if-env-changed=AI_SIDECAR_KEEP_SYMBOLS");
+    println!("cargo:rerun-if-env-changed=AI_SIDECAR_BENCH_WITHOUT");
+    println!("cargo::rustc-check-cfg=cfg(ai_sidecar_without_kept_timer)");
+    // `make bench-sidecar-tuning` builds the sidecar without each tuning below, one at a time, to
+    // measure what it saves; never set for an image.
+    let without = std::env::var("AI_SIDECAR_BENCH_WITHOUT").unwrap_or_default();
+    let without = |tuning: &str| without.split(',').any(|t| t.trim() == tuning);
+    if without("kept-timer") {
+        println!("cargo:rustc-cfg=ai_sidecar_without_kept_timer");
+    }
     if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
         return;
     }
@@ -20,6 +29,9 @@ fn main() {
     // The kernel maps code 64 KiB or more around each page run: the functions a sidecar runs,
     // spread over all its code by default, would keep most of it resident; rust-lld lays them out
     // together.
+    if without("symbol-order") {
+        return;
+    }
     match (rust_lld_dir(), symbol_order()) {
         (Some(dir), Some(order)) => {
             println!("cargo:rustc-link-arg-bin=ai-sidecar=-B{}", dir.display());
@@ -29,6 +41,15 @@ fn main() {
                 order.display()
             );
             println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,--no-warn-symbol-ordering");
+            // Names that no longer resolve are skipped silently: the link map beside the binary
+            // (mangled names) lets `e2e/bench/symbol_order.py check` count them.
+            if let Some(map) = link_map() {
+                println!("cargo:rustc-link-arg-bin=ai-sidecar=-Wl,--no-demangle");
+                println!(
+                    "cargo:rustc-link-arg-bin=ai-sidecar=-Wl,-Map={}",
+                    map.display()
+                );
+            }
         }
         (None, _) => {
             println!("cargo:warning=rust-lld not found: ai-sidecar links in default order");
@@ -55,6 +76,13 @@ fn symbol_order() -> Option<PathBuf> {
         .join(format!("symbol-order-{:016x}.txt", hasher.finish()));
     std::fs::write(&copy, order).ok()?;
     Some(copy)
+}
+
+/// `<target>/<triple>/<profile>/ai-sidecar.map`: beside the binary, where a script finds it (a
+/// build script's own directory, `<profile>/build/ai-sidecar-<hash>/out`, has a hash in its name).
+fn link_map() -> Option<PathBuf> {
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR")?);
+    Some(out_dir.ancestors().nth(3)?.join("ai-sidecar.map"))
 }
 
 /// The toolchain's `ld.lld` for `cc -fuse-ld=lld` (the way rustc links with its own rust-lld).

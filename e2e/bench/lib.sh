@@ -34,6 +34,14 @@ build_release() { cargo build --release --locked -q "$@"; }
 build_sidecar() {
   [[ -n "${SIDECAR_BIN:-}" ]] && return 0
   cargo build --profile sidecar --locked -q -p ai-sidecar --bin ai-sidecar --target "$sidecar_target"
+  check_symbol_order
+}
+# Fails, saying what to run, when most names of sidecar/symbol-order.txt no longer resolve in the
+# sidecar's last build (its link map). The names are those of the x86_64 build.
+check_symbol_order() {
+  local map="$CARGO_TARGET_DIR/$sidecar_target/sidecar/ai-sidecar.map"
+  [[ $sidecar_target == x86_64-* ]] || return 0
+  python3 e2e/bench/symbol_order.py check "$map" sidecar/symbol-order.txt >&2
 }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -166,11 +174,13 @@ cluster_tenant() {
   "${kubectl[@]}" apply --server-side -k manifests/crds >/dev/null
   "${kubectl[@]}" wait --for=condition=Established crd -l app.kubernetes.io/part-of=k8s-ai-operator >/dev/null
   "${kubectl[@]}" create namespace "$1" >/dev/null
-  # GuardrailPolicies are cluster-wide: the tenant's is named after it, not the seed's.
+  # GuardrailPolicies are cluster-wide: the tenant's is named after it, not the seed's. No operator
+  # runs to resolve the model's inference profile: the endpoint names it.
   for sample in guardrailpolicy modelendpoint prompttemplate; do
     echo ---
     sed -e "s/namespace: ai-workloads/namespace: $1/" -e "s/name: pii-and-safety/name: $1/" \
-      -e "s/guardrailPolicyRef: pii-and-safety/guardrailPolicyRef: $1/" "manifests/samples/$sample.yaml"
+      -e "s/guardrailPolicyRef: pii-and-safety/guardrailPolicyRef: $1/" \
+      -e 's/^  modelId: .*/&\n  inferenceProfile: geographic/' "manifests/samples/$sample.yaml"
   done | "${kubectl[@]}" apply -f - >/dev/null
   # The service account, and exactly the access a pod's sidecar needs.
   "${kubectl[@]}" apply -f - >/dev/null <<EOF
