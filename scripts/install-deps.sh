@@ -11,13 +11,16 @@ need_apt=()
 # certificates; jq shapes JSON in `make demo`; musl-gcc, bwrap and file check what the
 # Dockerfiles promise (a static binary serving as a non-root user on a read-only root).
 # The real node (e2e/node.sh) runs containers with runc, proxies Services with nftables, and its
-# app image is busybox (static) with curl.
+# app image is busybox (static) with curl. buildah builds Dockerfile.operator and Dockerfile.sidecar
+# for it (e2e/node/images.sh); tzdata goes into their base image. actionlint hands the release
+# workflow's shell steps to shellcheck.
 for cmd_pkg in "cc:build-essential" "pkg-config:pkg-config" "curl:curl" "promtool:prometheus" "openssl:openssl" "jq:jq" \
   "musl-gcc:musl-tools" "bwrap:bubblewrap" "file:file" "setpriv:util-linux" "runc:runc" "nft:nftables" \
-  "conntrack:conntrack" "ip:iproute2" "nsenter:util-linux"; do
+  "conntrack:conntrack" "ip:iproute2" "nsenter:util-linux" "buildah:buildah" "shellcheck:shellcheck"; do
   command -v "${cmd_pkg%%:*}" >/dev/null || need_apt+=("${cmd_pkg#*:}")
 done
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] || need_apt+=(ca-certificates)
+[[ -d /usr/share/zoneinfo ]] || need_apt+=(tzdata)
 [[ -x /bin/busybox ]] && file -b /bin/busybox | grep -q 'statically linked' || need_apt+=(busybox-static)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"

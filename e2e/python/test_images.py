@@ -6,12 +6,15 @@ bundle (what distroless/static provides). The operator is a debug build (its ima
 profile only optimises the same code); the sidecar is built exactly as its image builds it, since
 its profile also changes the allocator's and the linker's work (mimalloc, packed relocations)."""
 
+import io
 import json
+import os
 import pathlib
 import platform
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -41,26 +44,92 @@ def instructions(dockerfile: str) -> list[tuple[str, str]]:
     ]
 
 
+def build_args(steps) -> dict[str, str]:
+    """The defaults of the ARGs declared before the first FROM."""
+    first_from = next(i for i, (op, _) in enumerate(steps) if op == "FROM")
+    return dict(args.split("=", 1) for op, args in steps[:first_from] if op == "ARG" and "=" in args)
+
+
 @pytest.mark.parametrize("dockerfile,binary", IMAGES.items())
 def test_dockerfile_is_multi_stage_pinned_distroless_and_non_root(dockerfile, binary):
     steps = instructions(dockerfile)
+    defaults = build_args(steps)
+    assert re.fullmatch(r"\S+/rust:\d+\.\d+\.\d+-\S+", defaults["RUST_IMAGE"]), f"builder not pinned to a Rust release: {defaults}"
+    assert defaults["BASE_IMAGE"].startswith("gcr.io/distroless/static") and defaults["BASE_IMAGE"].endswith(":nonroot"), defaults
+    assert defaults["BINARY"] == "build", "by default the image compiles its binary"
     froms = [args for op, args in steps if op == "FROM"]
-    assert len(froms) == 2, froms
-    builder, final = froms
-    assert re.fullmatch(r"\S+/rust:\d+\.\d+\.\d+-\S+ AS build", builder), f"builder not pinned to a Rust release: {builder}"
-    assert final.startswith("gcr.io/distroless/static") and final.endswith(":nonroot"), final
-    last_stage = steps[[i for i, (op, _) in enumerate(steps) if op == "FROM"][-1] :]
+    # The binary comes from the build stage, or with BINARY=prebuilt from the context as it is.
+    assert froms == ["${RUST_IMAGE} AS build", "scratch AS prebuilt", "${BINARY} AS binary", "${BASE_IMAGE}"], froms
+    stage_starts = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    prebuilt = steps[stage_starts[1] + 1 : stage_starts[2]]
+    assert prebuilt == [("COPY", f"{binary} /out/{binary}")], prebuilt
+    last_stage = steps[stage_starts[-1] :]
+    assert ("COPY", f"--from=binary /out/{binary} /{binary}") in last_stage
     assert ("USER", f"{NONROOT}:{NONROOT}") in last_stage
     assert ("ENTRYPOINT", json.dumps([f"/{binary}"])) in last_stage
     assert not [args for op, args in last_stage if op == "RUN"], "the final stage runs nothing (distroless has no shell)"
     build = " ".join(args for op, args in steps if op == "RUN")
     profile, directory = PROFILES[binary]
     profile_flag = "--release" if profile == "release" else f"--profile {profile}"
-    for flag in (profile_flag, "--locked", '--target "$(uname -m)-unknown-linux-musl"', f"--bin {binary}"):
+    for flag in (f"--package {binary}", profile_flag, "--locked", '--target "$(uname -m)-unknown-linux-musl"', f"--bin {binary}"):
         assert flag in build, f"{dockerfile}: the build lacks {flag}"
     assert f'target/$(uname -m)-unknown-linux-musl/{directory}/{binary}' in build, f"{dockerfile}: copies another build"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", "target", "e2e/.run"} <= set(ignored)
+
+
+@pytest.fixture(scope="module")
+def built_images(tmp_path_factory):
+    """The OCI archives e2e/node/images.sh builds with buildah from the Dockerfiles (the ones the real
+    node runs): scripts/run-tests.sh builds them first (K8S_AI_NODE_IMAGES), else they are built here."""
+    prebuilt = os.environ.get("K8S_AI_NODE_IMAGES")
+    if prebuilt:
+        return pathlib.Path(prebuilt)
+    out = tmp_path_factory.mktemp("images")
+    subprocess.run([str(ROOT / "e2e" / "node" / "images.sh"), str(out)], check=True)
+    return out
+
+
+def oci_image(archive: pathlib.Path) -> tuple[dict, dict[str, tarfile.TarInfo], dict[str, bytes]]:
+    """An OCI archive's image config, its files (path → entry) and the contents of its regular files,
+    layers applied in order."""
+    entries: dict[str, tarfile.TarInfo] = {}
+    contents: dict[str, bytes] = {}
+    with tarfile.open(archive) as tar:
+        blob = lambda digest: tar.extractfile("blobs/sha256/" + digest.split(":")[1]).read()
+        index = json.loads(tar.extractfile("index.json").read())
+        manifest = json.loads(blob(index["manifests"][0]["digest"]))
+        config = json.loads(blob(manifest["config"]["digest"]))
+        for layer in manifest["layers"]:
+            with tarfile.open(fileobj=io.BytesIO(blob(layer["digest"]))) as layer_tar:
+                for entry in layer_tar:
+                    path = "/" + entry.name.lstrip("./").rstrip("/")
+                    entries[path] = entry
+                    if entry.isfile():
+                        contents[path] = layer_tar.extractfile(entry).read()
+    return config, entries, contents
+
+
+@pytest.mark.parametrize("archive,binary", [("operator.tar", "k8s-ai-operator"), ("ai-sidecar.tar", "ai-sidecar")])
+def test_built_image_is_the_binary_on_distroless_as_non_root(built_images, archive, binary):
+    config, files, contents = oci_image(built_images / archive)
+    assert config["config"]["User"] == f"{NONROOT}:{NONROOT}"
+    assert config["config"]["Entrypoint"] == [f"/{binary}"]
+    labels = config["config"]["Labels"]
+    assert labels["org.opencontainers.image.title"] == binary
+    version = re.search(r'(?m)^version = "(.+)"', (ROOT / "Cargo.toml").read_text()).group(1)
+    assert labels["org.opencontainers.image.version"] == version
+    assert files[f"/{binary}"].mode & 0o111, "the binary is executable"
+    assert contents[f"/{binary}"][:4] == b"\x7fELF"
+    # What distroless/static holds and nothing else: no shell, no package manager, no libc.
+    assert b"BEGIN CERTIFICATE" in contents[CA_BUNDLE]
+    assert contents["/usr/share/zoneinfo/Europe/Paris"][:4] == b"TZif"
+    assert b"nonroot:x:65532:65532:" in contents["/etc/passwd"]
+    assert files["/tmp"].mode & 0o1777 == 0o1777
+    assert (files["/home/nonroot"].uid, files["/home/nonroot"].mode & 0o777) == (65532, 0o700)
+    allowed = re.compile(r"^/(etc|etc/ssl|etc/ssl/certs|usr|usr/share|usr/share/zoneinfo(/.*)?|tmp|home|home/nonroot)$")
+    unexpected = [p for p in files if not allowed.match(p) and p not in (f"/{binary}", CA_BUNDLE, "/etc/passwd", "/etc/group")]
+    assert not unexpected, f"files distroless/static does not have: {unexpected[:20]}"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +147,7 @@ def binaries(jail_dir):
     out = {}
     for name in IMAGES.values():
         profile, directory = TEST_PROFILES[name]
-        args = ["cargo", "build", "--locked", "--profile", profile, "--target", MUSL, "--bin", name]
+        args = ["cargo", "build", "--locked", "--package", name, "--profile", profile, "--target", MUSL, "--bin", name]
         build = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
         assert build.returncode == 0, build.stderr[-3000:]
         out[name] = jail_dir / name
