@@ -103,6 +103,10 @@ bench-sidecar: ## Benchmark the sidecar against the emulator called directly and
 sidecar-symbol-order: ## Profile the sidecar (valgrind) and rewrite sidecar/symbol-order.txt, its hot-code layout
 	e2e/bench/sidecar-symbol-order.sh
 
+.PHONY: bench-sidecar-tuning
+bench-sidecar-tuning: ## What the sidecar's symbol order saves: a build without it, side by side
+	e2e/bench/tuning.sh
+
 .PHONY: bench-operator
 bench-operator: ## Benchmark the webhook (AdmissionReviews/s, p99) and reconciling 1,000 ModelEndpoints
 	e2e/bench/operator.sh

@@ -8,14 +8,10 @@ fn main() {
     println!("cargo:rerun-if-changed=symbol-order.txt");
     println!("cargo:rerun-if-env-changed=AI_SIDECAR_KEEP_SYMBOLS");
     println!("cargo:rerun-if-env-changed=AI_SIDECAR_BENCH_WITHOUT");
-    println!("cargo::rustc-check-cfg=cfg(ai_sidecar_without_kept_timer)");
     // `make bench-sidecar-tuning` builds the sidecar without each tuning below, one at a time, to
     // measure what it saves; never set for an image.
     let without = std::env::var("AI_SIDECAR_BENCH_WITHOUT").unwrap_or_default();
     let without = |tuning: &str| without.split(',').any(|t| t.trim() == tuning);
-    if without("kept-timer") {
-        println!("cargo:rustc-cfg=ai_sidecar_without_kept_timer");
-    }
     if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
         return;
     }

@@ -21,7 +21,7 @@
 # kept in ~/.cache/k8s-ai-operator/bench-last (with the logs too when BENCH_KEEP=1); the page is
 # written from it.
 #
-# Other benchmarks join the page through a hook: for NAME in operator, webhook, ledger, if
+# Other benchmarks join the page through a hook: for NAME in operator, webhook, ledger, tuning, if
 # e2e/bench/NAME.sh exists it runs with BENCH_FORMAT=markdown (and RUNS, SECONDS_PER_RUN) and its
 # standard output, Markdown (a table and its notes), becomes the page's section NAME.
 set -euo pipefail
@@ -232,7 +232,7 @@ kill "${pid[@]}" 2>/dev/null || true
 pid=()
 
 # The other issues' benchmarks, when they exist.
-for name in operator webhook ledger; do
+for name in operator webhook ledger tuning; do
   if [[ -f e2e/bench/$name.sh ]]; then
     log "e2e/bench/$name.sh"
     BENCH_FORMAT=markdown RUNS=$RUNS SECONDS_PER_RUN=$SECONDS_PER_RUN bash "e2e/bench/$name.sh" >"$work/section-$name.md"

@@ -347,7 +347,7 @@ def main(work, page):
                       [(t, m, "met" if ok else "**missed**") for t, m, ok in sidecar_targets(fig, rate)])
 
     sections = []
-    for name in ("operator", "webhook", "ledger"):
+    for name in ("operator", "webhook", "ledger", "tuning"):
         path = os.path.join(work, f"section-{name}.md")
         if os.path.exists(path):
             with open(path) as f:

@@ -49,13 +49,6 @@ async fn run(settings: Settings) -> ExitCode {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     let grace = settings.shutdown_grace;
-    #[cfg(not(ai_sidecar_without_kept_timer))]
-    tokio::spawn(keep_a_timer_due_before_request_timers(
-        settings
-            .client_read_timeout
-            .min(settings.upstream_timeout)
-            .max(std::time::Duration::from_secs(1)),
-    ));
     let started = std::time::Instant::now();
     let listeners = match Listeners::bind(&settings) {
         Ok(l) => l,
@@ -96,20 +89,6 @@ async fn run(settings: Settings) -> ExitCode {
             tracing::warn!("grace period over with requests still in flight; exiting");
             ExitCode::SUCCESS
         }
-    }
-}
-
-/// Keeps a timer due within `period`, the shortest timeout a request sets. Tokio wakes its own
-/// event loop (an eventfd write and one more `epoll_wait`) whenever a new timer is due before all
-/// others, even from the loop's own thread (tokio-rs/tokio#5207): each answer arms the connection's
-/// header-read timeout ahead of the upstream timeout still pending, so every request paid that.
-/// Idle, this costs two wake-ups a period. What it saves: `make bench-sidecar-tuning`.
-#[cfg(not(ai_sidecar_without_kept_timer))]
-async fn keep_a_timer_due_before_request_timers(period: std::time::Duration) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
     }
 }
 
