@@ -31,13 +31,16 @@ pub const GROUP: &str = "ai.kernelpanic09.io";
 /// The API version of every kind here.
 pub const VERSION: &str = "v1alpha1";
 
+/// The label of every object the install creates: `kubectl get crd -l app.kubernetes.io/part-of=k8s-ai-operator`.
+pub const PART_OF_LABEL: (&str, &str) = ("app.kubernetes.io/part-of", "k8s-ai-operator");
+
 /// Annotation a pod sets to `"true"` to have the sidecar injected.
 pub const INJECT_ANNOTATION: &str = "ai.kernelpanic09.io/inject";
 /// Annotation listing the ModelEndpoints (of the pod's namespace) the pod may use, comma-separated.
 pub const ENDPOINTS_ANNOTATION: &str = "ai.kernelpanic09.io/endpoints";
 
 /// Every CRD of the API, in a stable order (the order `crdgen` prints them), with integer formats
-/// the API server knows. Install these rather than `Kind::crd()`.
+/// the API server knows, labelled as part of the install. Install these rather than `Kind::crd()`.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
         GuardrailPolicy::crd(),
@@ -46,6 +49,13 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ModelUsage::crd(),
     ];
     for crd in &mut crds {
+        // The label every object of the install has: Helm installs the CRDs as they are generated
+        // (a chart's crds/ are not templated), kustomize would add it.
+        crd.metadata.labels = Some(
+            [(PART_OF_LABEL.0.to_owned(), PART_OF_LABEL.1.to_owned())]
+                .into_iter()
+                .collect(),
+        );
         for version in &mut crd.spec.versions {
             if let Some(schema) = version
                 .schema

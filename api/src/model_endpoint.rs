@@ -55,6 +55,12 @@ pub const MODEL_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$";
         json_path = ".status.invocationsThisMonth"
     ),
     printcolumn(
+        name = "Outdated",
+        type_ = "integer",
+        json_path = ".status.outdatedSidecars",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -345,6 +351,11 @@ pub struct ModelEndpointStatus {
     /// figures above include it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<RetiredUsage>,
+
+    /// Pods using this endpoint whose sidecar is not the image the operator injects now (they keep
+    /// the one they were created with): restart them to upgrade it (`kubectl rollout restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outdated_sidecars: Option<u32>,
 
     /// Kept for compatibility with the original operator, which published a proxy Service name here.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -41,6 +41,7 @@ pub async fn lead(
     namespace: &str,
     leadership: Leadership,
     metrics: Arc<Metrics>,
+    sidecar_image: String,
 ) -> Result<(), LeadError> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
@@ -61,6 +62,7 @@ pub async fn lead(
         backoff: controllers::Backoff::default(),
         ledgers: ledgers.cached(),
         pods: pods.cached(),
+        sidecar_image,
     });
     let (pods_for_ledgers, pods_for_fold, pods_for_rbac) =
         (pods.subscribe(), pods.subscribe(), pods.subscribe());

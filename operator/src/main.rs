@@ -156,6 +156,7 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
     let listener = k8s_ai_operator::listen::bind(args.webhook_listen)
         .map_err(|e| Error::Listen(args.webhook_listen, e))?;
     tracing::info!(listen = %args.webhook_listen, "admission webhook listening (TLS)");
+    let sidecar_image = args.sidecar.sidecar_image.clone();
     let webhook = Arc::new(server::Webhook {
         settings: inject_settings(args.sidecar),
         metrics: Arc::clone(&metrics),
@@ -170,7 +171,7 @@ async fn serve(args: ServeArgs, leadership: Option<Leadership>) -> Result<(), Er
 
     let outcome = if let (Some(leadership), Some(client)) = (leadership, client) {
         tokio::select! {
-            result = lead(client, &args.namespace, leadership, Arc::clone(&metrics)) => result.map_err(Error::from),
+            result = lead(client, &args.namespace, leadership, Arc::clone(&metrics), sidecar_image) => result.map_err(Error::from),
             () = shutdown_signal() => Ok(()),
         }
     } else {

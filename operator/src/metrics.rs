@@ -30,6 +30,13 @@ pub struct CostLabels {
     pub model: String,
 }
 
+/// Labels of an endpoint's pods.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointPodsLabels {
+    pub namespace: String,
+    pub endpoint: String,
+}
+
 /// Labels of a controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -62,6 +69,7 @@ pub struct RotationLabels {
 pub struct Metrics {
     registry: Registry,
     endpoint_available: Family<EndpointLabels, Gauge>,
+    outdated_sidecars: Family<EndpointPodsLabels, Gauge>,
     /// US dollars; a float only here, for Prometheus. The ledger itself is exact decimals.
     cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// The endpoints whose cost was reported at the last scrape, with their UIDs: a counter starts
@@ -90,6 +98,7 @@ impl Default for Metrics {
         let mut m = Metrics {
             registry: Registry::default(),
             endpoint_available: Family::default(),
+            outdated_sidecars: Family::default(),
             cost: Family::default(),
             cost_reported: Mutex::default(),
             reconciliations: Family::default(),
@@ -110,6 +119,11 @@ impl Default for Metrics {
             "bedrock_endpoint_available",
             "1 when the ModelEndpoint is Ready (credentials, model, guardrail and price checked), else 0",
             m.endpoint_available.clone(),
+        );
+        sub.register(
+            "outdated_sidecars",
+            "Pods using each ModelEndpoint whose sidecar is not the image the webhook injects now (status.outdatedSidecars)",
+            m.outdated_sidecars.clone(),
         );
         sub.register(
             "bedrock_invocation_cost_dollars",
@@ -240,6 +254,7 @@ impl Metrics {
         let mut seen = HashMap::new();
         if let Some(store) = endpoints {
             self.endpoint_available.clear();
+            self.outdated_sidecars.clear();
             let previous = self
                 .cost_reported
                 .lock()
@@ -270,6 +285,14 @@ impl Metrics {
                         region: endpoint.spec.region.clone(),
                     })
                     .set(i64::from(available));
+                if let Some(outdated) = endpoint.status.as_ref().and_then(|s| s.outdated_sidecars) {
+                    self.outdated_sidecars
+                        .get_or_create(&EndpointPodsLabels {
+                            namespace: endpoint.namespace().unwrap_or_default(),
+                            endpoint: endpoint.name_any(),
+                        })
+                        .set(i64::from(outdated));
+                }
             }
         }
         if endpoints.is_some()
@@ -344,5 +367,30 @@ mod tests {
         assert_eq!(cost_after(&m, endpoint("a", "0.8")), "0.8");
         // Deleted and created again: a new object, so a new counter (a reset Prometheus knows).
         assert_eq!(cost_after(&m, endpoint("b", "0.1")), "0.1");
+    }
+
+    #[test]
+    fn outdated_sidecars_are_reported_per_endpoint_from_its_status() {
+        let m = Metrics::default();
+        let mut outdated = endpoint("a", "0");
+        if let Some(status) = outdated.status.as_mut() {
+            status.outdated_sidecars = Some(3);
+        }
+        let (store, mut writer) = kube::runtime::reflector::store::<ModelEndpoint>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(outdated));
+        let page = m.render(Some(&store));
+        assert!(
+            page.contains(
+                "k8s_ai_operator_outdated_sidecars{namespace=\"ai\",endpoint=\"claude-haiku\"} 3"
+            ),
+            "{page}"
+        );
+        // An endpoint whose status does not say yet is not reported as 0.
+        let (store, mut writer) = kube::runtime::reflector::store::<ModelEndpoint>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(endpoint("a", "0")));
+        assert!(
+            !m.render(Some(&store))
+                .contains("k8s_ai_operator_outdated_sidecars{")
+        );
     }
 }

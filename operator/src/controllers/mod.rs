@@ -39,6 +39,8 @@ pub struct Context {
     pub ledgers: cache::Cached<ModelUsage>,
     /// Every injected Pod, from the operator's one watch of them.
     pub pods: cache::Cached<Pod>,
+    /// The sidecar image the webhook injects now: pods running another are outdated.
+    pub sidecar_image: String,
 }
 
 /// Why a reconcile failed; each is retried with backoff.

@@ -14,6 +14,7 @@ use k8s_ai_api::{
     model_endpoint::{CostBudget, ProfileChoice},
     model_id, pricing,
 };
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -508,6 +509,7 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
     let (totals, usage) = super::ledger::endpoint_usage(&ctx, &endpoint).await?;
     tracing::debug!(namespace = %ns, endpoint = %name, cost_this_month = %totals.cost_this_month, invocations_this_month = totals.invocations_this_month, "summed the ledgers");
     let budget = budget_condition(endpoint.spec.cost_budget.as_ref(), &totals);
+    let outdated = outdated_sidecars(&ctx, &ns, &name);
     let failing: Vec<&str> = checks
         .iter()
         .filter(|c| !c.status)
@@ -549,6 +551,7 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         "conditions": conditions,
         "observedGeneration": generation,
         "resolvedModelId": checked.resolved_model_id,
+        "outdatedSidecars": outdated.pods,
     });
     if let (Some(s), Some(u)) = (status.as_object_mut(), usage.as_object()) {
         s.extend(u.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -573,7 +576,83 @@ async fn reconcile(endpoint: Arc<ModelEndpoint>, ctx: Arc<Context>) -> Result<Ac
         // Over budget is the bad news, so it is the Warning.
         super::announce(&ctx, endpoint.as_ref(), !over, reason, message).await;
     }
+    outdated.announce(&ctx, &endpoint).await;
     Ok(Action::requeue(RECHECK))
+}
+
+/// The pods using an endpoint whose sidecar is not the image the webhook injects now.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outdated {
+    pub pods: u32,
+    /// The images they run, each once, sorted.
+    pub images: Vec<String>,
+}
+
+impl Outdated {
+    /// Publishes the Event of `event` on `endpoint` when its count changed.
+    async fn announce(&self, ctx: &Context, endpoint: &ModelEndpoint) {
+        let before = endpoint
+            .status
+            .as_ref()
+            .and_then(|s| s.outdated_sidecars)
+            .unwrap_or(0);
+        if let Some((current, reason, message)) = self.event(before, &ctx.sidecar_image) {
+            super::announce(ctx, endpoint, current, reason, message).await;
+        }
+    }
+
+    /// The Event to publish when the count changed: (no pod outdated, reason, message).
+    pub fn event(&self, before: u32, injected: &str) -> Option<(bool, &'static str, String)> {
+        (self.pods != before).then(|| match self.pods {
+            0 => (
+                true,
+                "SidecarsCurrent",
+                format!("every pod using this endpoint runs the sidecar image {injected}"),
+            ),
+            n => (
+                false,
+                "SidecarsOutdated",
+                format!(
+                    "{n} pod(s) using this endpoint run the sidecar image {} instead of {injected}: restart them to upgrade (kubectl rollout restart)",
+                    self.images.join(", ")
+                ),
+            ),
+        })
+    }
+}
+
+/// Counts the pods with a live ledger of endpoint `ns/name` whose injected sidecar runs another
+/// image than `ctx.sidecar_image`, from the operator's caches of ledgers and injected pods.
+fn outdated_sidecars(ctx: &Context, ns: &str, name: &str) -> Outdated {
+    let pods = ctx.pods.store();
+    let mut outdated = Outdated::default();
+    for ledger in super::ledger::own_ledgers(&ctx.ledgers, ns, name) {
+        let key = ObjectRef::<Pod>::new(&ledger.spec.pod_name).within(ns);
+        let Some(pod) = pods.get(&key) else { continue };
+        if pod.metadata.uid.as_deref() != Some(ledger.spec.pod_uid.as_str()) {
+            continue;
+        }
+        if let Some(image) = sidecar_image_of(&pod)
+            && image != ctx.sidecar_image
+        {
+            outdated.pods += 1;
+            outdated.images.push(image.to_owned());
+        }
+    }
+    outdated.images.sort();
+    outdated.images.dedup();
+    outdated
+}
+
+/// The image of a pod's injected sidecar: a native sidecar (an init container) or a plain one.
+pub fn sidecar_image_of(pod: &Pod) -> Option<&str> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .find(|c| c.name == crate::webhook::inject::SIDECAR_NAME)
+        .and_then(|c| c.image.as_deref())
 }
 
 /// At most one reconcile of an endpoint per this period on its ledgers' changes and on writes of
@@ -689,6 +768,52 @@ fn throttled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(init: &[(&str, &str)], main: &[(&str, &str)]) -> Pod {
+        let containers = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(name, image)| json!({"name": name, "image": image}))
+                .collect::<Vec<_>>()
+        };
+        serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"initContainers": containers(init), "containers": containers(main)},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_sidecar_image_is_found_as_a_native_or_a_plain_container() {
+        let native = pod(&[("ai-sidecar", "r/ai-sidecar:1")], &[("app", "r/app:1")]);
+        assert_eq!(sidecar_image_of(&native), Some("r/ai-sidecar:1"));
+        let plain = pod(&[], &[("app", "r/app:1"), ("ai-sidecar", "r/ai-sidecar:2")]);
+        assert_eq!(sidecar_image_of(&plain), Some("r/ai-sidecar:2"));
+        assert_eq!(sidecar_image_of(&pod(&[], &[("app", "r/app:1")])), None);
+    }
+
+    #[test]
+    fn an_event_says_when_the_count_of_outdated_sidecars_changes() {
+        let two = Outdated {
+            pods: 2,
+            images: vec!["r/ai-sidecar:0.1.0".into()],
+        };
+        let (current, reason, message) = two.event(0, "r/ai-sidecar:0.2.0").unwrap();
+        assert!(!current);
+        assert_eq!(reason, "SidecarsOutdated");
+        assert!(
+            message.starts_with("2 pod(s) using this endpoint run the sidecar image r/ai-sidecar:0.1.0 instead of r/ai-sidecar:0.2.0"),
+            "{message}"
+        );
+        assert_eq!(
+            two.event(2, "r/ai-sidecar:0.2.0"),
+            None,
+            "no news, no Event"
+        );
+        let (current, reason, _) = Outdated::default().event(2, "r/ai-sidecar:0.2.0").unwrap();
+        assert!(current);
+        assert_eq!(reason, "SidecarsCurrent");
+        assert_eq!(Outdated::default().event(0, "x"), None);
+    }
 
     fn spent(today: &str, month: &str) -> Totals {
         Totals {
