@@ -9,7 +9,8 @@
 #   e2e/node.sh up             build if needed, start, wait until the node is Ready (idempotent)
 #   e2e/node.sh down           stop it: no process, mount, cgroup or namespace is left behind
 #   e2e/node.sh status         exit 0 when it is up
-#   e2e/node.sh import TAR...  import OCI image tarballs (e2e/node/image.py) into the node
+#   e2e/node.sh import TAR...  import OCI image tarballs (e2e/node/images.sh) into the node
+#   e2e/node.sh tag IMAGE NAME another name for an imported image (a "new release" of it)
 #   e2e/node.sh shell          a shell in the node's namespaces (crictl-free debugging: ctr, nft, ip)
 #
 # State lives in e2e/.node/ (K8S_AI_NODE_DIR): kubeconfig, node.json (addresses, the emulator's
@@ -364,6 +365,11 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   import) shift; bin=$("$here/node/build.sh"); import_images "$@" ;;
+  tag)
+    [[ $# -eq 3 ]] || { echo "usage: $0 tag IMAGE NAME" >&2; exit 2; }
+    bin=$("$here/node/build.sh")
+    in_node "$bin/ctr" --address /run/containerd/containerd.sock -n k8s.io images tag --force "$2" "$3" 2>&1 >/dev/null \
+      | { grep -v 'DEPRECATION: The support for cgroup v1' || true; } >&2 ;;
   shell) nsenter -t "$(pid_of holder)" -n -m -- bash ;;
-  *) echo "usage: $0 build|up|down|status|import TAR...|shell" >&2; exit 2 ;;
+  *) echo "usage: $0 build|up|down|status|import TAR...|tag IMAGE NAME|shell" >&2; exit 2 ;;
 esac

@@ -2,12 +2,12 @@
 # Runs every test suite (Rust: unit, in-process and end-to-end; Python: independent clients) and
 # ends with each phase's time and one line totalling all of them, e.g. "tests: 120 passed, 0 failed".
 #
-# The real node's suite (e2e/python/test_node.py) mostly waits on its kubelet (a token rotation
+# The real node's suites (e2e/python/test_node*.py) mostly wait on its kubelet (a token rotation
 # alone takes 8 minutes), and the Rust suites on their own control plane: the node's runs beside
 # them. Everything is built first, so the node's suite needs no cargo lock while `cargo test`
 # holds it.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 venv="${K8S_AI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/k8s-ai-operator}/venv"
 logs=$(mktemp -d)
 node_pid=
@@ -21,10 +21,13 @@ phase() { printf '[tests] %s: %d min %02d s\n' "$1" $(($2 / 60)) $(($2 % 60)) >>
 
 cargo test --workspace --locked --no-run 2>&1 | tail -n 3
 PYTHON="$venv/bin/python" e2e/node/images.sh "$logs/images"
+scripts/go-tool.sh helm >/dev/null && scripts/go-tool.sh actionlint >/dev/null
 built=$SECONDS
 phase "build" $((built - started))
 
-K8S_AI_NODE_IMAGES="$logs/images" "$venv/bin/python" -m pytest -q e2e/python/test_node.py >"$logs/node" 2>&1 &
+# The real node's suites: the operator installed by kustomize, then by Helm, each on a fresh node.
+node_suites=(e2e/python/test_node.py e2e/python/test_node_helm.py)
+K8S_AI_NODE_IMAGES="$logs/images" "$venv/bin/python" -m pytest -q "${node_suites[@]}" >"$logs/node" 2>&1 &
 node_pid=$!
 
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$logs/cargo"
@@ -32,7 +35,7 @@ cargo_status=${PIPESTATUS[0]}
 phase "Rust suites" $((SECONDS - built))
 
 python_started=$SECONDS
-"$venv/bin/python" -m pytest -q e2e/python --ignore=e2e/python/test_node.py 2>&1 | tee "$logs/pytest"
+K8S_AI_NODE_IMAGES="$logs/images" "$venv/bin/python" -m pytest -q e2e/python "${node_suites[@]/#/--ignore=}" 2>&1 | tee "$logs/pytest"
 pytest_status=${PIPESTATUS[0]}
 phase "Python suites" $((SECONDS - python_started))
 

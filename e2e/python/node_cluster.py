@@ -7,6 +7,7 @@ the emulator's address and the identity EKS would give the operator (e2e/node/ov
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +80,26 @@ def start_node_emulator(state: dict, tmp_dir) -> Emulator:
     return Emulator(f"http://{address}", proc)
 
 
+def readme_quick_start() -> str:
+    """The README's quick start from step 3 on (steps 1 and 2 install the operator and give it an
+    IAM role: the fixture does both with the overlay), then its prompt-template block."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
+    quick = next(b for b in blocks if "# 3. Apply a guardrail" in b)
+    template = next(b for b in blocks if "kind: PromptTemplate" in b)
+    return quick[quick.index("# 3. Apply a guardrail"):] + template
+
+
+def kubectl_on_path(node: Node, tmp_path: pathlib.Path) -> dict:
+    """An environment whose `kubectl` is the node's, as a user's shell would have it."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / "kubectl"
+    wrapper.write_text(f"#!/bin/sh\nexec {ROOT / 'e2e' / '.bin' / 'kubectl'} --kubeconfig {node.kubeconfig} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+
+
 def install_operator(node: Node):
     """`kubectl apply -k` as docs/installation.md says, then wait for both replicas."""
     # A CRD is usable a moment after it is created; a second apply covers what referred to it.
@@ -87,13 +108,18 @@ def install_operator(node: Node):
         time.sleep(2)
         node.out("apply", "-k", str(OVERLAY))
     node.out("-n", OPERATOR_NS, "rollout", "status", "deployment/k8s-ai-operator", "--timeout=180s", timeout=200)
-    # The webhook answers once the operator has written its CA into the configuration.
+    wait_for_webhook(node)
+
+
+def wait_for_webhook(node: Node):
+    """The webhook answers once the operator has written its CA into the configuration."""
     node.wait_until("the webhook's CA bundle", lambda: node.out(
         "get", "mutatingwebhookconfiguration", "k8s-ai-operator", "-o", "jsonpath={.webhooks[0].clientConfig.caBundle}"), timeout=60)
 
 
-def bring_up(tmp_dir) -> tuple[Node, Emulator]:
-    """A fresh node each session (down + up take seconds): no test sees another run's objects."""
+def bring_up(tmp_dir, install: bool = True) -> tuple[Node, Emulator]:
+    """A fresh node each session (down + up take seconds): no test sees another run's objects. The
+    operator is installed with the overlay unless INSTALL is false."""
     subprocess.run([str(NODE_SH), "down"], check=True)
     subprocess.run([str(NODE_SH), "up"], check=True)
     state = json.loads((NODE_DIR / "node.json").read_text())
@@ -108,5 +134,6 @@ def bring_up(tmp_dir) -> tuple[Node, Emulator]:
     emulator = start_node_emulator(state, tmp_dir)
     with urllib.request.urlopen(emulator.url + "/_emulator/config") as r:
         assert r.status == 200
-    install_operator(node)
+    if install:
+        install_operator(node)
     return node, emulator

@@ -20,9 +20,8 @@ from decimal import Decimal
 import pytest
 
 from conftest import ROOT
-from node_cluster import OPERATOR_NS, Node, bring_up
+from node_cluster import OPERATOR_NS, Node, bring_up, kubectl_on_path, readme_quick_start
 
-README = ROOT / "README.md"
 APP_IMAGE = "localhost/k8s-ai/app:e2e"
 
 
@@ -55,26 +54,6 @@ def node(tmp_path_factory):
     yield node
     emulator.proc.terminate()
     emulator.proc.wait(timeout=10)
-
-
-def readme_quick_start() -> str:
-    """The README's quick start from step 3 on (steps 1 and 2 install the operator and give it an
-    IAM role: the fixture does both with the overlay), then its prompt-template block."""
-    text = README.read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
-    quick = next(b for b in blocks if "# 3. Apply a guardrail" in b)
-    template = next(b for b in blocks if "kind: PromptTemplate" in b)
-    return quick[quick.index("# 3. Apply a guardrail"):] + template
-
-
-def kubectl_on_path(node: Node, tmp_path: pathlib.Path) -> dict:
-    """An environment whose `kubectl` is the node's, as a user's shell would have it."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir(exist_ok=True)
-    wrapper = bindir / "kubectl"
-    wrapper.write_text(f"#!/bin/sh\nexec {ROOT / 'e2e' / '.bin' / 'kubectl'} --kubeconfig {node.kubeconfig} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
 
 
 def sidecar_of(pod: dict) -> dict:
