@@ -3,7 +3,8 @@
 # a kubelet, kube-proxy (nftables), kube-scheduler and kube-controller-manager, all built from
 # their Go modules (e2e/node/build.sh) and run in a network namespace of their own, so node and pod
 # addresses exist only there. The host reaches the API server on 127.0.0.1 through a forwarder;
-# pods reach the host's Bedrock emulator on $NODE_IP:4566 through another.
+# pods reach the host's Bedrock emulator on $NODE_IP:4566 through another, and its EKS Pod Identity
+# agent on 169.254.170.23:80, where EKS's agent listens on every node.
 #
 #   e2e/node.sh build          build the node's binaries once per pinned version (cached)
 #   e2e/node.sh up             build if needed, start, wait until the node is Ready (idempotent)
@@ -29,6 +30,7 @@ node_ip=10.200.0.2
 pod_cidr=10.244.0.0/24
 apiserver_port=6443
 emulator_node_port=4566
+pod_identity_agent=169.254.170.23
 kubectl="$here/.bin/kubectl"
 # Set by the kubelet on every node (vm.overcommit_memory=1, kernel.panic=10, ...): restored on down.
 sysctls=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
@@ -87,6 +89,8 @@ setup_netns() {
   # A veth pair gives the node its address (this kernel has no dummy links); its peer leads nowhere.
   ip -n "$netns" link add vnode type veth peer name vpeer
   ip -n "$netns" addr add "$node_ip/24" dev vnode
+  # Where EKS's Pod Identity agent listens on every node (hostNetwork): the emulator serves it.
+  ip -n "$netns" addr add "$pod_identity_agent/32" dev vnode
   ip -n "$netns" link set vnode up
   ip -n "$netns" link set vpeer up
   # Packets to Service addresses need a route before kube-proxy rewrites them.
@@ -246,6 +250,7 @@ up() {
     --node-ip "$node_ip" --public-server "https://127.0.0.1:$host_port"
   setsid nohup "$bin/netfwd" "127.0.0.1:$host_port=$netns_path:$node_ip:$apiserver_port" \
     "$netns_path:$node_ip:$emulator_node_port=127.0.0.1:$emulator_host_port" \
+    "$netns_path:$pod_identity_agent:80=127.0.0.1:$emulator_host_port" \
     >"$run_dir/logs/netfwd.log" 2>&1 </dev/null &
   echo $! >"$run_dir/pids/netfwd"
 

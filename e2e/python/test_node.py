@@ -18,6 +18,7 @@ import time
 from decimal import Decimal
 
 import pytest
+import yaml
 
 from conftest import ROOT
 from node_cluster import OPERATOR_NS, Node, bring_up, kubectl_on_path, readme_quick_start
@@ -369,6 +370,74 @@ def test_unchanged_bedrock_app_calls_through_the_sidecar(node, workloads):
     # Gone, its ledger folded, before the next test counts the endpoint's invocations.
     node.out("delete", "pod", "bedrock-app", "-n", workloads, "--grace-period=5")
     node.wait_until("the pod's ledger to be folded and removed", lambda: not ledgers_of(node, workloads, "bedrock-app"), timeout=90)
+
+
+POD_IDENTITY_NS = "pod-identity"
+POD_IDENTITY_TOKEN_DIR = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount"
+
+
+def pod_identity_pod(name: str, service_account: str) -> str:
+    """A pod as EKS's webhook leaves it when its service account has a Pod Identity association:
+    the agent's URL and the token file in the app's environment, the token (audience
+    pods.eks.amazonaws.com) projected into a volume. It asks for both endpoints of the namespace."""
+    pod = json.loads(annotated_pod(name, POD_IDENTITY_NS, ["sleep", "3600"]))
+    pod["metadata"]["annotations"]["ai.kernelpanic09.io/endpoints"] = "chained,own-role"
+    pod["spec"]["serviceAccountName"] = service_account
+    pod["spec"]["containers"][0].update(
+        env=[{"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"},
+             {"name": "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "value": f"{POD_IDENTITY_TOKEN_DIR}/eks-pod-identity-token"}],
+        volumeMounts=[{"name": "eks-pod-identity-token", "mountPath": POD_IDENTITY_TOKEN_DIR, "readOnly": True}])
+    pod["spec"]["volumes"] = [{"name": "eks-pod-identity-token", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "pods.eks.amazonaws.com", "expirationSeconds": 86400, "path": "eks-pod-identity-token"}}]}}]
+    return json.dumps(pod)
+
+
+def test_eks_pod_identity_signs_in_directly_and_by_role_chaining(node):
+    """EKS Pod Identity instead of IRSA: the sidecar gets the pod's own role's credentials from the
+    agent on 169.254.170.23 (the emulator, through the node), calls Bedrock with them for an
+    endpoint that names no role, and assumes an endpoint's role from them (AssumeRole, role
+    chaining; that role trusts only the pod's role). A service account without an association
+    gets a 503 saying so."""
+    node.apply(node.out("create", "namespace", POD_IDENTITY_NS, "--dry-run=client", "-o", "yaml"))
+    node.out("create", "serviceaccount", "app", "-n", POD_IDENTITY_NS)
+    endpoint = yaml.safe_load((ROOT / "manifests" / "samples" / "modelendpoint.yaml").read_text())
+    for name, role in (("chained", "arn:aws:iam::123456789012:role/pod-identity-invoker"), ("own-role", None)):
+        spec = {k: v for k, v in endpoint["spec"].items() if k not in ("guardrailPolicyRef", "irsaRoleArn")}
+        if role:
+            spec["irsaRoleArn"] = role
+        node.apply(json.dumps({**endpoint, "metadata": {"name": name, "namespace": POD_IDENTITY_NS}, "spec": spec}))
+        node.wait_until(f"{name} Ready", lambda name=name: node.out(
+            "get", "modelendpoint", name, "-n", POD_IDENTITY_NS, "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}") == "True")
+    node.apply(pod_identity_pod("associated", "app"))
+    node.apply(pod_identity_pod("unassociated", "default"))
+    for pod in ("associated", "unassociated"):
+        node.out("wait", "-n", POD_IDENTITY_NS, "--for=condition=Ready", f"pod/{pod}", "--timeout=90s", timeout=100)
+    sidecar_env = {e["name"]: e.get("value") for e in sidecar_of(node.json("get", "pod", "associated", "-n", POD_IDENTITY_NS))["env"]}
+    assert sidecar_env["AWS_CONTAINER_CREDENTIALS_FULL_URI"] == "http://169.254.170.23/v1/credentials", sidecar_env
+    before = max((r["seq"] for r in node.emulator.admin("/_emulator/requests")), default=0)
+
+    def invoke(pod: str, endpoint: str) -> dict:
+        run = node.kubectl("exec", "-n", POD_IDENTITY_NS, pod, "-c", "app", "--", "curl", "-s", "-X", "POST",
+                           f"http://localhost:8090/invoke/{POD_IDENTITY_NS}/{endpoint}", "-H", "Content-Type: application/json",
+                           "-d", '{"messages":[{"role":"user","content":"hi"}]}', timeout=60)
+        return json.loads(run.stdout)
+
+    for endpoint in ("chained", "own-role"):
+        answer = invoke("associated", endpoint)
+        assert answer.get("stopReason") == "end_turn", (endpoint, answer, node.kubectl(
+            "logs", "-n", POD_IDENTITY_NS, "associated", "-c", "ai-sidecar", check=False).stdout)
+    records = [r for r in node.emulator.admin("/_emulator/requests") if r["seq"] > before]
+    assert "AssumeRoleForPodIdentity" in [r["operation"] for r in records], records
+    converse = [r for r in records if r["operation"] == "Converse"]
+    assert converse[0]["principal"].endswith(":assumed-role/pod-identity-invoker/ai-sidecar-associated"), converse
+    assert ":assumed-role/pod-identity-app/eks-e2e-app-" in converse[1]["principal"], converse
+
+    refused = invoke("unassociated", "own-role")
+    assert refused["error"]["code"] == "credentials_unavailable", refused
+    # The agent's 404 (EKS Auth's ResourceNotFoundException), which the AWS SDK reports by its status.
+    assert refused["error"]["message"].startswith("no AWS credentials from the EKS Pod Identity agent:"), refused
+    assert "StatusCode(404) (the pod's service account has no Pod Identity association" in refused["error"]["message"], refused
+    node.out("delete", "namespace", POD_IDENTITY_NS, "--wait=false")
 
 
 INVOKE = ("curl -sf -X POST http://localhost:8090/invoke/ai-workloads/claude-haiku -H 'Content-Type: application/json' "

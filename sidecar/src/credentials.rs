@@ -1,4 +1,5 @@
-//! Credentials per IAM role: STS `AssumeRoleWithWebIdentity` with the pod's projected token,
+//! Credentials per IAM role: STS `AssumeRoleWithWebIdentity` with the pod's projected token
+//! (IRSA), or `AssumeRole` signed with the pod's EKS Pod Identity credentials (role chaining);
 //! cached, refreshed well before expiry, single-flight (one STS call however many requests wait),
 //! and never a hang: STS has a deadline, a failure is remembered for a backoff, and cached
 //! credentials serve until they expire.
@@ -20,12 +21,36 @@ use aws_credential_types::{
 pub enum CredentialsError {
     #[error("cannot read the service-account token {path}: {reason}")]
     Token { path: String, reason: String },
-    #[error("STS AssumeRoleWithWebIdentity into {role} failed: {reason}")]
-    Sts { role: String, reason: String },
+    #[error("STS {operation} into {role} failed: {reason}")]
+    Sts {
+        operation: &'static str,
+        role: String,
+        reason: String,
+    },
     #[error("STS did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("no AWS credentials from the default chain: {0}")]
-    Chain(String),
+    #[error("no AWS credentials from {from}: {reason}")]
+    Chain { from: &'static str, reason: String },
+}
+
+/// How the pod becomes an endpoint's role.
+#[derive(Debug, Clone)]
+pub enum RoleSource {
+    /// IRSA: `AssumeRoleWithWebIdentity` with the projected token in this file (the kubelet
+    /// rotates it). The STS client needs no credentials.
+    WebIdentity { token_file: PathBuf },
+    /// EKS Pod Identity: `AssumeRole` with the STS client signed by the pod's own role's
+    /// credentials from the Pod Identity agent. The endpoint's role must trust that role.
+    PodIdentity,
+}
+
+impl RoleSource {
+    fn operation(&self) -> &'static str {
+        match self {
+            RoleSource::WebIdentity { .. } => "AssumeRoleWithWebIdentity",
+            RoleSource::PodIdentity => "AssumeRole",
+        }
+    }
 }
 
 /// Temporary credentials for one role, shared by every endpoint that names it.
@@ -33,7 +58,7 @@ pub enum CredentialsError {
 pub struct RoleCredentials {
     role_arn: String,
     session_name: String,
-    token_file: PathBuf,
+    source: RoleSource,
     sts: aws_sdk_sts::Client,
     cache: CredentialCache,
     refreshes: std::sync::atomic::AtomicU64,
@@ -187,45 +212,63 @@ impl RoleCredentials {
     async fn assume(&self) -> Result<Credentials, CredentialsError> {
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Re-read on every refresh: the kubelet rotates the projected token.
-        let token = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| CredentialsError::Token {
-                path: self.token_file.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        let call = self
-            .sts
-            .assume_role_with_web_identity()
-            .role_arn(&self.role_arn)
-            .role_session_name(&self.session_name)
-            .web_identity_token(token.trim())
-            .send();
         let deadline = Duration::from_secs(10);
-        let out = tokio::time::timeout(deadline, call)
-            .await
-            .map_err(|_| CredentialsError::Timeout(deadline))?
-            .map_err(|e| CredentialsError::Sts {
-                role: self.role_arn.clone(),
-                reason: sts_reason(&e),
-            })?;
-        let c = out.credentials.ok_or_else(|| CredentialsError::Sts {
+        let operation = self.source.operation();
+        let failed = |reason: String| CredentialsError::Sts {
+            operation,
             role: self.role_arn.clone(),
-            reason: "no credentials in the answer".into(),
-        })?;
+            reason,
+        };
+        let credentials = match &self.source {
+            RoleSource::WebIdentity { token_file } => {
+                // Re-read on every refresh: the kubelet rotates the projected token.
+                let token = tokio::fs::read_to_string(token_file).await.map_err(|e| {
+                    CredentialsError::Token {
+                        path: token_file.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let call = self
+                    .sts
+                    .assume_role_with_web_identity()
+                    .role_arn(&self.role_arn)
+                    .role_session_name(&self.session_name)
+                    .web_identity_token(token.trim())
+                    .send();
+                tokio::time::timeout(deadline, call)
+                    .await
+                    .map_err(|_| CredentialsError::Timeout(deadline))?
+                    .map_err(|e| failed(sts_reason(&e)))?
+                    .credentials
+            }
+            RoleSource::PodIdentity => {
+                let call = self
+                    .sts
+                    .assume_role()
+                    .role_arn(&self.role_arn)
+                    .role_session_name(&self.session_name)
+                    .send();
+                tokio::time::timeout(deadline, call)
+                    .await
+                    .map_err(|_| CredentialsError::Timeout(deadline))?
+                    .map_err(|e| failed(sts_reason(&e)))?
+                    .credentials
+            }
+        };
+        let c = credentials.ok_or_else(|| failed("no credentials in the answer".into()))?;
         let expiry = SystemTime::try_from(c.expiration).ok();
-        tracing::info!(role = %self.role_arn, "obtained temporary credentials");
+        tracing::info!(role = %self.role_arn, via = operation, "obtained temporary credentials");
         Ok(Credentials::new(
             c.access_key_id,
             c.secret_access_key,
             Some(c.session_token),
             expiry,
-            "ai-sidecar-web-identity",
+            "ai-sidecar-role",
         ))
     }
 }
 
-fn sts_reason<E: aws_sdk_sts::error::ProvideErrorMetadata + std::fmt::Debug>(
+fn sts_reason<E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static>(
     e: &aws_sdk_sts::error::SdkError<E>,
 ) -> String {
     match e {
@@ -237,7 +280,8 @@ fn sts_reason<E: aws_sdk_sts::error::ProvideErrorMetadata + std::fmt::Debug>(
                 err.message().unwrap_or_default()
             )
         }
-        other => format!("{other}"),
+        // The Pod Identity agent's refusal comes through the signing credentials: say why.
+        other => error_chain(other),
     }
 }
 
@@ -257,7 +301,7 @@ impl ProvideCredentials for RoleCredentials {
 /// The credential caches of every role in use, created on first use.
 #[derive(Debug)]
 pub struct RoleCredentialsRegistry {
-    token_file: PathBuf,
+    source: RoleSource,
     session_name: String,
     refresh_before: Duration,
     sts: aws_sdk_sts::Client,
@@ -265,15 +309,16 @@ pub struct RoleCredentialsRegistry {
 }
 
 impl RoleCredentialsRegistry {
-    /// `sts` must be unsigned-capable (AssumeRoleWithWebIdentity carries no signature).
+    /// `sts` must fit `source`: without credentials for `WebIdentity` (its call carries no
+    /// signature), signed with the Pod Identity credentials for `PodIdentity`.
     pub fn new(
         sts: aws_sdk_sts::Client,
-        token_file: PathBuf,
+        source: RoleSource,
         session_name: String,
         refresh_before: Duration,
     ) -> Self {
         RoleCredentialsRegistry {
-            token_file,
+            source,
             session_name,
             refresh_before,
             sts,
@@ -290,7 +335,7 @@ impl RoleCredentialsRegistry {
             Arc::new(RoleCredentials {
                 role_arn: role_arn.to_owned(),
                 session_name: self.session_name.clone(),
-                token_file: self.token_file.clone(),
+                source: self.source.clone(),
                 sts: self.sts.clone(),
                 cache: CredentialCache::new(self.refresh_before),
                 refreshes: std::sync::atomic::AtomicU64::new(0),
@@ -307,44 +352,66 @@ impl RoleCredentialsRegistry {
     }
 }
 
-/// Credentials from the base chain (environment, profile, web identity variables, ECS, IMDS)
-/// for endpoints that name no role, cached as a role's are.
+/// Credentials from the base chain (environment, profile, web identity variables, ECS, IMDS), or
+/// from the EKS Pod Identity agent when the pod has it, for endpoints that name no role, cached
+/// as a role's are.
 #[derive(Debug)]
 pub struct ChainCredentials {
     provider: Option<provider::SharedCredentialsProvider>,
+    /// What the provider is, for errors and logs.
+    from: &'static str,
     cache: CredentialCache,
 }
+
+/// The agent answers 404 for a service account without an association (EKS Auth's
+/// ResourceNotFoundException), which the SDK reports as a bare status code.
+const POD_IDENTITY_404: &str = "StatusCode(404)";
 
 impl ChainCredentials {
     pub fn new(
         provider: Option<provider::SharedCredentialsProvider>,
+        from: &'static str,
         refresh_before: Duration,
     ) -> Self {
         ChainCredentials {
             provider,
+            from,
             cache: CredentialCache::new(refresh_before),
         }
     }
 
     pub async fn get(&self) -> Result<Credentials, CredentialsError> {
-        self.cache
-            .get_or_load("the default chain", || self.load())
-            .await
+        self.cache.get_or_load(self.from, || self.load()).await
     }
 
     async fn load(&self) -> Result<Credentials, CredentialsError> {
+        let failed = |reason: String| CredentialsError::Chain {
+            from: self.from,
+            reason,
+        };
         let Some(chain) = &self.provider else {
-            return Err(CredentialsError::Chain(
-                "no credentials provider configured".into(),
-            ));
+            return Err(failed("no credentials provider configured".into()));
         };
         let deadline = Duration::from_secs(10);
         tokio::time::timeout(deadline, chain.provide_credentials())
             .await
             .map_err(|_| CredentialsError::Timeout(deadline))?
-            .map_err(|e| CredentialsError::Chain(error_chain(&e)))
+            .map_err(|e| {
+                let mut reason = error_chain(&e);
+                if self.from == POD_IDENTITY && reason.ends_with(POD_IDENTITY_404) {
+                    reason.push_str(
+                        " (the pod's service account has no Pod Identity association, or it is not in effect yet)",
+                    );
+                }
+                failed(reason)
+            })
     }
 }
+
+/// How ChainCredentials names the EKS Pod Identity agent.
+pub const POD_IDENTITY: &str = "the EKS Pod Identity agent";
+/// How ChainCredentials names the SDK's default chain.
+pub const DEFAULT_CHAIN: &str = "the default chain";
 
 /// An error with its sources: the chain's own message is often only "an error occurred".
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {

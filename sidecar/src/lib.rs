@@ -23,11 +23,17 @@ pub mod watch;
 use std::{future::Future, sync::Arc};
 
 use aws_config::BehaviorVersion;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use tokio::net::TcpListener;
 
 use crate::{
-    bedrock::Upstream, calls::AppState, catalog::Catalog, credentials::RoleCredentialsRegistry,
-    limits::Tally, metrics::Metrics, settings::Settings,
+    bedrock::Upstream,
+    calls::AppState,
+    catalog::Catalog,
+    credentials::{RoleCredentialsRegistry, RoleSource},
+    limits::Tally,
+    metrics::Metrics,
+    settings::Settings,
 };
 
 /// Why the sidecar cannot start.
@@ -83,55 +89,7 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
         tokio::spawn(watch::run(client.clone(), Arc::clone(&catalog)));
         Some(client)
     };
-    // HTTPS to STS and Bedrock on ring (see Cargo.toml), with the system's CA certificates.
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-        ))
-        .build_https();
-    // The region for STS only (each endpoint names its own) from the environment, never IMDS:
-    // a pod that cannot reach it (EKS's hop limit of 1) would start 2 s late on its timeouts.
-    let region = aws_config::meta::region::RegionProviderChain::first_try(
-        aws_config::environment::EnvironmentVariableRegionProvider::new(),
-    )
-    .region()
-    .await
-    .unwrap_or_else(|| aws_config::Region::new("us-east-1"));
-    let base = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(https.clone())
-        .region(region.clone())
-        .load()
-        .await;
-    // AssumeRoleWithWebIdentity is unsigned: its client needs no credentials of its own.
-    let sts_config = aws_config::defaults(BehaviorVersion::latest())
-        .http_client(https)
-        .region(region.clone())
-        .no_credentials()
-        .load()
-        .await;
-    let session = if settings.pod_name.is_empty() {
-        "ai-sidecar".to_owned()
-    } else {
-        format!("ai-sidecar-{}", settings.pod_name)
-    };
-    let session: String = session
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "=,.@-_".contains(*c))
-        .take(64)
-        .collect();
-    let roles = Arc::new(RoleCredentialsRegistry::new(
-        aws_sdk_sts::Client::new(&sts_config),
-        settings.token_file.clone(),
-        session,
-        settings.credential_refresh_before,
-    ));
-    let upstream = Upstream::new(
-        base,
-        roles,
-        settings.upstream_timeout,
-        settings.credential_refresh_before,
-    )
-    .map_err(StartError::Tls)?;
+    let upstream = upstream(&settings).await?;
     let images = fetch::ImageFetcher::new(&settings.image_url_allow)?;
     let state = Arc::new(AppState {
         images,
@@ -153,6 +111,95 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     }
     Ok(state)
 }
+
+/// Bedrock as the pod: the endpoints' roles assumed with its identity (IRSA's web identity, or
+/// EKS Pod Identity's credentials when EKS gave it the agent), its base chain for the others.
+async fn upstream(settings: &Settings) -> Result<Upstream, StartError> {
+    // HTTPS to STS and Bedrock on ring (see Cargo.toml), with the system's CA certificates.
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    // The region for STS only (each endpoint names its own) from the environment, never IMDS:
+    // a pod that cannot reach it (EKS's hop limit of 1) would start 2 s late on its timeouts.
+    let region = aws_config::meta::region::RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .region()
+    .await
+    .unwrap_or_else(|| aws_config::Region::new("us-east-1"));
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https.clone())
+        .region(region.clone())
+        .load()
+        .await;
+    // EKS Pod Identity, when EKS gave the pod the agent's URL: the pod's own role, from the agent.
+    // Endpoints' roles are then assumed from it (AssumeRole, signed), not by web identity.
+    let pod_identity = std::env::var_os(POD_IDENTITY_URI_ENV).map(|_| {
+        SharedCredentialsProvider::new(
+            aws_config::ecs::EcsCredentialsProvider::builder()
+                .configure(
+                    &aws_config::provider_config::ProviderConfig::without_region()
+                        .with_http_client(https.clone()),
+                )
+                .build(),
+        )
+    });
+    let sts_config = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(https)
+        .region(region.clone());
+    let (sts_config, role_source) = match &pod_identity {
+        Some(own_role) => (
+            sts_config.credentials_provider(own_role.clone()),
+            RoleSource::PodIdentity,
+        ),
+        // AssumeRoleWithWebIdentity is unsigned: its client needs no credentials of its own.
+        None => (
+            sts_config.no_credentials(),
+            RoleSource::WebIdentity {
+                token_file: settings.token_file.clone(),
+            },
+        ),
+    };
+    let sts_config = sts_config.load().await;
+    tracing::info!(
+        identity = if pod_identity.is_some() {
+            "EKS Pod Identity"
+        } else {
+            "IRSA (web identity)"
+        },
+        "endpoints' IAM roles are assumed with the pod's identity"
+    );
+    let session = if settings.pod_name.is_empty() {
+        "ai-sidecar".to_owned()
+    } else {
+        format!("ai-sidecar-{}", settings.pod_name)
+    };
+    let session: String = session
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "=,.@-_".contains(*c))
+        .take(64)
+        .collect();
+    let roles = Arc::new(RoleCredentialsRegistry::new(
+        aws_sdk_sts::Client::new(&sts_config),
+        role_source,
+        session,
+        settings.credential_refresh_before,
+    ));
+    Upstream::new(
+        base,
+        roles,
+        pod_identity,
+        settings.upstream_timeout,
+        settings.credential_refresh_before,
+    )
+    .map_err(StartError::Tls)
+}
+
+/// Set by EKS in containers of pods whose service account has a Pod Identity association (with
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`): the agent's credentials URL.
+const POD_IDENTITY_URI_ENV: &str = "AWS_CONTAINER_CREDENTIALS_FULL_URI";
 
 /// Bound listeners, ready to serve.
 pub struct Listeners {

@@ -33,6 +33,10 @@ pub struct Config {
     /// The OIDC provider whose tokens `AssumeRoleWithWebIdentity` accepts (the cluster's).
     #[serde(default)]
     pub oidc: Option<OidcProvider>,
+    /// EKS Pod Identity: the service accounts associated with a role, whose pods get that role's
+    /// credentials from the agent (`GET /v1/credentials`). Tokens are checked against `oidc`.
+    #[serde(default)]
+    pub pod_identity: Option<PodIdentity>,
     /// Lifetime of issued temporary credentials, in seconds (AWS: 900 to 43200; shorter allowed here).
     #[serde(default = "default_credential_lifetime")]
     pub credential_lifetime_seconds: u64,
@@ -64,6 +68,7 @@ impl Default for Config {
             users: default_users(),
             roles: default_roles(),
             oidc: None,
+            pod_identity: None,
             credential_lifetime_seconds: default_credential_lifetime(),
             max_clock_skew_seconds: default_max_skew(),
             output: OutputMode::default(),
@@ -235,7 +240,8 @@ pub struct Role {
     /// `system:serviceaccount:ai-workloads:reviewer` (`*` wildcards allowed).
     #[serde(default)]
     pub trusted_subjects: Vec<String>,
-    /// Principal ARNs (users or assumed roles) that may call `AssumeRole` (`*` wildcards allowed).
+    /// Principal ARNs (users or assumed roles) that may call `AssumeRole` (`*` wildcards allowed),
+    /// and service principals: `pods.eks.amazonaws.com` lets EKS Pod Identity issue the role.
     #[serde(default)]
     pub trusted_principals: Vec<String>,
     /// Model ids this role may invoke (`*` wildcards allowed). Inference profile prefixes are
@@ -259,6 +265,29 @@ pub struct OidcProvider {
     /// The audience tokens must be issued for.
     #[serde(default = "default_audience")]
     pub audience: String,
+}
+
+/// EKS Pod Identity associations, as `aws eks create-pod-identity-association` makes them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodIdentity {
+    /// The audience of the projected token the agent is given (EKS: `pods.eks.amazonaws.com`).
+    #[serde(default = "default_pod_identity_audience")]
+    pub audience: String,
+    pub associations: Vec<PodIdentityAssociation>,
+}
+
+fn default_pod_identity_audience() -> String {
+    "pods.eks.amazonaws.com".into()
+}
+
+/// One association: pods of this service account get this role.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodIdentityAssociation {
+    pub namespace: String,
+    pub service_account: String,
+    pub role_arn: String,
 }
 
 /// What the model says.

@@ -14,6 +14,7 @@ mod embeddings;
 pub mod error;
 mod guardrails;
 mod media;
+mod pod_identity;
 mod reasoning;
 mod runtime;
 pub mod sigv4;
@@ -337,6 +338,8 @@ impl Emulator {
                 "/inference-profiles/{id}",
                 get(control::get_inference_profile),
             )
+            // The EKS Pod Identity agent (pods reach it at 169.254.170.23:80 through the node).
+            .route("/v1/credentials", get(pod_identity::credentials))
             .route("/_emulator/requests", get(admin_requests))
             .route("/_emulator/credentials", get(admin_credentials))
             .route("/_emulator/in-flight", get(admin_in_flight))

@@ -151,7 +151,7 @@ async fn assume_role_with_web_identity(
 
 /// Checks a web identity token as IAM does for an OIDC provider: signature by one of the
 /// issuer's keys, issuer, audience, expiry. Returns the subject.
-async fn verify_web_identity(
+pub(super) async fn verify_web_identity(
     emulator: &Emulator,
     oidc: &OidcProvider,
     token: &str,

@@ -361,6 +361,38 @@ fn automounted_api_volume(spec: &PodSpec) -> Option<&str> {
 }
 
 /// Escapes a key for a JSON pointer (RFC 6901).
+/// The variables EKS Pod Identity gives a container: the agent's URL and the token file.
+const POD_IDENTITY_ENV: [&str; 2] = [
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+];
+
+/// EKS Pod Identity as EKS's webhook gave it to the pod's first container that has it: its two
+/// variables and the mount holding the token file. EKS's webhook (`pod-identity-webhook`) runs
+/// after this one and gives it to the sidecar too; when it ran first, the sidecar gets it here.
+fn pod_identity(spec: &PodSpec) -> Option<(Vec<Value>, Value)> {
+    spec.containers.iter().find_map(|c| {
+        let env = c.env.as_ref()?;
+        let vars: Vec<_> = POD_IDENTITY_ENV
+            .iter()
+            .map(|name| env.iter().find(|e| e.name == *name && e.value.is_some()))
+            .collect::<Option<_>>()?;
+        let token_file = vars[1].value.as_deref()?;
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| token_file.starts_with(&format!("{}/", m.mount_path.trim_end_matches('/'))))
+            .max_by_key(|m| m.mount_path.len())?;
+        Some((
+            vars.iter()
+                .map(|e| json!({ "name": e.name, "value": e.value }))
+                .collect(),
+            json!({ "name": mount.name, "mountPath": mount.mount_path, "readOnly": true }),
+        ))
+    })
+}
+
 fn pointer_key(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
@@ -475,6 +507,14 @@ pub fn patch_for(
         && let Some(env) = container["env"].as_array_mut()
     {
         env.push(json!({ "name": "AI_SIDECAR_IMAGE_URL_ALLOW", "value": list }));
+    }
+    if let Some((vars, mount)) = pod_identity(spec) {
+        if let Some(env) = container["env"].as_array_mut() {
+            env.extend(vars);
+        }
+        if let Some(mounts) = container["volumeMounts"].as_array_mut() {
+            mounts.push(mount);
+        }
     }
     let mut volumes = vec![json!({
         "name": TOKEN_VOLUME,
@@ -1012,6 +1052,72 @@ mod tests {
                 .unwrap_err()
                 .0
                 .contains(PROMPT_CACHE_ANNOTATION)
+        );
+    }
+
+    #[test]
+    fn eks_pod_identity_given_to_the_app_reaches_the_sidecar() {
+        let token_dir = "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount";
+        let with_identity = pod(
+            &json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku" }),
+            &json!({
+                "containers": [{
+                    "name": "app", "image": "app",
+                    "env": [
+                        {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"},
+                        {"name": "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "value": format!("{token_dir}/eks-pod-identity-token")},
+                    ],
+                    "volumeMounts": [
+                        {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"},
+                        {"name": "eks-pod-identity-token", "mountPath": token_dir},
+                    ],
+                }],
+                "volumes": [{"name": "eks-pod-identity-token", "projected": {"sources": [
+                    {"serviceAccountToken": {"audience": "pods.eks.amazonaws.com", "path": "eks-pod-identity-token"}}]}}],
+            }),
+        );
+        let patch = patch_for(&with_identity, &settings()).unwrap().unwrap();
+        let out = apply(&with_identity, &patch);
+        let sidecar = &out.spec.unwrap().init_containers.unwrap()[0];
+        let env: std::collections::BTreeMap<_, _> = sidecar
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            env["AWS_CONTAINER_CREDENTIALS_FULL_URI"],
+            "http://169.254.170.23/v1/credentials"
+        );
+        assert_eq!(
+            env["AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"],
+            format!("{token_dir}/eks-pod-identity-token")
+        );
+        let mount = sidecar
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "eks-pod-identity-token")
+            .expect("the token's volume is mounted");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (token_dir, Some(true))
+        );
+
+        // Without it (or with half of it), the sidecar gets none.
+        let plain = pod(
+            &json!({ INJECT_ANNOTATION: "true", ENDPOINTS_ANNOTATION: "claude-haiku" }),
+            &json!({"containers": [{"name": "app", "image": "app", "env": [
+                {"name": "AWS_CONTAINER_CREDENTIALS_FULL_URI", "value": "http://169.254.170.23/v1/credentials"}]}]}),
+        );
+        let out = apply(&plain, &patch_for(&plain, &settings()).unwrap().unwrap());
+        let sidecar = &out.spec.unwrap().init_containers.unwrap()[0];
+        assert!(
+            !sidecar
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name.starts_with("AWS_CONTAINER_"))
         );
     }
 

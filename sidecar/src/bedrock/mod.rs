@@ -26,7 +26,7 @@ pub use self::{
     stream::{ConverseEvents, StreamPart},
 };
 use crate::{
-    credentials::{ChainCredentials, RoleCredentialsRegistry},
+    credentials::{ChainCredentials, DEFAULT_CHAIN, POD_IDENTITY, RoleCredentialsRegistry},
     errors::ApiError,
 };
 
@@ -42,15 +42,27 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `pod_identity`: the pod's EKS Pod Identity credentials, used instead of the base chain
+    /// for endpoints that name no role.
     pub fn new(
         base: aws_config::SdkConfig,
         roles: Arc<RoleCredentialsRegistry>,
+        pod_identity: Option<aws_credential_types::provider::SharedCredentialsProvider>,
         timeout: Duration,
         refresh_before: Duration,
     ) -> Result<Self, rustls::Error> {
         let client = BedrockClient::new(base)?;
         Ok(Upstream {
-            chain: ChainCredentials::new(client.default_credentials(), refresh_before),
+            chain: match pod_identity {
+                Some(own_role) => {
+                    ChainCredentials::new(Some(own_role), POD_IDENTITY, refresh_before)
+                }
+                None => ChainCredentials::new(
+                    client.default_credentials(),
+                    DEFAULT_CHAIN,
+                    refresh_before,
+                ),
+            },
             bearer: client.bearer_token().map(Arc::from),
             client,
             roles,
