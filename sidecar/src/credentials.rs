@@ -235,11 +235,7 @@ impl RoleCredentials {
                     .role_session_name(&self.session_name)
                     .web_identity_token(token.trim())
                     .send();
-                tokio::time::timeout(deadline, call)
-                    .await
-                    .map_err(|_| CredentialsError::Timeout(deadline))?
-                    .map_err(|e| failed(sts_reason(&e)))?
-                    .credentials
+                within(deadline, call, failed).await?.credentials
             }
             RoleSource::PodIdentity => {
                 let call = self
@@ -248,11 +244,7 @@ impl RoleCredentials {
                     .role_arn(&self.role_arn)
                     .role_session_name(&self.session_name)
                     .send();
-                tokio::time::timeout(deadline, call)
-                    .await
-                    .map_err(|_| CredentialsError::Timeout(deadline))?
-                    .map_err(|e| failed(sts_reason(&e)))?
-                    .credentials
+                within(deadline, call, failed).await?.credentials
             }
         };
         let c = credentials.ok_or_else(|| failed("no credentials in the answer".into()))?;
@@ -266,6 +258,21 @@ impl RoleCredentials {
             "ai-sidecar-role",
         ))
     }
+}
+
+/// STS's answer to `call` within `deadline`, its failure described by `failed`.
+async fn within<O, E>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<O, aws_sdk_sts::error::SdkError<E>>>,
+    failed: impl FnOnce(String) -> CredentialsError,
+) -> Result<O, CredentialsError>
+where
+    E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    tokio::time::timeout(deadline, call)
+        .await
+        .map_err(|_| CredentialsError::Timeout(deadline))?
+        .map_err(|e| failed(sts_reason(&e)))
 }
 
 fn sts_reason<E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static>(

@@ -18,12 +18,15 @@ use super::{Emulator, config::OidcProvider, iso8601, random_token};
 /// The service principal EKS assumes Pod Identity roles as.
 const SERVICE_PRINCIPAL: &str = "pods.eks.amazonaws.com";
 
-fn refused(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
+/// A refusal: its code (for the request log) and the agent's answer.
+type Refusal = (&'static str, Response);
+
+fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Refusal {
+    let answer = (
         status,
         Json(json!({"code": code, "message": message.into()})),
-    )
-        .into_response()
+    );
+    (code, answer.into_response())
 }
 
 /// Answers the agent's one route.
@@ -42,20 +45,15 @@ pub async fn credentials(State(emulator): State<Emulator>, headers: HeaderMap) -
     }
 }
 
-async fn issue(
-    emulator: &Emulator,
-    headers: &HeaderMap,
-) -> Result<serde_json::Value, (&'static str, Response)> {
+async fn issue(emulator: &Emulator, headers: &HeaderMap) -> Result<serde_json::Value, Refusal> {
+    let denied = |message: String| refused(StatusCode::FORBIDDEN, "AccessDeniedException", message);
+    let invalid_token =
+        |message: String| refused(StatusCode::BAD_REQUEST, "InvalidTokenException", message);
     let config = emulator.config();
     let (Some(pod_identity), Some(oidc)) = (config.pod_identity.clone(), config.oidc.clone())
     else {
-        return Err((
-            "AccessDeniedException",
-            refused(
-                StatusCode::FORBIDDEN,
-                "AccessDeniedException",
-                "EKS Pod Identity is not set up in this cluster (no agent configuration)",
-            ),
+        return Err(denied(
+            "EKS Pod Identity is not set up in this cluster (no agent configuration)".into(),
         ));
     };
     let token = headers
@@ -64,13 +62,8 @@ async fn issue(
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            (
-                "InvalidTokenException",
-                refused(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidTokenException",
-                    "The Authorization header with the service account token is missing",
-                ),
+            invalid_token(
+                "The Authorization header with the service account token is missing".into(),
             )
         })?;
     // The cluster's issuer and keys, with the agent's audience.
@@ -80,13 +73,7 @@ async fn issue(
     };
     let subject = super::sts::verify_web_identity(emulator, &provider, token)
         .await
-        .map_err(|e| {
-            let message = e.message.clone();
-            (
-                "InvalidTokenException",
-                refused(StatusCode::BAD_REQUEST, "InvalidTokenException", message),
-            )
-        })?;
+        .map_err(|e| invalid_token(e.message))?;
     let account = subject
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'));
@@ -97,50 +84,33 @@ async fn issue(
             .find(|a| a.namespace == namespace && a.service_account == service_account)
     });
     let Some(association) = association else {
-        return Err((
+        return Err(refused(
+            StatusCode::NOT_FOUND,
             "ResourceNotFoundException",
-            refused(
-                StatusCode::NOT_FOUND,
-                "ResourceNotFoundException",
-                format!("No Pod Identity association for {subject}"),
-            ),
+            format!("No Pod Identity association for {subject}"),
         ));
     };
-    let Some(role) = config
+    let role = config
         .roles
         .iter()
         .find(|r| r.arn == association.role_arn)
         .cloned()
-    else {
-        return Err((
-            "AccessDeniedException",
-            refused(
-                StatusCode::FORBIDDEN,
-                "AccessDeniedException",
-                format!(
-                    "The associated role {} does not exist",
-                    association.role_arn
-                ),
-            ),
-        ));
-    };
+        .ok_or_else(|| {
+            denied(format!(
+                "The associated role {} does not exist",
+                association.role_arn
+            ))
+        })?;
     // EKS assumes the role as the service principal, which its trust policy must allow.
     if !role
         .trusted_principals
         .iter()
         .any(|p| p == SERVICE_PRINCIPAL)
     {
-        return Err((
-            "AccessDeniedException",
-            refused(
-                StatusCode::FORBIDDEN,
-                "AccessDeniedException",
-                format!(
-                    "The trust policy of {} does not allow {SERVICE_PRINCIPAL} to call sts:AssumeRole and sts:TagSession",
-                    role.arn
-                ),
-            ),
-        ));
+        return Err(denied(format!(
+            "The trust policy of {} does not allow {SERVICE_PRINCIPAL} to call sts:AssumeRole and sts:TagSession",
+            role.arn
+        )));
     }
     // EKS names the session after the cluster and the pod; the token's service account here.
     let session = format!(
