@@ -147,7 +147,7 @@ def test_namespace_selector_labels_annotations_pdb_and_service_monitor():
     assert deployment["spec"]["template"]["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
     assert ("PodDisruptionBudget", NAMESPACE, "k8s-ai-operator") not in objects
     monitor = objects[("ServiceMonitor", NAMESPACE, "k8s-ai-operator")]
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}]
     account = objects[("ServiceAccount", NAMESPACE, "k8s-ai-operator")]
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::111122223333:role/ops"
 
