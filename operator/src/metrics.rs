@@ -37,6 +37,15 @@ pub struct EndpointPodsLabels {
     pub endpoint: String,
 }
 
+/// Labels of an endpoint's budget period.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeriodLabels {
+    pub namespace: String,
+    pub endpoint: String,
+    /// `day` or `month`, in the budget's time zone.
+    pub period: String,
+}
+
 /// Labels of a controller.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -70,6 +79,9 @@ pub struct Metrics {
     registry: Registry,
     endpoint_available: Family<EndpointLabels, Gauge>,
     outdated_sidecars: Family<EndpointPodsLabels, Gauge>,
+    /// US dollars, floats for Prometheus only (the ledger is exact decimals).
+    budget: Family<PeriodLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    spend: Family<PeriodLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// US dollars; a float only here, for Prometheus. The ledger itself is exact decimals.
     cost: Family<CostLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// The endpoints whose cost was reported at the last scrape, with their UIDs: a counter starts
@@ -99,6 +111,8 @@ impl Default for Metrics {
             registry: Registry::default(),
             endpoint_available: Family::default(),
             outdated_sidecars: Family::default(),
+            budget: Family::default(),
+            spend: Family::default(),
             cost: Family::default(),
             cost_reported: Mutex::default(),
             reconciliations: Family::default(),
@@ -124,6 +138,16 @@ impl Default for Metrics {
             "outdated_sidecars",
             "Pods using each ModelEndpoint whose sidecar is not the image the webhook injects now (status.outdatedSidecars)",
             m.outdated_sidecars.clone(),
+        );
+        sub.register(
+            "budget_dollars",
+            "Each ModelEndpoint's cost budget per period (day, month), from spec.costBudget",
+            m.budget.clone(),
+        );
+        sub.register(
+            "spend_dollars",
+            "US dollars spent through each ModelEndpoint in the current period (day, month, in the budget's time zone), all pods",
+            m.spend.clone(),
         );
         sub.register(
             "bedrock_invocation_cost_dollars",
@@ -248,6 +272,37 @@ impl Metrics {
         }
     }
 
+    /// Sets the budget and spend gauges of `endpoint` for the periods it has figures for.
+    fn budget_and_spend(&self, endpoint: &ModelEndpoint) {
+        let budget = endpoint.spec.cost_budget.as_ref();
+        let status = endpoint.status.as_ref();
+        let periods = [
+            (
+                "day",
+                budget.and_then(|b| b.daily),
+                status.and_then(|s| s.cost_today),
+            ),
+            (
+                "month",
+                budget.and_then(|b| b.monthly),
+                status.and_then(|s| s.cost_this_month),
+            ),
+        ];
+        for (period, limit, spent) in periods {
+            let labels = PeriodLabels {
+                namespace: endpoint.namespace().unwrap_or_default(),
+                endpoint: endpoint.name_any(),
+                period: period.to_owned(),
+            };
+            if let Some(limit) = limit.and_then(|m| m.amount().to_f64()) {
+                self.budget.get_or_create(&labels).set(limit);
+            }
+            if let Some(spent) = spent.and_then(|m| m.amount().to_f64()) {
+                self.spend.get_or_create(&labels).set(spent);
+            }
+        }
+    }
+
     /// The OpenMetrics page, with endpoint availability read from `endpoints` now (so deleted
     /// endpoints disappear, and every replica reports what the leader published).
     pub fn render(&self, endpoints: Option<&Store<ModelEndpoint>>) -> String {
@@ -255,6 +310,8 @@ impl Metrics {
         if let Some(store) = endpoints {
             self.endpoint_available.clear();
             self.outdated_sidecars.clear();
+            self.budget.clear();
+            self.spend.clear();
             let previous = self
                 .cost_reported
                 .lock()
@@ -285,6 +342,7 @@ impl Metrics {
                         region: endpoint.spec.region.clone(),
                     })
                     .set(i64::from(available));
+                self.budget_and_spend(&endpoint);
                 if let Some(outdated) = endpoint.status.as_ref().and_then(|s| s.outdated_sidecars) {
                     self.outdated_sidecars
                         .get_or_create(&EndpointPodsLabels {
@@ -367,6 +425,37 @@ mod tests {
         assert_eq!(cost_after(&m, endpoint("a", "0.8")), "0.8");
         // Deleted and created again: a new object, so a new counter (a reset Prometheus knows).
         assert_eq!(cost_after(&m, endpoint("b", "0.1")), "0.1");
+    }
+
+    #[test]
+    fn budgets_and_spend_are_reported_per_period() {
+        let m = Metrics::default();
+        let budgeted: ModelEndpoint = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ai.kernelpanic09.io/v1alpha1",
+            "kind": "ModelEndpoint",
+            "metadata": {"name": "claude-haiku", "namespace": "ai", "uid": "a"},
+            "spec": {"modelId": "m", "region": "us-east-1", "costBudget": {"daily": "10.00", "monthly": "200.00"}},
+            "status": {"costToday": "1.25", "costThisMonth": "42.5"},
+        }))
+        .unwrap();
+        let (store, mut writer) = kube::runtime::reflector::store::<ModelEndpoint>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(budgeted));
+        let page = m.render(Some(&store));
+        for line in [
+            "k8s_ai_operator_budget_dollars{namespace=\"ai\",endpoint=\"claude-haiku\",period=\"day\"} 10.0",
+            "k8s_ai_operator_budget_dollars{namespace=\"ai\",endpoint=\"claude-haiku\",period=\"month\"} 200.0",
+            "k8s_ai_operator_spend_dollars{namespace=\"ai\",endpoint=\"claude-haiku\",period=\"day\"} 1.25",
+            "k8s_ai_operator_spend_dollars{namespace=\"ai\",endpoint=\"claude-haiku\",period=\"month\"} 42.5",
+        ] {
+            assert!(page.contains(line), "{line} not in:\n{page}");
+        }
+        // An endpoint without a budget reports its spend, and no budget.
+        let (store, mut writer) = kube::runtime::reflector::store::<ModelEndpoint>();
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(endpoint("a", "0")));
+        assert!(
+            !m.render(Some(&store))
+                .contains("k8s_ai_operator_budget_dollars{")
+        );
     }
 
     #[test]
