@@ -1,8 +1,9 @@
 """The user documentation stays true to the code: the generated API reference is current, the alert
-rules load and pass their unit tests, every error code of the sidecar is explained, every
+rules load and pass their unit tests, the Grafana dashboard lints, every error code of the sidecar is explained, every
 relative link in docs/ leads somewhere, and the module map of docs/architecture.md names every
 source file that exists and no other."""
 
+import json
 import pathlib
 import re
 import shutil
@@ -176,6 +177,64 @@ def relative_links() -> list[tuple[pathlib.Path, str]]:
                 continue
             links.append((doc, target))
     return links
+
+
+DASHBOARD = ROOT / "manifests" / "monitoring" / "grafana-dashboard.json"
+# Grafana's own variables, as a query would have them substituted.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m", "$namespace": ".*"}
+
+
+def exported_metrics() -> set[str]:
+    """Every metric the operator and the sidecar register, with the suffixes their types add."""
+    names = set()
+    for source in (ROOT / "operator" / "src" / "metrics.rs", ROOT / "sidecar" / "src" / "metrics.rs"):
+        for base in re.findall(r'register\(\s*"([a-z_]+)"', source.read_text()):
+            names |= {f"k8s_ai_operator_{base}{suffix}" for suffix in ("", "_total", "_bucket", "_sum", "_count")}
+    return names
+
+
+def test_grafana_dashboard_lints(tmp_path):
+    """What a dashboard linter checks, with tools that run here (grafana/dashboard-linter's module
+    is not served to this machine): its shape, a datasource variable on every query, and each
+    query valid PromQL (promtool, as recording rules) over metrics the code exports."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"] and dashboard["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels), "panel ids are unique"
+    exprs = []
+    for panel in panels:
+        assert panel["title"] and panel.get("description"), panel["id"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        grid = panel["gridPos"]
+        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${datasource}", panel["title"]
+            assert 'namespace=~"$namespace"' in target["expr"], f"{panel['title']} ignores the namespace variable"
+            exprs.append(target["expr"])
+    # Panels do not overlap.
+    cells = set()
+    for panel in panels:
+        g = panel["gridPos"]
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & area, f"{panel['title']} overlaps another panel"
+        cells |= area
+    known = exported_metrics()
+    assert "k8s_ai_operator_spend_dollars" in known and "k8s_ai_operator_bedrock_invocations_total" in known
+    rules = {"groups": [{"name": "dashboard", "rules": []}]}
+    for i, expr in enumerate(exprs):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"unknown variable in {expr}"
+        used = set(re.findall(r"\bk8s_ai_operator_[a-z_]+", expr))
+        assert used <= known, f"metrics the code does not export: {sorted(used - known)}"
+        rules["groups"][0]["rules"].append({"record": f"dashboard:panel_{i}", "expr": expr})
+    rules_file = tmp_path / "dashboard-rules.yaml"
+    rules_file.write_text(json.dumps(rules))
+    out = promtool("check", "rules", str(rules_file))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in out.stdout, out.stdout
 
 
 def test_relative_links_in_docs_resolve():

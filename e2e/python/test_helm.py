@@ -3,6 +3,7 @@ defaults render exactly the objects of `kubectl kustomize manifests/default` (so
 cannot drift apart), and each value does what values.yaml says. Installing, upgrading and
 uninstalling it on the real node is test_node_helm.py."""
 
+import json
 import subprocess
 
 import pytest
@@ -150,6 +151,15 @@ def test_namespace_selector_labels_annotations_pdb_and_service_monitor():
     assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}]
     account = objects[("ServiceAccount", NAMESPACE, "k8s-ai-operator")]
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == "arn:aws:iam::111122223333:role/ops"
+
+
+def test_the_grafana_dashboard_ships_as_a_configmap_for_grafanas_sidecar():
+    assert not [k for k in render() if k[0] == "ConfigMap"], "off by default"
+    objects = render("grafanaDashboard.enabled=true", "grafanaDashboard.namespace=monitoring")
+    config_map = objects[("ConfigMap", "monitoring", "k8s-ai-operator-dashboard")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(config_map["data"]["k8s-ai-operator.json"])
+    assert shipped == json.loads((ROOT / "manifests" / "monitoring" / "grafana-dashboard.json").read_text())
 
 
 def test_another_namespace_moves_every_reference_to_it():
