@@ -61,3 +61,5 @@ ministack_venv="${venv%/venv}/ministack-venv"
 (cd e2e/controlplane && go mod download)
 e2e/cluster.sh build
 e2e/node/build.sh >/dev/null
+# The OpenTelemetry Collector the sidecar's traces are checked against (cached per go.sum).
+e2e/otelcol/build.sh >/dev/null
