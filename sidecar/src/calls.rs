@@ -20,6 +20,7 @@ use crate::{
     metrics::{CallLabels, Metrics, RejectLabels, TokenLabels},
     refusals::RefusalLog,
     settings::Settings,
+    traces::gen_ai,
 };
 
 /// Everything a request handler needs.
@@ -35,6 +36,8 @@ pub struct AppState {
     pub kube: Option<kube::Client>,
     /// Images from the URLs the pod allows.
     pub images: crate::fetch::ImageFetcher,
+    /// Spans of model calls, when OTLP export is set up.
+    pub tracer: Option<Arc<crate::traces::Tracer>>,
 }
 
 /// The answer to a completed call.
@@ -281,6 +284,7 @@ impl AppState {
 
     /// A warn line (rate-limited) for a call refused or failed; an app hanging up is not one.
     fn log_refusal(&self, endpoint: &EndpointConfig, err: &ApiError) {
+        gen_ai::failed(err);
         if err.code != "client_closed" {
             self.refusals
                 .record(err, &endpoint.metric_labels, &self.settings.pod_name);
@@ -330,8 +334,12 @@ impl AppState {
             for text in request.texts_mut() {
                 match pii.apply(text) {
                     Ok(std::borrow::Cow::Borrowed(_)) => {}
-                    Ok(std::borrow::Cow::Owned(masked)) => *text = masked,
+                    Ok(std::borrow::Cow::Owned(masked)) => {
+                        gen_ai::guardrail("masked");
+                        *text = masked;
+                    }
                     Err(blocked) => {
+                        gen_ai::guardrail("blocked");
                         self.tally.reject(endpoint, "guardrail_blocked");
                         let message = format!(
                             "{} (sensitive information: {})",
@@ -380,6 +388,7 @@ impl AppState {
         mut request: ModelRequest,
         asked_max_tokens: Option<u32>,
     ) -> Result<Prepared, ApiError> {
+        gen_ai::started(&endpoint, &request);
         let price = endpoint.price.clone().map_err(|e| {
             self.reject(
                 &endpoint,
@@ -400,6 +409,7 @@ impl AppState {
             request.place_cache_points();
         }
         self.guard_input(&endpoint, &mut request)?;
+        gen_ai::sent(&request);
         // Credentials first, within the request's deadline and holding no reservation: a request
         // that waits on STS never keeps another from its share of the limits or the budget.
         let started = Instant::now();
@@ -427,6 +437,7 @@ impl AppState {
                 worst_case,
             )
             .map_err(|e| self.reject(&endpoint, e))?;
+        gen_ai::admitted();
         Ok(Prepared {
             endpoint,
             price,
@@ -461,6 +472,7 @@ impl AppState {
             usage.output_tokens,
             cost,
         );
+        gen_ai::settled(usage, cost);
         let labels = CallLabels {
             endpoint: endpoint.metric_labels.clone(),
             outcome,
@@ -522,6 +534,7 @@ impl AppState {
             return Ok(());
         };
         if answer.stop_reason == "guardrail_intervened" {
+            gen_ai::guardrail("blocked");
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "guardrail_blocked",
@@ -531,8 +544,14 @@ impl AppState {
         if let Some(pii) = &guardrail.pii {
             match pii.apply(&answer.text) {
                 Ok(std::borrow::Cow::Borrowed(_)) => {}
-                Ok(std::borrow::Cow::Owned(masked)) => answer.text = masked,
-                Err(blocked) => return Err(output_blocked(guardrail, &blocked)),
+                Ok(std::borrow::Cow::Owned(masked)) => {
+                    gen_ai::guardrail("masked");
+                    answer.text = masked;
+                }
+                Err(blocked) => {
+                    gen_ai::guardrail("blocked");
+                    return Err(output_blocked(guardrail, &blocked));
+                }
             }
             for call in &mut answer.tool_calls {
                 if let Some(masked) = filtered_arguments(pii, guardrail, &call.arguments)? {
@@ -657,6 +676,9 @@ impl AppState {
             ..TokenUsage::default()
         };
         let outcome = failure.as_ref().map_or("success", |e| e.code);
+        if let Some(e) = &failure {
+            gen_ai::failed(e);
+        }
         let cost = self.account(prepared, &usage, GuardrailUnits::default(), outcome);
         match failure {
             Some(e) => Err(e),
@@ -692,6 +714,7 @@ impl AppState {
                 if let Err(e) = &checked {
                     self.log_refusal(&endpoint, e);
                 }
+                gen_ai::answered(&answer, checked.is_ok());
                 let outcome = checked.as_ref().err().map_or("success", |e| e.code);
                 let cost = self.account(prepared, &answer.usage, answer.guardrail_units, outcome);
                 checked.map(|()| CallResult { answer, cost })
@@ -725,7 +748,11 @@ impl AppState {
         };
         let (tx, rx) = mpsc::channel(64);
         let state = Arc::clone(self);
-        tokio::spawn(async move { state.pump(prepared, stream, tx).await });
+        // The pump outlives the handler: it carries the request's span and ends it.
+        let span = crate::traces::current();
+        tokio::spawn(crate::traces::within(span, async move {
+            state.pump(prepared, stream, tx).await;
+        }));
         Ok(rx)
     }
 
@@ -826,6 +853,7 @@ impl AppState {
         if let Err(e) = &checked {
             self.log_refusal(&endpoint, e);
         }
+        gen_ai::answered(&answer, checked.is_ok());
         let outcome = checked.as_ref().err().map_or("success", |e| e.code);
         let usage = answer.usage;
         let cost = self.account(prepared, &usage, answer.guardrail_units, outcome);

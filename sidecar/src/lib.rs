@@ -18,6 +18,7 @@ pub mod report;
 pub mod server;
 pub mod settings;
 pub mod sigv4;
+pub mod traces;
 pub mod watch;
 
 use std::{future::Future, sync::Arc};
@@ -55,6 +56,10 @@ pub enum StartError {
     Tls(#[source] rustls::Error),
     #[error(transparent)]
     ImageUrlAllow(#[from] fetch::AllowListError),
+    #[error(transparent)]
+    Traces(#[from] traces::TraceConfigError),
+    #[error("cannot set up TLS for the OTLP exporter")]
+    TracesTls(#[source] rustls::Error),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -91,15 +96,29 @@ pub async fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError
     };
     let upstream = upstream(&settings).await?;
     let images = fetch::ImageFetcher::new(&settings.image_url_allow)?;
+    let metrics = Metrics::default();
+    let trace_config = settings.traces.config(&traces::PodIdentity {
+        name: &settings.pod_name,
+        uid: &settings.pod_uid,
+        namespace: &settings.namespace,
+    })?;
+    let tracer = trace_config
+        .map(|config| {
+            let counters = traces::SpanCounters(metrics.trace_spans.clone());
+            traces::Tracer::start(config, counters).map(Arc::new)
+        })
+        .transpose()
+        .map_err(StartError::TracesTls)?;
     let state = Arc::new(AppState {
         images,
         settings,
         catalog,
         upstream,
         tally: Tally::default(),
-        metrics: Metrics::default(),
+        metrics,
         refusals: Arc::default(),
         kube: kube_client,
+        tracer,
     });
     tokio::spawn(Arc::clone(&state.refusals).run());
     if let Some(client) = state.kube.clone() {
@@ -241,8 +260,11 @@ pub async fn serve(
     tokio::join!(data, admin);
     // The last interval's "suppressed" counts, or a storm just before shutdown would go unseen.
     flush_state.refusals.flush();
-    // Drained: write the final counters so nothing used is lost.
+    // Drained: write the final counters so nothing used is lost, and send the last spans.
     if let Some(client) = flush_state.kube.clone() {
         report::report_once(&flush_state, &client, u64::MAX / 2, true).await;
+    }
+    if let Some(tracer) = &flush_state.tracer {
+        tracer.flush().await;
     }
 }

@@ -44,6 +44,13 @@ pub struct RejectLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the trace spans counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceSpanLabels {
+    /// `exported`, `rejected` (by the receiver), `queue_full` or `export_failed`.
+    pub outcome: &'static str,
+}
+
 fn latency_buckets() -> Histogram {
     Histogram::new([
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -63,6 +70,8 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub credential_refreshes: Gauge,
     pub in_flight: Gauge,
+    /// Spans of model calls by what became of them (traces on only).
+    pub trace_spans: Family<TraceSpanLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +89,7 @@ impl Default for Metrics {
             rejected: Family::default(),
             credential_refreshes: Gauge::default(),
             in_flight: Gauge::default(),
+            trace_spans: Family::default(),
             registry: Registry::default(),
         };
         let sub = m.registry.sub_registry_with_prefix("k8s_ai_operator");
@@ -127,6 +137,11 @@ impl Default for Metrics {
             "sidecar_in_flight_requests",
             "Calls to Bedrock in flight",
             m.in_flight.clone(),
+        );
+        sub.register(
+            "sidecar_trace_spans",
+            "Spans of model calls, by what became of them: exported, rejected, queue_full, export_failed",
+            m.trace_spans.clone(),
         );
         m
     }

@@ -139,6 +139,9 @@ pub struct Settings {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `ai_sidecar=debug`.
     #[arg(long, env = "AI_SIDECAR_LOG", default_value = "info")]
     pub log: String,
+
+    #[command(flatten)]
+    pub traces: crate::traces::TraceSettings,
 }
 
 impl Settings {

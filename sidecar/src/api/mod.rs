@@ -138,7 +138,7 @@ type Shared = State<Arc<AppState>>;
 /// The data API, for the app's containers.
 pub fn data_router(state: Arc<AppState>) -> Router {
     let limit = state.settings.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/invoke/{namespace}/{endpoint}", post(seed::invoke))
         .route("/render/{namespace}/{template}", post(seed::render))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -162,7 +162,16 @@ pub fn data_router(state: Arc<AppState>) -> Router {
         .route(
             "/model/{model_id}/count-tokens",
             post(bedrock_runtime::count_tokens),
-        )
+        );
+    // A span per model call when traces are on (the routes only: a 404 is no call).
+    let routes = match &state.tracer {
+        Some(tracer) => routes.route_layer(middleware::from_fn_with_state(
+            Arc::clone(tracer),
+            crate::traces::trace_requests,
+        )),
+        None => routes,
+    };
+    routes
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
