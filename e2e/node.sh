@@ -3,8 +3,10 @@
 # a kubelet, kube-proxy (nftables), kube-scheduler and kube-controller-manager, all built from
 # their Go modules (e2e/node/build.sh) and run in a network namespace of their own, so node and pod
 # addresses exist only there. The host reaches the API server on 127.0.0.1 through a forwarder;
-# pods reach the host's Bedrock emulator on $NODE_IP:4566 through another, and its EKS Pod Identity
-# agent on 169.254.170.23:80, where EKS's agent listens on every node.
+# pods reach the host's Bedrock emulator on $NODE_IP:4566 through another, its EKS Pod Identity
+# agent on 169.254.170.23:80, where EKS's agent listens on every node, and an OpenTelemetry
+# Collector the tests start on the host (node.json's collectorHostAddress) on $NODE_IP:4318, where
+# a collector DaemonSet's hostPort would be.
 #
 #   e2e/node.sh build          build the node's binaries once per pinned version (cached)
 #   e2e/node.sh up             build if needed, start, wait until the node is Ready (idempotent)
@@ -30,6 +32,7 @@ node_ip=10.200.0.2
 pod_cidr=10.244.0.0/24
 apiserver_port=6443
 emulator_node_port=4566
+collector_node_port=4318
 pod_identity_agent=169.254.170.23
 kubectl="$here/.bin/kubectl"
 # Set by the kubelet on every node (vm.overcommit_memory=1, kernel.panic=10, ...): restored on down.
@@ -243,14 +246,16 @@ up() {
   wait_for 10 "the node's mount namespace" test -f "$run_dir/holder.ready"
   rm -f "$run_dir/holder.ready"
 
-  local host_port emulator_host_port
+  local host_port emulator_host_port collector_host_port
   host_port=$(free_port)
   emulator_host_port=$(free_port)
+  collector_host_port=$(free_port)
   start controlplane "$here/.bin/controlplane" --run-dir "$run_dir/controlplane" --port "$apiserver_port" \
     --node-ip "$node_ip" --public-server "https://127.0.0.1:$host_port"
   setsid nohup "$bin/netfwd" "127.0.0.1:$host_port=$netns_path:$node_ip:$apiserver_port" \
     "$netns_path:$node_ip:$emulator_node_port=127.0.0.1:$emulator_host_port" \
     "$netns_path:$pod_identity_agent:80=127.0.0.1:$emulator_host_port" \
+    "$netns_path:$node_ip:$collector_node_port=127.0.0.1:$collector_host_port" \
     >"$run_dir/logs/netfwd.log" 2>&1 </dev/null &
   echo $! >"$run_dir/pids/netfwd"
 
@@ -282,9 +287,11 @@ up() {
   jq -n --arg kubeconfig "$run_dir/kubeconfig" --arg server "https://127.0.0.1:$host_port" \
     --arg nodeIp "$node_ip" --arg node "$node_name" --arg netns "$netns_path" \
     --arg emulatorHostAddress "127.0.0.1:$emulator_host_port" --arg emulatorUrl "http://$node_ip:$emulator_node_port" \
+    --arg collectorHostAddress "127.0.0.1:$collector_host_port" \
     --arg issuer "$(jq -r .issuer "$run_dir/controlplane/cluster.json")" --arg caFile "$run_dir/controlplane/pki/ca.crt" \
     '{kubeconfig: $kubeconfig, server: $server, issuer: $issuer, caFile: $caFile, node: $node, nodeIp: $nodeIp,
-      netns: $netns, emulatorHostAddress: $emulatorHostAddress, emulatorUrl: $emulatorUrl}' >"$run_dir/node.json"
+      netns: $netns, emulatorHostAddress: $emulatorHostAddress, emulatorUrl: $emulatorUrl,
+      collectorHostAddress: $collectorHostAddress}' >"$run_dir/node.json"
   log "ready in $((SECONDS - start))s: KUBECONFIG=$run_dir/kubeconfig (kubectl: $kubectl); node $node_name at $node_ip"
 }
 

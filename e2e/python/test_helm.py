@@ -106,6 +106,17 @@ def test_values_set_images_resources_and_sidecar_defaults():
     assert container["args"] == ["run", "--sidecar-env=AI_SIDECAR_LOG=debug", "--sidecar-env=AI_SIDECAR_REPORT_INTERVAL=10s"]
 
 
+def test_trace_values_become_the_sidecars_opentelemetry_environment():
+    assert operator_container(render())["args"] == ["run"], "traces are off by default"
+    objects = render("sidecar.traces.endpoint=http://$(AI_SIDECAR_NODE_IP):4318",
+                     "sidecar.traces.sampler=parentbased_traceidratio", "sidecar.traces.samplerArg=0.25",
+                     "sidecar.traces.messageContent=true")
+    assert operator_container(objects)["args"] == [
+        "run", "--sidecar-env=AI_SIDECAR_TRACE_MESSAGE_CONTENT=true",
+        "--sidecar-env=OTEL_EXPORTER_OTLP_ENDPOINT=http://$(AI_SIDECAR_NODE_IP):4318",
+        "--sidecar-env=OTEL_TRACES_SAMPLER=parentbased_traceidratio", "--sidecar-env=OTEL_TRACES_SAMPLER_ARG=0.25"]
+
+
 def test_cert_manager_mode_issues_the_certificate_and_mounts_it():
     objects = render("certificates.mode=cert-manager")
     assert ("Issuer", NAMESPACE, "k8s-ai-operator-ca") in objects

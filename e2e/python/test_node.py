@@ -22,6 +22,7 @@ import yaml
 
 from conftest import ROOT
 from node_cluster import OPERATOR_NS, Node, bring_up, kubectl_on_path, readme_quick_start
+from otel import Collector
 
 APP_IMAGE = "localhost/k8s-ai/app:e2e"
 
@@ -51,10 +52,13 @@ def start_rotation_pod(node: Node) -> tuple[str, str, str, float]:
 def node(tmp_path_factory):
     node, emulator = bring_up(tmp_path_factory.mktemp("node"))
     node.emulator = emulator
+    # The collector the overlay's sidecars send their traces to (a DaemonSet's hostPort on EKS).
+    node.collector = Collector(tmp_path_factory.mktemp("collector"), node.state["collectorHostAddress"])
     node.rotation = start_rotation_pod(node)
     yield node
     emulator.proc.terminate()
     emulator.proc.wait(timeout=10)
+    node.collector.stop()
 
 
 def sidecar_of(pod: dict) -> dict:
@@ -370,6 +374,41 @@ def test_unchanged_bedrock_app_calls_through_the_sidecar(node, workloads):
     # Gone, its ledger folded, before the next test counts the endpoint's invocations.
     node.out("delete", "pod", "bedrock-app", "-n", workloads, "--grace-period=5")
     node.wait_until("the pod's ledger to be folded and removed", lambda: not ledgers_of(node, workloads, "bedrock-app"), timeout=90)
+
+
+def test_traces_of_an_injected_pod_reach_the_collector_on_its_node(node, workloads):
+    """The operator injects OTEL_EXPORTER_OTLP_ENDPOINT=http://$(AI_SIDECAR_NODE_IP):4318 (the
+    overlay's --sidecar-env, as docs/traces.md says for a collector DaemonSet); the kubelet
+    expands it to the node's address, where the collector receives the span of the app's call: a
+    child of the app's traceparent, named by the pod, with the exact cost it was told."""
+    trace = os.urandom(16).hex()
+    call = (f"curl -sf -X POST http://localhost:8090/invoke/{workloads}/claude-haiku -H 'Content-Type: application/json' "
+            f"-H 'traceparent: 00-{trace}-00f067aa0ba902b7-01' "
+            "-d '{\"messages\":[{\"role\":\"user\",\"content\":\"trace this call\"}]}' >/tmp/answer.json; sleep 3600")
+    node.apply(annotated_pod("traced", workloads, ["sh", "-c", call]))
+    node.out("wait", "-n", workloads, "--for=condition=Ready", "pod/traced", "--timeout=90s", timeout=100)
+    pod = node.json("get", "pod", "traced", "-n", workloads)
+    env = {e["name"]: e for e in sidecar_of(pod)["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"] == "http://$(AI_SIDECAR_NODE_IP):4318", env
+    assert env["AI_SIDECAR_NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+
+    span, = node.collector.wait_for(1, lambda s: s["traceId"] == trace, timeout=60)
+    answer = json.loads(node.out("exec", "-n", workloads, "traced", "-c", "app", "--", "cat", "/tmp/answer.json"))
+    attributes = span["attributes"]
+    assert span["parentSpanId"] == "00f067aa0ba902b7"
+    assert span["resource"]["k8s.pod.name"] == "traced"
+    assert span["resource"]["k8s.pod.uid"] == pod["metadata"]["uid"]
+    assert span["resource"]["k8s.namespace.name"] == workloads
+    resolved = node.out("get", "modelendpoint", "claude-haiku", "-n", workloads, "-o", "jsonpath={.status.resolvedModelId}")
+    assert span["name"] == f"chat {resolved}" and attributes["gen_ai.request.model"] == resolved
+    assert attributes["k8s_ai.cost_usd"] == answer["costUSD"]
+    assert attributes["gen_ai.usage.input_tokens"] == answer["inputTokens"]
+    assert attributes["gen_ai.usage.output_tokens"] == answer["outputTokens"]
+    assert attributes["k8s_ai.limit.decision"] == "admitted"
+    assert attributes["aws.bedrock.guardrail.id"], "the synced Bedrock guardrail is named"
+    assert "trace this call" not in node.collector.file.read_text()
+    node.out("delete", "pod", "traced", "-n", workloads, "--grace-period=5")
+    node.wait_until("the pod's ledger to be folded and removed", lambda: not ledgers_of(node, workloads, "traced"), timeout=90)
 
 
 POD_IDENTITY_NS = "pod-identity"

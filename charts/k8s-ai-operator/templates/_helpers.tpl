@@ -122,6 +122,12 @@ the defaults render exactly as manifests/default.
 {{- define "k8s-ai-operator.operatorArgs" -}}
 {{- $env := deepCopy .Values.sidecar.env -}}
 {{- with .Values.sidecar.logLevel }}{{ $_ := set $env "AI_SIDECAR_LOG" . }}{{ end -}}
+{{- with .Values.sidecar.traces }}
+{{- with .endpoint }}{{ $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" . }}{{ end -}}
+{{- with .sampler }}{{ $_ := set $env "OTEL_TRACES_SAMPLER" . }}{{ end -}}
+{{- with .samplerArg }}{{ $_ := set $env "OTEL_TRACES_SAMPLER_ARG" (toString .) }}{{ end -}}
+{{- if .messageContent }}{{ $_ := set $env "AI_SIDECAR_TRACE_MESSAGE_CONTENT" "true" }}{{ end -}}
+{{- end }}
 {{- range $key := keys $env | sortAlpha }}
 - --sidecar-env={{ $key }}={{ get $env $key }}
 {{- end }}

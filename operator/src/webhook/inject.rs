@@ -408,6 +408,9 @@ fn sidecar_container(
         from_field("AI_SIDECAR_POD_NAME", "metadata.name"),
         from_field("AI_SIDECAR_POD_UID", "metadata.uid"),
         from_field("AI_SIDECAR_NAMESPACE", "metadata.namespace"),
+        // Before the operator-wide variables, which may name it: a collector on the node is
+        // OTEL_EXPORTER_OTLP_ENDPOINT=http://$(AI_SIDECAR_NODE_IP):4318.
+        from_field("AI_SIDECAR_NODE_IP", "status.hostIP"),
     ];
     env.push(json!({ "name": "AI_SIDECAR_ENDPOINTS", "value": endpoints.join(",") }));
     env.push(json!({ "name": "AI_SIDECAR_TOKEN_FILE", "value": format!("{TOKEN_DIR}/token") }));
