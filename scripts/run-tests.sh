@@ -22,6 +22,7 @@ phase() { printf '[tests] %s: %d min %02d s\n' "$1" $(($2 / 60)) $(($2 % 60)) >>
 cargo test --workspace --locked --no-run 2>&1 | tail -n 3
 PYTHON="$venv/bin/python" e2e/node/images.sh "$logs/images"
 scripts/go-tool.sh helm >/dev/null && scripts/go-tool.sh actionlint >/dev/null
+e2e/otelcol/build.sh >/dev/null
 built=$SECONDS
 phase "build" $((built - started))
 
