@@ -233,3 +233,26 @@ def test_an_absent_collector_never_holds_a_call_up(emulator, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_spans_still_queued_are_sent_when_the_pod_stops(emulator, tmp_path):
+    """SIGTERM (the kubelet stopping the pod) sends what waits in the queue once the last requests
+    are done, however long the batch delay: the last calls of a pod are traced too."""
+    port = free_port()
+    collector = Collector(tmp_path, f"127.0.0.1:{port}")
+    proc, url, _ = start_sidecar(emulator.url, manifests(), tmp_path, {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "600000",  # ten minutes: only the shutdown sends it
+    })
+    try:
+        client(url).chat.completions.create(model="claude-haiku", messages=[{"role": "user", "content": "last words"}])
+        time.sleep(0.5)
+        assert collector.spans() == [], "sent before the batch delay"
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        span, = collector.wait_for(1, timeout=5)
+        assert span["attributes"]["k8s_ai.limit.decision"] == "admitted"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        collector.stop()
