@@ -12,7 +12,8 @@ use axum::http::{Method, Request, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use prometheus_client::metrics::{counter::Counter, family::Family};
-use serde_json::{Value as Json, json};
+use serde::{Serialize, Serializer, ser::SerializeMap};
+use serde_json::Value as Json;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{FinishedSpan, TraceConfig, Value, config::shown};
@@ -157,7 +158,7 @@ impl Sender {
     /// Sends `batch`, retrying within the export timeout; counts what became of its spans.
     async fn send(&mut self, batch: Vec<FinishedSpan>) {
         let count = batch.len();
-        let body = Bytes::from(encode(&self.config.resource, &batch).to_string());
+        let body = Bytes::from(encode(&self.config.resource, &batch));
         drop(batch);
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         let mut backoff = Duration::from_millis(250);
@@ -262,60 +263,175 @@ fn rejected_spans(body: &[u8]) -> usize {
         .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-/// An ExportTraceServiceRequest in OTLP's JSON form: ids in hex, 64-bit integers as strings.
-fn encode(resource: &[(String, Value)], spans: &[FinishedSpan]) -> Json {
-    let spans: Vec<Json> = spans.iter().map(span).collect();
-    json!({ "resourceSpans": [{
-        "resource": { "attributes": attributes(resource.iter().map(|(k, v)| (k.as_str(), v))) },
-        "scopeSpans": [{
-            "scope": { "name": "ai-sidecar", "version": env!("CARGO_PKG_VERSION") },
-            "spans": spans,
-        }],
-    }] })
+/// An ExportTraceServiceRequest in OTLP's JSON form (ids in hex, 64-bit integers as strings),
+/// written straight from the spans: a batch is encoded on the thread that serves requests, so it
+/// builds no JSON tree and formats numbers in place.
+fn encode(resource: &[(String, Value)], spans: &[FinishedSpan]) -> Vec<u8> {
+    let request = ExportRequest { resource, spans };
+    serde_json::to_vec(&request).unwrap_or_default()
 }
 
-fn span(s: &FinishedSpan) -> Json {
-    let mut span = json!({
-        "traceId": format!("{:032x}", s.trace_id),
-        "spanId": format!("{:016x}", s.span_id),
-        "name": s.name,
-        // SPAN_KIND_CLIENT: the sidecar calls Bedrock for the app.
-        "kind": 3,
-        "startTimeUnixNano": s.start_unix_nanos.to_string(),
-        "endTimeUnixNano": s.end_unix_nanos.to_string(),
-        "attributes": attributes(s.attributes.iter().map(|(k, v)| (*k, v))),
-    });
-    if let Some(parent) = s.parent_span_id {
-        span["parentSpanId"] = json!(format!("{parent:016x}"));
-    }
-    if let Some(state) = &s.trace_state {
-        span["traceState"] = json!(state);
-    }
-    // A call that succeeded leaves the status unset, as the conventions ask.
-    if let Some(message) = &s.error {
-        span["status"] = json!({ "code": 2, "message": message });
-    }
-    span
+struct ExportRequest<'a> {
+    resource: &'a [(String, Value)],
+    spans: &'a [FinishedSpan],
 }
 
-fn attributes<'a>(pairs: impl Iterator<Item = (&'a str, &'a Value)>) -> Json {
-    Json::Array(
-        pairs
-            .map(|(key, value)| json!({ "key": key, "value": any_value(value) }))
-            .collect(),
-    )
+impl Serialize for ExportRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let resource = Attributes(self.resource);
+        let scope = ScopeSpans { spans: self.spans };
+        let resource_spans = ResourceSpans {
+            resource: Resource {
+                attributes: resource,
+            },
+            scope_spans: [scope],
+        };
+        let mut request = serializer.serialize_map(Some(1))?;
+        request.serialize_entry("resourceSpans", &[resource_spans])?;
+        request.end()
+    }
 }
 
-fn any_value(value: &Value) -> Json {
-    match value {
-        Value::Str(s) => json!({ "stringValue": s }),
-        Value::Int(n) => json!({ "intValue": n.to_string() }),
-        Value::Float(f) => json!({ "doubleValue": f }),
-        Value::Bool(b) => json!({ "boolValue": b }),
-        Value::Strs(list) => {
-            let values: Vec<Json> = list.iter().map(|s| json!({ "stringValue": s })).collect();
-            json!({ "arrayValue": { "values": values } })
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceSpans<'a> {
+    resource: Resource<'a>,
+    scope_spans: [ScopeSpans<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    attributes: Attributes<'a, String>,
+}
+
+struct ScopeSpans<'a> {
+    spans: &'a [FinishedSpan],
+}
+
+impl Serialize for ScopeSpans<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut scope = serializer.serialize_map(Some(2))?;
+        scope.serialize_entry(
+            "scope",
+            &Scope {
+                name: "ai-sidecar",
+                version: env!("CARGO_PKG_VERSION"),
+            },
+        )?;
+        scope.serialize_entry("spans", self.spans)?;
+        scope.end()
+    }
+}
+
+impl Serialize for FinishedSpan {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut span = serializer.serialize_map(None)?;
+        span.serialize_entry("traceId", &Hex(format_args!("{:032x}", self.trace_id)))?;
+        span.serialize_entry("spanId", &Hex(format_args!("{:016x}", self.span_id)))?;
+        if let Some(parent) = self.parent_span_id {
+            span.serialize_entry("parentSpanId", &Hex(format_args!("{parent:016x}")))?;
         }
+        if let Some(state) = &self.trace_state {
+            span.serialize_entry("traceState", state)?;
+        }
+        span.serialize_entry("name", &self.name)?;
+        // SPAN_KIND_CLIENT: the sidecar calls Bedrock for the app.
+        span.serialize_entry("kind", &3)?;
+        span.serialize_entry(
+            "startTimeUnixNano",
+            &Hex(format_args!("{}", self.start_unix_nanos)),
+        )?;
+        span.serialize_entry(
+            "endTimeUnixNano",
+            &Hex(format_args!("{}", self.end_unix_nanos)),
+        )?;
+        span.serialize_entry("attributes", &Attributes(&self.attributes))?;
+        // A call that succeeded leaves the status unset, as the conventions ask.
+        if let Some(message) = &self.error {
+            span.serialize_entry("status", &Status { code: 2, message })?;
+        }
+        span.end()
+    }
+}
+
+#[derive(Serialize)]
+struct Scope {
+    name: &'static str,
+    version: &'static str,
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    code: u8,
+    message: &'a str,
+}
+
+/// Text formatted as it is written (ids in hex, int64s as decimal strings): no String between.
+struct Hex<'a>(std::fmt::Arguments<'a>);
+
+impl Serialize for Hex<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Key-value pairs as OTLP's `[{"key": ..., "value": {AnyValue}}]`.
+struct Attributes<'a, K>(&'a [(K, Value)]);
+
+impl<K: AsRef<str>> Serialize for Attributes<'_, K> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|(key, value)| KeyValue {
+            key: key.as_ref(),
+            value: AnyValue(value),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct KeyValue<'a> {
+    key: &'a str,
+    value: AnyValue<'a>,
+}
+
+struct AnyValue<'a>(&'a Value);
+
+impl Serialize for AnyValue<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut any = serializer.serialize_map(Some(1))?;
+        match self.0 {
+            Value::Str(s) => any.serialize_entry("stringValue", s)?,
+            Value::Int(n) => any.serialize_entry("intValue", &Hex(format_args!("{n}")))?,
+            Value::Float(f) => any.serialize_entry("doubleValue", f)?,
+            Value::Bool(b) => any.serialize_entry("boolValue", b)?,
+            Value::Strs(list) => any.serialize_entry("arrayValue", &StringArray(list))?,
+        }
+        any.end()
+    }
+}
+
+/// `{"values": [{"stringValue": ...}, ...]}`.
+struct StringArray<'a>(&'a [String]);
+
+impl Serialize for StringArray<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct StringValue<'a> {
+            #[serde(rename = "stringValue")]
+            string_value: &'a str,
+        }
+        let values = self.0.iter().map(|s| StringValue { string_value: s });
+        let mut array = serializer.serialize_map(Some(1))?;
+        array.serialize_entry("values", &Values(std::cell::Cell::new(Some(values))))?;
+        array.end()
+    }
+}
+
+/// A sequence serialized from an iterator, once.
+struct Values<I>(std::cell::Cell<Option<I>>);
+
+impl<I: Iterator<Item = T>, T: Serialize> Serialize for Values<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.take().into_iter().flatten())
     }
 }
 
@@ -342,7 +458,11 @@ mod tests {
             ],
             error: Some("rate_limited".to_owned()),
         };
-        let json = encode(&[("service.name".to_owned(), Value::from("s"))], &[span]);
+        let json: Json = serde_json::from_slice(&encode(
+            &[("service.name".to_owned(), Value::from("s"))],
+            &[span],
+        ))
+        .unwrap();
         let s = &json["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(s["spanId"], "00000000000000ab");
