@@ -328,13 +328,12 @@ fn pairs(list: &str) -> impl Iterator<Item = Result<(String, String), String>> +
     list.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').ok_or_else(|| {
-                format!(
-                    "{:?} is not key=value",
-                    pair.split('=').next().unwrap_or_default()
-                )
-            })?;
+        .enumerate()
+        .map(|(index, pair)| {
+            // Not echoed: a malformed header entry may well be a credential.
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("entry {} is not key=value", index + 1))?;
             let key = key.trim();
             if key.is_empty() {
                 return Err("an entry has no key".to_owned());
@@ -420,8 +419,13 @@ mod tests {
         s.protocol = "grpc".to_owned();
         assert!(err(s).contains("4318"));
         let mut s = settings("http://collector:4318");
-        s.headers = "api-key".to_owned();
-        assert!(err(s).contains("not key=value"));
+        s.headers = "x-team=ml,Authorization: Bearer secret-token".to_owned();
+        let message = err(s);
+        assert!(message.contains("entry 2 is not key=value"), "{message}");
+        assert!(
+            !message.contains("secret-token"),
+            "a credential is never echoed"
+        );
         let mut s = settings("http://collector:4318");
         s.sampler = "sometimes".to_owned();
         assert!(err(s).contains("sometimes"));
