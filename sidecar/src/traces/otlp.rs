@@ -403,35 +403,33 @@ impl Serialize for AnyValue<'_> {
             Value::Int(n) => any.serialize_entry("intValue", &Hex(format_args!("{n}")))?,
             Value::Float(f) => any.serialize_entry("doubleValue", f)?,
             Value::Bool(b) => any.serialize_entry("boolValue", b)?,
-            Value::Strs(list) => any.serialize_entry("arrayValue", &StringArray(list))?,
+            Value::Strs(list) => any.serialize_entry(
+                "arrayValue",
+                &StringArray {
+                    values: Strings(list),
+                },
+            )?,
         }
         any.end()
     }
 }
 
 /// `{"values": [{"stringValue": ...}, ...]}`.
-struct StringArray<'a>(&'a [String]);
+#[derive(Serialize)]
+struct StringArray<'a> {
+    values: Strings<'a>,
+}
 
-impl Serialize for StringArray<'_> {
+struct Strings<'a>(&'a [String]);
+
+impl Serialize for Strings<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct StringValue<'a> {
             #[serde(rename = "stringValue")]
             string_value: &'a str,
         }
-        let values = self.0.iter().map(|s| StringValue { string_value: s });
-        let mut array = serializer.serialize_map(Some(1))?;
-        array.serialize_entry("values", &Values(std::cell::Cell::new(Some(values))))?;
-        array.end()
-    }
-}
-
-/// A sequence serialized from an iterator, once.
-struct Values<I>(std::cell::Cell<Option<I>>);
-
-impl<I: Iterator<Item = T>, T: Serialize> Serialize for Values<I> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.take().into_iter().flatten())
+        serializer.collect_seq(self.0.iter().map(|s| StringValue { string_value: s }))
     }
 }
 
